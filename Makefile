@@ -1,0 +1,44 @@
+# forgeml — the two commands: `make quickstart` and `make test`.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.forgeml-installed
+QS := build/quickstart
+PYTEST_FLAGS ?= -q
+
+.PHONY: quickstart test test-slow test-all lint format bench clean-quickstart
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first and pinned: the CPU wheel; anything that depends on torch then finds it.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/python examples/acme/generate.py --out build/acme-corpus --seed 0
+	$(BIN)/forgeml init $(QS)
+	$(BIN)/forgeml -w $(QS) pipeline run recipes/quickstart.yaml --json $(QS)/summary.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_FLAGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m "slow and not gpu" $(PYTEST_FLAGS)
+
+test-all: test test-slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/train_throughput.py
+
+clean-quickstart:
+	rm -rf $(QS) build/acme-corpus

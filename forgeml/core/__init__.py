@@ -1,0 +1,1 @@
+"""Shared foundations imported by every stage: config, errors, workspace, seeding, devices."""

@@ -1,0 +1,249 @@
+"""Recipes: small frozen pydantic models loaded from YAML, with dotted CLI overrides.
+
+A recipe names every setting of a pipeline (data, tokenizer, model, optim, train, eval,
+generate). Unknown keys are rejected with the closest valid key suggested, and every run
+saves its resolved recipe next to its canonical sha256 (`config_hash`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from forgeml.core.errors import ConfigError, NotFoundError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    """Which files become the raw dataset."""
+
+    sources: list[str] = Field(default_factory=list, description="files or folders to ingest")
+    include: list[str] = Field(default_factory=lambda: ["**/*"], description="glob patterns kept")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns dropped")
+    name: str = "corpus"
+    max_file_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="documents held out for eval")
+
+
+class TokenizerConfig(_Section):
+    vocab_size: int = Field(4096, ge=300, le=1 << 20)
+    min_frequency: int = Field(2, ge=1)
+    max_train_bytes: int = Field(256 * 1024 * 1024, gt=0, description="cap on text fed to BPE")
+
+
+class ModelConfig(_Section):
+    """Decoder-only transformer, Mistral/Llama family."""
+
+    arch: Literal["dense"] = "dense"
+    dim: int = Field(256, gt=0)
+    n_layers: int = Field(4, gt=0)
+    n_heads: int = Field(4, gt=0)
+    n_kv_heads: int = Field(2, gt=0)
+    ffn_hidden: int = Field(688, gt=0)
+    vocab_size: int | None = Field(None, description="None: taken from the tokenizer")
+    max_seq_len: int = Field(512, gt=0)
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    sliding_window: int | None = None
+    init_std: float = 0.02
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
+            )
+        if (self.dim // self.n_heads) % 2:
+            raise ValueError("head dim (dim / n_heads) must be even for RoPE")
+        return self
+
+
+class OptimConfig(_Section):
+    lr: float = Field(3e-3, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    weight_decay: float = Field(0.1, ge=0)
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
+    warmup_steps: int = Field(20, ge=0)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="WSD: share of steps spent decaying")
+
+
+class TrainConfig(_Section):
+    max_steps: int = Field(300, gt=0)
+    micro_batch_size: int = Field(8, gt=0)
+    grad_accum_steps: int = Field(1, gt=0)
+    seq_len: int = Field(256, gt=1)
+    seed: int = 1337
+    eval_every: int = Field(100, ge=0, description="0 disables periodic eval")
+    eval_batches: int = Field(8, gt=0)
+    checkpoint_every: int = Field(100, ge=0, description="0: only at the end")
+    keep_checkpoints: int = Field(2, gt=0)
+    dtype: Literal["bf16", "fp32"] = "bf16"
+    compile: bool = False
+    device: str = "auto"
+    log_every: int = Field(10, gt=0)
+
+
+class EvalConfig(_Section):
+    batch_size: int = Field(8, gt=0)
+    max_batches: int = Field(64, gt=0)
+    seq_len: int | None = Field(None, description="None: the training seq_len")
+
+
+class GenerateConfig(_Section):
+    prompts: list[str] = Field(default_factory=list)
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(0.8, ge=0)
+    top_k: int | None = Field(50, gt=0)
+    top_p: float | None = Field(0.95, gt=0, le=1)
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list)
+
+
+class Recipe(_Section):
+    """A whole factory run: every stage's settings."""
+
+    name: str = "recipe"
+    description: str = ""
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    generate: GenerateConfig = GenerateConfig()
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form that is hashed."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 of the canonical JSON of a config (or any JSON-able value)."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(
+            f"override '{item}' is not key=value", hint="write e.g. train.max_steps=200"
+        )
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' has an empty key", hint="write e.g. train.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with dotted `key=value` overrides applied."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _describe(exc: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    if err["type"] == "extra_forbidden":
+        valid = _fields_at(model, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        prefix = ".".join(str(p) for p in loc[:-1])
+        hint = (
+            f"did you mean '{prefix + '.' if prefix else ''}{close[0]}'?"
+            if close
+            else f"valid keys here: {', '.join(valid)}"
+        )
+        return ConfigError(f"{source}: unknown key '{dotted}'", hint=hint)
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    where = f"'{dotted}'" if dotted else "recipe"
+    return ConfigError(f"{source}: {where}: {err['msg']}{more}")
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Build a `Recipe` from a plain dict, turning pydantic errors into one clear line."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a recipe must be a YAML mapping, got {type(raw).__name__}")
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise _describe(exc, Recipe, source) from None
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+    """Load a YAML recipe (or defaults when `path` is None) and apply dotted overrides.
+
+    Relative `data.sources` are resolved against the recipe file's folder.
+    """
+    raw: dict[str, Any] = {}
+    source = "overrides"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise NotFoundError(f"recipe not found: {path}", hint="check the path")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+            sources = raw["data"].get("sources") or []
+            if isinstance(sources, list):
+                raw["data"]["sources"] = [
+                    str((path.parent / s).resolve()) if not Path(str(s)).is_absolute() else s
+                    for s in sources
+                ]
+    raw = apply_overrides(raw, overrides or []) if isinstance(raw, dict) else raw
+    return validate_recipe(raw, source)
+
+
+def save_resolved(recipe: BaseModel, path: Path) -> str:
+    """Write the resolved recipe as YAML with its hash in a header; return the hash."""
+    digest = config_hash(recipe)
+    body = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    from forgeml.core.io import atomic_write_text
+
+    atomic_write_text(path, f"# config sha256: {digest}\n{body}")
+    return digest

@@ -1,0 +1,1 @@
+"""Model architectures (plain single-device PyTorch), HF import/export, sampling, parallelize."""

@@ -1,0 +1,277 @@
+"""Dense decoder-only transformer of the Mistral/Llama family, in plain single-device PyTorch.
+
+RMSNorm, rotary embeddings, grouped-query attention (optionally sliding-window), SwiGLU MLP.
+Used by pre-training, fine-tuning, eval and generation; `hf_io` maps it to and from HF files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from forgeml.core.config import ModelConfig
+from forgeml.core.errors import ConfigError
+
+IGNORE_INDEX = -100
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich, arXiv:1910.07467), computed in fp32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [T, head_dim] for RoFormer rotary embeddings (arXiv:2104.09864).
+
+    Rotate-half layout (the HF Llama/Mistral convention), so HF weights need no permutation.
+    Computed per call in fp32 so that casting the model to bf16 never degrades the frequencies.
+    """
+    inv_freq = 1.0 / (
+        theta
+        ** (
+            torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float()
+            / head_dim
+        )
+    )
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [B, H, T, D]; cos/sin: [T, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values for incremental decoding: [n_layers, B, n_kv_heads, max_len, D]."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+def attention_mask(
+    q_start: int, q_len: int, kv_len: int, window: int | None, device: torch.device
+) -> torch.Tensor:
+    """Boolean [q_len, kv_len] mask, True = attend: causal, and within `window` keys if set.
+
+    Query i sits at absolute position q_start + i; keys sit at positions 0..kv_len-1. A window
+    of W lets a query see itself and the W-1 keys before it (the HF Mistral convention).
+    """
+    q = torch.arange(q_start, q_start + q_len, device=device)[:, None]
+    k = torch.arange(kv_len, device=device)[None, :]
+    mask = k <= q
+    if window is not None:
+        mask = mask & (k > q - window)
+    return mask
+
+
+class Attention(nn.Module):
+    """Grouped-query attention (Ainslie et al., arXiv:2305.13245) with fused q/k/v projection."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.n_kv_heads
+        self.head_dim = cfg.dim // cfg.n_heads
+        self.window = cfg.sliding_window
+        self.wqkv = nn.Linear(
+            cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * self.head_dim, bias=False
+        )
+        self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        start_pos: int,
+    ) -> torch.Tensor:
+        bsz, seq, _ = x.shape
+        hd = self.head_dim
+        qkv = self.wqkv(x).view(bsz, seq, self.n_heads + 2 * self.n_kv_heads, hd).transpose(1, 2)
+        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
+        q = apply_rope(q, cos, sin)
+        k = apply_rope(k, cos, sin)
+        is_causal = mask is None and seq > 1
+        if cache is not None:
+            cache_k, cache_v = cache
+            end = start_pos + seq
+            cache_k[:, :, start_pos:end] = k
+            cache_v[:, :, start_pos:end] = v
+            # One new token with no window needs no mask: it sees every cached key. With a
+            # window, slicing the cache to the window does the masking for free.
+            first = 0
+            if seq == 1 and self.window is not None:
+                first = max(0, end - self.window)
+            k = cache_k[:, :, first:end].to(q.dtype)
+            v = cache_v[:, :, first:end].to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=is_causal,
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )
+        return self.wo(out.transpose(1, 2).reshape(bsz, seq, self.n_heads * hd))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU MLP (Shazeer, arXiv:2002.05202) with the gate and up projections fused."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.hidden = cfg.ffn_hidden
+        self.w13 = nn.Linear(cfg.dim, 2 * cfg.ffn_hidden, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_hidden, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).split(self.hidden, dim=-1)
+        return self.w2(F.silu(gate) * up)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        start_pos: int,
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, start_pos)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    """Mistral/Llama-style decoder. `forward` returns logits, or the mean loss given targets."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.vocab_size is None:
+            raise ConfigError(
+                "model.vocab_size is not set",
+                hint="fill it from the tokenizer: cfg.model_copy(update={'vocab_size': n})",
+            )
+        self.cfg = cfg
+        self.head_dim = cfg.dim // cfg.n_heads
+        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, init_std); residual out-projections scaled by 1/sqrt(2 * n_layers) (GPT-2)."""
+        std = self.cfg.init_std
+        out_std = std / math.sqrt(2 * self.cfg.n_layers)
+        nn.init.normal_(self.tok_embeddings.weight, std=std)
+        if not self.cfg.tie_embeddings:
+            nn.init.normal_(self.output.weight, std=std)
+        for layer in self.layers:
+            nn.init.normal_(layer.attention.wqkv.weight, std=std)
+            nn.init.normal_(layer.attention.wo.weight, std=out_std)
+            nn.init.normal_(layer.feed_forward.w13.weight, std=std)
+            nn.init.normal_(layer.feed_forward.w2.weight, std=out_std)
+            layer.attention_norm.weight.fill_(1.0)
+            layer.ffn_norm.weight.fill_(1.0)
+        self.norm.weight.fill_(1.0)
+
+    def num_params(self) -> int:
+        """Number of distinct parameters (a tied embedding counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def new_kv_cache(
+        self,
+        batch_size: int,
+        max_len: int,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
+        """Zeroed cache for positions 0..max_len-1; dtype defaults to the parameters' dtype."""
+        dtype = dtype or self.tok_embeddings.weight.dtype
+        shape = (self.cfg.n_layers, batch_size, self.cfg.n_kv_heads, max_len, self.head_dim)
+        return KVCache(
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+        )
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
+    ) -> torch.Tensor:
+        """idx [B, T] -> logits [B, T, V] (fp32), or the mean cross-entropy if `targets` given.
+
+        With `kv_cache`, idx holds positions start_pos..start_pos+T-1 and their keys/values
+        are written into the cache; earlier positions are read from it.
+        """
+        seq = idx.shape[1]
+        end = start_pos + seq
+        if kv_cache is not None and end > kv_cache.max_len:
+            raise ValueError(f"positions up to {end} do not fit a kv cache of {kv_cache.max_len}")
+        positions = torch.arange(start_pos, end, device=idx.device)
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.cfg.rope_theta)
+        mask = None
+        window = self.cfg.sliding_window
+        needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
+        if needs_mask or (kv_cache is None and window is not None and seq > window):
+            mask = attention_mask(start_pos, seq, end, window, idx.device)
+        h = self.tok_embeddings(idx)
+        for i, layer in enumerate(self.layers):
+            cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
+            h = layer(h, cos, sin, mask, cache, start_pos)
+        h = self.norm(h)
+        if targets is None:
+            return self.output(h).float()
+        return cross_entropy_loss(h, self.output.weight, targets)
+
+
+def cross_entropy_loss(
+    h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of logits h @ weight.T over targets != -100, with fp32 softmax."""
+    logits = F.linear(h, weight).float()
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )

@@ -1,0 +1,1 @@
+"""The factory's stages as registered, cached runs, and `pipeline run` that chains them."""

@@ -1,0 +1,132 @@
+"""`forgeml pipeline run RECIPE`: ingest → tokenizer → pack → pretrain → eval → generate.
+
+Each stage is a cached run (see stages.py), so running the same recipe twice repeats
+nothing and changing one field re-runs only the stages downstream of it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forgeml.core.config import Recipe
+from forgeml.core.errors import ConfigError
+from forgeml.core.workspace import Workspace
+from forgeml.pipeline.stages import (
+    Notify,
+    StageResult,
+    eval_stage,
+    generate_text,
+    ingest_stage,
+    open_registry,
+    pack_stage,
+    pretrain_stage,
+    tokenizer_stage,
+)
+
+
+@dataclass
+class PipelineResult:
+    stages: list[StageResult] = field(default_factory=list)
+    samples: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def stage(self, name: str) -> StageResult:
+        return next(s for s in self.stages if s.stage == name)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stages": [
+                {"stage": s.stage, "run": s.run_id, "outputs": s.outputs, "cached": s.cached}
+                for s in self.stages
+            ],
+            "metrics": {s.stage: s.metrics for s in self.stages},
+            "samples": [{"prompt": p, "completion": c} for p, c in self.samples],
+            "seconds": self.seconds,
+        }
+
+
+def run_pipeline(
+    ws: Workspace,
+    recipe: Recipe,
+    *,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+    notify: Notify | None = None,
+) -> PipelineResult:
+    """Run every stage of `recipe` in order, skipping those already done."""
+    if not recipe.data.sources:
+        raise ConfigError(
+            "the recipe has no data.sources", hint="add folders under data.sources in the recipe"
+        )
+    start = time.perf_counter()
+    out = PipelineResult()
+    data = recipe.data
+    ingest = ingest_stage(
+        ws,
+        [Path(s) for s in data.sources],
+        name=data.name,
+        include=data.include,
+        exclude=data.exclude,
+        max_file_bytes=data.max_file_bytes,
+        force=force,
+        progress=progress,
+        notify=notify,
+    )
+    out.stages.append(ingest)
+    tok = tokenizer_stage(
+        ws,
+        ingest.output,
+        recipe.tokenizer,
+        heldout_fraction=data.heldout_fraction,
+        force=force,
+        progress=progress,
+        notify=notify,
+    )
+    out.stages.append(tok)
+    pack = pack_stage(
+        ws,
+        ingest.output,
+        tok.output,
+        heldout_fraction=data.heldout_fraction,
+        force=force,
+        progress=progress,
+        notify=notify,
+    )
+    out.stages.append(pack)
+    model = pretrain_stage(
+        ws,
+        recipe,
+        pack.output,
+        tok.output,
+        resume=resume,
+        force=force,
+        progress=progress,
+        notify=notify,
+    )
+    out.stages.append(model)
+    if data.heldout_fraction > 0:
+        ev = eval_stage(
+            ws,
+            model.output,
+            recipe.eval,
+            shards_ref=pack.output,
+            seq_len=recipe.train.seq_len,
+            dtype=recipe.train.dtype,
+            force=force,
+            notify=notify,
+        )
+        out.stages.append(ev)
+    for prompt in recipe.generate.prompts:
+        out.samples.append((prompt, generate_text(ws, model.output, prompt, recipe.generate)))
+    out.seconds = time.perf_counter() - start
+    return out
+
+
+def asset_paths(ws: Workspace, result: PipelineResult) -> dict[str, str]:
+    """Where each output asset's files are, for the summary table."""
+    reg = open_registry(ws)
+    return {i: str(reg.get_asset(i).path) for s in result.stages for i in s.outputs}

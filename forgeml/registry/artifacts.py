@@ -1,0 +1,142 @@
+"""Content-addressed artifact store on local disk: `<root>/<kind>/<asset id>/...`.
+
+Files are copied into a temp folder, made read-only, then renamed into place, so an
+asset folder is either absent or complete. The registry records what lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from forgeml.core.errors import DataError, NotFoundError
+from forgeml.core.io import fsync_dir, sha256_file
+
+_READ_ONLY_FILE = 0o444
+_READ_ONLY_DIR = 0o555
+
+
+@dataclass(frozen=True)
+class TreeDigest:
+    """sha256 over the sorted (relative path, file sha256) manifest of a file or folder."""
+
+    sha256: str
+    size_bytes: int
+    n_files: int
+    files: tuple[tuple[str, str], ...]
+
+
+def _list_files(src: Path) -> list[tuple[str, Path]]:
+    if src.is_file():
+        return [(src.name, src)]
+    files = []
+    for dirpath, _, filenames in os.walk(src, followlinks=True):  # as copytree does
+        for fname in filenames:
+            full = Path(dirpath) / fname
+            files.append((full.relative_to(src).as_posix(), full))
+    files.sort()
+    return files
+
+
+def tree_digest(src: Path) -> TreeDigest:
+    """Hash a file or a folder. A single file hashes as a folder holding only that file,
+    so an asset stored as `<id>/<name>` re-hashes to the id it was registered under."""
+    src = Path(src)
+    if not src.exists():
+        raise NotFoundError(f"no such file or folder: {src}", hint="check the path")
+    files = _list_files(src)
+    if not files:
+        raise DataError(f"{src} holds no files", hint="register a non-empty folder or a file")
+    h = hashlib.sha256()
+    manifest = []
+    size = 0
+    for rel, full in files:
+        digest = sha256_file(full)
+        manifest.append((rel, digest))
+        size += full.stat().st_size
+        # NUL and newline cannot appear in a POSIX relative path, so the encoding is unambiguous.
+        h.update(f"{rel}\0{digest}\n".encode())
+    return TreeDigest(h.hexdigest(), size, len(files), tuple(manifest))
+
+
+def _set_tree_mode(root: Path, writable: bool) -> None:
+    # chmod needs ownership, not write access to the parent, so one pass in any order works.
+    file_mode = 0o644 if writable else _READ_ONLY_FILE
+    dir_mode = 0o755 if writable else _READ_ONLY_DIR
+    os.chmod(root, dir_mode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            os.chmod(Path(dirpath) / d, dir_mode)
+        for f in filenames:
+            os.chmod(Path(dirpath) / f, file_mode)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a (possibly read-only) stored tree."""
+    if path.exists():
+        _set_tree_mode(path, writable=True)
+        shutil.rmtree(path)
+
+
+class ArtifactStore:
+    """Local content-addressed store; never moves or modifies the caller's source files."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def folder(self, kind: str, asset_id: str) -> Path:
+        return self.root / kind / asset_id
+
+    def exists(self, kind: str, asset_id: str) -> bool:
+        return self.folder(kind, asset_id).is_dir()
+
+    def put(self, kind: str, asset_id: str, src: Path) -> Path:
+        """Copy `src` (file or folder) to `<root>/<kind>/<asset_id>/` atomically; return that
+        folder. If it already exists (same content, maybe another process) keep it."""
+        dest = self.folder(kind, asset_id)
+        if dest.is_dir():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.parent / f".tmp-{asset_id}-{secrets.token_hex(4)}"
+        try:
+            if src.is_file():
+                tmp.mkdir()
+                shutil.copy2(src, tmp / src.name)
+            else:
+                shutil.copytree(src, tmp, symlinks=False)
+            for dirpath, _, filenames in os.walk(tmp):
+                for fname in filenames:
+                    with open(Path(dirpath) / fname, "rb") as fh:
+                        os.fsync(fh.fileno())
+            _set_tree_mode(tmp, writable=False)
+            try:
+                os.rename(tmp, dest)
+            except OSError:
+                # Lost a race with another writer of the same content: theirs is identical.
+                if not dest.is_dir():
+                    raise
+            fsync_dir(dest.parent)
+        finally:
+            remove_tree(tmp)
+        return dest
+
+    def remove(self, kind: str, asset_id: str) -> None:
+        remove_tree(self.folder(kind, asset_id))
+
+    def verify(self, kind: str, asset_id: str, sha256: str) -> bool:
+        """Re-hash the stored folder and compare with the registered content hash."""
+        folder = self.folder(kind, asset_id)
+        if not folder.is_dir():
+            return False
+        return tree_digest(folder).sha256 == sha256
+
+
+def is_read_only(path: Path) -> bool:
+    """True when no write bit is set (root ignores modes, so check bits, not access())."""
+    return stat.S_IMODE(path.stat().st_mode) & 0o222 == 0

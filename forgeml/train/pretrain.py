@@ -1,0 +1,301 @@
+"""Pre-training (and continued pre-training) of a dense decoder on packed token shards.
+
+One readable loop, nanoGPT-style: build model and optimizer, optionally resume, then per
+step set the lr, accumulate gradients over micro-batches, clip, step, log, evaluate and
+checkpoint. Runs as one process or under `torchrun` (DDP); checkpoints resume exactly,
+also on a different number of processes. out_dir: checkpoints/, metrics.jsonl, model/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from forgeml.core.config import Recipe, config_hash, load_recipe, save_resolved
+from forgeml.core.errors import ConfigError, ForgeError, NotFoundError
+from forgeml.core.io import atomic_write_text
+from forgeml.core.runtime import autocast, pick_device, seed_everything
+from forgeml.models.dense import Transformer
+from forgeml.models.hf_io import save_model
+from forgeml.tokenizer.pack import TokenShards
+from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.data import PretrainBatches, eval_batches
+from forgeml.train.distributed import all_reduce_mean, cleanup, init_distributed
+from forgeml.train.metrics import MetricsLogger
+from forgeml.train.optim import build_optimizer, lr_at
+
+# Settings that do not change the trained weights; everything else must match to resume.
+# The batch split (micro x accum x processes) may change as long as the global batch,
+# which the checkpoint records, stays the same.
+RESULT_NEUTRAL_TRAIN_FIELDS = {
+    "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
+    "compile", "device", "micro_batch_size", "grad_accum_steps",
+}  # fmt: skip
+
+
+def results_config(recipe: Recipe, model_cfg: Any) -> dict[str, Any]:
+    """The part of a recipe that decides the trained weights (hashed into checkpoints)."""
+    return {
+        "model": model_cfg.model_dump(mode="json"),
+        "optim": recipe.optim.model_dump(mode="json"),
+        "train": recipe.train.model_dump(mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS),
+    }
+
+
+def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    if saved.get("config_hash") == config_hash(current):
+        return
+    old = saved.get("results_config", {})
+    changed = [
+        f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
+        for section, fields in current.items()
+        for key, value in fields.items()
+        if old.get(section, {}).get(key) != value
+    ]
+    raise ConfigError(
+        f"cannot resume {path}: the recipe changed in settings that change the trained "
+        f"weights ({'; '.join(changed) or 'config hash differs'})",
+        hint="resume with the recipe the run started with, or start a new run (other --out)",
+    )
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    # Bitwise-reproducible resume on CPU: forbid nondeterministic kernels (warn, not fail).
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled or before, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, shards: TokenShards, *, seq_len: int, batch_size: int,
+    max_batches: int, device: str, dtype: str, rank: int = 0, world_size: int = 1,
+) -> float:  # fmt: skip
+    """Token-weighted mean loss on fixed held-out windows, split over processes."""
+    model.eval()
+    total = torch.zeros(2, device=device)  # loss * tokens, tokens
+    for i, (x, y) in enumerate(eval_batches(shards, seq_len, batch_size, max_batches)):
+        if i % world_size == rank:
+            with autocast(device, dtype):
+                loss = model(x.to(device), y.to(device))
+            total += torch.stack([loss.float() * y.numel(), torch.tensor(y.numel(), device=device)])
+    model.train()
+    total = all_reduce_mean(total)
+    return (total[0] / total[1]).item()
+
+
+def pretrain(
+    recipe: Recipe,
+    *,
+    train_shards: Path,
+    out_dir: Path,
+    eval_shards: Path | None = None,
+    tokenizer_dir: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `recipe.model` on `train_shards`; return a summary (losses, steps, tokens, ...)."""
+    with _deterministic(pick_device(recipe.train.device) == "cpu"):
+        return _pretrain(
+            recipe, Path(train_shards), Path(out_dir), eval_shards, tokenizer_dir, resume, progress
+        )
+
+
+def _pretrain(
+    recipe: Recipe, train_shards: Path, out_dir: Path, eval_shards: Path | None,
+    tokenizer_dir: Path | None, resume: bool, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    tcfg, ocfg = recipe.train, recipe.optim
+    dist = init_distributed(tcfg.device)
+    device = dist.device
+    train_data = TokenShards(train_shards)
+    eval_data = TokenShards(eval_shards) if eval_shards is not None else None
+    model_cfg = recipe.model.model_copy(
+        update={"vocab_size": recipe.model.vocab_size or train_data.vocab_size}
+    )
+    if model_cfg.vocab_size < train_data.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size {model_cfg.vocab_size} < the shards' vocab_size "
+            f"{train_data.vocab_size}",
+            hint="leave model.vocab_size unset to take it from the tokenizer",
+        )
+    if tcfg.seq_len > model_cfg.max_seq_len:
+        raise ConfigError(
+            f"train.seq_len {tcfg.seq_len} > model.max_seq_len {model_cfg.max_seq_len}",
+            hint="lower train.seq_len or raise model.max_seq_len",
+        )
+    run_config = results_config(recipe, model_cfg)
+    ckpt_dir = out_dir / "checkpoints"
+
+    seed_everything(tcfg.seed)
+    model = Transformer(model_cfg).to(device)
+    optimizer = build_optimizer(model, ocfg, device)
+    global_batch = tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
+    start_step, saved = 0, {}
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise NotFoundError(
+                f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume to start"
+            )
+        state = load_checkpoint(path, model=model, optimizer=optimizer)
+        saved = state["extra"]
+        _check_same_run(saved, run_config, path)
+        start_step, global_batch = state["step"], state["data"]["global_batch_size"]
+    grad_accum, rest = divmod(global_batch, tcfg.micro_batch_size * dist.world_size)
+    if rest or not grad_accum:
+        raise ConfigError(
+            f"global batch of {global_batch} sequences cannot be split into micro-batches of "
+            f"{tcfg.micro_batch_size} over {dist.world_size} processes",
+            hint="pick a train.micro_batch_size that divides it",
+        )
+    if grad_accum != tcfg.grad_accum_steps and dist.is_main:
+        print(
+            f"keeping the checkpoint's global batch of {global_batch} sequences: "
+            f"grad_accum_steps {tcfg.grad_accum_steps} -> {grad_accum}",
+            file=sys.stderr,
+        )
+    batches = PretrainBatches(
+        train_data, seq_len=tcfg.seq_len, global_batch_size=global_batch, seed=tcfg.seed,
+        rank=dist.rank, world_size=dist.world_size,
+    )  # fmt: skip
+    if resume:
+        batches.load_state_dict(state["data"])
+
+    # Parallelism and compilation wrap the plain model from outside; `model` stays the
+    # unwrapped module for checkpoints, eval and export.
+    train_model: nn.Module = torch.compile(model) if tcfg.compile else model
+    if dist.world_size > 1:
+        device_ids = [dist.local_rank] if device.startswith("cuda") else None
+        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+
+    metrics = MetricsLogger(
+        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
+        progress=progress, resume_step=start_step if resume else None,
+    )  # fmt: skip
+    tokens_per_step = global_batch * tcfg.seq_len
+    eval_kw = dict(
+        seq_len=recipe.eval.seq_len or tcfg.seq_len, batch_size=recipe.eval.batch_size,
+        max_batches=tcfg.eval_batches, device=device, dtype=tcfg.dtype, rank=dist.rank,
+        world_size=dist.world_size,
+    )  # fmt: skip
+    train_loss, eval_loss = saved.get("train_loss"), saved.get("eval_loss")
+    elapsed_before = saved.get("elapsed", 0.0)
+    t_start = t_log = time.perf_counter()
+    step_log = start_step
+    for step in range(start_step, tcfg.max_steps):
+        lr = lr_at(step, tcfg.max_steps, ocfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        micro_batches = batches.next_micro_batches(tcfg.micro_batch_size, grad_accum)
+        for i, (x, y) in enumerate(micro_batches):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            # Under DDP, all-reduce gradients only once, on the last micro-batch.
+            last = i == grad_accum - 1
+            sync = (
+                contextlib.nullcontext() if last or dist.world_size == 1 else train_model.no_sync()
+            )
+            with sync:
+                with autocast(device, tcfg.dtype):
+                    loss = train_model(x, y)
+                (loss / grad_accum).backward()
+            loss_sum += loss.detach().float()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            model.parameters(), ocfg.grad_clip or float("inf")
+        )
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        final = done == tcfg.max_steps
+        evaluate = eval_data is not None and (
+            final or (tcfg.eval_every and done % tcfg.eval_every == 0)
+        )
+        if evaluate:
+            eval_loss = evaluate_loss(model, eval_data, **eval_kw)
+        if final or evaluate or done % tcfg.log_every == 0:
+            train_loss = all_reduce_mean(loss_sum / grad_accum).item()
+            now = time.perf_counter()
+            metrics.log({
+                "step": done, "loss": train_loss, "lr": lr, "tokens": done * tokens_per_step,
+                "tok_per_s": (done - step_log) * tokens_per_step / max(now - t_log, 1e-9),
+                "grad_norm": grad_norm.item(), "eval_loss": eval_loss if evaluate else None,
+                "elapsed": elapsed_before + now - t_start,
+            })  # fmt: skip
+            t_log, step_log = now, done
+        if final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
+            save_checkpoint(
+                ckpt_dir, done, model=model, optimizer=optimizer, data_state=batches.state_dict(),
+                keep=tcfg.keep_checkpoints, extra={
+                    "config_hash": config_hash(run_config), "results_config": run_config,
+                    "train_loss": train_loss, "eval_loss": eval_loss,
+                    "elapsed": elapsed_before + time.perf_counter() - t_start,
+                },
+            )  # fmt: skip
+    metrics.close()
+    seconds = time.perf_counter() - t_start
+    trained_tokens = (tcfg.max_steps - start_step) * tokens_per_step
+
+    summary = {
+        "train_loss": train_loss, "eval_loss": eval_loss, "steps": tcfg.max_steps,
+        "tokens": tcfg.max_steps * tokens_per_step, "tokens_per_s": trained_tokens / seconds,
+        "params": model.num_params(), "world_size": dist.world_size,
+        "config_hash": config_hash(run_config), "model_dir": str(out_dir / "model"),
+        "checkpoint_dir": str(ckpt_dir), "metrics_path": str(out_dir / "metrics.jsonl"),
+    }  # fmt: skip
+    if dist.is_main:
+        save_model(model, out_dir / "model", tokenizer_dir)
+        save_resolved(recipe, out_dir / "recipe.yaml")
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m forgeml.train.pretrain",
+        description="Pre-train a model on token shards (run under torchrun for DDP).",
+    )
+    parser.add_argument("--recipe", type=Path, help="recipe YAML (defaults when omitted)")
+    parser.add_argument("--train-shards", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--eval-shards", type=Path)
+    parser.add_argument("--tokenizer-dir", type=Path, help="copied next to the final weights")
+    parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.max_steps=50")
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        summary = pretrain(
+            recipe, train_shards=args.train_shards, out_dir=args.out,
+            eval_shards=args.eval_shards, tokenizer_dir=args.tokenizer_dir,
+            resume=args.resume, progress=not args.quiet,
+        )  # fmt: skip
+    except ForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup()
+    if not args.quiet and os.environ.get("RANK", "0") == "0":
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
