@@ -46,12 +46,14 @@ train_app = typer.Typer(help="Training runs.", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 assets_app = typer.Typer(help="Browse the registry and its lineage graph.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Run whole recipes.", no_args_is_help=True)
+runs_app = typer.Typer(help="Browse runs (every stage is a run).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(tok_app, name="tokenizer")
 app.add_typer(train_app, name="train")
 app.add_typer(eval_app, name="eval")
 app.add_typer(assets_app, name="assets")
 app.add_typer(pipeline_app, name="pipeline")
+app.add_typer(runs_app, name="runs")
 
 
 @app.callback()
@@ -358,35 +360,73 @@ def assets_lineage(
 
     if up and down:
         raise ForgeError("choose one of --up and --down")
+    from forgeml.registry import format_lineage
+
     direction = "down" if down else "up"
     graph = open_registry(_ws()).lineage(ref, direction, max_depth=depth)
-    _print_lineage(graph, direction)
+    console.print(format_lineage(graph), highlight=False, markup=False)
 
 
-def _print_lineage(graph, direction: str) -> None:
-    nodes = {n["id"]: n for n in graph.nodes}
-    children: dict[str, list[str]] = {}
-    for a, b in graph.edges:
-        src, dst = (b, a) if direction == "up" else (a, b)
-        children.setdefault(src, []).append(dst)
-    root = graph.nodes[0]["id"]
-    seen: set[str] = set()
+@runs_app.command("list")
+def runs_list(
+    stage: Annotated[
+        str | None, typer.Option(help="Only this stage (ingest, pretrain, ...).")
+    ] = None,
+    status: Annotated[str | None, typer.Option(help="running, succeeded, failed.")] = None,
+) -> None:
+    """List runs, newest first."""
+    from forgeml.pipeline.stages import open_registry
 
-    def label(node_id: str) -> str:
-        n = nodes.get(node_id, {})
-        what = n.get("kind") or n.get("stage") or n.get("type", "")
-        return f"{node_id}  [{what}] {n.get('name') or ''}".rstrip()
+    table = Table()
+    for col in ("id", "stage", "status", "config", "inputs", "outputs", "started"):
+        table.add_column(col, overflow="fold")
+    for r in open_registry(_ws()).list_runs(stage=stage, status=status):
+        table.add_row(
+            r.id,
+            r.stage,
+            r.status,
+            r.config_hash[:12],
+            " ".join(r.inputs),
+            " ".join(r.outputs),
+            str(r.started_at)[:19],
+        )
+    console.print(table)
 
-    def walk(node_id: str, prefix: str) -> None:
-        for i, child in enumerate(children.get(node_id, [])):
-            last = i == len(children[node_id]) - 1
-            console.print(f"{prefix}{'└── ' if last else '├── '}{label(child)}", highlight=False)
-            if child not in seen:
-                seen.add(child)
-                walk(child, prefix + ("    " if last else "│   "))
 
-    console.print(label(root), highlight=False)
-    walk(root, "")
+@runs_app.command("show")
+def runs_show(ref: Annotated[str, typer.Argument(help="Run id or unique prefix.")]) -> None:
+    """Show one run: config, inputs, outputs, metrics, versions, timing."""
+    import dataclasses
+
+    from forgeml.pipeline.stages import open_registry
+
+    run = open_registry(_ws()).get_run(ref)
+    console.print_json(json.dumps(dataclasses.asdict(run), default=str))
+
+
+@app.command("promote")
+def promote_cmd(
+    model: Annotated[str, typer.Argument(help="Asset id, prefix or name.")],
+    alias: Annotated[str, typer.Option("--alias", "-a", help="Alias to move, e.g. champion.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "",
+) -> None:
+    """Point an alias at an asset (history kept; `rollback` moves it back)."""
+    from forgeml.pipeline.stages import open_registry
+
+    target = open_registry(_ws()).set_alias(alias, model, reason=reason)
+    console.print(f"{alias} -> {target}")
+
+
+@app.command("rollback")
+def rollback_cmd(
+    alias: Annotated[str, typer.Argument(help="Alias to move back to its previous target.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "",
+) -> None:
+    """Move an alias back to its previous target in one command."""
+    from forgeml.pipeline.stages import open_registry
+
+    target = open_registry(_ws()).rollback_alias(alias, reason=reason)
+    console.print(f"{alias} -> {target}")
 
 
 @pipeline_app.command("run")
@@ -473,7 +513,7 @@ def main() -> None:
     except ForgeError as exc:
         if debug:
             raise
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")

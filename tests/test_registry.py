@@ -109,8 +109,10 @@ def test_unknown_refs_and_kinds(reg: Registry, tmp_path: Path) -> None:
 
 
 def test_ambiguous_prefix_lists_candidates(reg: Registry, tmp_path: Path) -> None:
-    ids = {reg.add_asset("dataset", f"d{i}", _folder(tmp_path / str(i), {"f": str(i)})).id
-           for i in range(3)}
+    ids = {
+        reg.add_asset("dataset", f"d{i}", _folder(tmp_path / str(i), {"f": str(i)})).id
+        for i in range(3)
+    }
     with pytest.raises(ForgeError, match="ambiguous") as err:
         reg.get_asset("dataset-")
     for asset_id in ids:
@@ -129,7 +131,9 @@ def test_runs_metrics_and_cache(reg: Registry, tmp_path: Path) -> None:
     # Nothing cached while the run is still running.
     assert reg.find_cached_run("tokenize", run.config_hash, [data.id]) is None
 
-    tok = reg.add_asset("tokenizer", "bpe", _folder(tmp_path / "t", {"t.json": "{}"}), run_id=run.id)
+    tok = reg.add_asset(
+        "tokenizer", "bpe", _folder(tmp_path / "t", {"t.json": "{}"}), run_id=run.id
+    )
     assert tok.producer_run == run.id
     done = reg.finish_run(run.id, status="succeeded", outputs=[tok.id], metrics={"fertility": 1.3})
     assert done.status == "succeeded" and done.outputs == [tok.id]
@@ -140,7 +144,9 @@ def test_runs_metrics_and_cache(reg: Registry, tmp_path: Path) -> None:
 
     hit = reg.find_cached_run("tokenize", config_hash(cfg), [data.id])
     assert hit is not None and hit.id == run.id
-    assert reg.find_cached_run("tokenize", config_hash({**cfg, "vocab_size": 1024}), [data.id]) is None
+    assert (
+        reg.find_cached_run("tokenize", config_hash({**cfg, "vocab_size": 1024}), [data.id]) is None
+    )
     assert reg.find_cached_run("tokenize", config_hash(cfg), [data.id, other.id]) is None
     assert reg.find_cached_run("tokenize", config_hash(cfg), [other.id]) is None
     assert reg.find_cached_run("train", config_hash(cfg), [data.id]) is None
@@ -173,8 +179,13 @@ def test_lineage_up_and_down(reg: Registry, tmp_path: Path) -> None:
     up = reg.lineage(model.id, "up")
     ids = [n["id"] for n in up.nodes]
     assert ids[0] == model.id and set(ids) == {model.id, r2.id, data.id, tok.id, r1.id}
-    assert set(up.edges) == {(r2.id, model.id), (data.id, r2.id), (tok.id, r2.id),
-                             (r1.id, tok.id), (data.id, r1.id)}
+    assert set(up.edges) == {
+        (r2.id, model.id),
+        (data.id, r2.id),
+        (tok.id, r2.id),
+        (r1.id, tok.id),
+        (data.id, r1.id),
+    }
     by_id = {n["id"]: n for n in up.nodes}
     assert by_id[r2.id]["type"] == "run" and by_id[r2.id]["stage"] == "pretrain"
     assert by_id[tok.id]["type"] == "asset" and by_id[tok.id]["kind"] == "tokenizer"
@@ -251,3 +262,22 @@ def test_deleted_artifact_is_restored_on_reregister(reg: Registry, tmp_path: Pat
     assert not reg.verify_asset(asset.id)
     assert reg.add_asset("dataset", "d", src).id == asset.id
     assert reg.verify_asset(asset.id)
+
+
+def test_workspace_layout_and_in_memory_database(tmp_path: Path) -> None:
+    with Registry.open_workspace(tmp_path / "ws") as reg:
+        asset = reg.add_asset("dataset", "d", _folder(tmp_path / "d", {"a": "1"}))
+        assert (tmp_path / "ws" / "registry.db").is_file()
+        assert asset.path.is_relative_to(tmp_path / "ws" / "artifacts" / "dataset")
+    with Registry("sqlite://", tmp_path / "mem-art") as reg:
+        run = reg.start_run("eval", {"suite": "s"}, inputs=[])
+        assert reg.get_run(run.id).inputs == []
+        assert reg.add_asset("eval", "e", tmp_path / "d").id.startswith("eval-")
+
+
+def test_newer_schema_revision_is_refused(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    with Registry(url, tmp_path / "art") as reg, reg.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with pytest.raises(ForgeError, match="schema revision 9999"):
+        Registry(url, tmp_path / "art")

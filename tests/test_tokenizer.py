@@ -17,7 +17,7 @@ from forgeml.tokenizer.train import (
     train_bpe_tokenizer,
 )
 
-WORDS = "the model factory trains curated data tokenizer über naïve 数据 模型 café λ".split()
+WORDS = "the model factory trains curated data über naïve 数据 模型 café λ".split()
 
 
 def make_corpus(n_docs: int, seed: int = 0) -> list[str]:

@@ -118,6 +118,8 @@ class Attention(nn.Module):
         q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
         q = apply_rope(q, cos, sin)
         k = apply_rope(k, cos, sin)
+        # Unmasked multi-token calls start at position 0 (training, prefill): there SDPA's
+        # causal flag is exact and cheaper than a mask tensor.
         is_causal = mask is None and seq > 1
         if cache is not None:
             cache_k, cache_v = cache

@@ -11,12 +11,12 @@ import importlib.metadata
 import platform
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -52,6 +52,7 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x666F726765
 _ASSET_HINT = "run `forgeml assets list` to see ids"
 _RUN_HINT = "run `forgeml runs list` to see ids"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -255,12 +256,20 @@ class Registry:
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
-        head = ScriptDirectory.from_config(cfg).get_current_head()
+        scripts = ScriptDirectory.from_config(cfg)
+        head = scripts.get_current_head()
         with self.engine.connect() as conn:
-            if MigrationContext.configure(conn).get_current_revision() == head:
-                conn.rollback()
-                return
+            current = MigrationContext.configure(conn).get_current_revision()
             conn.rollback()
+            if current == head:
+                return
+            if current is not None and current not in {
+                s.revision for s in scripts.walk_revisions()
+            }:
+                raise ForgeError(
+                    f"registry database is at schema revision {current}, unknown to this forgeml",
+                    hint="upgrade forgeml to the version that last wrote this registry",
+                )
             with lock.held(conn):
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
@@ -270,6 +279,19 @@ class Registry:
     def _writing(self) -> Iterator[Session]:
         with self._write() as session, session.begin():
             yield session
+
+    def _write_retrying(self, write: Callable[[Session], T], attempts: int = 5) -> T:
+        """Run `write` in a write transaction, again if it lost a unique-key race (another
+        process inserted the same asset, edge or alias first; only PostgreSQL lets that
+        happen, SQLite writers are serialised): the retry sees the row and updates it."""
+        for attempt in range(attempts):
+            try:
+                with self._writing() as session:
+                    return write(session)
+            except IntegrityError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -324,27 +346,27 @@ class Registry:
         rel = folder.relative_to(self.artifacts.root)
         if src.is_file():
             rel = rel / src.name
-        row = AssetRow(
-            id=asset_id,
-            kind=kind,
-            name=name,
-            sha256=digest.sha256,
-            size_bytes=digest.size_bytes,
-            n_files=digest.n_files,
-            created_at=_utcnow(),
-            meta=dict(metadata or {}),
-            producer_run=run_id,
-            path=rel.as_posix(),
-        )
-        try:
-            with self._writing() as session:
-                if session.get(AssetRow, asset_id) is None:
-                    session.add(row)
-                self._add_edges(session, asset_id, run_id, parent_ids)
-        except IntegrityError:
-            # Another process registered the same content between our check and insert.
-            with self._writing() as session:
-                self._add_edges(session, asset_id, run_id, parent_ids)
+
+        def register(session: Session) -> None:
+            if session.get(AssetRow, asset_id) is None:
+                session.add(
+                    AssetRow(
+                        id=asset_id,
+                        kind=kind,
+                        name=name,
+                        sha256=digest.sha256,
+                        size_bytes=digest.size_bytes,
+                        n_files=digest.n_files,
+                        created_at=_utcnow(),
+                        meta=dict(metadata or {}),
+                        producer_run=run_id,
+                        path=rel.as_posix(),
+                    )
+                )
+                session.flush()
+            self._add_edges(session, asset_id, run_id, parent_ids)
+
+        self._write_retrying(register)
         return self.get_asset(asset_id)
 
     def _add_edges(
@@ -418,34 +440,50 @@ class Registry:
 
     # -- runs ---------------------------------------------------------------------------
 
+    def _to_runs(self, session: Session, rows: Sequence[RunRow]) -> list[Run]:
+        """Runs with their inputs and outputs, loading edges in batches (not one per run)."""
+        inputs: dict[str, list[str]] = {r.id: [] for r in rows}
+        outputs: dict[str, list[str]] = {r.id: [] for r in rows}
+        ids = list(inputs)
+        for i in range(0, len(ids), 500):  # stay far below SQLite's bound-parameter limit
+            chunk = ids[i : i + 500]
+            for src, dst, relation in session.execute(
+                select(EdgeRow.src, EdgeRow.dst, EdgeRow.relation)
+                .where(
+                    or_(
+                        (EdgeRow.relation == CONSUMES) & EdgeRow.dst.in_(chunk),
+                        (EdgeRow.relation == PRODUCES) & EdgeRow.src.in_(chunk),
+                    )
+                )
+                .order_by(EdgeRow.position, EdgeRow.src, EdgeRow.dst)
+            ):
+                if relation == CONSUMES:
+                    inputs[dst].append(src)
+                else:
+                    outputs[src].append(dst)
+        return [
+            Run(
+                id=row.id,
+                stage=row.stage,
+                status=row.status,
+                config=dict(row.config or {}),
+                config_hash=row.config_hash,
+                inputs=inputs[row.id],
+                outputs=outputs[row.id],
+                metrics=dict(row.metrics or {}),
+                seed=row.seed,
+                code_version=row.code_version,
+                library_versions=dict(row.library_versions or {}),
+                started_at=_aware(row.started_at),
+                ended_at=_aware(row.ended_at),
+                launched_by=row.launched_by,
+                error=row.error,
+            )
+            for row in rows
+        ]
+
     def _to_run(self, session: Session, row: RunRow) -> Run:
-        inputs = session.scalars(
-            select(EdgeRow.src)
-            .where(EdgeRow.dst == row.id, EdgeRow.relation == CONSUMES)
-            .order_by(EdgeRow.position, EdgeRow.src)
-        ).all()
-        outputs = session.scalars(
-            select(EdgeRow.dst)
-            .where(EdgeRow.src == row.id, EdgeRow.relation == PRODUCES)
-            .order_by(EdgeRow.position, EdgeRow.dst)
-        ).all()
-        return Run(
-            id=row.id,
-            stage=row.stage,
-            status=row.status,
-            config=dict(row.config or {}),
-            config_hash=row.config_hash,
-            inputs=list(inputs),
-            outputs=list(outputs),
-            metrics=dict(row.metrics or {}),
-            seed=row.seed,
-            code_version=row.code_version,
-            library_versions=dict(row.library_versions or {}),
-            started_at=_aware(row.started_at),
-            ended_at=_aware(row.ended_at),
-            launched_by=row.launched_by,
-            error=row.error,
-        )
+        return self._to_runs(session, [row])[0]
 
     def _resolve_run_row(self, session: Session, ref: str) -> RunRow:
         row = session.get(RunRow, ref) if ref else None
@@ -525,8 +563,10 @@ class Registry:
                 f"invalid final run status '{status}'",
                 hint="use one of succeeded, failed, cancelled",
             )
-        with self._writing() as session:
+
+        def finish(session: Session) -> Run:
             row = self._resolve_run_row(session, run_id)
+            session.refresh(row, with_for_update=True)  # two finishers: the second one fails
             if row.status != "running":
                 raise ForgeError(
                     f"run {row.id} already finished with status '{row.status}'",
@@ -534,8 +574,11 @@ class Registry:
                 )
             for i, ref in enumerate(outputs):
                 asset = self._resolve_asset_row(session, ref)
-                if session.get(EdgeRow, (row.id, asset.id, PRODUCES)) is None:
+                edge = session.get(EdgeRow, (row.id, asset.id, PRODUCES))
+                if edge is None:
                     session.add(EdgeRow(src=row.id, dst=asset.id, relation=PRODUCES, position=i))
+                else:
+                    edge.position = i
                 if asset.producer_run is None:
                     asset.producer_run = row.id
             row.status = status
@@ -544,6 +587,8 @@ class Registry:
             row.error = error
             session.flush()
             return self._to_run(session, row)
+
+        return self._write_retrying(finish)
 
     def get_run(self, ref: str) -> Run:
         """A run by full id or unique id prefix."""
@@ -558,7 +603,7 @@ class Registry:
         if status is not None:
             stmt = stmt.where(RunRow.status == status)
         with self._reading() as session:
-            return [self._to_run(session, r) for r in session.scalars(stmt).all()]
+            return self._to_runs(session, session.scalars(stmt).all())
 
     def find_cached_run(self, stage: str, config_hash: str, inputs: Sequence[str]) -> Run | None:
         """Latest succeeded run of `stage` with this config hash and the same set of inputs
@@ -574,8 +619,7 @@ class Registry:
                 )
                 .order_by(RunRow.started_at.desc(), RunRow.id.desc())
             ).all()
-            for row in candidates:
-                run = self._to_run(session, row)
+            for run in self._to_runs(session, candidates):
                 if set(run.inputs) != wanted:
                     continue
                 assets = [session.get(AssetRow, a) for a in run.outputs]
@@ -644,14 +688,18 @@ class Registry:
 
     # -- aliases ------------------------------------------------------------------------
 
-    def set_alias(self, name: str, asset_ref: str, *, reason: str = "", actor: str = "user") -> str:
-        """Point alias `name` at an asset (id, name or another alias); returns the asset id."""
+    def set_alias(self, name: str, asset_id: str, *, reason: str = "", actor: str = "user") -> str:
+        """Point alias `name` at an asset (`asset_id` may be any ref: id, prefix, name or another
+        alias); returns the resolved asset id."""
         if not name:
             raise ForgeError("an alias needs a name", hint="e.g. champion or candidate")
-        with self._writing() as session:
-            target = self._resolve_asset_row(session, asset_ref).id
+
+        def move(session: Session) -> str:
+            target = self._resolve_asset_row(session, asset_id).id
             self._move_alias(session, name, target, "set", reason, actor)
-        return target
+            return target
+
+        return self._write_retrying(move)
 
     def _move_alias(
         self, session: Session, name: str, target: str, action: str, reason: str, actor: str
@@ -706,7 +754,8 @@ class Registry:
     def rollback_alias(self, name: str, *, reason: str = "", actor: str = "user") -> str:
         """Move the alias back to the target it had before its latest move that is still in
         effect (rollbacks undo sets like a stack); returns the new target id."""
-        with self._writing() as session:
+
+        def roll_back(session: Session) -> str:
             alias = session.get(AliasRow, name, with_for_update=True)
             if alias is None:
                 raise NotFoundError(
@@ -723,11 +772,13 @@ class Registry:
             if len(stack) < 2:
                 raise ForgeError(
                     f"alias '{name}' has no previous target to roll back to",
-                    hint="see `forgeml assets aliases` for its history",
+                    hint="point it at another asset first",
                 )
             target = stack[-2]
             self._move_alias(session, name, target, "rollback", reason, actor)
-        return target
+            return target
+
+        return self._write_retrying(roll_back)
 
 
 def format_lineage(lin: Lineage) -> str:

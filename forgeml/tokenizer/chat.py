@@ -141,7 +141,8 @@ def _tool_call_line(call: Mapping[str, Any]) -> str:
     args = fn.get("arguments", {})
     # OpenAI sends `arguments` as a JSON string; it is emitted verbatim, a mapping is serialised.
     args_json = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
-    return f'<tool_call>{{"name": {json.dumps(fn["name"], ensure_ascii=False)}, "arguments": {args_json}}}</tool_call>'
+    name_json = json.dumps(fn["name"], ensure_ascii=False)
+    return f'<tool_call>{{"name": {name_json}, "arguments": {args_json}}}</tool_call>'
 
 
 def render_chat(

@@ -27,7 +27,7 @@ from forgeml.tokenizer.chat import BOS, EOS
 from forgeml.tokenizer.train import load_tokenizer
 
 FORMAT = "forgeml-shards-v1"
-_WRITE_BUFFER = 8 << 20
+_WRITE_BUFFER = 1 << 20
 
 
 def token_dtype(vocab_size: int) -> np.dtype:

@@ -23,6 +23,7 @@ from torch import nn
 
 from forgeml.core.errors import NotFoundError
 from forgeml.core.io import fsync_dir
+from forgeml.train.distributed import barrier
 
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
 _TMP_PREFIX = ".tmp-step_"
@@ -59,11 +60,6 @@ def _is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def list_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     """Complete checkpoints in `ckpt_dir`, oldest first (temp folders are ignored)."""
     ckpt_dir = Path(ckpt_dir)
@@ -97,7 +93,7 @@ def save_checkpoint(
     """
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / f"step_{step:08d}"
-    _barrier()
+    barrier()
     if _is_main():
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{step:08d}.", dir=ckpt_dir))
@@ -125,7 +121,7 @@ def save_checkpoint(
             os.replace(tmp, final)
         fsync_dir(ckpt_dir)
         _prune(ckpt_dir, keep)
-    _barrier()
+    barrier()
     return final
 
 

@@ -77,10 +77,12 @@ class MetricsLogger:
         self._fh.flush()
         if self._progress is not None:
             status = "  ".join(
-                f"{key} {record[key]:{fmt}}"
-                for key, fmt in (("loss", ".4f"), ("eval_loss", ".4f"), ("tok_per_s", ",.0f"))
+                text.format(record[key])
+                for key, text in (
+                    ("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("tok_per_s", "{:,.0f} tok/s")
+                )
                 if record.get(key) is not None
-            )
+            )  # fmt: skip
             self._progress.update(self._task, completed=record["step"], status=status)
 
     def close(self) -> None:

@@ -20,18 +20,18 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
-from forgeml.core.config import Recipe, config_hash, load_recipe, save_resolved
+from forgeml.core.config import ModelConfig, Recipe, config_hash, load_recipe, save_resolved
 from forgeml.core.errors import ConfigError, ForgeError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.dense import Transformer
 from forgeml.models.hf_io import save_model
+from forgeml.models.parallelize import parallelize
 from forgeml.tokenizer.pack import TokenShards
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from forgeml.train.data import PretrainBatches, eval_batches
-from forgeml.train.distributed import all_reduce_mean, cleanup, init_distributed
+from forgeml.train.distributed import all_reduce_mean, barrier, cleanup, init_distributed
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer, lr_at
 
@@ -44,7 +44,7 @@ RESULT_NEUTRAL_TRAIN_FIELDS = {
 }  # fmt: skip
 
 
-def results_config(recipe: Recipe, model_cfg: Any) -> dict[str, Any]:
+def results_config(recipe: Recipe, model_cfg: ModelConfig) -> dict[str, Any]:
     """The part of a recipe that decides the trained weights (hashed into checkpoints)."""
     return {
         "model": model_cfg.model_dump(mode="json"),
@@ -72,13 +72,16 @@ def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) 
 
 @contextlib.contextmanager
 def _deterministic(enabled: bool) -> Iterator[None]:
-    # Bitwise-reproducible resume on CPU: forbid nondeterministic kernels (warn, not fail).
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(enabled or before, warn_only=True)
+    # Bitwise-reproducible resume on CPU: nondeterministic kernels warn. The debug-mode API
+    # sets the same switch as use_deterministic_algorithms without importing torch._inductor
+    # (seconds per process).
+    before = torch.get_deterministic_debug_mode()
+    if enabled and not before:
+        torch.set_deterministic_debug_mode("warn")
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before)
+        torch.set_deterministic_debug_mode(before)
 
 
 @torch.no_grad()
@@ -177,12 +180,9 @@ def _pretrain(
     if resume:
         batches.load_state_dict(state["data"])
 
-    # Parallelism and compilation wrap the plain model from outside; `model` stays the
-    # unwrapped module for checkpoints, eval and export.
-    train_model: nn.Module = torch.compile(model) if tcfg.compile else model
-    if dist.world_size > 1:
-        device_ids = [dist.local_rank] if device.startswith("cuda") else None
-        train_model = DistributedDataParallel(train_model, device_ids=device_ids)
+    # Compilation and DDP wrap the plain model from outside; `model` stays the module whose
+    # state is checkpointed, evaluated and exported.
+    train_model = parallelize(model, compile=tcfg.compile, ddp=dist.world_size > 1, device=device)
 
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
@@ -253,7 +253,7 @@ def _pretrain(
     trained_tokens = (tcfg.max_steps - start_step) * tokens_per_step
 
     summary = {
-        "train_loss": train_loss, "eval_loss": eval_loss, "steps": tcfg.max_steps,
+        "final_train_loss": train_loss, "final_eval_loss": eval_loss, "steps": tcfg.max_steps,
         "tokens": tcfg.max_steps * tokens_per_step, "tokens_per_s": trained_tokens / seconds,
         "params": model.num_params(), "world_size": dist.world_size,
         "config_hash": config_hash(run_config), "model_dir": str(out_dir / "model"),
@@ -263,6 +263,7 @@ def _pretrain(
         save_model(model, out_dir / "model", tokenizer_dir)
         save_resolved(recipe, out_dir / "recipe.yaml")
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier()  # every rank returns only once the final model is on disk
     return summary
 
 

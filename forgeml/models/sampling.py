@@ -1,0 +1,122 @@
+"""Autoregressive sampling from a dense Transformer with its kv cache.
+
+The prompt is prefilled once, then one token per step; greedy, temperature, top-k and
+nucleus (top-p, Holtzman et al., arXiv:1904.09751) sampling with a local seeded generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from forgeml.models.dense import Transformer
+
+
+def filter_logits(
+    logits: torch.Tensor, *, top_k: int | None = None, top_p: float | None = None
+) -> torch.Tensor:
+    """Set logits outside the top-k and outside the smallest top-p probability mass to -inf.
+
+    logits: [V]. The most likely token is always kept.
+    """
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the mass of the tokens ranked above it already reaches top_p.
+        drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def _next_token(
+    logits: torch.Tensor,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    generator: torch.Generator,
+) -> int:
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def iter_generate(
+    model: Transformer,
+    prompt_ids: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_ids: set[int] | None = None,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+) -> Iterator[int]:
+    """Yield new token ids one at a time; stop after `max_new_tokens` or on a stop id (not yielded).
+
+    temperature 0 is greedy. A prompt longer than the model's context keeps its last
+    `max_seq_len - 1` tokens, and generation ends when the context is full.
+    """
+    if not prompt_ids:
+        raise ValueError("prompt_ids is empty: give at least one token (e.g. BOS)")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    stop_ids = stop_ids or set()
+    max_len = model.cfg.max_seq_len
+    prompt_ids = prompt_ids[-(max_len - 1) :] if max_len > 1 else prompt_ids[-1:]
+    total = min(max_len, len(prompt_ids) + max_new_tokens)
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(seed)
+    cache = model.new_kv_cache(1, total, device=device)
+    idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    logits = model(idx, kv_cache=cache, start_pos=0)[0, -1]
+    pos = len(prompt_ids)
+    for step in range(total - len(prompt_ids)):
+        token = _next_token(logits, temperature, top_k, top_p, generator)
+        if token in stop_ids:
+            return
+        yield token
+        if step + 1 == total - len(prompt_ids):
+            return
+        idx = torch.tensor([[token]], dtype=torch.long, device=device)
+        logits = model(idx, kv_cache=cache, start_pos=pos)[0, -1]
+        pos += 1
+
+
+def generate(
+    model: Transformer,
+    prompt_ids: list[int],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    stop_ids: set[int] | None = None,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+) -> list[int]:
+    """The new token ids (prompt excluded, stop id excluded); see `iter_generate`."""
+    return list(
+        iter_generate(
+            model,
+            prompt_ids,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            stop_ids=stop_ids,
+            seed=seed,
+            device=device,
+        )
+    )

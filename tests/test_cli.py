@@ -1,0 +1,121 @@
+"""The CLI: help everywhere, and errors a user can cause give one clear line and exit 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+COMMANDS = [
+    [],
+    ["init"],
+    ["data"],
+    ["data", "ingest"],
+    ["tokenizer", "train"],
+    ["train", "pretrain"],
+    ["generate"],
+    ["eval", "run"],
+    ["assets", "list"],
+    ["assets", "show"],
+    ["assets", "lineage"],
+    ["pipeline", "run"],
+    ["runs", "list"],
+    ["runs", "show"],
+    ["promote"],
+    ["rollback"],
+]
+
+
+def forgeml(*args: str, cwd: Path | None = None, env: dict | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "forgeml.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "root")
+def test_help(cmd: list[str]) -> None:
+    res = forgeml(*cmd, "--help")
+    assert res.returncode == 0, res.stderr
+    assert "Usage" in res.stdout
+    assert len(res.stdout.splitlines()) > 3
+
+
+def _assert_one_line_error(res, *needles: str) -> None:
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) <= 2, res.stderr
+    for needle in needles:
+        assert needle in res.stderr, res.stderr
+
+
+def test_no_workspace_error(tmp_path: Path) -> None:
+    res = forgeml("-w", str(tmp_path / "nowhere"), "assets", "list")
+    _assert_one_line_error(res, "no forgeml workspace", "forgeml init")
+
+
+def test_init_and_empty_listing(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    res = forgeml("init", str(ws))
+    assert res.returncode == 0, res.stderr
+    assert (ws / "forge.yaml").is_file() and (ws / "registry.db").is_file()
+    res = forgeml("-w", str(ws), "assets", "list")
+    assert res.returncode == 0, res.stderr
+
+
+def test_unknown_asset(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    forgeml("init", str(ws))
+    res = forgeml("-w", str(ws), "assets", "show", "model-doesnotexist")
+    _assert_one_line_error(res, "model-doesnotexist", "assets list")
+
+
+def test_invalid_recipe_key(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    forgeml("init", str(ws))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  max_step: 5\n")
+    res = forgeml("-w", str(ws), "pipeline", "run", str(recipe))
+    _assert_one_line_error(res, "train.max_step", "did you mean 'train.max_steps'")
+
+
+def test_missing_recipe(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    forgeml("init", str(ws))
+    res = forgeml("-w", str(ws), "pipeline", "run", str(tmp_path / "missing.yaml"))
+    _assert_one_line_error(res, "recipe not found")
+
+
+def test_ingest_empty_folder_and_missing_path(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    forgeml("init", str(ws))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = forgeml("-w", str(ws), "data", "ingest", str(empty))
+    _assert_one_line_error(res, str(empty))
+    res = forgeml("-w", str(ws), "data", "ingest", str(tmp_path / "missing"))
+    _assert_one_line_error(res, "missing")
+
+
+def test_ingest_reports_binary_and_non_utf8(tmp_path: Path, text_folder: Path) -> None:
+    ws = tmp_path / "ws"
+    forgeml("init", str(ws))
+    res = forgeml("-w", str(ws), "-q", "data", "ingest", str(text_folder), "--name", "docs")
+    assert res.returncode == 0, res.stderr
+    assert "50 kept, 2 skipped, 0 failed of 52 files" in res.stdout
+    again = forgeml("-w", str(ws), "-q", "data", "ingest", str(text_folder), "--name", "docs")
+    assert "(cached)" in again.stdout
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    res = forgeml("--debug", "-w", str(tmp_path / "nowhere"), "assets", "list")
+    assert res.returncode != 0
+    assert "Traceback" in res.stderr
