@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from forgeml.core.config import ModelConfig
 from forgeml.core.errors import ConfigError
+from forgeml.models import dense
 from forgeml.models.dense import Transformer
 
 VOCAB = 97
@@ -85,6 +86,33 @@ def test_loss_backward_reaches_every_parameter():
     model(x, x).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_loss_gradients_match_naive_cross_entropy(monkeypatch, autocast):
+    # Small chunks so several chunks (and a ragged last one) are exercised.
+    monkeypatch.setattr(dense, "CE_CHUNK", 5)
+    model = tiny().train()
+    x = torch.randint(0, VOCAB, (2, 9))
+    y = torch.randint(0, VOCAB, (2, 9))
+    y[0, :3] = -100
+
+    def grads(fused: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if fused:
+                loss = model(x, y)
+            else:
+                loss = F.cross_entropy(model(x).reshape(-1, VOCAB), y.reshape(-1))
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    loss_f, g_f = grads(True)
+    loss_n, g_n = grads(False)
+    tol = 2e-2 if autocast else 1e-5
+    torch.testing.assert_close(loss_f, loss_n, atol=tol, rtol=tol)
+    for a, b in zip(g_f, g_n, strict=True):
+        torch.testing.assert_close(a, b, atol=tol * b.abs().max().item() + 1e-7, rtol=tol)
 
 
 def test_causal_future_tokens_do_not_change_past_logits():

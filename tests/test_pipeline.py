@@ -22,10 +22,10 @@ TINY = {
         "ffn_hidden": 160,
         "max_seq_len": 128,
     },
-    "optim": {"lr": 5e-3, "warmup_steps": 5},
+    "optim": {"lr": 1e-2, "warmup_steps": 10},
     "train": {
-        "max_steps": 60,
-        "micro_batch_size": 8,
+        "max_steps": 100,
+        "micro_batch_size": 16,
         "seq_len": 64,
         "eval_every": 0,
         "checkpoint_every": 0,

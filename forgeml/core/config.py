@@ -93,7 +93,9 @@ class TrainConfig(_Section):
     eval_batches: int = Field(8, gt=0)
     checkpoint_every: int = Field(100, ge=0, description="0: only at the end")
     keep_checkpoints: int = Field(2, gt=0)
-    dtype: Literal["bf16", "fp32"] = "bf16"
+    dtype: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware makes it fast, else fp32"
+    )
     compile: bool = False
     device: str = "auto"
     log_every: int = Field(10, gt=0)

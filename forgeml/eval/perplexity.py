@@ -85,7 +85,7 @@ def evaluate_perplexity(
     batch_size: int,
     max_batches: int,
     device: str = "cpu",
-    dtype: str = "bf16",
+    dtype: str = "auto",
     unigram: np.ndarray | None = None,
 ) -> PerplexityResult:
     """Mean token loss, perplexity and bits-per-byte over contiguous held-out windows."""

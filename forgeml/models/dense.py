@@ -20,7 +20,7 @@ IGNORE_INDEX = -100
 
 
 class RMSNorm(nn.Module):
-    """Root-mean-square layer norm (Zhang & Sennrich, arXiv:1910.07467), computed in fp32."""
+    """Root-mean-square layer norm (Zhang & Sennrich, arXiv:1910.07467)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -28,37 +28,32 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        # The fused kernel normalises in fp32 and matches HF's RMSNorm bit for bit on fp32
+        # inputs (the residual stream stays fp32 under autocast).
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rope_cos_sin(
     positions: torch.Tensor, head_dim: int, theta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [T, head_dim] for RoFormer rotary embeddings (arXiv:2104.09864).
+    """cos and signed sin tables [T, head_dim] for RoFormer rotary embeddings (arXiv:2104.09864).
 
     Rotate-half layout (the HF Llama/Mistral convention), so HF weights need no permutation.
-    Computed per call in fp32 so that casting the model to bf16 never degrades the frequencies.
+    The sin table carries the minus sign of rotate_half in its first half, which saves a
+    negation per call. Computed per call in fp32 so a bf16 model keeps exact frequencies.
     """
-    inv_freq = 1.0 / (
-        theta
-        ** (
-            torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float()
-            / head_dim
-        )
-    )
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device)
+    inv_freq = 1.0 / (theta ** (exponents.float() / head_dim))
     freqs = positions.float()[:, None] * inv_freq[None, :]
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos(), emb.sin()
+    sin = freqs.sin()
+    return torch.cat((freqs, freqs), dim=-1).cos(), torch.cat((-sin, sin), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [T, D]."""
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x: [..., T, H, D]; cos/signed_sin: [T, 1, D]. Equals HF's x*cos + rotate_half(x)*sin."""
     half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return (x * cos + rotated * sin).to(x.dtype)
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return (x * cos + swapped * signed_sin).to(x.dtype)
 
 
 @dataclass
@@ -114,10 +109,12 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         bsz, seq, _ = x.shape
         hd = self.head_dim
-        qkv = self.wqkv(x).view(bsz, seq, self.n_heads + 2 * self.n_kv_heads, hd).transpose(1, 2)
-        q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=1)
-        q = apply_rope(q, cos, sin)
-        k = apply_rope(k, cos, sin)
+        heads = self.n_heads + self.n_kv_heads
+        qkv = self.wqkv(x).view(bsz, seq, heads + self.n_kv_heads, hd)
+        # Rotate queries and keys in one call, then move heads before time for SDPA.
+        qk = apply_rope(qkv[:, :, :heads], cos, sin).transpose(1, 2)
+        q, k = qk.split([self.n_heads, self.n_kv_heads], dim=1)
+        v = qkv[:, :, heads:].transpose(1, 2)
         # Unmasked multi-token calls start at position 0 (training, prefill): there SDPA's
         # causal flag is exact and cheaper than a mask tensor.
         is_causal = mask is None and seq > 1
@@ -254,6 +251,7 @@ class Transformer(nn.Module):
             raise ValueError(f"positions up to {end} do not fit a kv cache of {kv_cache.max_len}")
         positions = torch.arange(start_pos, end, device=idx.device)
         cos, sin = rope_cos_sin(positions, self.head_dim, self.cfg.rope_theta)
+        cos, sin = cos[:, None, :], sin[:, None, :]
         mask = None
         window = self.cfg.sliding_window
         needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
@@ -272,8 +270,61 @@ class Transformer(nn.Module):
 def cross_entropy_loss(
     h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
-    """Mean cross-entropy of logits h @ weight.T over targets != -100, with fp32 softmax."""
-    logits = F.linear(h, weight).float()
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
-    )
+    """Mean cross-entropy of logits h @ weight.T over targets != -100, with an fp32 softmax.
+
+    When gradients are needed, `LinearCrossEntropy` computes them chunk by chunk during the
+    forward pass, so the tokens x vocab logits never exist at once and are not kept for
+    backward (the fused linear + cross-entropy of Liger Kernel, arXiv:2410.10989).
+    """
+    h = h.reshape(-1, h.shape[-1])
+    targets = targets.reshape(-1)
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return LinearCrossEntropy.apply(h, weight, targets)
+    dtype = _compute_dtype(h)
+    logits = (h.to(dtype) @ weight.to(dtype).t()).float()
+    return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
+
+
+# Rows per chunk of the fused loss: 1024 x vocab fp32 logits at a time.
+CE_CHUNK = 1024
+
+
+def _compute_dtype(h: torch.Tensor) -> torch.dtype:
+    """The matmul dtype autocast would pick (autograd Functions run outside its dispatch)."""
+    device = h.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """loss = mean CE(h @ W.T, y); the gradients are computed in forward, backward scales them."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+        dtype = _compute_dtype(h)
+        w = weight.to(dtype)
+        valid = targets != IGNORE_INDEX
+        n_valid = valid.sum()
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros_like(weight, dtype=torch.float32)
+        total = h.new_zeros((), dtype=torch.float32)
+        for start in range(0, h.shape[0], CE_CHUNK):
+            h_c = h[start : start + CE_CHUNK].to(dtype)
+            y_c = targets[start : start + CE_CHUNK].clamp(min=0)[:, None]
+            # 1/n_valid on valid rows, 0 on ignored ones: the weight of each row in the mean.
+            row_w = valid[start : start + CE_CHUNK].float() / n_valid
+            logits = (h_c @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, y_c)[:, 0]) * row_w).sum()
+            # d loss / d logits = (softmax - onehot) * row weight, built in place.
+            grad = logits.sub_(lse[:, None]).exp_()
+            grad.scatter_add_(1, y_c, torch.full_like(lse, -1.0)[:, None])
+            grad = grad.mul_(row_w[:, None]).to(dtype)
+            grad_h[start : start + CE_CHUNK] = grad @ w
+            grad_w += (grad.t() @ h_c).float()
+        ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_out, grad_w * grad_out, None

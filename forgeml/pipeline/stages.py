@@ -361,7 +361,7 @@ def eval_stage(
     *,
     shards_ref: str | None = None,
     seq_len: int = 256,
-    dtype: str = "bf16",
+    dtype: str = "auto",
     force: bool = False,
     notify: Notify | None = None,
 ) -> StageResult:

@@ -5,6 +5,8 @@ bar on the main process (step/max, loss, tok/s, ETA) unless quiet.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +55,12 @@ class MetricsLogger:
         elif resume_step is None:
             atomic_write_text(self.path, "")
         self._fh = open(self.path, "a")
-        if progress:
+        self._console = Console(stderr=True)
+        self._max_steps = max_steps
+        # Not a terminal (CI logs, redirected output): a plain line per record instead of a bar.
+        self._plain = progress and not self._console.is_terminal
+        self._t0, self._step0 = time.perf_counter(), resume_step or 0
+        if progress and not self._plain:
             self._progress = Progress(
                 TextColumn("[bold]train"),
                 BarColumn(),
@@ -62,7 +69,7 @@ class MetricsLogger:
                 TimeElapsedColumn(),
                 TextColumn("ETA"),
                 TimeRemainingColumn(),
-                console=Console(stderr=True),
+                console=self._console,
             )
             self._task = self._progress.add_task(
                 "train", total=max_steps, completed=resume_step or 0, status=""
@@ -84,6 +91,20 @@ class MetricsLogger:
                 if record.get(key) is not None
             )  # fmt: skip
             self._progress.update(self._task, completed=record["step"], status=status)
+        elif self._plain:
+            step = record["step"]
+            rate = (time.perf_counter() - self._t0) / max(step - self._step0, 1)
+            eta = rate * (self._max_steps - step)
+            parts = [f"step {step}/{self._max_steps}"]
+            parts += [
+                text.format(record[key])
+                for key, text in (
+                    ("loss", "loss {:.4f}"), ("eval_loss", "eval {:.4f}"), ("tok_per_s", "{:,.0f} tok/s")
+                )
+                if record.get(key) is not None
+            ]  # fmt: skip
+            parts.append(f"ETA {eta:.0f}s")
+            print("train  " + "  ".join(parts), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:
