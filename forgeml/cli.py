@@ -21,8 +21,9 @@ from forgeml.core.config import EvalConfig, GenerateConfig, TokenizerConfig, loa
 from forgeml.core.errors import ForgeError
 from forgeml.core.workspace import init_workspace, open_workspace
 
-console = Console()
-err = Console(stderr=True)
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; ids and paths are long.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 
 
 class State:
@@ -74,6 +75,11 @@ def _ws():
     return open_workspace(state.workspace)
 
 
+def _bars() -> bool:
+    """Progress bars for the data stages: only on a terminal (they are noise in logs)."""
+    return not state.quiet and sys.stderr.isatty()
+
+
 def _notify(msg: str) -> None:
     if not state.quiet:
         err.print(f"[bold cyan]›[/] {escape(msg)}", highlight=False)
@@ -119,7 +125,7 @@ def data_ingest(
         exclude=exclude,
         max_file_bytes=max_file_bytes,
         force=force,
-        progress=not state.quiet,
+        progress=_bars(),
         notify=_notify,
     )
     asset = open_registry(ws).get_asset(res.output)
@@ -157,7 +163,7 @@ def tokenizer_train(
         TokenizerConfig.model_validate(cfg.model_dump()),
         heldout_fraction=heldout_fraction,
         force=force,
-        progress=not state.quiet,
+        progress=_bars(),
         notify=_notify,
     )
     console.print(f"tokenizer {res.output} (vocab {res.metrics.get('vocab_size')})")
@@ -194,16 +200,16 @@ def train_pretrain(
             include=rec.data.include,
             exclude=rec.data.exclude,
             max_file_bytes=rec.data.max_file_bytes,
-            progress=not quiet,
+            progress=_bars(),
             notify=_notify,
         ).output
     frac = rec.data.heldout_fraction
     if tokenizer is None:
         tokenizer = tokenizer_stage(
-            ws, data, rec.tokenizer, heldout_fraction=frac, progress=not quiet, notify=_notify
+            ws, data, rec.tokenizer, heldout_fraction=frac, progress=_bars(), notify=_notify
         ).output
     shards = pack_stage(
-        ws, data, tokenizer, heldout_fraction=frac, progress=not quiet, notify=_notify
+        ws, data, tokenizer, heldout_fraction=frac, progress=_bars(), notify=_notify
     ).output
     res = pretrain_stage(
         ws, rec, shards, tokenizer, resume=resume, force=force, progress=not quiet, notify=_notify
@@ -284,7 +290,7 @@ def eval_run(
 
 def _fmt(value) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4f}"
     return "-" if value is None else str(value)
 
 

@@ -117,6 +117,26 @@ class GenerateConfig(_Section):
     stop: list[str] = Field(default_factory=list)
 
 
+class FimConfig(_Section):
+    """Fill-in-the-middle at packing time (Bavarian et al., arXiv:2207.14255); rate 0 = off."""
+
+    rate: float = Field(0.0, ge=0, le=1, description="share of documents turned into FIM examples")
+    spm_rate: float = Field(0.5, ge=0, le=1, description="share of FIM examples in SPM order")
+    unit: Literal["char", "line"] = Field("char", description="cut points between chars or lines")
+    seed: int = 0
+
+
+class ContinueConfig(_Section):
+    """Continued pre-training from a model that already exists (`forgeml train cpt`)."""
+
+    from_model: str | None = Field(None, description="model asset (id, name or alias)")
+    new_tokens: list[str] = Field(default_factory=list, description="domain tokens to add")
+    replay_data: str | None = Field(None, description="general-text dataset mixed back in")
+    replay_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of the training text (bytes) taken from replay_data"
+    )
+
+
 class Recipe(_Section):
     """A whole factory run: every stage's settings."""
 
@@ -129,6 +149,8 @@ class Recipe(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     generate: GenerateConfig = GenerateConfig()
+    fim: FimConfig = FimConfig()
+    cpt: ContinueConfig = ContinueConfig()
 
 
 def canonical_json(obj: Any) -> str:

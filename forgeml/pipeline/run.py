@@ -6,6 +6,7 @@ nothing and changing one field re-runs only the stages downstream of it.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ def run_pipeline(
         )
     start = time.perf_counter()
     out = PipelineResult()
+    # Training prints plain progress lines off a terminal; the data stages' bars would be noise.
+    bars = progress and sys.stderr.isatty()
     data = recipe.data
     ingest = ingest_stage(
         ws,
@@ -73,7 +76,7 @@ def run_pipeline(
         exclude=data.exclude,
         max_file_bytes=data.max_file_bytes,
         force=force,
-        progress=progress,
+        progress=bars,
         notify=notify,
     )
     out.stages.append(ingest)
@@ -83,7 +86,7 @@ def run_pipeline(
         recipe.tokenizer,
         heldout_fraction=data.heldout_fraction,
         force=force,
-        progress=progress,
+        progress=bars,
         notify=notify,
     )
     out.stages.append(tok)
@@ -93,7 +96,7 @@ def run_pipeline(
         tok.output,
         heldout_fraction=data.heldout_fraction,
         force=force,
-        progress=progress,
+        progress=bars,
         notify=notify,
     )
     out.stages.append(pack)
