@@ -48,6 +48,7 @@ eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 assets_app = typer.Typer(help="Browse the registry and its lineage graph.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Run whole recipes.", no_args_is_help=True)
 runs_app = typer.Typer(help="Browse runs (every stage is a run).", no_args_is_help=True)
+jobs_app = typer.Typer(help="Queue commands for `forgeml worker` processes.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(tok_app, name="tokenizer")
 app.add_typer(train_app, name="train")
@@ -55,6 +56,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(assets_app, name="assets")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(runs_app, name="runs")
+app.add_typer(jobs_app, name="jobs")
 
 
 @app.callback()
@@ -184,6 +186,9 @@ def train_pretrain(
         str | None, typer.Option(help="Tokenizer asset (default: train one per the recipe).")
     ] = None,
     resume: Annotated[bool, typer.Option(help="Continue the last interrupted run.")] = False,
+    auto_resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run if there is one, else start.")
+    ] = False,
     force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
 ) -> None:
     """Pre-train a model from a recipe → model asset (packs the data first, cached)."""
@@ -212,7 +217,15 @@ def train_pretrain(
         ws, data, tokenizer, heldout_fraction=frac, progress=_bars(), notify=_notify
     ).output
     res = pretrain_stage(
-        ws, rec, shards, tokenizer, resume=resume, force=force, progress=not quiet, notify=_notify
+        ws,
+        rec,
+        shards,
+        tokenizer,
+        resume=resume,
+        auto_resume=auto_resume,
+        force=force,
+        progress=not quiet,
+        notify=_notify,
     )
     m = res.metrics
     console.print(
@@ -443,6 +456,9 @@ def pipeline_run(
     ] = None,
     force: Annotated[bool, typer.Option(help="Re-run every stage even if cached.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted pre-training.")] = False,
+    auto_resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted pre-training if there is one.")
+    ] = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Also write the summary as JSON here.")
     ] = None,
@@ -453,7 +469,13 @@ def pipeline_run(
     ws = _ws()
     rec = load_recipe(recipe, overrides or [])
     result = run_pipeline(
-        ws, rec, force=force, resume=resume, progress=not state.quiet, notify=_notify
+        ws,
+        rec,
+        force=force,
+        resume=resume,
+        auto_resume=auto_resume,
+        progress=not state.quiet,
+        notify=_notify,
     )
     print_pipeline_summary(ws, result)
     if json_out:
@@ -509,6 +531,120 @@ def print_pipeline_summary(ws, result) -> None:
 
 def _pair(m: dict, a: str, b: str) -> str | None:
     return f"{m[a]} / {m[b]}" if a in m and b in m else None
+
+
+@jobs_app.command(
+    "submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
+def jobs_submit(
+    args: Annotated[list[str], typer.Argument(help="The forgeml command to run, after `--`.")],
+    max_attempts: Annotated[int, typer.Option(help="Attempts before a job is failed.")] = 3,
+) -> None:
+    """Queue a command, e.g. `forgeml jobs submit -- pipeline run r.yaml --auto-resume`."""
+    from forgeml.control.jobs import submit_job
+    from forgeml.pipeline.stages import open_registry
+
+    # Workers may run in another folder: make paths that exist here absolute.
+    args = [
+        str(Path(a).resolve()) if not a.startswith("-") and Path(a).exists() else a for a in args
+    ]
+    job = submit_job(open_registry(_ws()), args, max_attempts=max_attempts)
+    console.print(job.id)
+
+
+@jobs_app.command("list")
+def jobs_list(status: Annotated[str | None, typer.Option(help="Only this status.")] = None) -> None:
+    """List jobs, newest first."""
+    from forgeml.control.jobs import list_jobs
+    from forgeml.pipeline.stages import open_registry
+
+    table = Table()
+    for col in ("id", "status", "attempts", "worker", "command", "created"):
+        table.add_column(col, overflow="fold")
+    for j in list_jobs(open_registry(_ws()), status):
+        table.add_row(
+            j.id,
+            j.status,
+            str(j.attempts),
+            j.worker or "-",
+            " ".join(j.args),
+            str(j.created_at)[:19],
+        )
+    console.print(table)
+
+
+@jobs_app.command("show")
+def jobs_show(ref: Annotated[str, typer.Argument(help="Job id or unique prefix.")]) -> None:
+    """Show one job."""
+    import dataclasses
+
+    from forgeml.control.jobs import get_job
+    from forgeml.pipeline.stages import open_registry
+
+    console.print_json(
+        json.dumps(dataclasses.asdict(get_job(open_registry(_ws()), ref)), default=str)
+    )
+
+
+@jobs_app.command("logs")
+def jobs_logs(ref: Annotated[str, typer.Argument(help="Job id or unique prefix.")]) -> None:
+    """Print the log of a job's latest attempt."""
+    from forgeml.control.jobs import get_job
+    from forgeml.control.worker import job_log_path
+    from forgeml.pipeline.stages import open_registry
+
+    ws = _ws()
+    job = get_job(open_registry(ws), ref)
+    path = job_log_path(ws, job)
+    if job.attempts == 0 or not path.is_file():
+        raise ForgeError(f"job {job.id} has no log yet ({job.status})")
+    sys.stdout.write(path.read_text(errors="replace"))
+
+
+@jobs_app.command("cancel")
+def jobs_cancel(ref: Annotated[str, typer.Argument(help="Job id or unique prefix.")]) -> None:
+    """Cancel a queued job, or stop a running one."""
+    from forgeml.control.jobs import cancel_job
+    from forgeml.pipeline.stages import open_registry
+
+    job = cancel_job(open_registry(_ws()), ref)
+    console.print(f"{job.id}: {'cancel requested' if job.status == 'running' else job.status}")
+
+
+@jobs_app.command("retry")
+def jobs_retry(ref: Annotated[str, typer.Argument(help="Job id or unique prefix.")]) -> None:
+    """Queue a failed job again (cached stages are skipped; `--auto-resume` jobs resume)."""
+    from forgeml.control.jobs import retry_job
+    from forgeml.pipeline.stages import open_registry
+
+    console.print(f"{retry_job(open_registry(_ws()), ref).id}: queued")
+
+
+@app.command("worker")
+def worker_cmd(
+    max_jobs: Annotated[int | None, typer.Option(help="Exit after this many jobs.")] = None,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Exit after the queue stayed empty this many seconds.")
+    ] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between queue polls.")] = 1.0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between heartbeats.")] = 2.0,
+    stale_after: Annotated[
+        float, typer.Option(help="A running job without heartbeat this long is failed-retryable.")
+    ] = 30.0,
+) -> None:
+    """Run queued jobs (start several workers for parallelism; each job runs once)."""
+    from forgeml.control.worker import run_worker
+
+    n = run_worker(
+        _ws(),
+        poll_s=poll,
+        heartbeat_s=heartbeat,
+        stale_after_s=stale_after,
+        max_jobs=max_jobs,
+        idle_exit_s=idle_exit,
+        notify=_notify,
+    )
+    console.print(f"worker ran {n} job(s)")
 
 
 def main() -> None:

@@ -55,6 +55,7 @@ def run_pipeline(
     *,
     force: bool = False,
     resume: bool = False,
+    auto_resume: bool = False,
     progress: bool = True,
     notify: Notify | None = None,
 ) -> PipelineResult:
@@ -106,6 +107,7 @@ def run_pipeline(
         pack.output,
         tok.output,
         resume=resume,
+        auto_resume=auto_resume,
         force=force,
         progress=progress,
         notify=notify,

@@ -286,6 +286,7 @@ def pretrain_stage(
     tokenizer_ref: str,
     *,
     resume: bool = False,
+    auto_resume: bool = False,
     force: bool = False,
     progress: bool = True,
     notify: Notify | None = None,
@@ -307,8 +308,17 @@ def pretrain_stage(
     }
     inputs = [shards.id, tok.id]
     work_dir = None
-    if resume:
+    if auto_resume and not resume:
+        # Resume when an interrupted run of this recipe left checkpoints, else start afresh
+        # (what a retried job wants: it cannot know how far its last attempt got).
+        try:
+            work_dir = _resumable_dir(ws, reg, config_hash(config), inputs)
+            resume = True
+        except NotFoundError:
+            work_dir = None
+    elif resume:
         work_dir = _resumable_dir(ws, reg, config_hash(config), inputs)
+    if resume:
         force = True
     heldout = Path(shards.path) / "heldout"
 

@@ -294,6 +294,13 @@ class Registry:
         raise AssertionError("unreachable")
 
     @contextlib.contextmanager
+    def transaction(self, *, write: bool = False) -> Iterator[Session]:
+        """A session in one transaction, for sibling stores on the same database (the job
+        queue); a write transaction takes the write lock up front on SQLite."""
+        with self._writing() if write else self._reading() as session:
+            yield session
+
+    @contextlib.contextmanager
     def _reading(self) -> Iterator[Session]:
         with self._read() as session, session.begin():
             yield session

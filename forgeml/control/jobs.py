@@ -1,0 +1,185 @@
+"""Job queue: any forgeml CLI command, queued in the registry database, run by workers.
+
+A job is claimed by exactly one worker inside a write transaction (SQLite takes the write
+lock up front; PostgreSQL uses `FOR UPDATE SKIP LOCKED`). Workers heartbeat while a job
+runs; a job whose worker stopped heartbeating is marked `failed-retryable` by the next
+worker that looks, and `retry_job` queues it again (a pre-training job submitted with
+`--auto-resume` then continues from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+
+from forgeml.core.errors import ForgeError, NotFoundError
+from forgeml.registry import Registry
+from forgeml.registry.schema import JobRow
+
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+RETRYABLE, CANCELLED = "failed-retryable", "cancelled"
+FINISHED = {SUCCEEDED, FAILED, RETRYABLE, CANCELLED}
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    args: list[str]
+    status: str
+    submitted_by: str
+    created_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    heartbeat_at: datetime | None
+    worker: str | None
+    attempts: int
+    max_attempts: int
+    cancel_requested: bool
+    exit_code: int | None
+    error: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _job(row: JobRow) -> Job:
+    return Job(**{f: getattr(row, f) for f in Job.__dataclass_fields__})
+
+
+def new_job_id() -> str:
+    return f"job-{int(time.time() * 1000):011x}{secrets.token_hex(4)}"
+
+
+def submit_job(
+    reg: Registry, args: list[str], *, submitted_by: str = "user", max_attempts: int = 3
+) -> Job:
+    """Queue `forgeml ARGS...` (without the workspace option, which the worker adds)."""
+    if not args:
+        raise ForgeError(
+            "a job needs a command", hint="e.g. forgeml jobs submit -- pipeline run r.yaml"
+        )
+    if args[0] in {"worker", "jobs", "init"} or any(a in {"-w", "--workspace"} for a in args):
+        raise ForgeError(
+            f"'{' '.join(args)}' cannot run as a job",
+            hint="submit a stage command; the worker adds the workspace itself",
+        )
+    row = JobRow(
+        id=new_job_id(),
+        args=list(args),
+        status=QUEUED,
+        submitted_by=submitted_by,
+        created_at=_now(),
+        attempts=0,
+        max_attempts=max_attempts,
+        cancel_requested=False,
+    )
+    with reg.transaction(write=True) as s:
+        s.add(row)
+    return _job(row)
+
+
+def get_job(reg: Registry, ref: str) -> Job:
+    with reg.transaction() as s:
+        row = s.get(JobRow, ref)
+        if row is None:
+            rows = s.scalars(select(JobRow).where(JobRow.id.startswith(ref))).all()
+            if len(rows) != 1:
+                raise NotFoundError(f"unknown job '{ref}'", hint="run `forgeml jobs list`")
+            row = rows[0]
+        return _job(row)
+
+
+def list_jobs(reg: Registry, status: str | None = None) -> list[Job]:
+    with reg.transaction() as s:
+        q = select(JobRow).order_by(JobRow.created_at.desc())
+        if status:
+            q = q.where(JobRow.status == status)
+        return [_job(r) for r in s.scalars(q)]
+
+
+def claim_next_job(reg: Registry, worker: str) -> Job | None:
+    """Atomically take the oldest queued job for `worker`, or None when the queue is empty."""
+    with reg.transaction(write=True) as s:
+        q = select(JobRow).where(JobRow.status == QUEUED).order_by(JobRow.created_at).limit(1)
+        if reg.engine.dialect.name == "postgresql":
+            q = q.with_for_update(skip_locked=True)
+        row = s.scalars(q).first()
+        if row is None:
+            return None
+        now = _now()
+        row.status, row.worker, row.attempts = RUNNING, worker, row.attempts + 1
+        row.started_at = row.heartbeat_at = now
+        row.ended_at = row.exit_code = row.error = None
+        return _job(row)
+
+
+def heartbeat(reg: Registry, job_id: str, worker: str) -> bool:
+    """Record that `worker` is alive; returns True when a cancel was requested."""
+    with reg.transaction(write=True) as s:
+        row = s.get(JobRow, job_id)
+        if row is None or row.worker != worker or row.status != RUNNING:
+            return True
+        row.heartbeat_at = _now()
+        return row.cancel_requested
+
+
+def finish_job(
+    reg: Registry, job_id: str, worker: str, *, exit_code: int | None, error: str | None = None
+) -> Job:
+    with reg.transaction(write=True) as s:
+        row = s.get(JobRow, job_id)
+        if row is None or row.worker != worker or row.status != RUNNING:
+            raise ForgeError(f"job {job_id} is no longer held by {worker}")
+        if row.cancel_requested:
+            row.status = CANCELLED
+        elif exit_code == 0:
+            row.status = SUCCEEDED
+        else:
+            row.status = RETRYABLE if row.attempts < row.max_attempts else FAILED
+        row.exit_code, row.error, row.ended_at = exit_code, error, _now()
+        return _job(row)
+
+
+def cancel_job(reg: Registry, ref: str) -> Job:
+    """Cancel a queued job at once; ask the worker of a running one to stop it."""
+    job = get_job(reg, ref)
+    with reg.transaction(write=True) as s:
+        row = s.get(JobRow, job.id)
+        if row.status == QUEUED:
+            row.status, row.ended_at = CANCELLED, _now()
+        elif row.status == RUNNING:
+            row.cancel_requested = True
+        else:
+            raise ForgeError(f"job {row.id} is already {row.status}")
+        return _job(row)
+
+
+def retry_job(reg: Registry, ref: str) -> Job:
+    """Queue a failed job again (its stages are cached or resume, so no work is repeated)."""
+    job = get_job(reg, ref)
+    with reg.transaction(write=True) as s:
+        row = s.get(JobRow, job.id)
+        if row.status not in {RETRYABLE, FAILED}:
+            raise ForgeError(f"job {row.id} is {row.status}; only failed jobs can be retried")
+        row.status, row.worker, row.cancel_requested = QUEUED, None, False
+        row.max_attempts = max(row.max_attempts, row.attempts + 1)
+        return _job(row)
+
+
+def reap_stale_jobs(reg: Registry, timeout_s: float) -> list[str]:
+    """Mark running jobs whose worker stopped heartbeating as failed-retryable."""
+    cutoff = _now() - timedelta(seconds=timeout_s)
+    with reg.transaction(write=True) as s:
+        rows = s.scalars(
+            select(JobRow).where(JobRow.status == RUNNING, JobRow.heartbeat_at < cutoff)
+        ).all()
+        for row in rows:
+            row.status = RETRYABLE if row.attempts < row.max_attempts else FAILED
+            row.error = f"worker {row.worker} stopped heartbeating"
+            row.ended_at = _now()
+        return [r.id for r in rows]

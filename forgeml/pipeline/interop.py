@@ -1,0 +1,183 @@
+"""Bring Hugging Face checkpoints into the registry, and take registered models out.
+
+`import_hf_stage` registers an HF folder on disk (Mistral/Llama dense or Mixtral MoE, with its
+tokenizer) as tokenizer + model assets through `run_stage`, so eval, generate and continued
+pre-training use it like a trained model; `export_model` writes any model asset as an HF folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from forgeml.core.errors import ConfigError, DataError, ForgeError, NotFoundError
+from forgeml.core.io import fsync_dir
+from forgeml.core.workspace import Workspace
+from forgeml.models.hf_io import (
+    TOKENIZER_FILES,
+    from_hf_state_dict,
+    load_model,
+    mixtral_compatible,
+    read_model_config,
+    save_model,
+)
+from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+
+# What an HF model folder needs besides the weights; READMEs, .git and the like stay behind.
+MODEL_SIDE_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
+
+
+def _fingerprint(files: list[Path]) -> str:
+    """Cheap change detector for the import cache: path, size and mtime of each file."""
+    h = hashlib.sha256()
+    for path in files:
+        st = path.stat()
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _stage_files(files: list[Path], dest: Path) -> Path:
+    """Hard-link (or copy, across file systems) `files` into `dest` for registration."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for src in files:
+        try:
+            os.link(src, dest / src.name)
+        except OSError:
+            shutil.copy2(src, dest / src.name)
+    return dest
+
+
+def _tokenizer_vocab_size(tokenizer_file: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_file)).get_vocab_size()
+
+
+def import_hf_stage(
+    ws: Workspace,
+    hf_dir: str | Path,
+    name: str | None = None,
+    *,
+    force: bool = False,
+    notify: Notify | None = None,
+) -> StageResult:
+    """Register an HF checkpoint folder as a model asset (and its tokenizer as a tokenizer
+    asset, the model's parent). The result's `output` is the model id; its metrics name the
+    tokenizer (None when the folder has no tokenizer.json)."""
+    hf_dir = Path(hf_dir).expanduser().resolve()
+    if not hf_dir.is_dir():
+        raise NotFoundError(f"model folder not found: {hf_dir}", hint="pass an HF checkpoint dir")
+    cfg = read_model_config(hf_dir)
+    weights = sorted(hf_dir.glob("*.safetensors"))
+    if not weights:
+        raise NotFoundError(
+            f"no *.safetensors in {hf_dir}",
+            hint="save the checkpoint with safetensors (save_pretrained does by default)",
+        )
+    _check_tensor_names(hf_dir, weights, cfg)
+    name = name or hf_dir.name
+    model_files = weights + [hf_dir / f for f in MODEL_SIDE_FILES if (hf_dir / f).is_file()]
+    ours = hf_dir / "forgeml_model.json"
+    if ours.is_file():
+        model_files.append(ours)
+    tok_files = [hf_dir / f for f in TOKENIZER_FILES if (hf_dir / f).is_file()]
+
+    tok_id = None
+    if (hf_dir / "tokenizer.json").is_file():
+        vocab = _tokenizer_vocab_size(hf_dir / "tokenizer.json")
+        if vocab > cfg.vocab_size:
+            raise DataError(
+                f"{hf_dir}: tokenizer has {vocab} tokens but the model only {cfg.vocab_size}",
+                hint="the tokenizer files do not belong to this checkpoint",
+            )
+
+        def tokenizer_body(work: Path) -> tuple[list[Output], dict[str, Any]]:
+            out = _stage_files(tok_files, work / "tokenizer")
+            meta = {"vocab_size": vocab, "source": str(hf_dir), "format": "hf-tokenizer"}
+            return [Output("tokenizer", f"{name}-tokenizer", out, meta)], {"vocab_size": vocab}
+
+        tok_config = {"source": str(hf_dir), "fingerprint": _fingerprint(tok_files)}
+        tok_run = run_stage(
+            ws, "import-tokenizer", tok_config, [], tokenizer_body, force=force, notify=notify
+        )
+        tok_id = tok_run.output
+
+    config = {"source": str(hf_dir), "name": name, "fingerprint": _fingerprint(model_files)}
+
+    def model_body(work: Path) -> tuple[list[Output], dict[str, Any]]:
+        # The model asset keeps the tokenizer files too, as a trained model's folder does, so
+        # generate and export find them next to the weights.
+        out = _stage_files(model_files + tok_files, work / "model")
+        metrics = {"params": _count_params(cfg), "arch": cfg.arch, "tokenizer": tok_id}
+        hf_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
+        meta = {"source": str(hf_dir), "hf_model_type": hf_type, "format": "hf", **metrics}
+        return [Output("model", name, out, meta, parents=[tok_id] if tok_id else [])], metrics
+
+    inputs = [tok_id] if tok_id else []
+    return run_stage(ws, "import-hf", config, inputs, model_body, force=force, notify=notify)
+
+
+def _check_tensor_names(hf_dir: Path, weights: list[Path], cfg) -> None:
+    """Fail at import, not at first use, when the weights do not fit the config."""
+    from safetensors import safe_open
+
+    names: dict[str, Any] = {}
+    for path in weights:
+        with safe_open(path, framework="pt") as f:
+            names.update({key: None for key in f.keys()})  # noqa: SIM118 (safe_open is no dict)
+    try:
+        from_hf_state_dict(names, cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{hf_dir}: {exc.message}", hint=exc.hint) from None
+
+
+def _count_params(cfg) -> int:
+    import torch
+
+    from forgeml.models.registry import build_model
+
+    with torch.device("meta"):
+        return build_model(cfg).num_params()
+
+
+def export_model(ws: Workspace, model_ref: str, out_dir: str | Path) -> Path:
+    """Write model asset `model_ref` (id, prefix, name or alias) as an HF folder at `out_dir`
+    (config.json, model.safetensors, tokenizer files), refusing a non-empty `out_dir`.
+
+    The folder appears complete or not at all: it is written next to `out_dir` and renamed.
+    """
+    reg = open_registry(ws)
+    asset = reg.get_asset(model_ref)
+    if asset.kind != "model":
+        raise ForgeError(f"{asset.id} is a {asset.kind}, not a model", hint="pass a model id")
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ForgeError(
+            f"{out_dir} exists and is not empty", hint="export into a new or empty folder"
+        )
+    cfg = read_model_config(asset.path)
+    if cfg.arch == "moe" and not mixtral_compatible(cfg):
+        raise ConfigError(
+            f"model {asset.id} uses {cfg.gating} gating"
+            f"{' and a shared expert' if cfg.shared_expert else ''}, which transformers' "
+            "Mixtral cannot express",
+            hint="only softmax-gated MoE without a shared expert exports to HF format",
+        )
+    model = load_model(asset.path)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        save_model(model, staging, tokenizer_dir=asset.path)
+        if out_dir.exists():
+            out_dir.rmdir()
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    fsync_dir(out_dir.parent)
+    return out_dir

@@ -1,0 +1,133 @@
+"""Job queue and workers: each job runs exactly once, cancel, kill a worker and retry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from forgeml.control.jobs import (
+    CANCELLED,
+    RETRYABLE,
+    SUCCEEDED,
+    cancel_job,
+    claim_next_job,
+    finish_job,
+    get_job,
+    list_jobs,
+    reap_stale_jobs,
+    retry_job,
+    submit_job,
+)
+from forgeml.core.errors import ForgeError
+from forgeml.pipeline.stages import open_registry
+
+
+def _worker(ws, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "forgeml.cli", "-q", "-w", str(ws.root), "worker", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_queue_state_machine(workspace) -> None:
+    reg = open_registry(workspace)
+    a = submit_job(reg, ["assets", "list"])
+    b = submit_job(reg, ["runs", "list"])
+    assert cancel_job(reg, b.id).status == CANCELLED
+    claimed = claim_next_job(reg, "w1")
+    assert claimed.id == a.id and claimed.attempts == 1
+    assert claim_next_job(reg, "w2") is None  # b was cancelled, a is taken
+    with pytest.raises(ForgeError):
+        finish_job(reg, a.id, "w2", exit_code=0)  # not w2's job
+    assert finish_job(reg, a.id, "w1", exit_code=1).status == RETRYABLE
+    assert retry_job(reg, a.id).status == "queued"
+    with pytest.raises(ForgeError):
+        submit_job(reg, ["-w", "/elsewhere", "assets", "list"])
+    with pytest.raises(ForgeError):
+        submit_job(reg, [])
+
+
+def test_stale_running_job_is_reaped(workspace) -> None:
+    reg = open_registry(workspace)
+    job = submit_job(reg, ["assets", "list"])
+    claim_next_job(reg, "ghost")
+    assert reap_stale_jobs(reg, timeout_s=3600) == []
+    time.sleep(0.05)
+    assert reap_stale_jobs(reg, timeout_s=0.01) == [job.id]
+    assert get_job(reg, job.id).status == RETRYABLE
+
+
+def test_concurrent_workers_run_each_job_exactly_once(workspace) -> None:
+    reg = open_registry(workspace)
+    ids = [submit_job(reg, ["runs", "list"]).id for _ in range(8)]
+    workers = [_worker(workspace, "--idle-exit", "3", "--poll", "0.2") for _ in range(3)]
+    outs = [w.communicate(timeout=240)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), outs
+    jobs = {j.id: j for j in list_jobs(reg)}
+    assert all(jobs[i].status == SUCCEEDED and jobs[i].attempts == 1 for i in ids)
+    ran = sum(int(o.split("worker ran ")[1].split()[0]) for o in outs)
+    assert ran == len(ids)  # none run twice, none lost
+    assert len({jobs[i].worker for i in ids}) >= 2
+
+
+@pytest.mark.slow
+def test_killed_worker_job_is_retried_and_resumes(workspace, tmp_path: Path) -> None:
+    """SIGKILL a worker mid-training: the job becomes failed-retryable, and its retry resumes
+    the pre-training from the last checkpoint instead of starting over."""
+    from forgeml.demo.acme import generate_corpus
+
+    corpus = tmp_path / "acme"
+    generate_corpus(corpus, seed=3, scale=0.05)
+    reg = open_registry(workspace)
+    args = [
+        "pipeline",
+        "run",
+        str(Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"),
+        f"data.sources=[{corpus}]",
+        "tokenizer.vocab_size=400",
+        "model.dim=64",
+        "model.n_heads=4",
+        "model.n_layers=2",
+        "model.ffn_hidden=128",
+        "train.max_steps=300",
+        "train.seq_len=64",
+        "train.micro_batch_size=4",
+        "train.checkpoint_every=10",
+        "train.eval_every=0",
+        "train.dtype=fp32",
+        "eval.max_batches=2",
+        "generate.prompts=[]",
+        "--auto-resume",
+    ]
+    job = submit_job(reg, args)
+    worker = _worker(workspace, "--heartbeat", "0.5", "--max-jobs", "1")
+    deadline = time.monotonic() + 180
+    ckpts: list[Path] = []
+    while time.monotonic() < deadline and not ckpts:
+        ckpts = list(workspace.runs_dir.glob("pretrain/*/checkpoints/step_*"))
+        time.sleep(0.3)
+    assert ckpts, "no checkpoint appeared"
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    time.sleep(1.0)
+    assert reap_stale_jobs(reg, timeout_s=0.5) == [job.id]
+    assert get_job(reg, job.id).status == RETRYABLE
+    retry_job(reg, job.id)
+    second = _worker(workspace, "--max-jobs", "1")
+    second.communicate(timeout=400)
+    final = get_job(reg, job.id)
+    assert final.status == SUCCEEDED and final.attempts == 2
+    log = (workspace.runs_dir / "jobs" / job.id / "attempt-2.log").read_text()
+    assert "ingest: cached" in log and "pack: cached" in log
+    runs = [r for r in reg.list_runs(stage="pretrain")]
+    assert len(runs) == 2  # the killed attempt and the one that resumed it
+    dirs = {p.parent.parent for p in workspace.runs_dir.glob("pretrain/*/checkpoints/step_*")}
+    assert len(dirs) == 1  # the retry continued in the interrupted run's folder
