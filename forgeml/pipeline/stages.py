@@ -79,7 +79,14 @@ def run_stage(
     run = reg.start_run(stage, config, inputs=inputs, seed=seed)
     work_dir = work_dir or ws.runs_dir / stage / run.id
     work_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work_dir / "run.json", json.dumps({"run_id": run.id, "stage": stage}))
+    atomic_write_text(
+        work_dir / "run.json",
+        json.dumps(
+            {"run_id": run.id, "stage": stage, "config_sha256": digest, "config": config},
+            indent=1,
+            default=str,
+        ),
+    )
     try:
         outputs, metrics = body(work_dir)
         ids = []
