@@ -48,6 +48,8 @@ eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 assets_app = typer.Typer(help="Browse the registry and its lineage graph.", no_args_is_help=True)
 pipeline_app = typer.Typer(help="Run whole recipes.", no_args_is_help=True)
 runs_app = typer.Typer(help="Browse runs (every stage is a run).", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for the serving API.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Queue commands for `forgeml worker` processes.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(tok_app, name="tokenizer")
@@ -57,6 +59,8 @@ app.add_typer(assets_app, name="assets")
 app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(runs_app, name="runs")
 app.add_typer(jobs_app, name="jobs")
+app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 
 @app.callback()
@@ -113,9 +117,14 @@ def data_ingest(
         list[str] | None, typer.Option("--exclude", help="Glob of files to drop (repeatable).")
     ] = None,
     max_file_bytes: Annotated[int, typer.Option(help="Skip files larger than this.")] = 16 << 20,
+    text_field: Annotated[
+        list[str] | None,
+        typer.Option("--text-field", help="JSONL/CSV/Parquet: field(s) holding the text."),
+    ] = None,
     force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
 ) -> None:
-    """Read text, Markdown and source files into a raw Parquet dataset asset, with a report."""
+    """Read text, Markdown, code, HTML, PDF, DOCX, records and archives into a raw Parquet
+    dataset asset, with a report of every file."""
     from forgeml.pipeline.stages import ingest_stage, open_registry
 
     ws = _ws()
@@ -126,6 +135,7 @@ def data_ingest(
         include=include,
         exclude=exclude,
         max_file_bytes=max_file_bytes,
+        text_fields=text_field,
         force=force,
         progress=_bars(),
         notify=_notify,
@@ -205,6 +215,7 @@ def train_pretrain(
             include=rec.data.include,
             exclude=rec.data.exclude,
             max_file_bytes=rec.data.max_file_bytes,
+            text_fields=rec.data.text_fields,
             progress=_bars(),
             notify=_notify,
         ).output
@@ -265,40 +276,170 @@ def generate_cmd(
 def eval_run(
     model: Annotated[str, typer.Argument(help="Model asset (id, prefix, name or alias).")],
     suite: Annotated[
-        str, typer.Option(help="Eval suite (this release: perplexity).")
+        str, typer.Option(help="`perplexity` (held-out data) or a suite YAML file.")
     ] = "perplexity",
     data: Annotated[
-        str | None, typer.Option(help="Token-shards asset (default: the model's own held-out).")
+        str | None, typer.Option(help="perplexity: token-shards asset (default: model's held-out).")
+    ] = None,
+    data_root: Annotated[
+        Path | None, typer.Option(help="Suite YAML: folder its data paths are relative to.")
     ] = None,
     batch_size: Annotated[int, typer.Option()] = 8,
-    max_batches: Annotated[int, typer.Option()] = 64,
-    seq_len: Annotated[int, typer.Option(help="Window length.")] = 256,
+    max_batches: Annotated[int, typer.Option(help="perplexity: windows to score.")] = 64,
+    seq_len: Annotated[int, typer.Option(help="perplexity: window length.")] = 256,
+    dtype: Annotated[str, typer.Option(help="auto, fp32 or bf16.")] = "auto",
     force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
 ) -> None:
-    """Held-out loss, perplexity and bits-per-byte → eval asset linked to the model."""
+    """Evaluate a model → eval asset linked to it: held-out perplexity, or a KPI suite."""
+    ws = _ws()
+    if suite != "perplexity":
+        _eval_suite(ws, model, Path(suite), data_root, batch_size, dtype, force)
+        return
     from forgeml.pipeline.stages import eval_stage
 
-    if suite != "perplexity":
-        raise ForgeError(f"unknown suite '{suite}'", hint="this release has: perplexity")
     res = eval_stage(
-        _ws(),
+        ws,
         model,
         EvalConfig(batch_size=batch_size, max_batches=max_batches, seq_len=seq_len),
         shards_ref=data,
+        dtype=dtype,
         force=force,
         notify=_notify,
     )
-    m = res.metrics
+    keys = ("loss", "perplexity", "bits_per_byte", "unigram_loss", "tokens", "bytes")
     table = Table(title=f"eval {res.output}")
-    for key in ("loss", "perplexity", "bits_per_byte", "unigram_loss", "tokens", "bytes"):
+    for key in keys:
         table.add_column(key)
-    table.add_row(
-        *(
-            _fmt(m.get(k))
-            for k in ("loss", "perplexity", "bits_per_byte", "unigram_loss", "tokens", "bytes")
-        )
-    )
+    table.add_row(*(_fmt(res.metrics.get(k)) for k in keys))
     console.print(table)
+
+
+def _eval_suite(ws, model, suite: Path, data_root, batch_size, dtype, force) -> None:
+    from forgeml.pipeline.eval_suite_stage import eval_suite_stage
+    from forgeml.pipeline.stages import open_registry
+
+    if not suite.is_file():
+        raise ForgeError(f"suite not found: {suite}", hint="pass `perplexity` or a suite YAML")
+    res = eval_suite_stage(
+        ws, model, suite, data_root=data_root, batch_size=batch_size, dtype=dtype, force=force,
+        notify=_notify,
+    )  # fmt: skip
+    path = open_registry(ws).get_asset(res.output).path
+    results = json.loads((path / "results.json").read_text())
+    table = Table(title=f"eval {res.output}")
+    for col in ("task", "metric", "value"):
+        table.add_column(col)
+    for task, info in (results.get("tasks") or {}).items():
+        for metric, value in (info.get("metrics") or {}).items():
+            table.add_row(task, metric, _fmt(value))
+    console.print(table)
+    console.print(f"report: {path / 'report.html'}", highlight=False)
+
+
+@eval_app.command("gate")
+def eval_gate(
+    candidate: Annotated[str, typer.Argument(help="Candidate model.")],
+    against: Annotated[str, typer.Option(help="Alias (or model) to compare with.")] = "champion",
+    suite: Annotated[Path, typer.Option(help="KPI suite YAML.")] = Path("suite.yaml"),
+    data_root: Annotated[Path | None, typer.Option(help="Folder of the suite's data.")] = None,
+    confidence: Annotated[float, typer.Option(help="Bootstrap interval level.")] = 0.95,
+    strict: Annotated[bool, typer.Option(help="Count warnings as failures.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Compare every KPI of CANDIDATE with the alias's model; exit 1 on a regression."""
+    from forgeml.pipeline.eval_suite_stage import gate
+
+    res = gate(
+        _ws(), candidate, against, suite, data_root=data_root, confidence=confidence,
+        strict=strict, notify=_notify,
+    )  # fmt: skip
+    if json_out:
+        console.print_json(json.dumps(res.report.to_dict(), default=str))
+    else:
+        console.print(res.report.table(), markup=False, highlight=False)
+    if not res.report.passed:
+        raise typer.Exit(1)
+
+
+@eval_app.command("report")
+def eval_report(
+    refs: Annotated[
+        list[str], typer.Argument(help="Eval assets (one: report; several: comparison).")
+    ],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("report.html"),
+) -> None:
+    """Write an HTML report of one eval, or a comparison of several (with training curves)."""
+    from forgeml.eval.gate import compare_evals, load_eval_record
+    from forgeml.eval.report import (
+        comparison_report_html,
+        eval_report_html,
+        read_training_curve,
+        write_report,
+    )
+    from forgeml.pipeline.stages import open_registry
+
+    ws = _ws()
+    reg = open_registry(ws)
+    assets = [reg.get_asset(r) for r in refs]
+    records = [load_eval_record(a.path) for a in assets]
+    if len(records) == 1:
+        html = eval_report_html(records[0])
+    else:
+        curves = {}
+        for a in assets:
+            model = reg.get_asset(a.metadata.get("model", "")) if a.metadata.get("model") else None
+            metrics = (
+                ws.runs_dir / "pretrain" / model.producer_run / "metrics.jsonl" if model else None
+            )
+            if metrics is not None and metrics.is_file():
+                curves[a.name] = read_training_curve(metrics)
+        html = comparison_report_html(
+            records, labels=[a.name for a in assets], curves=curves,
+            gate=compare_evals(records[1], records[0]),
+        )  # fmt: skip
+    console.print(f"report: {write_report(out, html)}", highlight=False)
+
+
+@app.command("drift")
+def drift_cmd(
+    reference: Annotated[
+        Path | None, typer.Option(help="Reference traffic (JSONL file or folder).")
+    ] = None,
+    current: Annotated[Path | None, typer.Option(help="Current traffic to compare.")] = None,
+    log: Annotated[
+        Path | None, typer.Option(help="One traffic log, split in time instead.")
+    ] = None,
+    split: Annotated[float, typer.Option(help="With --log: share used as reference.")] = 0.5,
+    model: Annotated[
+        str | None, typer.Option(help="Also compare the model's own loss on prompts.")
+    ] = None,
+    psi: Annotated[float, typer.Option(help="PSI threshold.")] = 0.2,
+    p_value: Annotated[float, typer.Option(help="Significance level.")] = 0.01,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Drift report on logged traffic: length, n-gram and output-proxy shifts; exit 1 on drift."""
+    from forgeml.eval.drift import DriftThresholds, drift_report, load_traffic, split_by_time
+
+    if log is not None:
+        ref, cur = split_by_time(load_traffic(log), split)
+    elif reference is not None and current is not None:
+        ref, cur = load_traffic(reference), load_traffic(current)
+    else:
+        raise ForgeError("give --reference and --current, or --log", hint="see --help")
+    kwargs = {}
+    if model:
+        from forgeml.eval.tasks import EvalModel
+        from forgeml.pipeline.stages import open_registry
+
+        lm = EvalModel.from_dir(open_registry(_ws()).get_asset(model).path)
+        kwargs = {"tokenize": lm.encode, "prompt_nll": lm.rolling_nll}
+    report = drift_report(ref, cur, thresholds=DriftThresholds(psi=psi, p_value=p_value), **kwargs)
+    if json_out:
+        console.print_json(json.dumps(report.to_dict(), default=str))
+    else:
+        console.print(report.table(), markup=False, highlight=False)
+    if report.drifted:
+        raise typer.Exit(1)
 
 
 def _fmt(value) -> str:
@@ -425,15 +566,32 @@ def runs_show(ref: Annotated[str, typer.Argument(help="Run id or unique prefix."
 
 @app.command("promote")
 def promote_cmd(
-    model: Annotated[str, typer.Argument(help="Asset id, prefix or name.")],
+    model: Annotated[str, typer.Argument(help="Model asset (id, prefix or name).")],
     alias: Annotated[str, typer.Option("--alias", "-a", help="Alias to move, e.g. champion.")],
+    suite: Annotated[
+        Path | None, typer.Option(help="KPI suite: the move needs its gate to pass.")
+    ] = None,
+    data_root: Annotated[Path | None, typer.Option(help="Folder of the suite's data.")] = None,
+    force: Annotated[
+        bool, typer.Option(help="Move despite a failing gate (needs --reason).")
+    ] = False,
     reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "",
 ) -> None:
-    """Point an alias at an asset (history kept; `rollback` moves it back)."""
-    from forgeml.pipeline.stages import open_registry
+    """Point an alias at a model if it passes the gate against the alias's current model."""
+    from forgeml.pipeline.eval_suite_stage import GateFailed, promote
 
-    target = open_registry(_ws()).set_alias(alias, model, reason=reason)
-    console.print(f"{alias} -> {target}")
+    try:
+        res = promote(
+            _ws(), model, alias, suite_path=suite, data_root=data_root, force=force,
+            reason=reason, notify=_notify,
+        )  # fmt: skip
+    except GateFailed as exc:
+        console.print(exc.report.table(), markup=False, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    if res.gate is not None:
+        console.print(res.gate.report.table(), markup=False, highlight=False)
+    console.print(f"{alias} -> {res.asset_id}" + (" (forced)" if res.forced else ""))
 
 
 @app.command("rollback")
@@ -442,10 +600,35 @@ def rollback_cmd(
     reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "",
 ) -> None:
     """Move an alias back to its previous target in one command."""
+    from forgeml.pipeline.eval_suite_stage import rollback
+
+    console.print(f"{alias} -> {rollback(_ws(), alias, reason=reason)}")
+
+
+@app.command("aliases")
+def aliases_cmd(
+    name: Annotated[str | None, typer.Argument(help="Show this alias's history.")] = None,
+) -> None:
+    """List aliases, or one alias's full history."""
     from forgeml.pipeline.stages import open_registry
 
-    target = open_registry(_ws()).rollback_alias(alias, reason=reason)
-    console.print(f"{alias} -> {target}")
+    reg = open_registry(_ws())
+    table = Table()
+    if name is None:
+        for col in ("alias", "target"):
+            table.add_column(col)
+        for alias, target in sorted(reg.list_aliases().items()):
+            table.add_row(alias, target)
+    else:
+        events = reg.alias_history(name)
+        cols = ("at", "action", "asset_id", "previous_asset_id", "actor", "reason")
+        for col in cols:
+            table.add_column(col, overflow="fold")
+        for e in events:
+            table.add_row(
+                *(str(e.get(c) or "")[:19] if c == "at" else str(e.get(c) or "") for c in cols)
+            )
+    console.print(table)
 
 
 @pipeline_app.command("run")
@@ -645,6 +828,190 @@ def worker_cmd(
         notify=_notify,
     )
     console.print(f"worker ran {n} job(s)")
+
+
+@app.command("serve")
+def serve_cmd(
+    refs: Annotated[
+        list[str] | None, typer.Argument(help="Models to serve (ids/names/aliases).")
+    ] = None,
+    alias: Annotated[str, typer.Option(help="Served when no model is named.")] = "champion",
+    host: Annotated[
+        str, typer.Option(help="Bind address (loopback unless you say so).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8000,
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML (input/output rules).")] = None,
+    no_auth: Annotated[bool, typer.Option(help="Accept requests without API keys.")] = False,
+    log_bodies: Annotated[
+        bool, typer.Option(help="Keep prompts/completions in the audit log.")
+    ] = False,
+    max_batch: Annotated[int, typer.Option(help="Concurrent sequences per model.")] = 8,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests before 429.")] = 64,
+    device: Annotated[str, typer.Option()] = "cpu",
+    ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+) -> None:
+    """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) behind
+    API keys, policies and the audit log."""
+    from forgeml.serve.api import serve
+
+    if no_auth:
+        err.print("[bold yellow]warning:[/] --no-auth: every request is accepted without a key")
+    ws = _ws()
+    serve(
+        ws.root, refs or [alias], host=host, port=port, policy_path=policy, no_auth=no_auth,
+        log_bodies=log_bodies, max_batch=max_batch, max_queue=max_queue, device=device,
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+    )  # fmt: skip
+
+
+@keys_app.command("create")
+def keys_create(
+    principal: Annotated[str, typer.Option(help="Who the key is for.")],
+    role: Annotated[list[str] | None, typer.Option("--role", help="Role (repeatable).")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", help="Allowed model/alias (repeatable; none: all)."),
+    ] = None,
+    endpoint: Annotated[
+        list[str] | None,
+        typer.Option("--endpoint", help="chat, completions, models, metrics (repeatable)."),
+    ] = None,
+    rpm: Annotated[int | None, typer.Option(help="Requests per minute.")] = None,
+    tpm: Annotated[int | None, typer.Option(help="Tokens per minute.")] = None,
+    clearance: Annotated[str | None, typer.Option(help="Data-classification clearance.")] = None,
+    label: Annotated[str, typer.Option(help="A note for `keys list`.")] = "",
+) -> None:
+    """Create an API key (printed once; only its salted hash is stored)."""
+    from forgeml.serve.keys import create_api_key
+
+    scopes = {"roles": role or [], "models": model or [], "endpoints": endpoint or []}
+    key, info = create_api_key(
+        _ws().root, principal, requests_per_minute=rpm, tokens_per_minute=tpm,
+        clearance=clearance, label=label, **{k: v for k, v in scopes.items() if v},
+    )  # fmt: skip
+    err.print(f"key {info.id} for {info.principal} (shown once, store it now):")
+    console.print(key, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked.")] = False,
+) -> None:
+    """List API keys (never their secrets)."""
+    from forgeml.serve.keys import list_api_keys
+
+    table = Table()
+    for col in ("id", "principal", "roles", "models", "endpoints", "rpm", "tpm", "revoked"):
+        table.add_column(col, overflow="fold")
+    for k in list_api_keys(_ws().root, all_keys):
+        table.add_row(
+            k.id, k.principal, ",".join(k.roles), ",".join(k.models) or "*",
+            ",".join(k.endpoints) or "*", str(k.requests_per_minute or "-"),
+            str(k.tokens_per_minute or "-"), str(k.revoked_at or "")[:19],
+        )  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id from `keys list`.")]) -> None:
+    """Revoke an API key at once."""
+    from forgeml.serve.keys import revoke_api_key
+
+    console.print(f"revoked {revoke_api_key(_ws().root, key_id).id}")
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit log's hash chain; exit 1 at the first edited, deleted or moved entry."""
+    from forgeml.serve.audit import audit_log_path, verify_audit_log
+
+    path = audit_log_path(_ws().root)
+    ok, bad = verify_audit_log(path)
+    if ok:
+        console.print(f"audit log intact: {path}", highlight=False)
+        return
+    err.print(f"[bold red]audit log broken at entry {bad}[/]: {escape(str(path))}", soft_wrap=True)
+    raise typer.Exit(1)
+
+
+@data_app.command("curate")
+def data_curate(
+    dataset: Annotated[str, typer.Argument(help="Raw dataset asset.")],
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe whose `curate` section applies.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. curate.dedup.threshold=0.7")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the curated dataset.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+) -> None:
+    """Filters, redaction (PII and secrets) and dedup → curated dataset + HTML/JSON report."""
+    from forgeml.pipeline.curate_stage import curate_stage
+    from forgeml.pipeline.stages import open_registry
+
+    ws = _ws()
+    cfg = load_recipe(recipe, overrides or []).curate
+    res = curate_stage(ws, dataset, cfg, name=name, force=force, progress=_bars(), notify=_notify)
+    asset = open_registry(ws).get_asset(res.output)
+    m = res.metrics
+    console.print(
+        f"dataset {asset.id}: "
+        + ", ".join(f"{k} {v}" for k, v in m.items() if not isinstance(v, dict))
+        + (" (cached)" if res.cached else "")
+    )
+    console.print(f"  report: {asset.path / 'report.html'}", highlight=False)
+
+
+@data_app.command("show")
+def data_show(
+    dataset: Annotated[str, typer.Argument(help="Dataset asset.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Statistics of a document dataset: counts, sizes, types, languages."""
+    from forgeml.data.report import dataset_stats
+    from forgeml.pipeline.stages import open_registry
+
+    asset = open_registry(_ws()).get_asset(dataset)
+    stats = dataset_stats(_parquet_of(asset))
+    console.print_json(json.dumps(stats, default=str)) if json_out else _print_dict(stats, asset.id)
+
+
+@data_app.command("diff")
+def data_diff(
+    a: Annotated[str, typer.Argument(help="Older dataset asset.")],
+    b: Annotated[str, typer.Argument(help="Newer dataset asset.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What changed between two dataset versions (documents added, removed, changed)."""
+    from forgeml.data.report import diff_datasets
+    from forgeml.pipeline.stages import open_registry
+
+    reg = open_registry(_ws())
+    diff = diff_datasets(_parquet_of(reg.get_asset(a)), _parquet_of(reg.get_asset(b)))
+    console.print_json(json.dumps(diff, default=str)) if json_out else _print_dict(
+        diff, f"{a} → {b}"
+    )
+
+
+def _parquet_of(asset) -> Path:
+    path = Path(asset.path) / "data.parquet"
+    if not path.is_file():
+        raise ForgeError(f"{asset.id} is not a document dataset", hint="see `forgeml assets list`")
+    return path
+
+
+def _print_dict(data: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key, value in data.items():
+        table.add_row(
+            str(key),
+            json.dumps(value, default=str) if isinstance(value, dict | list) else _fmt(value),
+        )
+    console.print(table)
 
 
 def main() -> None:

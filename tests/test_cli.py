@@ -22,6 +22,18 @@ COMMANDS = [
     ["assets", "show"],
     ["assets", "lineage"],
     ["pipeline", "run"],
+    ["eval", "gate"],
+    ["eval", "report"],
+    ["drift"],
+    ["serve"],
+    ["keys", "create"],
+    ["keys", "list"],
+    ["audit", "verify"],
+    ["data", "curate"],
+    ["data", "show"],
+    ["data", "diff"],
+    ["jobs", "submit"],
+    ["worker"],
     ["runs", "list"],
     ["runs", "show"],
     ["promote"],
@@ -119,3 +131,35 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     res = forgeml("--debug", "-w", str(tmp_path / "nowhere"), "assets", "list")
     assert res.returncode != 0
     assert "Traceback" in res.stderr
+
+
+def test_keys_and_audit_through_the_cli(tmp_path: Path) -> None:
+    ws = tmp_path / "ws"
+    forgeml("init", str(ws))
+    made = forgeml("-w", str(ws), "keys", "create", "--principal", "alice", "--rpm", "5")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip().splitlines()[-1]
+    listed = forgeml("-w", str(ws), "keys", "list")
+    assert "alice" in listed.stdout and key not in listed.stdout  # the secret is never listed
+    assert forgeml("-w", str(ws), "audit", "verify").returncode == 0
+    log = ws / "audit" / "audit.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([lines[0].replace("alice", "mallory"), *lines[1:]]) + "\n")
+    res = forgeml("-w", str(ws), "audit", "verify")
+    assert res.returncode == 1 and "broken at entry 0" in res.stderr
+
+
+def test_curate_show_and_diff_through_the_cli(tmp_path: Path, text_folder: Path) -> None:
+    ws = tmp_path / "ws"
+    forgeml("init", str(ws))
+    forgeml("-w", str(ws), "-q", "data", "ingest", str(text_folder), "--name", "docs")
+    res = forgeml(
+        "-w", str(ws), "-q", "data", "curate", "docs", "--name", "docs-clean",
+        "--set", "curate.gopher_quality.enabled=false",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert "report.html" in res.stdout
+    show = forgeml("-w", str(ws), "data", "show", "docs-clean", "--json")
+    assert show.returncode == 0, show.stderr
+    diff = forgeml("-w", str(ws), "data", "diff", "docs", "docs-clean", "--json")
+    assert diff.returncode == 0, diff.stderr

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -70,6 +71,16 @@ test_lineage_survives_cycles = suite.test_lineage_survives_cycles
 test_aliases_history_and_rollback = suite.test_aliases_history_and_rollback
 
 
+def _alembic_config():
+    from alembic.config import Config
+
+    from forgeml.registry.store import MIGRATIONS_DIR
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return cfg
+
+
 def test_migrations_on_postgres(pg_url: str, tmp_path: Path) -> None:
     with Registry(pg_url, tmp_path / "art") as reg:
         assert reg.engine.dialect.name == "postgresql"
@@ -77,7 +88,8 @@ def test_migrations_on_postgres(pg_url: str, tmp_path: Path) -> None:
     with Registry(pg_url, tmp_path / "art") as reg:  # reopening skips the migration
         assert reg.get_asset("d") == asset
         with reg.engine.connect() as conn:
-            assert MigrationContext.configure(conn).get_current_revision() == "0001"
+            head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+            assert MigrationContext.configure(conn).get_current_revision() == head
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
 
 

@@ -2,7 +2,8 @@
 
 First stage of the data pipeline (`forgeml data ingest`): it walks the sources in sorted
 order, reads each file with the reader for its type (`forgeml.data.readers`), and reports
-what happened to every file. Curation (normalising, filtering, dedup, redaction) comes later.
+what happened to every file. A record file (JSONL/CSV/Parquet) or an archive becomes one row
+per record or member, located by `path` + `locator`. Curation (`forgeml.data.curate`) comes later.
 
 Include/exclude patterns are matched against the path relative to its source root, in
 posix form, case-sensitively:
@@ -19,6 +20,7 @@ A file is kept when it matches at least one include pattern and no exclude patte
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import stat
@@ -31,7 +33,14 @@ import pyarrow.parquet as pq
 
 from forgeml.core.errors import DataError
 from forgeml.core.io import atomic_open
-from forgeml.data.readers import SkipDocument, looks_binary, reader_for, supported_extensions
+from forgeml.data.readers import (
+    ReadOptions,
+    SkipDocument,
+    looks_binary,
+    read_parts,
+    reader_for,
+    supported_extensions,
+)
 
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 _FLUSH_BYTES = 32 * 1024 * 1024  # text buffered before a Parquet row group is written
@@ -44,10 +53,12 @@ SCHEMA = pa.schema(
         ("source", pa.string()),  # the source root as given
         ("sha256", pa.string()),  # of the raw file bytes
         ("bytes", pa.int64()),  # size of the raw file
-        ("type", pa.string()),  # text / markdown / code
+        ("type", pa.string()),  # text / markdown / code / html / pdf / docx / records
         ("language", pa.string()),  # code only
+        ("locator", pa.string()),  # within the file: "line 3", "row 12"; "" = whole file
+        ("metadata", pa.string()),  # JSON: record fields other than the text; null if none
     ],
-    metadata={b"forgeml.kind": b"raw-documents", b"forgeml.schema_version": b"1"},
+    metadata={b"forgeml.kind": b"raw-documents", b"forgeml.schema_version": b"2"},
 )
 
 
@@ -62,6 +73,9 @@ class IngestReport:
     skipped: int = 0
     failed: int = 0
     bytes_kept: int = 0
+    documents: int = 0  # rows written: one per kept file, or per record / archive member
+    parts_skipped: int = 0  # records or members inside kept files that were not usable
+    parts_skipped_by_reason: dict[str, int] = field(default_factory=dict)
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     by_type: dict[str, int] = field(default_factory=dict)
     by_language: dict[str, int] = field(default_factory=dict)
@@ -199,54 +213,78 @@ def _read_limited(path: Path, limit: int) -> bytes:
         return fh.read(limit)
 
 
-def _examine(entry: _Entry, max_file_bytes: int) -> tuple[str, str, str, dict | None]:
-    """(status, reason, detail, row) for one file that passed the patterns."""
+def _examine(
+    entry: _Entry, max_file_bytes: int, options: ReadOptions
+) -> tuple[str, str, str, list[dict], dict[str, int]]:
+    """(status, reason, detail, rows, parts skipped by reason) for one file that passed the
+    patterns. A file is kept when at least one of its documents is."""
     path = entry.path
     try:
         if path.is_symlink():
             if path.is_dir():
-                return "skipped", "symlink", "symlinked folder not followed", None
+                return "skipped", "symlink", "symlinked folder not followed", [], {}
             if not path.exists():
-                return "skipped", "symlink", "broken symlink", None
+                return "skipped", "symlink", "broken symlink", [], {}
             if not entry.direct and not _inside(path, entry.root):
-                return "skipped", "symlink", "points outside the source folder", None
+                return "skipped", "symlink", "points outside the source folder", [], {}
         st = path.stat()
         if not stat.S_ISREG(st.st_mode):
-            return "skipped", "not a regular file", "device, socket or pipe", None
+            return "skipped", "not a regular file", "device, socket or pipe", [], {}
         if st.st_size > max_file_bytes:
             detail = f"{st.st_size} bytes > max_file_bytes={max_file_bytes}"
-            return "skipped", "too large", detail, None
+            return "skipped", "too large", detail, [], {}
         if st.st_size == 0:
-            return "skipped", "empty", "0 bytes", None
+            return "skipped", "empty", "0 bytes", [], {}
         reader = reader_for(path)
         if reader is None:
             head = _read_limited(path, 8192)
             if looks_binary(head):
-                return "skipped", "binary", "NUL byte in the first 8 KiB", None
+                return "skipped", "binary", "NUL byte in the first 8 KiB", [], {}
             suffix = path.suffix or path.name
-            return "skipped", "unsupported type", f"no reader for '{suffix}'", None
+            return "skipped", "unsupported type", f"no reader for '{suffix}'", [], {}
         data = _read_limited(path, max_file_bytes + 1)
     except OSError as err:
-        return "failed", "read error", f"{type(err).__name__}: {err.strerror or err}", None
+        return "failed", "read error", f"{type(err).__name__}: {err.strerror or err}", [], {}
     if len(data) > max_file_bytes:  # grew since stat
-        return "skipped", "too large", f"more than max_file_bytes={max_file_bytes}", None
+        return "skipped", "too large", f"more than max_file_bytes={max_file_bytes}", [], {}
+    file_sha = hashlib.sha256(data).hexdigest()
+    rows: list[dict] = []
+    skipped: dict[str, int] = {}
+    first_skip = ("", "")
     try:
-        text = reader.read(data)
+        for part in read_parts(reader, data, options):
+            reason, detail = part.skip, part.detail
+            if not reason and not part.text.strip():
+                reason, detail = "empty", "only whitespace"
+            if reason:
+                skipped[reason] = skipped.get(reason, 0) + 1
+                first_skip = first_skip if first_skip[0] else (reason, detail)
+                continue
+            rel = f"{entry.rel}!/{part.member}" if part.member else entry.rel
+            rows.append(
+                {
+                    "doc_id": hashlib.sha256(part.text.encode("utf-8")).hexdigest(),
+                    "text": part.text,
+                    "path": rel,
+                    "source": entry.source,
+                    "sha256": file_sha,
+                    "bytes": len(data),
+                    "type": part.doc_type or reader.doc_type,
+                    "language": part.language or reader.language,
+                    "locator": part.locator,
+                    "metadata": json.dumps(part.metadata, ensure_ascii=False)
+                    if part.metadata
+                    else None,
+                }
+            )
     except SkipDocument as skip:
-        return "skipped", skip.reason, skip.detail, None
-    if not text.strip():
-        return "skipped", "empty", "only whitespace", None
-    row = {
-        "doc_id": hashlib.sha256(text.encode("utf-8")).hexdigest(),
-        "text": text,
-        "path": entry.rel,
-        "source": entry.source,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "bytes": len(data),
-        "type": reader.doc_type,
-        "language": reader.language,
-    }
-    return "kept", "", "", row
+        return "skipped", skip.reason, skip.detail, [], {}
+    if not rows:
+        if sum(skipped.values()) <= 1:  # a plain file that was only whitespace, etc.
+            return "skipped", first_skip[0] or "empty", first_skip[1], [], {}
+        reasons = ", ".join(f"{n} {r}" for r, n in sorted(skipped.items()))
+        return "skipped", "no usable records", reasons, [], {}
+    return "kept", "", "", rows, skipped
 
 
 # ---------------------------------------------------------------------------------------
@@ -260,6 +298,7 @@ def ingest_files(
     include: Sequence[str] = ("**/*",),
     exclude: Sequence[str] = (),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    text_fields: Sequence[str] = (),
     progress: bool = False,
 ) -> IngestReport:
     """Read every file under `sources` into one Parquet file at `out_path` (written atomically).
@@ -268,6 +307,8 @@ def ingest_files(
     symlinked files are read only when they point inside their source folder. Exact
     duplicates are kept (dedup is a curation step). Raises `DataError` when a source does
     not exist or when no file at all could be kept; the inputs are never modified.
+    `text_fields` names the record fields (JSONL/CSV/Parquet) that make a document's text;
+    empty: the first of `text`, `content`, `body`.
     """
     if not sources:
         raise DataError("no sources to ingest", "pass one or more files or folders")
@@ -276,6 +317,7 @@ def ingest_files(
     out_path = Path(out_path)
     inc = [(p, compile_glob(p)) for p in include]
     exc = [(p, compile_glob(p)) for p in exclude]
+    options = ReadOptions(text_fields=tuple(text_fields), max_member_bytes=max_file_bytes)
     entries: list[_Entry] = []
     for src in sources:  # list everything first: a missing source fails before any work
         entries += _list_source(Path(src))
@@ -291,18 +333,23 @@ def ingest_files(
                 report.record(entry.source, entry.rel, "skipped", "excluded", reason)
                 advance()
                 continue
-            status, reason, detail, row = _examine(entry, max_file_bytes)
+            status, reason, detail, rows, parts_skipped = _examine(entry, max_file_bytes, options)
             report.record(entry.source, entry.rel, status, reason, detail)
             advance()
-            if row is None:
+            if not rows:
                 continue
-            report.bytes_kept += row["bytes"]
-            report.by_type[row["type"]] = report.by_type.get(row["type"], 0) + 1
-            if row["language"]:
-                lang = row["language"]
-                report.by_language[lang] = report.by_language.get(lang, 0) + 1
-            batch.append(row)
-            batch_bytes += row["bytes"]
+            report.bytes_kept += rows[0]["bytes"]
+            report.documents += len(rows)
+            for why, n in parts_skipped.items():
+                report.parts_skipped += n
+                report.parts_skipped_by_reason[why] = report.parts_skipped_by_reason.get(why, 0) + n
+            for row in rows:
+                report.by_type[row["type"]] = report.by_type.get(row["type"], 0) + 1
+                if row["language"]:
+                    lang = row["language"]
+                    report.by_language[lang] = report.by_language.get(lang, 0) + 1
+                batch_bytes += len(row["text"])
+            batch += rows
             if batch_bytes >= _FLUSH_BYTES:
                 writer = _write_batch(writer, fh, batch)
                 batch, batch_bytes = [], 0
@@ -316,6 +363,7 @@ def ingest_files(
     assert report.kept + report.skipped + report.failed == report.found
     report.skipped_by_reason = dict(sorted(report.skipped_by_reason.items()))
     report.by_type = dict(sorted(report.by_type.items()))
+    report.parts_skipped_by_reason = dict(sorted(report.parts_skipped_by_reason.items()))
     report.by_language = dict(sorted(report.by_language.items()))
     return report
 

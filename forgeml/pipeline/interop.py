@@ -15,6 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
+from forgeml.core.config import ModelConfig
 from forgeml.core.errors import ConfigError, DataError, ForgeError, NotFoundError
 from forgeml.core.io import fsync_dir
 from forgeml.core.workspace import Workspace
@@ -26,6 +30,7 @@ from forgeml.models.hf_io import (
     read_model_config,
     save_model,
 )
+from forgeml.models.registry import build_model
 from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
 
 # What an HF model folder needs besides the weights; READMEs, .git and the like stay behind.
@@ -79,7 +84,7 @@ def import_hf_stage(
             f"no *.safetensors in {hf_dir}",
             hint="save the checkpoint with safetensors (save_pretrained does by default)",
         )
-    _check_tensor_names(hf_dir, weights, cfg)
+    n_params = _check_weights(hf_dir, weights, cfg)
     name = name or hf_dir.name
     model_files = weights + [hf_dir / f for f in MODEL_SIDE_FILES if (hf_dir / f).is_file()]
     ours = hf_dir / "forgeml_model.json"
@@ -113,7 +118,7 @@ def import_hf_stage(
         # The model asset keeps the tokenizer files too, as a trained model's folder does, so
         # generate and export find them next to the weights.
         out = _stage_files(model_files + tok_files, work / "model")
-        metrics = {"params": _count_params(cfg), "arch": cfg.arch, "tokenizer": tok_id}
+        metrics = {"params": n_params, "arch": cfg.arch, "tokenizer": tok_id}
         hf_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
         meta = {"source": str(hf_dir), "hf_model_type": hf_type, "format": "hf", **metrics}
         return [Output("model", name, out, meta, parents=[tok_id] if tok_id else [])], metrics
@@ -122,27 +127,29 @@ def import_hf_stage(
     return run_stage(ws, "import-hf", config, inputs, model_body, force=force, notify=notify)
 
 
-def _check_tensor_names(hf_dir: Path, weights: list[Path], cfg) -> None:
-    """Fail at import, not at first use, when the weights do not fit the config."""
-    from safetensors import safe_open
-
-    names: dict[str, Any] = {}
+def _check_weights(hf_dir: Path, weights: list[Path], cfg: ModelConfig) -> int:
+    """Fail at import, not at first use, when the tensors do not fit the config: every name
+    and shape is checked on the meta device, without reading the weights. Returns the
+    number of parameters."""
+    tensors: dict[str, torch.Tensor] = {}
     for path in weights:
         with safe_open(path, framework="pt") as f:
-            names.update({key: None for key in f.keys()})  # noqa: SIM118 (safe_open is no dict)
+            for key in f.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                tensors[key] = torch.empty(f.get_slice(key).get_shape(), device="meta")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    n_params = model.num_params()  # before loading: `assign` unties tied embeddings
     try:
-        from_hf_state_dict(names, cfg)
+        model.load_state_dict(from_hf_state_dict(tensors, cfg), strict=True, assign=True)
     except ConfigError as exc:
         raise ConfigError(f"{hf_dir}: {exc.message}", hint=exc.hint) from None
-
-
-def _count_params(cfg) -> int:
-    import torch
-
-    from forgeml.models.registry import build_model
-
-    with torch.device("meta"):
-        return build_model(cfg).num_params()
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise ConfigError(
+            f"{hf_dir}: the weights do not match config.json ({first})",
+            hint="is config.json from the same checkpoint as the safetensors files?",
+        ) from None
+    return n_params
 
 
 def export_model(ws: Workspace, model_ref: str, out_dir: str | Path) -> Path:

@@ -76,14 +76,24 @@ def run_pipeline(
         include=data.include,
         exclude=data.exclude,
         max_file_bytes=data.max_file_bytes,
+        text_fields=data.text_fields,
         force=force,
         progress=bars,
         notify=notify,
     )
     out.stages.append(ingest)
+    documents = ingest.output
+    if data.curate:
+        from forgeml.pipeline.curate_stage import curate_stage
+
+        curated = curate_stage(
+            ws, ingest.output, recipe.curate, force=force, progress=bars, notify=notify
+        )
+        out.stages.append(curated)
+        documents = curated.output
     tok = tokenizer_stage(
         ws,
-        ingest.output,
+        documents,
         recipe.tokenizer,
         heldout_fraction=data.heldout_fraction,
         force=force,
@@ -93,7 +103,7 @@ def run_pipeline(
     out.stages.append(tok)
     pack = pack_stage(
         ws,
-        ingest.output,
+        documents,
         tok.output,
         heldout_fraction=data.heldout_fraction,
         force=force,

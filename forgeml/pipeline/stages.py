@@ -130,6 +130,7 @@ def ingest_stage(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     max_file_bytes: int = 16 * 1024 * 1024,
+    text_fields: list[str] | None = None,
     force: bool = False,
     progress: bool = False,
     notify: Notify | None = None,
@@ -146,6 +147,7 @@ def ingest_stage(
         "exclude": list(exclude or []),
         "max_file_bytes": max_file_bytes,
         "fingerprint": _sources_fingerprint(paths),
+        "text_fields": list(text_fields or []),
         "name": name,
     }
 
@@ -157,6 +159,7 @@ def ingest_stage(
             include=config["include"],
             exclude=config["exclude"],
             max_file_bytes=max_file_bytes,
+            text_fields=config["text_fields"],
             progress=progress,
         )
         summary = report.to_dict()

@@ -1,0 +1,58 @@
+"""The curate stage: a raw dataset asset in, a curated dataset asset out, as a registered run.
+
+The curated asset (`data.parquet`, `report.json`, `report.html`) has the raw dataset as its
+parent, so `forgeml lineage` shows where every curated dataset came from; a second call with
+the same config and input is answered from the cache by `run_stage`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from forgeml.core.config import CurateConfig
+from forgeml.core.workspace import Workspace
+from forgeml.pipeline.stages import (
+    Notify,
+    Output,
+    StageResult,
+    _documents_parquet,
+    open_registry,
+    run_stage,
+)
+
+
+def curate_stage(
+    ws: Workspace,
+    dataset_ref: str,
+    cfg: CurateConfig | None = None,
+    *,
+    name: str | None = None,
+    force: bool = False,
+    progress: bool = False,
+    notify: Notify | None = None,
+) -> StageResult:
+    """Curate the dataset `dataset_ref` (id, alias, name or prefix) into a new dataset asset."""
+    from forgeml.data.curate import curate_documents, save_report
+
+    cfg = cfg or CurateConfig()
+    raw = open_registry(ws).get_asset(dataset_ref)
+    parquet = _documents_parquet(raw)
+    out_name = name or f"{raw.name}-curated"
+    config = {"curate": cfg.model_dump(mode="json"), "name": out_name}
+
+    def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
+        out = work / "dataset"
+        report = curate_documents(parquet, out / "data.parquet", cfg, progress=progress)
+        save_report(report, out)
+        summary = report.to_dict()
+        meta = {
+            k: summary[k]
+            for k in ("input", "kept", "dropped", "failed", "dropped_by_reason", "redactions")
+        }
+        meta.update(format="curated-documents-parquet", raw_dataset=raw.id)
+        metrics = {k: summary[k] for k in ("input", "kept", "dropped", "failed")}
+        metrics["chars_kept"] = summary["chars"]["kept"]
+        return [Output("dataset", out_name, out, meta, parents=[raw.id])], metrics
+
+    return run_stage(ws, "curate", config, [raw.id], body, force=force, notify=notify)

@@ -1,0 +1,417 @@
+"""Continuous-batching generation engine: one background thread per served model.
+
+Requests wait in a bounded queue, take a slot of a shared per-slot kv cache, are prefilled one
+at a time and then decoded together, one token per step, each row at its own position (the
+iteration-level scheduling of Orca, Yu et al., OSDI 2022). Tokens stream back per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from forgeml.models.dense import KVCache, Transformer, apply_rope, rope_cos_sin
+from forgeml.models.sampling import filter_logits
+
+# Byte-level BPE can end a step in the middle of a UTF-8 character; decode shows it as U+FFFD.
+_PARTIAL_CHAR = "\ufffd"
+GREEDY_BELOW = 1e-5
+
+
+class EngineBusy(Exception):
+    """The request queue is full; retry after `retry_after` seconds (HTTP 429)."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"generation queue is full, retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What to generate: temperature 0 is greedy; `seed` makes sampling reproducible."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float | None = None
+    top_k: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise ValueError(f"seed must be in [-2**63, 2**64), got {self.seed}")
+
+
+@dataclass
+class StreamEvent:
+    """New text of one request; the last event has `finish_reason` ("stop", "length", "error")."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    error: str | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class GenerationHandle:
+    """One submitted request: iterate it (sync or async) for its `StreamEvent`s."""
+
+    def __init__(
+        self,
+        request_id: int,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        stop_ids: frozenset[int],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.id = request_id
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.stop_ids = stop_ids
+        self.cancelled = False
+        self._loop = loop
+        self._sync: queue.SimpleQueue[StreamEvent] = queue.SimpleQueue()
+        self._async: asyncio.Queue[StreamEvent] | None = asyncio.Queue() if loop else None
+
+    def cancel(self) -> None:
+        """Free the slot at the next step (the client went away)."""
+        self.cancelled = True
+
+    def _emit(self, event: StreamEvent) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._async.put_nowait, event)
+            except RuntimeError:  # the event loop closed under a cancelled request
+                self.cancelled = True
+        else:
+            self._sync.put(event)
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        while True:
+            event = self._sync.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+
+    async def events(self) -> AsyncIterator[StreamEvent]:
+        assert self._async is not None, "submit with loop= to consume events asynchronously"
+        while True:
+            event = await self._async.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+
+    def result(self) -> Completion:
+        """Block until done; the whole completion."""
+        text, ids = [], []
+        for event in self:
+            text.append(event.text)
+            ids += event.token_ids
+        if event.error:
+            raise RuntimeError(event.error)
+        return Completion(
+            "".join(text), ids, event.finish_reason, event.prompt_tokens, event.completion_tokens
+        )
+
+
+@dataclass
+class _Slot:
+    handle: GenerationHandle
+    generator: torch.Generator
+    budget: int  # how many tokens it may still generate (max_tokens, capped by the context)
+    pos: int = 0  # next cache position to write
+    next_token: int = 0
+    ids: list[int] = field(default_factory=list)
+    emitted: int = 0  # characters of the decoded text already sent
+    sent: int = 0  # token ids already sent
+
+
+def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """The next token from logits [V]: argmax at temperature 0, else filtered multinomial.
+
+    The same draws as `forgeml.models.sampling.generate`, so a seeded request reproduces it.
+    """
+    # Below ~1e-5 logits / temperature overflows to inf and the softmax to NaN: that is greedy.
+    if params.temperature < GREEDY_BELOW:
+        return int(torch.argmax(logits))
+    logits = filter_logits(
+        logits.float() / params.temperature, top_k=params.top_k, top_p=params.top_p
+    )
+    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+
+
+@torch.inference_mode()
+def decode_step(
+    model: Transformer,
+    cache: KVCache,
+    rows: torch.Tensor,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """One token for each cache row in `rows`, each at its own position: logits [n, V].
+
+    `Transformer.forward` takes one start position for the whole batch, so this step runs the
+    same blocks with a per-row rotary position and a per-row causal mask over the slot's keys.
+    """
+    cfg = model.cfg
+    n = rows.shape[0]
+    hd, n_heads, n_kv = model.head_dim, cfg.n_heads, cfg.n_kv_heads
+    cos, sin = rope_cos_sin(positions, hd, cfg.rope_theta)
+    cos, sin = cos[:, None, None, :], sin[:, None, None, :]
+    kv_len = int(positions.max()) + 1
+    keys_at = torch.arange(kv_len, device=positions.device)[None, :]
+    mask = keys_at <= positions[:, None]
+    if cfg.sliding_window is not None:
+        mask = mask & (keys_at > positions[:, None] - cfg.sliding_window)
+    mask = mask[:, None, None, :]
+    first = int(rows[0])
+    # Slots are handed out lowest first, so the active rows are usually one contiguous block
+    # and the cache is read as a view instead of a gathered copy.
+    contiguous = bool((rows == torch.arange(first, first + n, device=rows.device)).all())
+    h = model.tok_embeddings(tokens[:, None])
+    for i, layer in enumerate(model.layers):
+        attn = layer.attention
+        qkv = attn.wqkv(layer.attention_norm(h)).view(n, 1, n_heads + 2 * n_kv, hd)
+        qk = apply_rope(qkv[:, :, : n_heads + n_kv], cos, sin).transpose(1, 2)
+        q, k = qk.split([n_heads, n_kv], dim=1)
+        v = qkv[:, :, n_heads + n_kv :].transpose(1, 2)
+        cache_k, cache_v = cache.k[i], cache.v[i]
+        cache_k[rows, :, positions] = k[:, :, 0].to(cache_k.dtype)
+        cache_v[rows, :, positions] = v[:, :, 0].to(cache_v.dtype)
+        if contiguous:
+            keys, values = (
+                cache_k[first : first + n, :, :kv_len],
+                cache_v[first : first + n, :, :kv_len],
+            )
+        else:
+            keys, values = cache_k[:, :, :kv_len][rows], cache_v[:, :, :kv_len][rows]
+        out = F.scaled_dot_product_attention(
+            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, enable_gqa=n_kv != n_heads
+        )
+        h = h + attn.wo(out.transpose(1, 2).reshape(n, 1, n_heads * hd))
+        h = h + layer.feed_forward(layer.ffn_norm(h))
+    return model.output(model.norm(h)).float()[:, 0]
+
+
+class Engine:
+    """Serve one model: `submit` requests from any thread; a worker thread batches them.
+
+    At most `max_batch` requests decode together; up to `max_queue` more wait, and a request
+    beyond that gets `EngineBusy` at once (bounded memory, HTTP 429 upstream).
+    """
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        *,
+        max_batch: int = 8,
+        max_queue: int = 64,
+        device: str | torch.device = "cpu",
+        stop_ids: frozenset[int] = frozenset(),
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.max_len = model.cfg.max_seq_len
+        self.stop_ids = frozenset(stop_ids)
+        self.cache = model.new_kv_cache(max_batch, self.max_len, device=self.device)
+        self._slots: list[_Slot | None] = [None] * max_batch
+        self._pending: collections.deque[GenerationHandle] = collections.deque()
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._running = True
+        self._step_seconds = 0.05  # running mean of a decode step, for Retry-After
+        self._thread = threading.Thread(target=self._loop, name="forgeml-engine", daemon=True)
+        self._thread.start()
+
+    # -- client side ----------------------------------------------------------------------
+
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        stop_ids: frozenset[int] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> GenerationHandle:
+        """Queue a request; raise `EngineBusy` when the queue is full, ValueError if it can't fit.
+
+        `stop_ids` replaces the engine's default stop tokens for this request. Pass the running
+        `loop` to consume events with `async for` (`handle.events()`).
+        """
+        if not prompt_ids:
+            raise ValueError("the prompt is empty")
+        if len(prompt_ids) >= self.max_len:
+            raise ValueError(
+                f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_len}"
+            )
+        stops = self.stop_ids if stop_ids is None else frozenset(stop_ids)
+        handle = GenerationHandle(next(self._ids), list(prompt_ids), params, stops, loop)
+        with self._cond:
+            if not self._running:
+                raise RuntimeError("the engine is closed")
+            if len(self._pending) >= self.max_queue:
+                raise EngineBusy(self.retry_after())
+            self._pending.append(handle)
+            self._cond.notify()
+        return handle
+
+    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
+        """Submit and wait: the whole completion."""
+        return self.submit(prompt_ids, params).result()
+
+    def retry_after(self) -> int:
+        """Seconds a rejected client should wait: roughly until the queue has drained a batch."""
+        waiting = len(self._pending) / max(1, self.max_batch)
+        return max(1, round(waiting * 32 * self._step_seconds))
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            active = sum(s is not None for s in self._slots)
+            return {"queued": len(self._pending), "active": active, "slots": self.max_batch}
+
+    def close(self) -> None:
+        with self._cond:
+            self._running = False
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    # -- worker side ----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._running and not self._pending and not any(self._slots):
+                    self._cond.wait()
+                if not self._running:
+                    break
+                admitted = []
+                for i, slot in enumerate(self._slots):
+                    if slot is None and self._pending:
+                        admitted.append((i, self._pending.popleft()))
+            try:
+                for i, handle in admitted:
+                    self._prefill(i, handle)
+                if any(self._slots):
+                    self._decode()
+            except Exception as exc:  # a bug must fail its requests, never hang the clients
+                for i, slot in enumerate(self._slots):
+                    if slot is not None:
+                        slot.handle._emit(StreamEvent("", [], "error", error=repr(exc)))
+                        self._slots[i] = None
+        for handle in self._pending:
+            handle._emit(StreamEvent("", [], "error", error="the engine was closed"))
+        for slot in self._slots:
+            if slot is not None:
+                slot.handle._emit(StreamEvent("", [], "error", error="the engine was closed"))
+
+    @torch.inference_mode()
+    def _prefill(self, index: int, handle: GenerationHandle) -> None:
+        if handle.cancelled:
+            return
+        generator = torch.Generator(device=self.device)
+        if handle.params.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(handle.params.seed)
+        n_prompt = len(handle.prompt_ids)
+        budget = min(handle.params.max_tokens, self.max_len - n_prompt)
+        slot = _Slot(handle, generator, budget, pos=n_prompt)
+        row = KVCache(self.cache.k[:, index : index + 1], self.cache.v[:, index : index + 1])
+        idx = torch.tensor([handle.prompt_ids], dtype=torch.long, device=self.device)
+        logits = self.model(idx, kv_cache=row, start_pos=0)[0, -1]
+        self._slots[index] = slot
+        self._accept(index, sample_token(logits, handle.params, generator))
+
+    def _decode(self) -> None:
+        started = time.perf_counter()
+        live = [(i, s) for i, s in enumerate(self._slots) if s is not None]
+        for i, slot in live:
+            if slot.handle.cancelled:
+                self._slots[i] = None
+        live = [(i, s) for i, s in live if self._slots[i] is not None]
+        if not live:
+            return
+        rows = torch.tensor([i for i, _ in live], device=self.device)
+        tokens = torch.tensor([s.next_token for _, s in live], device=self.device)
+        positions = torch.tensor([s.pos for _, s in live], device=self.device)
+        logits = decode_step(self.model, self.cache, rows, tokens, positions)
+        for (i, slot), row_logits in zip(live, logits, strict=True):
+            slot.pos += 1
+            self._accept(i, sample_token(row_logits, slot.handle.params, slot.generator))
+        elapsed = time.perf_counter() - started
+        self._step_seconds = 0.9 * self._step_seconds + 0.1 * elapsed
+
+    def _accept(self, index: int, token: int) -> None:
+        """Record a sampled token for slot `index`: stream its text, finish the request if due."""
+        slot = self._slots[index]
+        params = slot.handle.params
+        if token in slot.handle.stop_ids:
+            self._finish(index, "stop", self._text(slot))
+            return
+        slot.ids.append(token)
+        slot.next_token = token
+        text = self._text(slot)
+        for stop in params.stop:
+            at = text.find(stop, max(0, slot.emitted - len(stop)))
+            if at >= 0:
+                self._finish(index, "stop", text[:at])
+                return
+        if len(slot.ids) >= slot.budget:
+            self._finish(index, "length", text)
+            return
+        # Hold back what could be the start of a stop string or of a split UTF-8 character.
+        hold = max((len(s) - 1 for s in params.stop), default=0)
+        safe = len(text) - hold
+        while safe > slot.emitted and text[safe - 1] == _PARTIAL_CHAR:
+            safe -= 1
+        slot.handle._emit(StreamEvent(text[slot.emitted : max(safe, slot.emitted)], [token]))
+        slot.emitted = max(safe, slot.emitted)
+        slot.sent = len(slot.ids)
+
+    def _text(self, slot: _Slot) -> str:
+        return self.tokenizer.decode(slot.ids, skip_special_tokens=True)
+
+    def _finish(self, index: int, reason: str, text: str) -> None:
+        slot = self._slots[index]
+        self._slots[index] = None
+        slot.handle._emit(
+            StreamEvent(
+                text[slot.emitted :],
+                slot.ids[slot.sent :],
+                reason,
+                prompt_tokens=len(slot.handle.prompt_ids),
+                completion_tokens=len(slot.ids),
+            )
+        )

@@ -1,0 +1,176 @@
+"""Curation end to end: the ACME corpus through ingest -> curate_stage, with no planted
+secret or PII left in the curated Parquet or the reports, every record accounted for,
+planted near-duplicates removed, provenance columns, lineage, show and diff."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from forgeml.core.config import CurateConfig
+from forgeml.data.curate import SCHEMA, curate_documents
+from forgeml.data.report import dataset_stats, diff_datasets
+from forgeml.demo import generate_corpus
+from forgeml.pipeline.curate_stage import curate_stage
+from forgeml.pipeline.stages import ingest_stage, open_registry
+
+# Keep the record files (Gopher rules drop tables of names and numbers) so redaction is
+# what removes their PII, not a filter.
+NO_GOPHER = {"gopher_quality": {"enabled": False}, "gopher_repetition": {"enabled": False}}
+
+
+def _acme_with_copies(root: Path) -> list[str]:
+    """The ACME corpus plus planted near-copies of three memos; returns the copies' paths."""
+    generate_corpus(root, seed=0, scale=0.1)
+    copies = []
+    for i, memo in enumerate(sorted((root / "memos").glob("*.txt"))[:3]):
+        text = memo.read_text()
+        copy = root / "zz_copies" / f"copy_{i}.txt"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_text(text.replace("\n\n", "\n\nNote: forwarded copy.\n\n", 1) + "\nThanks.\n")
+        copies.append(f"zz_copies/copy_{i}.txt")
+    first = sorted((root / "memos").glob("*.txt"))[5]
+    (root / "zz_copies" / "exact.txt").write_text(first.read_text().upper())
+    return copies
+
+
+def test_curate_stage_acme_no_leaks(workspace, tmp_path):
+    root = tmp_path / "acme"
+    copies = _acme_with_copies(root)
+    planted = json.loads((root / "records" / "planted.json").read_text())["items"]
+    raw = ingest_stage(workspace, [root], name="acme", exclude=["answers.json", "planted.json"])
+    cfg = CurateConfig.model_validate({**NO_GOPHER, "dedup": {"threshold": 0.7}})
+    res = curate_stage(workspace, raw.output, cfg)
+    asset = open_registry(workspace).get_asset(res.output)
+    out = Path(asset.path)
+    table = pq.read_table(out / "data.parquet")
+    assert table.schema.equals(SCHEMA, check_metadata=False)
+    report = json.loads((out / "report.json").read_text())
+    html = (out / "report.html").read_text()
+
+    # nothing planted survives anywhere a person or a model could read it
+    rows = table.to_pylist()
+    dumped = json.dumps(rows, default=str)
+    for item in planted:
+        assert item["value"] not in dumped
+        assert item["value"] not in html and item["value"] not in json.dumps(report)
+    records = [r for r in rows if r["path"].startswith("records/")]
+    assert records and all(sum(r["redactions"].values()) for r in records)
+    assert report["redactions"]["secret"] == sum(
+        i["kind"] in ("api_key", "password") for i in planted
+    )
+
+    # every input record is accounted for
+    assert report["input"] == pq.ParquetFile(raw_path(workspace, raw.output)).metadata.num_rows
+    assert (
+        report["kept"] + sum(report["dropped_by_reason"].values()) + report["failed"]
+        == report["input"]
+    )
+    assert report["kept"] == table.num_rows
+
+    # planted copies go, their originals stay and say how many they stand for
+    paths = set(table.column("path").to_pylist())
+    assert not paths & set(copies) and "zz_copies/exact.txt" not in paths
+    assert report["dropped_by_reason"]["dedup:near"] >= 3
+    assert report["dropped_by_reason"]["dedup:exact"] >= 1
+    assert sum(table.column("duplicates_removed").to_pylist()) >= 4
+    assert "<svg" in html and "<script" not in html and "dedup:near" in html
+
+    # provenance and lineage
+    row = rows[0]
+    assert row["filters_passed"][0] == "length" and row["raw_doc_id"] and row["sha256"]
+    up = open_registry(workspace).lineage(res.output, "up")
+    assert raw.output in [n["id"] for n in up.nodes]
+    assert curate_stage(workspace, raw.output, cfg).cached
+
+    # show and diff
+    stats = dataset_stats(out)
+    assert stats["rows"] == table.num_rows and stats["redactions"]["email"] > 0
+    diff = diff_datasets(Path(open_registry(workspace).get_asset(raw.output).path), out)
+    assert diff["records_removed"] == report["input"] - report["kept"]
+    assert diff["records_changed"] == report["records_redacted"] + _changed_by_boilerplate(rows)
+
+
+def raw_path(ws, ref: str) -> Path:
+    return Path(open_registry(ws).get_asset(ref).path) / "data.parquet"
+
+
+def _changed_by_boilerplate(rows: list[dict]) -> int:
+    return sum(
+        1 for r in rows if r["boilerplate_lines_removed"] and not sum(r["redactions"].values())
+    )
+
+
+def test_filters_drop_with_reasons_and_user_hook_failures(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    import pyarrow as pa
+
+    from forgeml.data.ingest import SCHEMA as RAW
+
+    mod = types.ModuleType("curate_test_hooks")
+    mod.explode = lambda text, record: (_ for _ in ()).throw(ValueError(text))
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    texts = ["short", "x = 1\n" * 3, "word " * 5, "call acme_sk_abcdefghij0123456789xyz"]
+    rows = [
+        {
+            "doc_id": str(i),
+            "text": t,
+            "path": f"f{i}.txt",
+            "source": "s",
+            "sha256": "h",
+            "bytes": 1,
+            "type": "code" if i == 1 else "text",
+            "language": "python" if i == 1 else None,
+            "locator": "",
+            "metadata": None,
+        }
+        for i, t in enumerate(texts)
+    ]
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(pa.Table.from_pylist(rows, schema=RAW), raw)
+    cfg = CurateConfig.model_validate(
+        {
+            **NO_GOPHER,
+            "length": {"min_chars": 10},
+            "language": {"enabled": False},
+            "user_filters": ["curate_test_hooks:explode"],
+            "redact": {"secret": "drop"},
+        }
+    )
+    report = curate_documents(raw, tmp_path / "out.parquet", cfg)
+    assert report.dropped_by_reason == {"length:too_short": 1}
+    assert report.failed_by_reason == {"user_filter_error:explode:ValueError": 3}
+    assert "acme_sk_" not in json.dumps(report.to_dict())
+    cfg = cfg.model_copy(update={"user_filters": []})
+    report = curate_documents(raw, tmp_path / "out.parquet", cfg)
+    assert report.dropped_by_reason == {"length:too_short": 1, "redact:secret": 1}
+    assert report.kept == 2 and pq.read_table(tmp_path / "out.parquet").num_rows == 2
+
+
+def test_mix_weights_upsampling_and_seed(tmp_path):
+    import pyarrow as pa
+
+    from forgeml.data.mix import MixSource, mix_datasets
+
+    def write(name: str, n: int) -> Path:
+        path = tmp_path / f"{name}.parquet"
+        rows = [
+            {"doc_id": f"{name}{i}", "text": "x" * 100, "path": f"{i}", "type": "text"}
+            for i in range(n)
+        ]
+        pq.write_table(pa.Table.from_pylist(rows), path)
+        return path
+
+    domain, general = write("domain", 10), write("general", 100)
+    srcs = [MixSource(domain, "domain", weight=0.5), MixSource(general, "replay", weight=0.5)]
+    summary = mix_datasets(srcs, tmp_path / "mix.parquet", seed=3, total_chars=4000)
+    assert summary["domain"] == {"documents": 20, "chars": 2000, "available_chars": 1000}
+    assert summary["replay"]["documents"] == 20  # down-sampled
+    first = pq.read_table(tmp_path / "mix.parquet")
+    mix_datasets(srcs, tmp_path / "again.parquet", seed=3, total_chars=4000)
+    assert first.equals(pq.read_table(tmp_path / "again.parquet"))
+    assert sorted(set(first.column("mix_source").to_pylist())) == ["domain", "replay"]
