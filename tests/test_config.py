@@ -70,5 +70,7 @@ def test_hash_is_canonical_and_sensitive(tmp_path: Path) -> None:
 
 def test_recipes_are_frozen() -> None:
     rec = Recipe()
-    with pytest.raises(Exception):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
         rec.train.max_steps = 3  # type: ignore[misc]
