@@ -245,10 +245,79 @@ def train_pretrain(
     )
 
 
+@train_app.command("cpt")
+def train_cpt(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (its `cpt` section applies).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Dotted overrides, e.g. cpt.replay_fraction=0.25")
+    ] = None,
+    from_model: Annotated[
+        str | None, typer.Option("--from", help="Base model (default: cpt.from_model).")
+    ] = None,
+    data: Annotated[str, typer.Option(help="Domain dataset asset.")] = "",
+    replay: Annotated[str | None, typer.Option(help="General dataset mixed in as replay.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+) -> None:
+    """Continued pre-training from an existing model: new domain tokens (mean-initialised
+    embeddings) and replay of a general corpus to limit forgetting."""
+    from forgeml.pipeline.cpt import continue_pretrain_stage
+
+    if not data:
+        raise ForgeError("--data DATASET is required", hint="the domain dataset to continue on")
+    rec = load_recipe(recipe, overrides or [])
+    res = continue_pretrain_stage(
+        _ws(), rec, from_model, data, replay_ref=replay, force=force, progress=not state.quiet,
+        notify=_notify,
+    )  # fmt: skip
+    m = res.metrics
+    console.print(f"model {res.output}" + (" (cached)" if res.cached else ""))
+    for key, value in m.items():
+        if "loss" in key:
+            console.print(f"  {key}: {_fmt(value)}")
+
+
+@train_app.command("preflight")
+def train_preflight(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="Dotted overrides.")] = None,
+    vocab_size: Annotated[int, typer.Option(help="When model.vocab_size is unset.")] = 4096,
+    world_size: Annotated[int, typer.Option(help="Processes (DDP/FSDP).")] = 1,
+    strategy: Annotated[str, typer.Option(help="ddp or fsdp.")] = "ddp",
+    measure: Annotated[bool, typer.Option(help="Also measure the peak of 2 real steps.")] = False,
+) -> None:
+    """Estimate a run's memory (params, grads, AdamW, activations) and refuse one that won't
+    fit, naming the setting to change."""
+    from forgeml.core.runtime import pick_device
+    from forgeml.train.preflight import (
+        available_memory,
+        check_fits,
+        estimate_memory,
+        measure_peak_memory,
+    )
+
+    rec = load_recipe(recipe, overrides or [])
+    model_cfg = rec.model.model_copy(update={"vocab_size": rec.model.vocab_size or vocab_size})
+    device = pick_device(rec.train.device)
+    est = estimate_memory(
+        model_cfg, rec.train, world_size=world_size, strategy=strategy, device=device
+    )
+    console.print(est.summary(), highlight=False)
+    if measure:
+        peak = measure_peak_memory(model_cfg, rec.train, device=device)
+        console.print(f"measured peak: {peak / 2**20:,.0f} MiB", highlight=False)
+    check_fits(est, available_memory(device), model_cfg=model_cfg, train_cfg=rec.train)
+    console.print("fits")
+
+
 @app.command("generate")
 def generate_cmd(
     model: Annotated[str, typer.Argument(help="Model asset (id, prefix, name or alias).")],
-    prompt: Annotated[str, typer.Argument(help="Text to continue.")],
+    prompt: Annotated[
+        str, typer.Argument(help="Text to continue; with --infill: 'prefix<FILL>suffix'.")
+    ],
+    infill: Annotated[
+        bool, typer.Option(help="Fill the <FILL> gap (fill-in-the-middle), greedy by default.")
+    ] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 64,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.8,
     top_k: Annotated[int | None, typer.Option(help="Sample from the k likeliest tokens.")] = 50,
@@ -269,6 +338,15 @@ def generate_cmd(
         seed=seed,
         stop=stop or [],
     )
+    if infill:
+        from forgeml.eval.infill import infill_text
+        from forgeml.pipeline.stages import open_registry
+
+        if temperature == 0.8:  # the sampling default: infill restores text, greedy fits
+            cfg = cfg.model_copy(update={"temperature": 0.0})
+        path = open_registry(_ws()).get_asset(model).path
+        console.print(infill_text(path, prompt, cfg), markup=False, highlight=False)
+        return
     console.print(prompt + generate_text(_ws(), model, prompt, cfg), markup=False, highlight=False)
 
 
@@ -276,7 +354,7 @@ def generate_cmd(
 def eval_run(
     model: Annotated[str, typer.Argument(help="Model asset (id, prefix, name or alias).")],
     suite: Annotated[
-        str, typer.Option(help="`perplexity` (held-out data) or a suite YAML file.")
+        str, typer.Option(help="`perplexity` (held-out), `infill` (--data DIR) or a suite YAML.")
     ] = "perplexity",
     data: Annotated[
         str | None, typer.Option(help="perplexity: token-shards asset (default: model's held-out).")
@@ -292,6 +370,19 @@ def eval_run(
 ) -> None:
     """Evaluate a model → eval asset linked to it: held-out perplexity, or a KPI suite."""
     ws = _ws()
+    if suite == "infill":
+        from forgeml.eval.infill import infill_eval_stage
+
+        if data is None:
+            raise ForgeError("--suite infill needs --data DAMAGED_DIR", hint="e.g. corpus/damaged")
+        res = infill_eval_stage(
+            ws, model, data, max_examples=max_batches * batch_size, force=force, notify=_notify
+        )
+        console.print(
+            f"eval {res.output}: exact match {_fmt(res.metrics['exact_match'])}, normalised "
+            f"{_fmt(res.metrics['normalized_match'])} over {res.metrics['n']} gaps"
+        )
+        return
     if suite != "perplexity":
         _eval_suite(ws, model, Path(suite), data_root, batch_size, dtype, force)
         return
@@ -686,7 +777,9 @@ def print_pipeline_summary(ws, result) -> None:
     metrics = Table(title="numbers")
     metrics.add_column("metric")
     metrics.add_column("value", justify="right")
-    stage_metrics = {s.stage: s.metrics for s in result.stages}
+    stage_metrics: dict[str, dict] = {}
+    for s in result.stages:  # both evals (perplexity, infill) are "eval" runs; keys differ
+        stage_metrics.setdefault(s.stage, {}).update(s.metrics)
     rows = [
         ("documents kept / found", _pair(stage_metrics.get("ingest", {}), "kept", "found")),
         ("tokenizer vocab", stage_metrics.get("tokenizer", {}).get("vocab_size")),
@@ -699,6 +792,9 @@ def print_pipeline_summary(ws, result) -> None:
         ("held-out perplexity", stage_metrics.get("eval", {}).get("perplexity")),
         ("bits per byte", stage_metrics.get("eval", {}).get("bits_per_byte")),
         ("train tokens/s", stage_metrics.get("pretrain", {}).get("tokens_per_s")),
+        ("infill exact match", stage_metrics.get("eval", {}).get("exact_match")),
+        ("infill normalised match", stage_metrics.get("eval", {}).get("normalized_match")),
+        ("infill gaps scored", stage_metrics.get("eval", {}).get("n")),
     ]
     for name, value in rows:
         if value is not None:

@@ -119,6 +119,9 @@ class EvalConfig(_Section):
     batch_size: int = Field(8, gt=0)
     max_batches: int = Field(64, gt=0)
     seq_len: int | None = Field(None, description="None: the training seq_len")
+    infill_examples: int = Field(
+        100, ge=1, description="gaps scored when the data has damaged documents with answers"
+    )
 
 
 class GenerateConfig(_Section):

@@ -106,6 +106,7 @@ def run_pipeline(
         documents,
         tok.output,
         heldout_fraction=data.heldout_fraction,
+        fim=recipe.fim,
         force=force,
         progress=bars,
         notify=notify,
@@ -135,10 +136,34 @@ def run_pipeline(
             notify=notify,
         )
         out.stages.append(ev)
+    for damaged in _damaged_dirs(data.sources):
+        from forgeml.eval.infill import infill_eval_stage
+
+        out.stages.append(
+            infill_eval_stage(
+                ws,
+                model.output,
+                damaged,
+                max_examples=recipe.eval.infill_examples,
+                force=force,
+                notify=notify,
+            )  # fmt: skip
+        )
     for prompt in recipe.generate.prompts:
         out.samples.append((prompt, generate_text(ws, model.output, prompt, recipe.generate)))
     out.seconds = time.perf_counter() - start
     return out
+
+
+def _damaged_dirs(sources: list[str]) -> list[Path]:
+    """Folders of damaged documents with an answer key (the ACME layout) under the sources:
+    the pipeline then reports how well the model restores their gaps (FIM exact match)."""
+    found = []
+    for src in sources:
+        candidate = Path(src) / "damaged"
+        if (candidate / "answers.json").is_file():
+            found.append(candidate)
+    return found
 
 
 def asset_paths(ws: Workspace, result: PipelineResult) -> dict[str, str]:

@@ -17,7 +17,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from forgeml.core.config import EvalConfig, GenerateConfig, Recipe, TokenizerConfig, config_hash
+from forgeml.core.config import (
+    EvalConfig,
+    FimConfig,
+    GenerateConfig,
+    Recipe,
+    TokenizerConfig,
+    config_hash,
+)
 from forgeml.core.errors import DataError, ForgeError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.workspace import Workspace
@@ -249,29 +256,41 @@ def pack_stage(
     tokenizer_ref: str,
     *,
     heldout_fraction: float = 0.05,
+    fim: FimConfig | None = None,
     force: bool = False,
     progress: bool = False,
     notify: Notify | None = None,
 ) -> StageResult:
-    """Tokenize a dataset into train/ and heldout/ token shards (one asset)."""
+    """Tokenize a dataset into train/ and heldout/ token shards (one asset). With `fim.rate`
+    > 0 the training split gets fill-in-the-middle examples; held-out stays plain text."""
+    from forgeml.data.fim import pack_fim_shards
     from forgeml.tokenizer.pack import pack_token_shards
 
     reg = open_registry(ws)
     dataset, tok = reg.get_asset(dataset_ref), reg.get_asset(tokenizer_ref)
     parquet = _documents_parquet(dataset)
-    config = {"heldout_fraction": heldout_fraction}
+    use_fim = fim is not None and fim.rate > 0
+    config: dict[str, Any] = {"heldout_fraction": heldout_fraction}
+    if use_fim:
+        config["fim"] = fim.model_dump(mode="json")
 
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
         held = heldout_doc_ids(parquet, heldout_fraction)
         out = work / "shards"
         out.mkdir(parents=True, exist_ok=True)
-        train = pack_token_shards(
-            [parquet],
-            Path(tok.path),
-            out / "train",
-            progress=progress,
-            row_filter=lambda row: row["doc_id"] not in held,
-        )
+        if use_fim:
+            train = pack_fim_shards(
+                [parquet], Path(tok.path), out / "train", fim,
+                row_filter=lambda row: row["doc_id"] not in held,
+            )  # fmt: skip
+        else:
+            train = pack_token_shards(
+                [parquet],
+                Path(tok.path),
+                out / "train",
+                progress=progress,
+                row_filter=lambda row: row["doc_id"] not in held,
+            )
         metrics = {"train_tokens": train["n_tokens"], "train_docs": train["n_docs"]}
         if held:
             heldout = pack_token_shards(

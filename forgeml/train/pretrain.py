@@ -34,6 +34,7 @@ from forgeml.train.data import PretrainBatches, eval_batches
 from forgeml.train.distributed import all_reduce_mean, barrier, cleanup, init_distributed
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.preflight import preflight
 
 # Settings that do not change the trained weights; everything else must match to resume.
 # The batch split (micro x accum x processes) may change as long as the global batch,
@@ -142,6 +143,11 @@ def _pretrain(
             f"train.seq_len {tcfg.seq_len} > model.max_seq_len {model_cfg.max_seq_len}",
             hint="lower train.seq_len or raise model.max_seq_len",
         )
+    # Refuse a run that will not fit before spending anything on it (says what to change).
+    preflight(
+        model_cfg, tcfg, device=device, world_size=dist.world_size,
+        processes_per_device=dist.world_size if device == "cpu" else 1,
+    )  # fmt: skip
     run_config = results_config(recipe, model_cfg)
     ckpt_dir = out_dir / "checkpoints"
 

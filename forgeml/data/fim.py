@@ -1,0 +1,246 @@
+"""Fill-in-the-middle (FIM) training examples, made at packing time.
+
+A share of documents is cut into (prefix, middle, suffix) and rewritten in PSM or SPM order
+with the tokenizer's FIM tokens (Bavarian et al., "Efficient Training of Language Models to
+Fill in the Middle", arXiv:2207.14255); `pack_fim_shards` writes them as ordinary token shards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from forgeml.core.config import FimConfig
+from forgeml.core.errors import ConfigError, DataError, NotFoundError
+from forgeml.core.io import fsync_dir, sha256_file
+from forgeml.tokenizer.chat import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from forgeml.tokenizer.pack import (
+    FORMAT,
+    _check_out_dir,
+    _flatten,
+    _ShardWriter,
+    _text_batches,
+    token_dtype,
+)
+from forgeml.tokenizer.train import load_tokenizer
+
+
+@dataclass(frozen=True)
+class FimTokens:
+    """Ids of the three FIM sentinels in one tokenizer."""
+
+    prefix: int
+    middle: int
+    suffix: int
+
+    @classmethod
+    def from_tokenizer(cls, tok: Tokenizer) -> FimTokens:
+        ids = [tok.token_to_id(t) for t in (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX)]
+        if None in ids:
+            raise DataError(
+                "the tokenizer has no fill-in-the-middle tokens "
+                f"({FIM_PREFIX}, {FIM_MIDDLE}, {FIM_SUFFIX})",
+                hint="use a tokenizer trained by forgeml",
+            )
+        return cls(*ids)
+
+
+@dataclass(frozen=True)
+class FimPlan:
+    """Where one document is cut: [0, lo) prefix, [lo, hi) middle, [hi, n) suffix."""
+
+    lo: int
+    hi: int
+    spm: bool
+
+
+def _line_boundaries(text: str) -> np.ndarray:
+    """Offsets where a line starts, plus 0 and len(text): the cut points of line-level FIM."""
+    starts = [i + 1 for i, ch in enumerate(text) if ch == "\n"]
+    return np.unique(np.asarray([0, *starts, len(text)], dtype=np.int64))
+
+
+def fim_plan(doc: str | Sequence[int], rng: np.random.Generator, cfg: FimConfig) -> FimPlan | None:
+    """Draw whether and where to cut `doc` (None: keep it as plain text).
+
+    Two cut points are drawn uniformly, as in the paper (section 3): between characters, or
+    with `cfg.unit == "line"` between lines so every span is whole lines (the natural unit of
+    code completion). A token-id document is cut between tokens. The draws per document are a
+    fixed sequence, so a plan depends only on the generator's seed.
+    """
+    apply, spm = rng.random() < cfg.rate, rng.random() < cfg.spm_rate
+    if isinstance(doc, str) and cfg.unit == "line":
+        points = _line_boundaries(doc)
+        lo, hi = np.sort(points[rng.integers(0, len(points), size=2)])
+    elif isinstance(doc, str) or cfg.unit == "char":
+        lo, hi = np.sort(rng.integers(0, len(doc) + 1, size=2))
+    else:
+        raise ConfigError(
+            "line-level FIM needs the document text, not token ids",
+            hint="pass the text, or set fim.unit=char",
+        )
+    return FimPlan(int(lo), int(hi), bool(spm)) if apply else None
+
+
+def fim_assemble(
+    prefix: list[int], middle: list[int], suffix: list[int], spm: bool, tokens: FimTokens
+) -> list[int]:
+    """PSM: <PRE> prefix <SUF> suffix <MID> middle.
+    SPM: <PRE> <SUF> suffix <MID> prefix middle (the paper's SPM variant, section 3, whose
+    prefix+middle is plain left-to-right text, so PSM and SPM training reinforce each other).
+    The document's EOS, added by the packer after the middle, teaches where the middle ends."""
+    if spm:
+        return [tokens.prefix, tokens.suffix, *suffix, tokens.middle, *prefix, *middle]
+    return [tokens.prefix, *prefix, tokens.suffix, *suffix, tokens.middle, *middle]
+
+
+def fim_transform(
+    doc: str | Sequence[int],
+    rng: np.random.Generator,
+    cfg: FimConfig,
+    *,
+    tokens: FimTokens,
+    encode: Callable[[list[str]], list[list[int]]] | None = None,
+) -> list[int]:
+    """One document as token ids: FIM-rewritten with probability `cfg.rate`, else unchanged.
+
+    A text `doc` is cut on characters (or lines) and each part is encoded on its own with
+    `encode` (texts -> id lists); a token-id `doc` is cut between tokens.
+    """
+    plan = fim_plan(doc, rng, cfg)
+    if isinstance(doc, str):
+        if encode is None:
+            raise ValueError("a text document needs `encode` (texts -> token id lists)")
+        if plan is None:
+            return encode([doc])[0]
+        pre, mid, suf = encode([doc[: plan.lo], doc[plan.lo : plan.hi], doc[plan.hi :]])
+    else:
+        ids = list(doc)
+        if plan is None:
+            return ids
+        pre, mid, suf = ids[: plan.lo], ids[plan.lo : plan.hi], ids[plan.hi :]
+    return fim_assemble(pre, mid, suf, plan.spm, tokens)
+
+
+class FimEncoder:
+    """`encoder(tok, texts) -> id lists`: batch encoding with FIM, for the packer.
+
+    Document k (counted over every call) uses a generator seeded with (cfg.seed, k), so the
+    output depends on the seed and the document order only, not on how rows are batched.
+    """
+
+    def __init__(self, cfg: FimConfig) -> None:
+        self.cfg = cfg
+        self.docs_seen = 0
+        self.fim_docs = 0
+        self.spm_docs = 0
+        self._tokens: FimTokens | None = None
+
+    def __call__(self, tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+        if self._tokens is None:
+            self._tokens = FimTokens.from_tokenizer(tok)
+        plans, pieces = [], []
+        for text in texts:
+            rng = np.random.default_rng([self.cfg.seed, self.docs_seen])
+            self.docs_seen += 1
+            plan = fim_plan(text, rng, self.cfg)
+            plans.append(plan)
+            if plan is None:
+                pieces.append(text)
+            else:
+                pieces += [text[: plan.lo], text[plan.lo : plan.hi], text[plan.hi :]]
+        encoded = [e.ids for e in tok.encode_batch_fast(pieces, add_special_tokens=False)]
+        out, i = [], 0
+        for plan in plans:
+            if plan is None:
+                out.append(encoded[i])
+                i += 1
+            else:
+                out.append(fim_assemble(*encoded[i : i + 3], plan.spm, self._tokens))
+                self.fim_docs += 1
+                self.spm_docs += plan.spm
+                i += 3
+        return out
+
+
+def pack_fim_shards(
+    parquet_files: list[Path],
+    tokenizer_dir: Path,
+    out_dir: Path,
+    cfg: FimConfig,
+    *,
+    text_column: str = "text",
+    shard_tokens: int = 64 * 1024 * 1024,
+    batch_docs: int = 512,
+    row_filter: Callable[[dict], bool] | None = None,
+) -> dict:
+    """`pack_token_shards` with FIM: same format and guarantees, plus a "fim" entry in the index.
+
+    Special-token strings in the raw text are encoded as plain text, as in `pack_token_shards`,
+    so only the transform itself emits FIM sentinels.
+    """
+    out_dir = Path(out_dir)
+    files = [Path(f) for f in parquet_files]
+    if not files:
+        raise DataError("no Parquet files to pack")
+    for f in files:
+        if not f.is_file():
+            raise NotFoundError(f"Parquet file {f} does not exist")
+    _check_out_dir(out_dir)
+    tok = load_tokenizer(tokenizer_dir)
+    tok.encode_special_tokens = True
+    eos_id = tok.token_to_id(EOS)
+    if eos_id is None:
+        raise DataError(f"tokenizer in {tokenizer_dir} has no {EOS} token")
+    encoder = FimEncoder(cfg)
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab_size)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    writer = _ShardWriter(tmp, dtype, shard_tokens)
+    n_tokens = n_docs = n_bytes = 0
+    try:
+        for _, texts, nbytes in _text_batches(files, text_column, batch_docs, row_filter):
+            if texts:
+                tokens, starts = _flatten(encoder(tok, texts), dtype, eos_id, None)
+                writer.add(tokens, starts)
+                n_tokens, n_docs, n_bytes = (
+                    n_tokens + len(tokens),
+                    n_docs + len(texts),
+                    n_bytes + nbytes,
+                )
+        writer.close_shard()
+        if n_docs == 0:
+            raise DataError(f"no non-empty {text_column!r} documents to pack")
+        tok_file = Path(tokenizer_dir) / "tokenizer.json"
+        index = {
+            "format": FORMAT, "dtype": dtype.name, "vocab_size": vocab_size, "eos_id": eos_id,
+            "bos_id": None, "n_tokens": n_tokens, "n_docs": n_docs, "n_bytes": n_bytes,
+            "tokenizer_sha256": sha256_file(tok_file) if tok_file.is_file() else None,
+            "shards": writer.shards,
+            "fim": {**cfg.model_dump(mode="json"), "fim_docs": encoder.fim_docs,
+                    "spm_docs": encoder.spm_docs},
+        }  # fmt: skip
+        with open(tmp / "index.json", "w") as fh:
+            fh.write(json.dumps(index, indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        fsync_dir(tmp)
+        _check_out_dir(out_dir)
+        if out_dir.exists():
+            out_dir.rmdir()
+        os.rename(tmp, out_dir)
+        fsync_dir(out_dir.parent)
+    except BaseException:
+        writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return index
