@@ -1110,6 +1110,39 @@ def _print_dict(data: dict, title: str) -> None:
     console.print(table)
 
 
+import_app = typer.Typer(help="Bring models in from other tools.", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("hf")
+def import_hf(
+    directory: Annotated[
+        Path, typer.Argument(help="HF checkpoint folder (config.json + safetensors).")
+    ],
+    name: Annotated[str | None, typer.Option(help="Model asset name.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+) -> None:
+    """Register a Mistral/Llama/Mixtral checkpoint on disk (and its tokenizer) as assets."""
+    from forgeml.pipeline.interop import import_hf_stage
+
+    res = import_hf_stage(_ws(), directory, name, force=force, notify=_notify)
+    console.print(f"model {res.output} (tokenizer {res.metrics.get('tokenizer')})")
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Model asset (id, name or alias).")],
+    out: Annotated[Path, typer.Option("--out", help="Empty or new folder to write.")],
+    fmt: Annotated[str, typer.Option("--format", help="hf (safetensors + config.json).")] = "hf",
+) -> None:
+    """Write a model in HF format (transformers, PEFT, vLLM and llama.cpp converters read it)."""
+    from forgeml.pipeline.interop import export_model
+
+    if fmt != "hf":
+        raise ForgeError(f"unknown format '{fmt}'", hint="this release writes: hf")
+    console.print(f"wrote {export_model(_ws(), model, out)}", highlight=False)
+
+
 def main() -> None:
     """Entry point: run the Typer app, turning ForgeErrors into one clear line."""
     debug = "--debug" in sys.argv

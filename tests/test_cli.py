@@ -34,6 +34,8 @@ COMMANDS = [
     ["data", "diff"],
     ["jobs", "submit"],
     ["worker"],
+    ["import", "hf"],
+    ["export"],
     ["runs", "list"],
     ["runs", "show"],
     ["promote"],

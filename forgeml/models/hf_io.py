@@ -1,24 +1,28 @@
-"""Model assets in Hugging Face format: `save_model` / `load_model` for the dense Transformer.
+"""Model assets in Hugging Face format: `save_model` / `load_model` for every architecture.
 
-A saved folder holds `config.json` (MistralForCausalLM), `model.safetensors` with HF parameter
-names, `forgeml_model.json` (our ModelConfig) and the tokenizer files, so `transformers` loads
-it directly; `load_model` also imports plain HF Mistral/Llama checkpoints.
+A saved folder holds `config.json` (MistralForCausalLM for dense, MixtralForCausalLM for MoE),
+`model.safetensors` with HF parameter names, `forgeml_model.json` (our ModelConfig) and the
+tokenizer files, so `transformers` loads it directly; `load_model` also imports plain HF
+Mistral/Llama/Mixtral checkpoints. Name maps are plain dicts, one set per `cfg.arch`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save
+from torch import nn
 
 from forgeml.core.config import ModelConfig
 from forgeml.core.errors import ConfigError, NotFoundError
 from forgeml.core.io import atomic_write_bytes, atomic_write_text
-from forgeml.models.dense import Transformer
+from forgeml.models.registry import model_class
 
 FORGEML_CONFIG = "forgeml_model.json"
 TOKENIZER_FILES = (
@@ -52,11 +56,56 @@ FUSED_MAP = {
 }
 
 
-def _split_sizes(cfg: ModelConfig, key: str) -> list[int]:
-    head_dim = cfg.dim // cfg.n_heads
+# Mixtral: the MLP becomes a router and stacked experts (transformers still writes Mixtral
+# checkpoints with one w1/w2/w3 per expert, the layout every other tool reads).
+MOE_WEIGHT_MAP = {
+    **{k: v for k, v in WEIGHT_MAP.items() if ".feed_forward." not in k},
+    "layers.{i}.feed_forward.router.weight": "model.layers.{i}.block_sparse_moe.gate.weight",
+    # The optional shared expert has no Mixtral equivalent: Qwen2-MoE-like names, and a
+    # config.json that transformers refuses rather than silently dropping it.
+    "layers.{i}.feed_forward.shared.w2.weight": (
+        "model.layers.{i}.block_sparse_moe.shared_expert.down_proj.weight"
+    ),
+}
+MOE_FUSED_MAP = {
+    "layers.{i}.attention.wqkv.weight": FUSED_MAP["layers.{i}.attention.wqkv.weight"],
+    "layers.{i}.feed_forward.shared.w13.weight": (
+        "model.layers.{i}.block_sparse_moe.shared_expert.gate_proj.weight",
+        "model.layers.{i}.block_sparse_moe.shared_expert.up_proj.weight",
+    ),
+}
+# Our stacked expert weight [E, ...] -> per-expert HF weights ({j} the expert), concatenated
+# along dim 0 within each expert: w13 = [gate (w1); up (w3)].
+EXPERT_MAP = {
+    "layers.{i}.feed_forward.w13": (
+        "model.layers.{i}.block_sparse_moe.experts.{j}.w1.weight",
+        "model.layers.{i}.block_sparse_moe.experts.{j}.w3.weight",
+    ),
+    "layers.{i}.feed_forward.w2": ("model.layers.{i}.block_sparse_moe.experts.{j}.w2.weight",),
+}
+
+
+@dataclass(frozen=True)
+class NameMaps:
+    """One architecture's renaming: plain, fused (split along dim 0) and per-expert weights."""
+
+    weights: dict[str, str]
+    fused: dict[str, tuple[str, ...]]
+    experts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+NAME_MAPS = {
+    "dense": NameMaps(WEIGHT_MAP, FUSED_MAP),
+    "moe": NameMaps(MOE_WEIGHT_MAP, MOE_FUSED_MAP, EXPERT_MAP),
+}
+
+
+def _split_sizes(cfg: ModelConfig, key: str, n_parts: int, rows: int) -> list[int]:
+    """Rows of each HF weight inside our fused one: q/k/v by heads, the rest in equal parts."""
     if key.endswith("wqkv.weight"):
+        head_dim = cfg.dim // cfg.n_heads
         return [cfg.n_heads * head_dim, cfg.n_kv_heads * head_dim, cfg.n_kv_heads * head_dim]
-    return [cfg.ffn_hidden, cfg.ffn_hidden]
+    return [rows // n_parts] * n_parts
 
 
 def _template(key: str) -> tuple[str, str | None]:
@@ -67,55 +116,83 @@ def _template(key: str) -> tuple[str, str | None]:
     return "layers.{i}." + key[match.end() :], match.group(1)
 
 
-def to_hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
-    """Our state dict renamed (and fused weights split) to HF Mistral names."""
+def _split(cfg: ModelConfig, key: str, tensor: torch.Tensor, names: tuple[str, ...]):
+    sizes = _split_sizes(cfg, key, len(names), tensor.shape[0])
+    return zip(names, tensor.split(sizes, dim=0), strict=True)
+
+
+def to_hf_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our state dict renamed (fused weights split, experts unstacked) to HF names."""
     cfg = model.cfg
+    maps = NAME_MAPS[cfg.arch]
     out: dict[str, torch.Tensor] = {}
     for key, tensor in model.state_dict().items():
         if key == "output.weight" and cfg.tie_embeddings:
             continue
         tensor = tensor.detach().cpu().contiguous()
         template, layer = _template(key)
-        if template in WEIGHT_MAP:
-            out[WEIGHT_MAP[template].format(i=layer)] = tensor
-        elif template in FUSED_MAP:
-            parts = tensor.split(_split_sizes(cfg, key), dim=0)
-            for hf_name, part in zip(FUSED_MAP[template], parts, strict=True):
+        if template in maps.weights:
+            out[maps.weights[template].format(i=layer)] = tensor
+        elif template in maps.fused:
+            for hf_name, part in _split(cfg, key, tensor, maps.fused[template]):
                 out[hf_name.format(i=layer)] = part.contiguous()
+        elif template in maps.experts:
+            for j, expert in enumerate(tensor):
+                for hf_name, part in _split(cfg, key, expert, maps.experts[template]):
+                    out[hf_name.format(i=layer, j=j)] = part.contiguous()
         else:
             raise KeyError(f"no HF name for parameter {key}")
     return out
 
 
+def _pick(hf: dict[str, torch.Tensor], names: list[str], cfg: ModelConfig) -> list[torch.Tensor]:
+    missing = [n for n in names if n not in hf]
+    if missing:
+        raise ConfigError(
+            f"checkpoint has no tensor '{missing[0]}'",
+            hint=f"is it a {'Mixtral' if cfg.arch == 'moe' else 'Mistral/Llama'} checkpoint?",
+        )
+    return [hf[n] for n in names]
+
+
 def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """HF Mistral/Llama tensors -> our state dict (fusing q/k/v and gate/up)."""
+    """HF tensors -> our state dict (fusing q/k/v and gate/up, stacking experts)."""
+    maps = NAME_MAPS[cfg.arch]
     out: dict[str, torch.Tensor] = {}
+    shared = cfg.arch == "moe" and cfg.shared_expert
     for layer in [None, *range(cfg.n_layers)]:
-        for ours, theirs in WEIGHT_MAP.items():
+        for ours, theirs in maps.weights.items():
             if ("{i}" in ours) == (layer is None):
                 continue
             if ours == "output.weight" and cfg.tie_embeddings:
                 continue
-            name = theirs.format(i=layer)
-            if name not in hf:
-                raise ConfigError(f"checkpoint has no tensor '{name}'", hint="is it Mistral/Llama?")
-            out[ours.format(i=layer)] = hf[name]
+            if ".shared." in ours and not shared:
+                continue
+            out[ours.format(i=layer)] = _pick(hf, [theirs.format(i=layer)], cfg)[0]
         if layer is None:
             continue
-        for ours, parts in FUSED_MAP.items():
+        for ours, parts in maps.fused.items():
+            if ".shared." in ours and not shared:
+                continue
             names = [p.format(i=layer) for p in parts]
-            missing = [n for n in names if n not in hf]
-            if missing:
-                raise ConfigError(f"checkpoint has no tensor '{missing[0]}'")
-            out[ours.format(i=layer)] = torch.cat([hf[n] for n in names], dim=0)
+            out[ours.format(i=layer)] = torch.cat(_pick(hf, names, cfg), dim=0)
+        for ours, parts in maps.experts.items():
+            stacked = [
+                torch.cat(_pick(hf, [p.format(i=layer, j=j) for p in parts], cfg), dim=0)
+                for j in range(cfg.n_experts)
+            ]
+            out[ours.format(i=layer)] = torch.stack(stacked)
     if cfg.tie_embeddings:
         out["output.weight"] = out["tok_embeddings.weight"]
     return out
 
 
 def hf_config(cfg: ModelConfig, special_ids: dict[str, int | None] | None = None) -> dict[str, Any]:
-    """config.json for `transformers.MistralForCausalLM` with the same architecture."""
-    special_ids = special_ids or {}
+    """config.json for the transformers class with the same architecture as `cfg`."""
+    return HF_CONFIGS[cfg.arch](cfg, special_ids or {})
+
+
+def _mistral_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[str, Any]:
     return {
         "architectures": ["MistralForCausalLM"],
         "model_type": "mistral",
@@ -142,6 +219,42 @@ def hf_config(cfg: ModelConfig, special_ids: dict[str, int | None] | None = None
     }
 
 
+def mixtral_compatible(cfg: ModelConfig) -> bool:
+    """Whether transformers' Mixtral computes exactly this MoE (softmax top-k, no shared expert)."""
+    return cfg.arch == "moe" and cfg.gating == "softmax" and not cfg.shared_expert
+
+
+def _mixtral_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[str, Any]:
+    out = _mistral_config(cfg, special_ids)
+    out.update(
+        architectures=["MixtralForCausalLM"],
+        model_type="mixtral",
+        intermediate_size=cfg.moe_ffn_hidden or cfg.ffn_hidden,
+        num_local_experts=cfg.n_experts,
+        num_experts_per_tok=cfg.top_k,
+        # transformers' Mixtral aux loss is top_k times ours (see moe.load_balancing_loss).
+        router_aux_loss_coef=cfg.aux_loss_coef / cfg.top_k,
+        router_jitter_noise=0.0,
+        output_router_logits=False,
+    )
+    if not mixtral_compatible(cfg):
+        # A model type transformers does not know: loading fails loudly instead of silently
+        # computing a different function. forgeml_model.json carries the full config.
+        out.update(
+            architectures=["ForgemlMoeForCausalLM"],
+            model_type="forgeml_moe",
+            gating=cfg.gating,
+            shared_expert=cfg.shared_expert,
+        )
+    return out
+
+
+HF_CONFIGS: dict[str, Callable[[ModelConfig, dict[str, int | None]], dict[str, Any]]] = {
+    "dense": _mistral_config,
+    "moe": _mixtral_config,
+}
+
+
 def _special_token_ids(tokenizer_dir: Path) -> dict[str, int | None]:
     """bos/eos/pad ids named in tokenizer_config.json, looked up in tokenizer.json."""
     config_path = tokenizer_dir / "tokenizer_config.json"
@@ -163,7 +276,7 @@ def _special_token_ids(tokenizer_dir: Path) -> dict[str, int | None]:
 
 
 def save_model(
-    model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path | None = None
+    model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path | None = None
 ) -> Path:
     """Write `model` as an HF-loadable folder (every file written atomically); return it."""
     out_dir = Path(out_dir)
@@ -188,20 +301,26 @@ def save_model(
 
 
 def export_hf(
-    model: Transformer, out_dir: str | Path, tokenizer_dir: str | Path | None = None
+    model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path | None = None
 ) -> Path:
     """Export for `transformers`: our saved format already is an HF checkpoint."""
     return save_model(model, out_dir, tokenizer_dir)
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """ModelConfig for an HF Mistral/Llama config.json, refusing features we do not implement."""
+    """ModelConfig for an HF Mistral/Llama/Mixtral config.json, refusing what we lack."""
     model_type = hf.get("model_type")
-    if model_type not in ("mistral", "llama"):
+    if model_type not in HF_MODEL_TYPES:
         raise ConfigError(
             f"unsupported model_type '{model_type}' in config.json",
-            hint="forgeml imports Mistral and Llama checkpoints",
+            hint=f"forgeml imports {', '.join(HF_MODEL_TYPES)} checkpoints",
         )
+    return ModelConfig(**_dense_fields(hf), **HF_MODEL_TYPES[model_type](hf))
+
+
+def _dense_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    """The ModelConfig fields shared by the Mistral family, with checks for what we lack."""
+    model_type = hf.get("model_type")
     rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
@@ -213,10 +332,10 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
     dim, n_heads = hf["hidden_size"], hf["num_attention_heads"]
     if hf.get("head_dim") not in (None, dim // n_heads):
         raise ConfigError("head_dim != hidden_size / num_attention_heads is not supported")
-    window = hf.get("sliding_window") if model_type == "mistral" else None
-    if model_type == "mistral" and hf.get("use_sliding_window") is False:
+    window = hf.get("sliding_window") if model_type in ("mistral", "mixtral") else None
+    if hf.get("use_sliding_window") is False:
         window = None
-    return ModelConfig(
+    return dict(
         dim=dim,
         n_layers=hf["num_hidden_layers"],
         n_heads=n_heads,
@@ -230,6 +349,26 @@ def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
         sliding_window=window,
         init_std=hf.get("initializer_range", 0.02),
     )
+
+
+def _mixtral_fields(hf: dict[str, Any]) -> dict[str, Any]:
+    top_k = hf.get("num_experts_per_tok", 2)
+    return {
+        "arch": "moe",
+        "n_experts": hf.get("num_local_experts", 8),
+        "top_k": top_k,
+        "moe_ffn_hidden": hf["intermediate_size"],
+        "gating": "softmax",
+        "aux_loss_coef": hf.get("router_aux_loss_coef", 0.001) * top_k,
+    }
+
+
+# config.json model_type -> the ModelConfig fields beyond the shared dense ones.
+HF_MODEL_TYPES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "mistral": lambda hf: {},
+    "llama": lambda hf: {},
+    "mixtral": _mixtral_fields,
+}
 
 
 def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -248,21 +387,27 @@ def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Transformer:
-    """Read a folder written by `save_model` (or a plain HF Mistral/Llama one); fp32 weights."""
+def read_model_config(model_dir: str | Path) -> ModelConfig:
+    """The ModelConfig of a model folder: forgeml_model.json, else derived from config.json."""
     model_dir = Path(model_dir)
     config_path = model_dir / "config.json"
     if not config_path.is_file():
         raise NotFoundError(f"no config.json in {model_dir}", hint="is this a model folder?")
     ours = model_dir / FORGEML_CONFIG
     if ours.is_file():
-        cfg = ModelConfig.model_validate_json(ours.read_text())
-    else:
-        cfg = config_from_hf(json.loads(config_path.read_text()))
+        return ModelConfig.model_validate_json(ours.read_text())
+    return config_from_hf(json.loads(config_path.read_text()))
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Read a folder written by `save_model` (or a plain HF Mistral/Llama/Mixtral one) into
+    the model class of its architecture; fp32 weights."""
+    model_dir = Path(model_dir)
+    cfg = read_model_config(model_dir)
     hf_tensors = _read_safetensors(model_dir)
     state = from_hf_state_dict(hf_tensors, cfg)
     with torch.device("meta"):
-        model = Transformer(cfg)
+        model = model_class(cfg.arch)(cfg)
     model.to_empty(device=device)
     if cfg.tie_embeddings:
         model.output.weight = model.tok_embeddings.weight

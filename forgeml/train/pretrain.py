@@ -25,9 +25,10 @@ from forgeml.core.config import ModelConfig, Recipe, config_hash, load_recipe, s
 from forgeml.core.errors import ConfigError, ForgeError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
-from forgeml.models.dense import Transformer
 from forgeml.models.hf_io import save_model
+from forgeml.models.moe import router_metrics
 from forgeml.models.parallelize import parallelize
+from forgeml.models.registry import build_model
 from forgeml.tokenizer.pack import TokenShards
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from forgeml.train.data import PretrainBatches, eval_batches
@@ -152,7 +153,7 @@ def _pretrain(
     ckpt_dir = out_dir / "checkpoints"
 
     seed_everything(tcfg.seed)
-    model = Transformer(model_cfg).to(device)
+    model = build_model(model_cfg).to(device)
     optimizer = build_optimizer(model, ocfg, device)
     global_batch = tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
     start_step, saved = 0, {}
@@ -243,6 +244,7 @@ def _pretrain(
                 "tok_per_s": (done - step_log) * tokens_per_step / max(now - t_log, 1e-9),
                 "grad_norm": grad_norm.item(), "eval_loss": eval_loss if evaluate else None,
                 "elapsed": elapsed_before + now - t_start,
+                **router_metrics(model),  # MoE: per-expert load, aux/z losses (last micro-batch)
             })  # fmt: skip
             t_log, step_log = now, done
         if final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
