@@ -145,15 +145,27 @@ def _tool_call_line(call: Mapping[str, Any]) -> str:
     return f'<tool_call>{{"name": {name_json}, "arguments": {args_json}}}</tool_call>'
 
 
+def neutralise_special_tokens(text: str) -> str:
+    """Break special-token strings typed inside message text (a zero-width space after `<|`),
+    so a user cannot inject `<|end|>`/`<|assistant|>` turns: only the template's own markers
+    become special ids. The text reads the same; its tokens are ordinary bytes."""
+    if "<|" not in text:
+        return text
+    for token in SPECIAL_TOKENS.values():
+        text = text.replace(token, token[:2] + "\u200b" + token[2:])
+    return text
+
+
 def render_chat(
     messages: Sequence[Mapping[str, Any]],
     add_generation_prompt: bool = False,
     tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """Render OpenAI-format `messages` exactly as `CHAT_TEMPLATE` does, without Jinja."""
+    """Render OpenAI-format `messages` as `CHAT_TEMPLATE` does, without Jinja; special-token
+    strings inside message text are neutralised (`neutralise_special_tokens`)."""
     out: list[str] = []
     if tools and not (messages and messages[0].get("role") == "system"):
-        out.append(f"{SYSTEM}\n{_tools_block(tools)}{END}\n")
+        out.append(f"{SYSTEM}\n{neutralise_special_tokens(_tools_block(tools))}{END}\n")
     for i, message in enumerate(messages):
         role = message.get("role")
         text = _text_of(message.get("content"))
@@ -172,7 +184,7 @@ def render_chat(
                 f"unknown chat role {json.dumps(role)} in message {i}",
                 "use one of system, user, assistant, tool",
             )
-        out.append(f"{SPECIAL_TOKENS[role]}\n{body}{END}\n")
+        out.append(f"{SPECIAL_TOKENS[role]}\n{neutralise_special_tokens(body)}{END}\n")
     if add_generation_prompt:
         out.append(f"{ASSISTANT}\n")
     return "".join(out)
