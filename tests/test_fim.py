@@ -159,3 +159,22 @@ def test_infill_prompt_parsing_and_truncation(tok_dir):
     # A short suffix leaves its unused room to the prefix.
     lopsided = fim_prompt_ids(tok, prefix, "x", 40)
     assert len(lopsided) == 40 and lopsided[-3:-1] == [FIM.suffix, tok.token_to_id("x")]
+
+
+def test_chunked_fim_makes_one_example_per_chunk_and_keeps_every_character(tok_dir):
+    tok = load_tokenizer(tok_dir)
+    text = "".join(f"line {i} of a long manual page\n" for i in range(60))
+    cfg = FimConfig(rate=1.0, spm_rate=0.0, chunk_chars=200, seed=2)
+    ids = FimEncoder(cfg)(tok, [text])[0]
+    tokens = FimTokens.from_tokenizer(tok)
+    n_chunks = sum(1 for _ in range(0, len(text), 200)) - 1  # cut at line ends past 200 chars
+    assert ids.count(tokens.middle) >= n_chunks - 1 > 1
+    # PSM per chunk: removing sentinels and putting each middle back gives the text again
+    restored, rest = [], ids
+    while rest:
+        pre, mid, suf, _ = split_fim(
+            rest[: rest.index(tokens.prefix, 1)] if tokens.prefix in rest[1:] else rest
+        )
+        restored += pre + mid + suf
+        rest = rest[rest.index(tokens.prefix, 1) :] if tokens.prefix in rest[1:] else []
+    assert tok.decode(restored) == text

@@ -140,6 +140,9 @@ class FimConfig(_Section):
     rate: float = Field(0.0, ge=0, le=1, description="share of documents turned into FIM examples")
     spm_rate: float = Field(0.5, ge=0, le=1, description="share of FIM examples in SPM order")
     unit: Literal["char", "line"] = Field("char", description="cut points between chars or lines")
+    chunk_chars: int = Field(
+        0, ge=0, description="FIM per chunk of ~this many chars (0: whole document); ~3x seq_len"
+    )
     seed: int = 0
 
 

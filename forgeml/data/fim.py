@@ -130,6 +130,19 @@ def fim_transform(
     return fim_assemble(pre, mid, suf, plan.spm, tokens)
 
 
+def _chunks(text: str, chunk_chars: int) -> list[str]:
+    """`text` cut at line ends into pieces of at least `chunk_chars` (the whole text if 0)."""
+    if chunk_chars <= 0 or len(text) <= chunk_chars:
+        return [text]
+    out, start = [], 0
+    while start < len(text):
+        cut = text.find("\n", start + chunk_chars)
+        end = len(text) if cut < 0 else cut + 1
+        out.append(text[start:end])
+        start = end
+    return out
+
+
 class FimEncoder:
     """`encoder(tok, texts) -> id lists`: batch encoding with FIM, for the packer.
 
@@ -147,24 +160,31 @@ class FimEncoder:
     def __call__(self, tok: Tokenizer, texts: list[str]) -> list[list[int]]:
         if self._tokens is None:
             self._tokens = FimTokens.from_tokenizer(tok)
-        plans, pieces = [], []
-        for text in texts:
-            rng = np.random.default_rng([self.cfg.seed, self.docs_seen])
+        # A unit is a whole document, or one chunk of it when cfg.chunk_chars is set, so that
+        # a FIM example fits a training window (a document longer than the window would put
+        # <|fim_middle|> and the middle in different windows, and nothing would be learned).
+        owners, plans, pieces = [], [], []
+        for k, text in enumerate(texts):
+            doc = self.docs_seen
             self.docs_seen += 1
-            plan = fim_plan(text, rng, self.cfg)
-            plans.append(plan)
-            if plan is None:
-                pieces.append(text)
-            else:
-                pieces += [text[: plan.lo], text[plan.lo : plan.hi], text[plan.hi :]]
+            for c, unit in enumerate(_chunks(text, self.cfg.chunk_chars)):
+                seed = [self.cfg.seed, doc] if c == 0 else [self.cfg.seed, doc, c]
+                plan = fim_plan(unit, np.random.default_rng(seed), self.cfg)
+                owners.append(k)
+                plans.append(plan)
+                if plan is None:
+                    pieces.append(unit)
+                else:
+                    pieces += [unit[: plan.lo], unit[plan.lo : plan.hi], unit[plan.hi :]]
         encoded = [e.ids for e in tok.encode_batch_fast(pieces, add_special_tokens=False)]
-        out, i = [], 0
-        for plan in plans:
+        out: list[list[int]] = [[] for _ in texts]
+        i = 0
+        for owner, plan in zip(owners, plans, strict=True):
             if plan is None:
-                out.append(encoded[i])
+                out[owner] += encoded[i]
                 i += 1
             else:
-                out.append(fim_assemble(*encoded[i : i + 3], plan.spm, self._tokens))
+                out[owner] += fim_assemble(*encoded[i : i + 3], plan.spm, self._tokens)
                 self.fim_docs += 1
                 self.spm_docs += plan.spm
                 i += 3
