@@ -8,9 +8,6 @@ Fill in the Middle", arXiv:2207.14255); `pack_fim_shards` writes them as ordinar
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,18 +16,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from forgeml.core.config import FimConfig
-from forgeml.core.errors import ConfigError, DataError, NotFoundError
-from forgeml.core.io import fsync_dir, sha256_file
-from forgeml.tokenizer.chat import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
-from forgeml.tokenizer.pack import (
-    FORMAT,
-    _check_out_dir,
-    _flatten,
-    _ShardWriter,
-    _text_batches,
-    token_dtype,
-)
-from forgeml.tokenizer.train import load_tokenizer
+from forgeml.core.errors import ConfigError, DataError
+from forgeml.core.io import atomic_write_text
+from forgeml.tokenizer.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from forgeml.tokenizer.pack import pack_token_shards
 
 
 @dataclass(frozen=True)
@@ -207,60 +196,14 @@ def pack_fim_shards(
     Special-token strings in the raw text are encoded as plain text, as in `pack_token_shards`,
     so only the transform itself emits FIM sentinels.
     """
-    out_dir = Path(out_dir)
-    files = [Path(f) for f in parquet_files]
-    if not files:
-        raise DataError("no Parquet files to pack")
-    for f in files:
-        if not f.is_file():
-            raise NotFoundError(f"Parquet file {f} does not exist")
-    _check_out_dir(out_dir)
-    tok = load_tokenizer(tokenizer_dir)
-    tok.encode_special_tokens = True
-    eos_id = tok.token_to_id(EOS)
-    if eos_id is None:
-        raise DataError(f"tokenizer in {tokenizer_dir} has no {EOS} token")
     encoder = FimEncoder(cfg)
-    vocab_size = tok.get_vocab_size(with_added_tokens=True)
-    dtype = token_dtype(vocab_size)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    writer = _ShardWriter(tmp, dtype, shard_tokens)
-    n_tokens = n_docs = n_bytes = 0
-    try:
-        for _, texts, nbytes in _text_batches(files, text_column, batch_docs, row_filter):
-            if texts:
-                tokens, starts = _flatten(encoder(tok, texts), dtype, eos_id, None)
-                writer.add(tokens, starts)
-                n_tokens, n_docs, n_bytes = (
-                    n_tokens + len(tokens),
-                    n_docs + len(texts),
-                    n_bytes + nbytes,
-                )
-        writer.close_shard()
-        if n_docs == 0:
-            raise DataError(f"no non-empty {text_column!r} documents to pack")
-        tok_file = Path(tokenizer_dir) / "tokenizer.json"
-        index = {
-            "format": FORMAT, "dtype": dtype.name, "vocab_size": vocab_size, "eos_id": eos_id,
-            "bos_id": None, "n_tokens": n_tokens, "n_docs": n_docs, "n_bytes": n_bytes,
-            "tokenizer_sha256": sha256_file(tok_file) if tok_file.is_file() else None,
-            "shards": writer.shards,
-            "fim": {**cfg.model_dump(mode="json"), "fim_docs": encoder.fim_docs,
-                    "spm_docs": encoder.spm_docs},
-        }  # fmt: skip
-        with open(tmp / "index.json", "w") as fh:
-            fh.write(json.dumps(index, indent=2) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        fsync_dir(tmp)
-        _check_out_dir(out_dir)
-        if out_dir.exists():
-            out_dir.rmdir()
-        os.rename(tmp, out_dir)
-        fsync_dir(out_dir.parent)
-    except BaseException:
-        writer.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    index = pack_token_shards(
+        parquet_files, tokenizer_dir, out_dir, text_column=text_column,
+        shard_tokens=shard_tokens, batch_docs=batch_docs, row_filter=row_filter,
+        encode_batch=encoder,
+    )  # fmt: skip
+    index["fim"] = {
+        **cfg.model_dump(mode="json"), "fim_docs": encoder.fim_docs, "spm_docs": encoder.spm_docs,
+    }  # fmt: skip
+    atomic_write_text(Path(out_dir) / "index.json", json.dumps(index, indent=2) + "\n")
     return index

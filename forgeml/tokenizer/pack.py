@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from tokenizers import Tokenizer
 
 from forgeml.core.errors import DataError, ForgeError, NotFoundError
 from forgeml.core.io import fsync_dir, sha256_file
@@ -157,6 +158,7 @@ def pack_token_shards(
     progress: bool = False,
     row_filter: Callable[[dict], bool] | None = None,
     add_bos: bool = False,
+    encode_batch: Callable[[Tokenizer, list[str]], list[list[int]]] | None = None,
 ) -> dict:
     """Tokenize `text_column` of `parquet_files` into shards in `out_dir`; return the index.
 
@@ -165,8 +167,9 @@ def pack_token_shards(
     `bos_id` is set; otherwise it is null). Special-token strings inside the raw text (e.g. a
     document quoting "<|eos|>") are encoded as ordinary text, never as special ids, so a corpus
     cannot forge document or chat boundaries. `row_filter(row) -> bool` keeps a subset of rows
-    (e.g. the train or held-out split). The folder appears only when complete: it is built in a
-    temporary sibling folder and renamed.
+    (e.g. the train or held-out split). `encode_batch(tok, texts) -> id lists` replaces plain
+    encoding (the FIM transform uses it). The folder appears only when complete: it is built in
+    a temporary sibling folder and renamed.
     """
     out_dir = Path(out_dir)
     files = [Path(f) for f in parquet_files]
@@ -215,8 +218,12 @@ def pack_token_shards(
             task = bar.add_task("pack", total=total_rows, tokens=0)
             for n_rows, texts, nbytes in _text_batches(files, text_column, batch_docs, row_filter):
                 if texts:
-                    encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
-                    tokens, starts = _flatten([e.ids for e in encodings], dtype, eos_id, bos_id)
+                    if encode_batch is not None:  # e.g. the FIM transform
+                        ids = encode_batch(tok, texts)
+                    else:
+                        encodings = tok.encode_batch_fast(texts, add_special_tokens=False)
+                        ids = [e.ids for e in encodings]
+                    tokens, starts = _flatten(ids, dtype, eos_id, bos_id)
                     writer.add(tokens, starts)
                     n_tokens += len(tokens)
                     n_docs += len(texts)
