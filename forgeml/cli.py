@@ -1143,6 +1143,17 @@ def export_cmd(
     console.print(f"wrote {export_model(_ws(), model, out)}", highlight=False)
 
 
+# Command groups kept in their own modules register themselves on the apps above.
+from forgeml.commands import (  # noqa: E402,F401
+    control,
+    hpo_synth,
+    preference,
+    rl,
+    serving,
+    sft,
+)
+
+
 def main() -> None:
     """Entry point: run the Typer app, turning ForgeErrors into one clear line."""
     debug = "--debug" in sys.argv

@@ -1,0 +1,3 @@
+"""CLI commands for rl (registered on the apps of forgeml.cli)."""
+
+from __future__ import annotations
