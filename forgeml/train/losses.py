@@ -1,0 +1,139 @@
+"""Preference losses as pure functions: DPO (sigmoid, with conservative label smoothing), IPO
+and the Bradley-Terry reward-model loss, plus the masked sequence log-prob they all start from.
+
+Used by the offline/online DPO loop (forgeml.train.dpo) and reward-model training
+(forgeml.train.reward_model); `PREFERENCE_LOSSES` picks a DPO-family loss by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+class PreferenceLossConfig(Protocol):
+    """What the DPO-family losses read from the config (forgeml.core.config.DPOConfig)."""
+
+    beta: float
+    label_smoothing: float
+
+
+@dataclass
+class PairLogps:
+    """Summed completion log-probs of each pair under the policy and the frozen reference,
+    and the number of completion tokens each sum covers (all shape [B])."""
+
+    policy_chosen: torch.Tensor
+    policy_rejected: torch.Tensor
+    ref_chosen: torch.Tensor
+    ref_rejected: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+
+Metrics = dict[str, torch.Tensor]
+
+
+def sequence_logps(
+    logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of log p(token_t | tokens_<t) over the positions t where `loss_mask` is 1.
+
+    logits [B, T, V] (position t predicts token t+1), input_ids and loss_mask [B, T]; the
+    mask marks completion tokens (prompt and padding are 0; position 0 is never scored).
+    Returns (summed log-probs [B] in fp32, number of scored tokens [B]).
+    """
+    targets = input_ids[:, 1:]
+    mask = loss_mask[:, 1:].to(torch.float32)
+    logits = logits[:, :-1].float()
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+    return (token_logps * mask).sum(-1), mask.sum(-1)
+
+
+def _reward_metrics(logps: PairLogps, beta: float) -> Metrics:
+    """Implicit rewards r = beta * log(pi / pi_ref) of chosen and rejected, as DPO reports."""
+    chosen = beta * (logps.policy_chosen - logps.ref_chosen).detach()
+    rejected = beta * (logps.policy_rejected - logps.ref_rejected).detach()
+    return {
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        "rewards/margins": (chosen - rejected).mean(),
+        "rewards/accuracies": (chosen > rejected).float().mean(),
+        "logps/chosen": logps.policy_chosen.detach().mean(),
+        "logps/rejected": logps.policy_rejected.detach().mean(),
+    }
+
+
+def dpo_sigmoid_loss(logps: PairLogps, cfg: PreferenceLossConfig) -> tuple[torch.Tensor, Metrics]:
+    """Direct Preference Optimization (Rafailov et al., arXiv:2305.18290, eq. 7):
+
+        h = (log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))
+        L = -(1 - eps) * log sigmoid(beta * h) - eps * log sigmoid(-beta * h)
+
+    with eps = `cfg.label_smoothing`: conservative DPO (Mitchell, "A note on DPO with noisy
+    preferences", 2023), which assumes each label is flipped with probability eps; eps = 0 is
+    plain DPO. Mean over pairs.
+    """
+    h = (logps.policy_chosen - logps.ref_chosen) - (logps.policy_rejected - logps.ref_rejected)
+    eps = cfg.label_smoothing
+    losses = -(1 - eps) * F.logsigmoid(cfg.beta * h) - eps * F.logsigmoid(-cfg.beta * h)
+    return losses.mean(), _reward_metrics(logps, cfg.beta)
+
+
+def ipo_loss(logps: PairLogps, cfg: PreferenceLossConfig) -> tuple[torch.Tensor, Metrics]:
+    """Identity Preference Optimisation (Azar et al., arXiv:2310.12036, eq. 17):
+
+        h = log(pi(y_w)/pi_ref(y_w)) / |y_w| - log(pi(y_l)/pi_ref(y_l)) / |y_l|
+        L = (h - 1 / (2 * beta))^2          (beta is the paper's tau)
+
+    The log-ratios are averaged over completion tokens, as the IPO authors did for the
+    paper's results (and TRL does), so beta means the same for short and long completions.
+    """
+    chosen = (logps.policy_chosen - logps.ref_chosen) / logps.chosen_tokens.clamp(min=1)
+    rejected = (logps.policy_rejected - logps.ref_rejected) / logps.rejected_tokens.clamp(min=1)
+    losses = (chosen - rejected - 1 / (2 * cfg.beta)) ** 2
+    return losses.mean(), _reward_metrics(logps, cfg.beta)
+
+
+PreferenceLoss = Callable[[PairLogps, PreferenceLossConfig], tuple[torch.Tensor, Metrics]]
+
+# `dpo.loss` in a recipe -> the loss function.
+PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
+    "sigmoid": dpo_sigmoid_loss,
+    "ipo": ipo_loss,
+}
+
+
+def bradley_terry_loss(
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+    *,
+    margin: torch.Tensor | None = None,
+    center_coef: float = 0.0,
+) -> tuple[torch.Tensor, Metrics]:
+    """Reward-model loss under the Bradley-Terry preference model (Bradley & Terry 1952; as
+    used for RLHF reward models by Ouyang et al., arXiv:2203.02155, eq. 1):
+
+        L = -log sigmoid(r(x, y_w) - r(x, y_l) - m)  +  c * (r(x, y_w) + r(x, y_l))^2
+
+    m is an optional per-pair margin (Llama 2, Touvron et al., arXiv:2307.09288, eq. 2) and c
+    an optional centering coefficient that keeps rewards near zero (Eisenstein et al.,
+    arXiv:2312.09244). Mean over pairs.
+    """
+    diff = chosen_rewards - rejected_rewards
+    if margin is not None:
+        diff = diff - margin
+    loss = -F.logsigmoid(diff).mean()
+    if center_coef:
+        loss = loss + center_coef * ((chosen_rewards + rejected_rewards) ** 2).mean()
+    with torch.no_grad():
+        metrics = {
+            "accuracy": (chosen_rewards > rejected_rewards).float().mean(),
+            "margin": (chosen_rewards - rejected_rewards).mean(),
+            "mean_reward": torch.cat([chosen_rewards, rejected_rewards]).mean(),
+        }
+    return loss, metrics
