@@ -298,6 +298,54 @@ class CurateConfig(_Section):
     )
 
 
+class RewardConfig(_Section):
+    """One reward plugin of the RL stage (forgeml.train.rewards). `kind` is a built-in kind
+    (function, regex, exact_match, execution, reward_model) or an import path
+    'pkg.module:function' taking (prompt, completion, metadata) -> float."""
+
+    kind: str = "function"
+    name: str | None = Field(None, description="label in logs and errors; default: the kind")
+    weight: float = Field(1.0, description="rewards of several plugins are summed with weights")
+    function: str | None = Field(None, description="function: 'pkg.module:function'")
+    pattern: str | None = Field(
+        None, description="regex: searched in the completion; exact_match: group 1 is the answer"
+    )
+    answer_field: str = Field("answer", description="exact_match: metadata key of the answer")
+    cases_field: str = Field(
+        "tests", description="execution: metadata key of [{inputs: [...], expected: [...]}]"
+    )
+    extract_code: bool = Field(True, description="execution: run the first ``` block if any")
+    model: str | None = Field(None, description="reward_model: model asset (id, name, alias)")
+    timeout_s: float = Field(5.0, gt=0, description="execution: wall-clock limit per test case")
+    memory_mb: int = Field(512, ge=32, description="execution: address-space limit")
+
+
+class RLConfig(_Section):
+    """GRPO (Shao et al., arXiv:2402.03300) against reward plugins (`forgeml train rl`)."""
+
+    rewards: list[RewardConfig] = Field(default_factory=list)
+    prompt_format: Literal["raw", "chat"] = Field(
+        "raw", description="chat: a plain prompt becomes a user turn of the chat template"
+    )
+    prompts_per_step: int = Field(4, gt=0)
+    group_size: int = Field(8, ge=2, description="completions sampled per prompt (G)")
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_k: int | None = Field(None, gt=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    inner_steps: int = Field(1, gt=0, description="optimizer passes over each sampled batch")
+    micro_batch_size: int = Field(16, gt=0, description="sequences per forward/backward")
+    clip_eps: float = Field(0.2, gt=0, description="PPO clip range (lower side)")
+    clip_eps_high: float | None = Field(None, gt=0, description="upper side; None: clip_eps")
+    kl_coef: float = Field(0.04, ge=0, description="k3 KL to the base model; 0: no reference")
+    loss_aggregation: Literal["sequence", "token"] = Field(
+        "sequence", description="sequence: mean per completion, then mean; token: mean of tokens"
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="divide advantages by the group's (or batch's) reward std"
+    )
+
+
 class Recipe(_Section):
     """A whole factory run: every stage's settings."""
 
@@ -313,6 +361,7 @@ class Recipe(_Section):
     curate: CurateConfig = CurateConfig()
     fim: FimConfig = FimConfig()
     cpt: ContinueConfig = ContinueConfig()
+    rl: RLConfig = RLConfig()
 
 
 def canonical_json(obj: Any) -> str:
