@@ -346,6 +346,51 @@ class RLConfig(_Section):
     )
 
 
+class DPOConfig(_Section):
+    """Preference optimisation (`forgeml train dpo`): offline DPO/IPO on preference pairs, or
+    online DPO (Guo et al., arXiv:2402.04792) ranking the policy's own samples."""
+
+    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO; ipo: IPO")
+    beta: float = Field(0.1, gt=0, description="strength of the KL tie to the reference model")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="sigmoid: assumed share of flipped labels (cDPO)"
+    )
+    max_length: int = Field(512, gt=1, description="prompt + completion tokens per sequence")
+    over_length: Literal["drop", "truncate"] = Field(
+        "drop", description="pairs longer than max_length: drop them, or cut the completions"
+    )
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="pairs kept out for eval")
+    online: bool = Field(False, description="sample pairs from the policy every step")
+    samples_per_prompt: int = Field(2, ge=2, description="online: completions per prompt")
+    reward_function: str | None = Field(
+        None, description="online: 'pkg.module:function' (prompt, completion, metadata) -> float"
+    )
+    reward_model: str | None = Field(None, description="online: reward-model asset (id/alias)")
+    max_new_tokens: int = Field(64, gt=0, description="online: tokens sampled per completion")
+    temperature: float = Field(1.0, gt=0, description="online: sampling temperature")
+    top_k: int | None = Field(None, gt=0, description="online: sample from the top k tokens")
+
+    @model_validator(mode="after")
+    def _online_reward(self) -> DPOConfig:
+        if self.online and (self.reward_function is None) == (self.reward_model is None):
+            raise ValueError(
+                "online DPO needs exactly one ranker: set dpo.reward_function "
+                "('pkg.module:function') or dpo.reward_model (a reward-model asset)"
+            )
+        return self
+
+
+class RewardModelConfig(_Section):
+    """Reward model (`forgeml train rm`): a scalar head trained on preference pairs with the
+    Bradley-Terry loss; held-out pair accuracy is reported."""
+
+    max_length: int = Field(512, gt=1, description="prompt + completion tokens per sequence")
+    over_length: Literal["drop", "truncate"] = "drop"
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="pairs kept out for accuracy")
+    center_coef: float = Field(0.0, ge=0, description="pull rewards towards 0 (arXiv:2312.09244)")
+    use_margin: bool = Field(True, description="subtract a pair's `margin` field when present")
+
+
 class Recipe(_Section):
     """A whole factory run: every stage's settings."""
 
@@ -361,6 +406,8 @@ class Recipe(_Section):
     curate: CurateConfig = CurateConfig()
     fim: FimConfig = FimConfig()
     cpt: ContinueConfig = ContinueConfig()
+    dpo: DPOConfig = DPOConfig()
+    reward_model: RewardModelConfig = RewardModelConfig()
     rl: RLConfig = RLConfig()
 
 
