@@ -24,7 +24,7 @@ ENDPOINTS = ("chat", "completions", "models", "metrics")
 DEFAULT_ENDPOINTS = ("chat", "completions", "models")
 ADMIN_ROLE = "admin"
 
-# Kept apart from the registry's alembic-managed tables: created on first use.
+# Core table beside the registry's ORM; migration 0003 creates it (the registry migrates on open).
 metadata = MetaData()
 api_keys = Table(
     "serve_api_keys",
@@ -98,7 +98,6 @@ class KeyStore:
         self.engine = engine
         # Writes go through the registry's BEGIN IMMEDIATE path on SQLite (see store.py).
         self._write_engine = engine.execution_options(forgeml_write=True)
-        metadata.create_all(engine)
 
     def create_key(
         self,
