@@ -1170,4 +1170,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m forgeml.cli` (how workers run jobs) executes this file as `__main__`, but the
+    # command modules register on the apps of the module `forgeml.cli`: run that one's.
+    from forgeml.cli import main as _main
+
+    _main()
