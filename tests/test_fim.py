@@ -178,3 +178,53 @@ def test_chunked_fim_makes_one_example_per_chunk_and_keeps_every_character(tok_d
         restored += pre + mid + suf
         rest = rest[rest.index(tokens.prefix, 1) :] if tokens.prefix in rest[1:] else []
     assert tok.decode(restored) == text
+
+
+PROSE = (
+    "Operators must archive the nightly ledger before 0400. A badge-holder's request, "
+    "once logged, is reviewed by the compliance desk within 12 business days.\n"
+)
+
+
+def test_word_spans_are_runs_of_whole_words_and_the_mix_is_respected():
+    import re
+
+    cfg = FimConfig(rate=1.0, unit="word", max_span_words=2)
+    lengths = set()
+    for seed in range(300):
+        plan = fim_plan(PROSE, np.random.default_rng(seed), cfg)
+        middle = PROSE[plan.lo : plan.hi]
+        # starts and ends on a word edge, never on punctuation or space
+        assert middle[0].isalnum() and middle[-1].isalnum(), middle
+        assert plan.lo == 0 or not PROSE[plan.lo - 1].isalnum()
+        assert not PROSE[plan.hi].isalnum()
+        lengths.add(len(re.findall(r"\w+(?:[-']\w+)*", middle)))
+    assert lengths == {1, 2}
+    mixed = FimConfig(rate=1.0, span_mix={"word": 3, "line": 1})
+    kinds = {"word": 0, "line": 0}
+    for seed in range(400):
+        plan = fim_plan(PROSE * 4, np.random.default_rng(seed), mixed)
+        span = (PROSE * 4)[plan.lo : plan.hi]
+        is_line = plan.lo % len(PROSE) == 0 and plan.hi % len(PROSE) == 0
+        assert is_line or (span[0].isalnum() and span[-1].isalnum())
+        kinds["line" if is_line else "word"] += 1
+    assert abs(kinds["word"] / 400 - 0.75) < 0.08
+    with pytest.raises(ConfigError, match="span_mix"):
+        fim_plan(PROSE, np.random.default_rng(0), FimConfig(rate=1, span_mix={"word": 0}))
+    with pytest.raises(ConfigError, match="word-level"):
+        fim_plan([1, 2, 3], np.random.default_rng(0), FimConfig(rate=1, unit="word"))
+
+
+def test_every_fim_middle_ends_with_eos(tok_dir):
+    """The paper's <EOT>: a middle is closed by EOS, so infill decoding knows where to stop.
+    Inside a chunked document the encoder adds it; after the last unit the packer does."""
+    tok = load_tokenizer(tok_dir)
+    eos = tok.token_to_id("<|eos|>")
+    text = "".join(f"line {i} of a long manual page\n" for i in range(60))
+    cfg = FimConfig(rate=1.0, spm_rate=0.0, chunk_chars=200, unit="word", seed=3)
+    ids = FimEncoder(cfg)(tok, [text])[0]
+    n_fim = ids.count(FimTokens.from_tokenizer(tok).middle)
+    assert n_fim > 3
+    assert ids.count(eos) == n_fim - 1 and ids[-1] != eos
+    pre = FimTokens.from_tokenizer(tok).prefix
+    assert all(ids[i + 1] == pre for i, t in enumerate(ids) if t == eos)  # next chunk's example

@@ -116,3 +116,43 @@ def test_load_errors_are_clear(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     with pytest.raises(ConfigError, match="gpt2"):
         load_model(tmp_path)
+
+
+def test_qwen2_checkpoint_with_qkv_biases_round_trips(tmp_path):
+    """Qwen2 attention has q/k/v biases: import a random Qwen2ForCausalLM, compare logits,
+    export ours as Qwen2 and compare again; the biases must matter (non-zero)."""
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        tie_word_embeddings=True,
+    )  # fmt: skip
+    hf = transformers.Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hf.eval().save_pretrained(tmp_path / "hf")
+    model = load_model(tmp_path / "hf")
+    assert model.cfg.qkv_bias and model.cfg.sliding_window is None
+    x = torch.randint(0, VOCAB, (2, 20))
+    with torch.no_grad():
+        theirs = hf(x).logits
+        torch.testing.assert_close(model(x), theirs, atol=1e-4, rtol=0)
+        # without its biases the model computes something else: they were really loaded
+        bias = model.layers[0].attention.wqkv.bias
+        saved = bias.clone()
+        bias.zero_()
+        assert (model(x) - theirs).abs().max() > 1e-2
+        bias.copy_(saved)
+
+    ours = tiny(qkv_bias=True)
+    assert ours.layers[1].attention.wqkv.bias.abs().sum() > 0  # tiny() perturbs every param
+    save_model(ours, tmp_path / "ours")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "ours")
+    assert type(back).__name__ == "Qwen2ForCausalLM"
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), back(x).logits, atol=1e-4, rtol=0)
+    assert torch.equal(load_model(tmp_path / "ours")(x), ours(x))
+    with pytest.raises(ConfigError, match="sliding window"):
+        save_model(tiny(qkv_bias=True, sliding_window=8), tmp_path / "bad")

@@ -59,6 +59,7 @@ class ModelConfig(_Section):
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     sliding_window: int | None = None
+    qkv_bias: bool = Field(False, description="biases on the q/k/v projections (Qwen2)")
     init_std: float = 0.02
     # Mixture of experts (arch: moe, forgeml.models.moe); dense models ignore these.
     n_experts: int = Field(8, gt=0, description="moe: routed experts per layer")
@@ -139,7 +140,15 @@ class FimConfig(_Section):
 
     rate: float = Field(0.0, ge=0, le=1, description="share of documents turned into FIM examples")
     spm_rate: float = Field(0.5, ge=0, le=1, description="share of FIM examples in SPM order")
-    unit: Literal["char", "line"] = Field("char", description="cut points between chars or lines")
+    unit: Literal["char", "line", "word"] = Field(
+        "char", description="middles: random char spans, whole lines, or runs of whole words"
+    )
+    span_mix: dict[Literal["char", "line", "word"], float] = Field(
+        default_factory=dict,
+        description="draw each middle's unit with these weights, e.g. {word: 0.6, line: 0.2, "
+        "char: 0.2}; empty: always `unit`",
+    )
+    max_span_words: int = Field(3, ge=1, description="word middles: 1..this many words")
     chunk_chars: int = Field(
         0, ge=0, description="FIM per chunk of ~this many chars (0: whole document); ~3x seq_len"
     )

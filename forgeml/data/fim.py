@@ -8,6 +8,7 @@ Fill in the Middle", arXiv:2207.14255); `pack_fim_shards` writes them as ordinar
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from tokenizers import Tokenizer
 from forgeml.core.config import FimConfig
 from forgeml.core.errors import ConfigError, DataError
 from forgeml.core.io import atomic_write_text
-from forgeml.tokenizer.chat import FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
+from forgeml.tokenizer.chat import EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 from forgeml.tokenizer.pack import pack_token_shards
 
 
@@ -51,44 +52,93 @@ class FimPlan:
     spm: bool
 
 
+UNITS = ("char", "line", "word")
+# A word: letters/digits/underscore, with inner hyphens or apostrophes ("bit-rate", "don't").
+# Its span stops before punctuation, like the gaps of damaged documents ("[...]." ).
+_WORD = re.compile(r"\w+(?:[-']\w+)*")
+
+
 def _line_boundaries(text: str) -> np.ndarray:
     """Offsets where a line starts, plus 0 and len(text): the cut points of line-level FIM."""
     starts = [i + 1 for i, ch in enumerate(text) if ch == "\n"]
     return np.unique(np.asarray([0, *starts, len(text)], dtype=np.int64))
 
 
+def _unit_weights(cfg: FimConfig) -> np.ndarray:
+    """Probability of each of UNITS for one middle: `cfg.span_mix`, or all on `cfg.unit`."""
+    if not cfg.span_mix:
+        return np.asarray([u == cfg.unit for u in UNITS], dtype=np.float64)
+    weights = np.asarray([cfg.span_mix.get(u, 0.0) for u in UNITS], dtype=np.float64)
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ConfigError(
+            f"fim.span_mix needs weights >= 0 with a positive sum, got {dict(cfg.span_mix)}",
+            hint="e.g. fim.span_mix={word: 0.6, line: 0.2, char: 0.2}",
+        )
+    return weights / weights.sum()
+
+
+def _word_span(text: str, rng: np.random.Generator, max_words: int) -> tuple[int, int] | None:
+    """A run of 1..max_words whole words (uniform start word, uniform length), or None."""
+    words = [(m.start(), m.end()) for m in _WORD.finditer(text)]
+    if not words:
+        return None
+    first = int(rng.integers(0, len(words)))
+    count = int(rng.integers(1, max_words + 1))
+    return words[first][0], words[min(first + count, len(words)) - 1][1]
+
+
 def fim_plan(doc: str | Sequence[int], rng: np.random.Generator, cfg: FimConfig) -> FimPlan | None:
     """Draw whether and where to cut `doc` (None: keep it as plain text).
 
-    Two cut points are drawn uniformly, as in the paper (section 3): between characters, or
-    with `cfg.unit == "line"` between lines so every span is whole lines (the natural unit of
-    code completion). A token-id document is cut between tokens. The draws per document are a
-    fixed sequence, so a plan depends only on the generator's seed.
+    Each middle's unit is drawn from `cfg.span_mix` (or is `cfg.unit`): "char" draws two cut
+    points uniformly, as in the paper (section 3); "line" cuts between lines, so the middle is
+    whole lines (the natural unit of code completion); "word" makes the middle a run of
+    1..`cfg.max_span_words` whole words, the gaps of a damaged document or a missing name.
+    Matching the span lengths to the task matters: a model trained on ~200-character middles
+    does not stop after the one word a gap needs. A token-id document is cut between tokens
+    (char unit only). The draws per document are a fixed sequence, so a plan depends only on
+    the generator's seed.
     """
     apply, spm = rng.random() < cfg.rate, rng.random() < cfg.spm_rate
-    if isinstance(doc, str) and cfg.unit == "line":
+    unit = UNITS[int(rng.choice(len(UNITS), p=_unit_weights(cfg)))]
+    if not isinstance(doc, str):
+        if unit != "char":
+            raise ConfigError(
+                f"{unit}-level FIM needs the document text, not token ids",
+                hint="pass the text, or set fim.unit=char (and no fim.span_mix)",
+            )
+        lo, hi = np.sort(rng.integers(0, len(doc) + 1, size=2))
+        return FimPlan(int(lo), int(hi), bool(spm)) if apply else None
+    span = _word_span(doc, rng, cfg.max_span_words) if unit == "word" else None
+    if span is not None:
+        lo, hi = span
+    elif unit == "line":
         points = _line_boundaries(doc)
         lo, hi = np.sort(points[rng.integers(0, len(points), size=2)])
-    elif isinstance(doc, str) or cfg.unit == "char":
+    else:  # char, or a word span in a text without words
         lo, hi = np.sort(rng.integers(0, len(doc) + 1, size=2))
-    else:
-        raise ConfigError(
-            "line-level FIM needs the document text, not token ids",
-            hint="pass the text, or set fim.unit=char",
-        )
     return FimPlan(int(lo), int(hi), bool(spm)) if apply else None
 
 
 def fim_assemble(
-    prefix: list[int], middle: list[int], suffix: list[int], spm: bool, tokens: FimTokens
+    prefix: list[int],
+    middle: list[int],
+    suffix: list[int],
+    spm: bool,
+    tokens: FimTokens,
+    end: int | None = None,
 ) -> list[int]:
-    """PSM: <PRE> prefix <SUF> suffix <MID> middle.
-    SPM: <PRE> <SUF> suffix <MID> prefix middle (the paper's SPM variant, section 3, whose
+    """PSM: <PRE> prefix <SUF> suffix <MID> middle [end].
+    SPM: <PRE> <SUF> suffix <MID> prefix middle [end] (the paper's SPM variant, section 3, whose
     prefix+middle is plain left-to-right text, so PSM and SPM training reinforce each other).
-    The document's EOS, added by the packer after the middle, teaches where the middle ends."""
+
+    `end` (EOS) closes the middle, the paper's <EOT>: it teaches the model where a middle
+    stops, and infill decoding stops there. A whole document needs none, since the packer
+    puts EOS after it; a FIM chunk inside a longer document does."""
+    tail = [end] if end is not None else []
     if spm:
-        return [tokens.prefix, tokens.suffix, *suffix, tokens.middle, *prefix, *middle]
-    return [tokens.prefix, *prefix, tokens.suffix, *suffix, tokens.middle, *middle]
+        return [tokens.prefix, tokens.suffix, *suffix, tokens.middle, *prefix, *middle, *tail]
+    return [tokens.prefix, *prefix, tokens.suffix, *suffix, tokens.middle, *middle, *tail]
 
 
 def fim_transform(
@@ -145,22 +195,26 @@ class FimEncoder:
         self.fim_docs = 0
         self.spm_docs = 0
         self._tokens: FimTokens | None = None
+        self._eos: int | None = None
 
     def __call__(self, tok: Tokenizer, texts: list[str]) -> list[list[int]]:
         if self._tokens is None:
             self._tokens = FimTokens.from_tokenizer(tok)
+            self._eos = tok.token_to_id(EOS)
         # A unit is a whole document, or one chunk of it when cfg.chunk_chars is set, so that
         # a FIM example fits a training window (a document longer than the window would put
         # <|fim_middle|> and the middle in different windows, and nothing would be learned).
-        owners, plans, pieces = [], [], []
+        owners, plans, lasts, pieces = [], [], [], []
         for k, text in enumerate(texts):
             doc = self.docs_seen
             self.docs_seen += 1
-            for c, unit in enumerate(_chunks(text, self.cfg.chunk_chars)):
+            units = _chunks(text, self.cfg.chunk_chars)
+            for c, unit in enumerate(units):
                 seed = [self.cfg.seed, doc] if c == 0 else [self.cfg.seed, doc, c]
                 plan = fim_plan(unit, np.random.default_rng(seed), self.cfg)
                 owners.append(k)
                 plans.append(plan)
+                lasts.append(c == len(units) - 1)
                 if plan is None:
                     pieces.append(unit)
                 else:
@@ -168,12 +222,14 @@ class FimEncoder:
         encoded = [e.ids for e in tok.encode_batch_fast(pieces, add_special_tokens=False)]
         out: list[list[int]] = [[] for _ in texts]
         i = 0
-        for owner, plan in zip(owners, plans, strict=True):
+        for owner, plan, last in zip(owners, plans, lasts, strict=True):
             if plan is None:
                 out[owner] += encoded[i]
                 i += 1
             else:
-                out[owner] += fim_assemble(*encoded[i : i + 3], plan.spm, self._tokens)
+                # A middle ends with EOS; the packer adds it after a document's last unit.
+                end = None if last else self._eos
+                out[owner] += fim_assemble(*encoded[i : i + 3], plan.spm, self._tokens, end)
                 self.fim_docs += 1
                 self.spm_docs += plan.spm
                 i += 3

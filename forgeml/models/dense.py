@@ -94,7 +94,7 @@ class Attention(nn.Module):
         self.head_dim = cfg.dim // cfg.n_heads
         self.window = cfg.sliding_window
         self.wqkv = nn.Linear(
-            cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * self.head_dim, bias=False
+            cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * self.head_dim, bias=cfg.qkv_bias
         )
         self.wo = nn.Linear(cfg.n_heads * self.head_dim, cfg.dim, bias=False)
 
@@ -256,6 +256,8 @@ class Transformer(nn.Module):
         window = self.cfg.sliding_window
         needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
         if needs_mask or (kv_cache is None and window is not None and seq > window):
+            if layer.attention.wqkv.bias is not None:
+                layer.attention.wqkv.bias.zero_()
             mask = attention_mask(start_pos, seq, end, window, idx.device)
         h = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):

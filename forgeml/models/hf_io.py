@@ -3,7 +3,7 @@
 A saved folder holds `config.json` (MistralForCausalLM for dense, MixtralForCausalLM for MoE),
 `model.safetensors` with HF parameter names, `forgeml_model.json` (our ModelConfig) and the
 tokenizer files, so `transformers` loads it directly; `load_model` also imports plain HF
-Mistral/Llama/Mixtral checkpoints. Name maps are plain dicts, one set per `cfg.arch`.
+Mistral/Llama/Qwen2/Mixtral checkpoints. Name maps are plain dicts, one set per `cfg.arch`.
 """
 
 from __future__ import annotations
@@ -42,12 +42,18 @@ WEIGHT_MAP = {
     "layers.{i}.attention.wo.weight": "model.layers.{i}.self_attn.o_proj.weight",
     "layers.{i}.feed_forward.w2.weight": "model.layers.{i}.mlp.down_proj.weight",
 }
-# Our fused weight -> the HF weights concatenated along dim 0, in order.
+# Our fused weight -> the HF weights concatenated along dim 0, in order. The q/k/v biases
+# exist only with `qkv_bias` (Qwen2).
 FUSED_MAP = {
     "layers.{i}.attention.wqkv.weight": (
         "model.layers.{i}.self_attn.q_proj.weight",
         "model.layers.{i}.self_attn.k_proj.weight",
         "model.layers.{i}.self_attn.v_proj.weight",
+    ),
+    "layers.{i}.attention.wqkv.bias": (
+        "model.layers.{i}.self_attn.q_proj.bias",
+        "model.layers.{i}.self_attn.k_proj.bias",
+        "model.layers.{i}.self_attn.v_proj.bias",
     ),
     "layers.{i}.feed_forward.w13.weight": (
         "model.layers.{i}.mlp.gate_proj.weight",
@@ -69,6 +75,7 @@ MOE_WEIGHT_MAP = {
 }
 MOE_FUSED_MAP = {
     "layers.{i}.attention.wqkv.weight": FUSED_MAP["layers.{i}.attention.wqkv.weight"],
+    "layers.{i}.attention.wqkv.bias": FUSED_MAP["layers.{i}.attention.wqkv.bias"],
     "layers.{i}.feed_forward.shared.w13.weight": (
         "model.layers.{i}.block_sparse_moe.shared_expert.gate_proj.weight",
         "model.layers.{i}.block_sparse_moe.shared_expert.up_proj.weight",
@@ -102,7 +109,7 @@ NAME_MAPS = {
 
 def _split_sizes(cfg: ModelConfig, key: str, n_parts: int, rows: int) -> list[int]:
     """Rows of each HF weight inside our fused one: q/k/v by heads, the rest in equal parts."""
-    if key.endswith("wqkv.weight"):
+    if ".wqkv." in key:
         head_dim = cfg.dim // cfg.n_heads
         return [cfg.n_heads * head_dim, cfg.n_kv_heads * head_dim, cfg.n_kv_heads * head_dim]
     return [rows // n_parts] * n_parts
@@ -172,7 +179,7 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
         if layer is None:
             continue
         for ours, parts in maps.fused.items():
-            if ".shared." in ours and not shared:
+            if (".shared." in ours and not shared) or (ours.endswith(".bias") and not cfg.qkv_bias):
                 continue
             names = [p.format(i=layer) for p in parts]
             out[ours.format(i=layer)] = torch.cat(_pick(hf, names, cfg), dim=0)
@@ -190,6 +197,28 @@ def from_hf_state_dict(hf: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
 def hf_config(cfg: ModelConfig, special_ids: dict[str, int | None] | None = None) -> dict[str, Any]:
     """config.json for the transformers class with the same architecture as `cfg`."""
     return HF_CONFIGS[cfg.arch](cfg, special_ids or {})
+
+
+def _dense_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[str, Any]:
+    """Mistral, or Qwen2 when the model has q/k/v biases (Qwen2's attention has them)."""
+    return _qwen2_config(cfg, special_ids) if cfg.qkv_bias else _mistral_config(cfg, special_ids)
+
+
+def _qwen2_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[str, Any]:
+    out = _mistral_config(cfg, special_ids)
+    if cfg.sliding_window is not None:
+        raise ConfigError(
+            "a model with q/k/v biases and a sliding window has no transformers equivalent",
+            hint="export it with model.sliding_window unset",
+        )
+    out.update(
+        architectures=["Qwen2ForCausalLM"],
+        model_type="qwen2",
+        use_sliding_window=False,
+        max_window_layers=cfg.n_layers,
+        layer_types=["full_attention"] * cfg.n_layers,
+    )
+    return out
 
 
 def _mistral_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[str, Any]:
@@ -221,7 +250,9 @@ def _mistral_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dic
 
 def mixtral_compatible(cfg: ModelConfig) -> bool:
     """Whether transformers' Mixtral computes exactly this MoE (softmax top-k, no shared expert)."""
-    return cfg.arch == "moe" and cfg.gating == "softmax" and not cfg.shared_expert
+    return (
+        cfg.arch == "moe" and cfg.gating == "softmax" and not cfg.shared_expert and not cfg.qkv_bias
+    )
 
 
 def _mixtral_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dict[str, Any]:
@@ -245,12 +276,13 @@ def _mixtral_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dic
             model_type="forgeml_moe",
             gating=cfg.gating,
             shared_expert=cfg.shared_expert,
+            qkv_bias=cfg.qkv_bias,
         )
     return out
 
 
 HF_CONFIGS: dict[str, Callable[[ModelConfig, dict[str, int | None]], dict[str, Any]]] = {
-    "dense": _mistral_config,
+    "dense": _dense_config,
     "moe": _mixtral_config,
 }
 
@@ -308,7 +340,7 @@ def export_hf(
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
-    """ModelConfig for an HF Mistral/Llama/Mixtral config.json, refusing what we lack."""
+    """ModelConfig for an HF Mistral/Llama/Qwen2/Mixtral config.json, refusing what we lack."""
     model_type = hf.get("model_type")
     if model_type not in HF_MODEL_TYPES:
         raise ConfigError(
@@ -335,6 +367,9 @@ def _dense_fields(hf: dict[str, Any]) -> dict[str, Any]:
     window = hf.get("sliding_window") if model_type in ("mistral", "mixtral") else None
     if hf.get("use_sliding_window") is False:
         window = None
+    if model_type == "qwen2" and hf.get("use_sliding_window"):
+        # Qwen2 slides only on layers >= max_window_layers; ours is one window for all.
+        raise ConfigError("Qwen2 checkpoints with use_sliding_window are not supported")
     return dict(
         dim=dim,
         n_layers=hf["num_hidden_layers"],
@@ -367,6 +402,7 @@ def _mixtral_fields(hf: dict[str, Any]) -> dict[str, Any]:
 HF_MODEL_TYPES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "mistral": lambda hf: {},
     "llama": lambda hf: {},
+    "qwen2": lambda hf: {"qkv_bias": True},  # Qwen2 attention: biased q/k/v, no o bias
     "mixtral": _mixtral_fields,
 }
 

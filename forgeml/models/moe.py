@@ -295,6 +295,8 @@ class MoETransformer(nn.Module):
             nn.init.normal_(layer.attention.wqkv.weight, std=std)
             nn.init.normal_(layer.attention.wo.weight, std=out_std)
             nn.init.normal_(ffn.router.weight, std=std)
+            if layer.attention.wqkv.bias is not None:
+                layer.attention.wqkv.bias.zero_()
             nn.init.normal_(ffn.w13, std=std)
             nn.init.normal_(ffn.w2, std=out_std)
             if ffn.shared is not None:
