@@ -13,7 +13,7 @@ from forgeml.core.config import ModelConfig
 from forgeml.models.dense import Transformer
 from forgeml.models.hf_io import save_model
 from forgeml.models.sampling import generate
-from forgeml.serve.engine import Engine, EngineBusy, SamplingParams, decode_step
+from forgeml.serve.engine import Engine, EngineBusy, SamplingParams
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
 
 WORDS = (
@@ -114,7 +114,7 @@ def test_batched_equals_alone(engine):
     assert len({tuple(a.token_ids) for a in alone}) > 5
 
 
-def test_decode_step_matches_forward_per_row(tiny):
+def test_decode_rows_matches_forward_per_row(tiny):
     """Two rows at different positions decoded together equal each decoded alone."""
     model, _ = tiny
     cache = model.new_kv_cache(2, 32)
@@ -125,9 +125,7 @@ def test_decode_step_matches_forward_per_row(tiny):
         for i, p in enumerate(prompts):
             row = KVCache(cache.k[:, i : i + 1], cache.v[:, i : i + 1])
             model(torch.tensor([p]), kv_cache=row, start_pos=0)
-        logits = decode_step(
-            model, cache, torch.tensor([0, 1]), torch.tensor([50, 60]), torch.tensor([6, 2])
-        )
+        logits = model.decode_rows(torch.tensor([50, 60]), cache, torch.tensor([6, 2]))
         for i, (p, t) in enumerate(zip(prompts, [50, 60], strict=True)):
             full = model(torch.tensor([p + [t]]))[0, -1]
             torch.testing.assert_close(logits[i], full, atol=1e-4, rtol=1e-4)

@@ -68,6 +68,25 @@ class KVCache:
         return self.k.shape[3]
 
 
+def per_row_rope_and_mask(
+    cfg: ModelConfig, positions: torch.Tensor, kv_cache: KVCache
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RoPE tables [B, 1, 1, D] and mask [B, 1, 1, K] for one token per row at `positions` [B].
+
+    The mask covers the first K = max(positions) + 1 cache keys: causal per row, and within
+    the sliding window if the model has one.
+    """
+    kv_len = int(positions.max()) + 1
+    if kv_len > kv_cache.max_len:
+        raise ValueError(f"position {kv_len - 1} does not fit a kv cache of {kv_cache.max_len}")
+    cos, sin = rope_cos_sin(positions, cfg.dim // cfg.n_heads, cfg.rope_theta)
+    keys = torch.arange(kv_len, device=positions.device)[None, :]
+    mask = keys <= positions[:, None]
+    if cfg.sliding_window is not None:
+        mask = mask & (keys > positions[:, None] - cfg.sliding_window)
+    return cos[:, None, None, :], sin[:, None, None, :], mask[:, None, None, :]
+
+
 def attention_mask(
     q_start: int, q_len: int, kv_len: int, window: int | None, device: torch.device
 ) -> torch.Tensor:
@@ -105,7 +124,7 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
     ) -> torch.Tensor:
         bsz, seq, _ = x.shape
         hd = self.head_dim
@@ -118,7 +137,15 @@ class Attention(nn.Module):
         # Unmasked multi-token calls start at position 0 (training, prefill): there SDPA's
         # causal flag is exact and cheaper than a mask tensor.
         is_causal = mask is None and seq > 1
-        if cache is not None:
+        if cache is not None and isinstance(start_pos, torch.Tensor):
+            # One token per row, each at its own position (`decode_rows`): the mask hides each
+            # row's keys beyond its position.
+            cache_k, cache_v = cache
+            rows = torch.arange(bsz, device=x.device)
+            cache_k[rows, :, start_pos] = k[:, :, 0].to(cache_k.dtype)
+            cache_v[rows, :, start_pos] = v[:, :, 0].to(cache_v.dtype)
+            first, end = 0, mask.shape[-1]
+        elif cache is not None:
             cache_k, cache_v = cache
             end = start_pos + seq
             cache_k[:, :, start_pos:end] = k
@@ -128,6 +155,7 @@ class Attention(nn.Module):
             first = 0
             if seq == 1 and self.window is not None:
                 first = max(0, end - self.window)
+        if cache is not None:
             k = cache_k[:, :, first:end].to(q.dtype)
             v = cache_v[:, :, first:end].to(q.dtype)
         out = F.scaled_dot_product_attention(
@@ -170,7 +198,7 @@ class TransformerBlock(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
     ) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, start_pos)
         return x + self.feed_forward(self.ffn_norm(x))
@@ -206,6 +234,8 @@ class Transformer(nn.Module):
             nn.init.normal_(self.output.weight, std=std)
         for layer in self.layers:
             nn.init.normal_(layer.attention.wqkv.weight, std=std)
+            if layer.attention.wqkv.bias is not None:
+                layer.attention.wqkv.bias.zero_()
             nn.init.normal_(layer.attention.wo.weight, std=out_std)
             nn.init.normal_(layer.feed_forward.w13.weight, std=std)
             nn.init.normal_(layer.feed_forward.w2.weight, std=out_std)
@@ -232,6 +262,21 @@ class Transformer(nn.Module):
             torch.zeros(shape, device=device, dtype=dtype),
         )
 
+    @torch.inference_mode()
+    def decode_rows(
+        self, tokens: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [B, V] of one token per cache row, row b at its own position `positions[b]`.
+
+        The batched decode step of continuous-batching serving: rows hold requests of
+        different lengths. `forward` with `start_pos=positions[b]` on row b alone is the same.
+        """
+        cos, sin, mask = per_row_rope_and_mask(self.cfg, positions, kv_cache)
+        h = self.tok_embeddings(tokens[:, None])
+        for i, layer in enumerate(self.layers):
+            h = layer(h, cos, sin, mask, (kv_cache.k[i], kv_cache.v[i]), positions)
+        return self.output(self.norm(h)).float()[:, 0]
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -256,8 +301,6 @@ class Transformer(nn.Module):
         window = self.cfg.sliding_window
         needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
         if needs_mask or (kv_cache is None and window is not None and seq > window):
-            if layer.attention.wqkv.bias is not None:
-                layer.attention.wqkv.bias.zero_()
             mask = attention_mask(start_pos, seq, end, window, idx.device)
         h = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):

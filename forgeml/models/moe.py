@@ -24,6 +24,7 @@ from forgeml.models.dense import (
     Transformer,
     attention_mask,
     cross_entropy_loss,
+    per_row_rope_and_mask,
     rope_cos_sin,
 )
 
@@ -243,7 +244,7 @@ class MoEBlock(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
-        start_pos: int,
+        start_pos: int | torch.Tensor,
     ) -> tuple[torch.Tensor, RouterOutput]:
         x = x + self.attention(self.attention_norm(x), cos, sin, mask, cache, start_pos)
         ffn, routing = self.feed_forward(self.ffn_norm(x))
@@ -315,6 +316,17 @@ class MoETransformer(nn.Module):
         cfg, hidden = self.cfg, self.cfg.moe_ffn_hidden or self.cfg.ffn_hidden
         skipped = (cfg.n_experts - cfg.top_k) * 3 * hidden * cfg.dim * cfg.n_layers
         return self.num_params() - skipped
+
+    @torch.inference_mode()
+    def decode_rows(
+        self, tokens: torch.Tensor, kv_cache: KVCache, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [B, V] of one token per cache row at its own position (see the dense model)."""
+        cos, sin, mask = per_row_rope_and_mask(self.cfg, positions, kv_cache)
+        h = self.tok_embeddings(tokens[:, None])
+        for i, layer in enumerate(self.layers):
+            h, _ = layer(h, cos, sin, mask, (kv_cache.k[i], kv_cache.v[i]), positions)
+        return self.output(self.norm(h)).float()[:, 0]
 
     def forward(
         self,

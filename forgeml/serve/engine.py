@@ -2,7 +2,8 @@
 
 Requests wait in a bounded queue, take a slot of a shared per-slot kv cache, are prefilled one
 at a time and then decoded together, one token per step, each row at its own position (the
-iteration-level scheduling of Orca, Yu et al., OSDI 2022). Tokens stream back per request.
+iteration-level scheduling of Orca, Yu et al., OSDI 2022), through the model's own `decode_rows`,
+so every architecture the registry builds (dense, MoE, merged LoRA) is served the same way.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from tokenizers import Tokenizer
+from torch import nn
 
-from forgeml.models.dense import KVCache, Transformer, apply_rope, rope_cos_sin
+from forgeml.models.dense import KVCache
 from forgeml.models.sampling import filter_logits
 
 # Byte-level BPE can end a step in the middle of a UTF-8 character; decode shows it as U+FFFD.
@@ -168,69 +169,17 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
 
 
-@torch.inference_mode()
-def decode_step(
-    model: Transformer,
-    cache: KVCache,
-    rows: torch.Tensor,
-    tokens: torch.Tensor,
-    positions: torch.Tensor,
-) -> torch.Tensor:
-    """One token for each cache row in `rows`, each at its own position: logits [n, V].
-
-    `Transformer.forward` takes one start position for the whole batch, so this step runs the
-    same blocks with a per-row rotary position and a per-row causal mask over the slot's keys.
-    """
-    cfg = model.cfg
-    n = rows.shape[0]
-    hd, n_heads, n_kv = model.head_dim, cfg.n_heads, cfg.n_kv_heads
-    cos, sin = rope_cos_sin(positions, hd, cfg.rope_theta)
-    cos, sin = cos[:, None, None, :], sin[:, None, None, :]
-    kv_len = int(positions.max()) + 1
-    keys_at = torch.arange(kv_len, device=positions.device)[None, :]
-    mask = keys_at <= positions[:, None]
-    if cfg.sliding_window is not None:
-        mask = mask & (keys_at > positions[:, None] - cfg.sliding_window)
-    mask = mask[:, None, None, :]
-    first = int(rows[0])
-    # Slots are handed out lowest first, so the active rows are usually one contiguous block
-    # and the cache is read as a view instead of a gathered copy.
-    contiguous = bool((rows == torch.arange(first, first + n, device=rows.device)).all())
-    h = model.tok_embeddings(tokens[:, None])
-    for i, layer in enumerate(model.layers):
-        attn = layer.attention
-        qkv = attn.wqkv(layer.attention_norm(h)).view(n, 1, n_heads + 2 * n_kv, hd)
-        qk = apply_rope(qkv[:, :, : n_heads + n_kv], cos, sin).transpose(1, 2)
-        q, k = qk.split([n_heads, n_kv], dim=1)
-        v = qkv[:, :, n_heads + n_kv :].transpose(1, 2)
-        cache_k, cache_v = cache.k[i], cache.v[i]
-        cache_k[rows, :, positions] = k[:, :, 0].to(cache_k.dtype)
-        cache_v[rows, :, positions] = v[:, :, 0].to(cache_v.dtype)
-        if contiguous:
-            keys, values = (
-                cache_k[first : first + n, :, :kv_len],
-                cache_v[first : first + n, :, :kv_len],
-            )
-        else:
-            keys, values = cache_k[:, :, :kv_len][rows], cache_v[:, :, :kv_len][rows]
-        out = F.scaled_dot_product_attention(
-            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask, enable_gqa=n_kv != n_heads
-        )
-        h = h + attn.wo(out.transpose(1, 2).reshape(n, 1, n_heads * hd))
-        h = h + layer.feed_forward(layer.ffn_norm(h))
-    return model.output(model.norm(h)).float()[:, 0]
-
-
 class Engine:
     """Serve one model: `submit` requests from any thread; a worker thread batches them.
 
     At most `max_batch` requests decode together; up to `max_queue` more wait, and a request
-    beyond that gets `EngineBusy` at once (bounded memory, HTTP 429 upstream).
+    beyond that gets `EngineBusy` at once (bounded memory, HTTP 429 upstream). The model is
+    any registry-built class with `new_kv_cache` and `decode_rows` (dense and MoE).
     """
 
     def __init__(
         self,
-        model: Transformer,
+        model: nn.Module,
         tokenizer: Tokenizer,
         *,
         max_batch: int = 8,
@@ -354,20 +303,35 @@ class Engine:
         self._slots[index] = slot
         self._accept(index, sample_token(logits, handle.params, generator))
 
+    def _compact(self) -> int:
+        """Move the live slots to cache rows 0..n-1 (copying their keys/values); return n.
+
+        The decode step then reads the cache rows as one view instead of a gathered copy, and
+        free slots are always the rows after the live ones.
+        """
+        live = 0
+        for i, slot in enumerate(self._slots):
+            if slot is None or slot.handle.cancelled:
+                self._slots[i] = None
+                continue
+            if i != live:
+                self.cache.k[:, live, :, : slot.pos] = self.cache.k[:, i, :, : slot.pos]
+                self.cache.v[:, live, :, : slot.pos] = self.cache.v[:, i, :, : slot.pos]
+                self._slots[live], self._slots[i] = slot, None
+            live += 1
+        return live
+
     def _decode(self) -> None:
         started = time.perf_counter()
-        live = [(i, s) for i, s in enumerate(self._slots) if s is not None]
-        for i, slot in live:
-            if slot.handle.cancelled:
-                self._slots[i] = None
-        live = [(i, s) for i, s in live if self._slots[i] is not None]
-        if not live:
+        n = self._compact()
+        if n == 0:
             return
-        rows = torch.tensor([i for i, _ in live], device=self.device)
-        tokens = torch.tensor([s.next_token for _, s in live], device=self.device)
-        positions = torch.tensor([s.pos for _, s in live], device=self.device)
-        logits = decode_step(self.model, self.cache, rows, tokens, positions)
-        for (i, slot), row_logits in zip(live, logits, strict=True):
+        live = self._slots[:n]
+        tokens = torch.tensor([s.next_token for s in live], device=self.device)
+        positions = torch.tensor([s.pos for s in live], device=self.device)
+        rows = KVCache(self.cache.k[:, :n], self.cache.v[:, :n])
+        logits = self.model.decode_rows(tokens, rows, positions)
+        for i, (slot, row_logits) in enumerate(zip(live, logits, strict=True)):
             slot.pos += 1
             self._accept(i, sample_token(row_logits, slot.handle.params, slot.generator))
         elapsed = time.perf_counter() - started
