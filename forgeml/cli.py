@@ -1147,6 +1147,7 @@ def export_cmd(
 from forgeml.commands import (  # noqa: E402,F401
     control,
     hpo_synth,
+    lm_eval,
     preference,
     rl,
     serving,
