@@ -1,0 +1,208 @@
+"""`forgeml control serve`: the REST control plane (FastAPI; schema at /openapi.json).
+
+Jobs (plan, submit, list, show, logs, cancel), assets and lineage, runs and metrics, eval
+reports, alias moves, exports and approvals — each route one `ControlPlane` method, behind
+the serving API keys (`Authorization: Bearer fml_...`) and their scopes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from forgeml.control.ops import BudgetExceeded, ControlPlane, Forbidden
+from forgeml.core.errors import ForgeError, NotFoundError
+from forgeml.serve.keys import Principal
+
+
+class JobRequest(BaseModel):
+    args: list[str] = Field(
+        description="The forgeml command, e.g. ['pipeline', 'run', 'recipe.yaml', 'train.max_steps=50']"
+    )
+    max_attempts: int = Field(3, ge=1, le=10, description="Attempts before the job is failed")
+
+
+class PromoteRequest(BaseModel):
+    model: str = Field(description="Model asset id, prefix or name")
+    suite: str | None = Field(None, description="KPI suite YAML whose gate the move must pass")
+    force: bool = Field(False, description="Move despite a failing gate (needs a reason)")
+    reason: str = ""
+
+
+class RollbackRequest(BaseModel):
+    reason: str = ""
+
+
+class ExportRequest(BaseModel):
+    model: str
+    out: str = Field(description="Folder to write (outside the workspace: needs approval)")
+    reason: str = ""
+
+
+class DecisionRequest(BaseModel):
+    reason: str = ""
+
+
+def create_control_app(control: ControlPlane) -> FastAPI:
+    """The REST app over one workspace's control plane."""
+    app = FastAPI(
+        title="forgeml control plane",
+        description="Drive a forgeml workspace: jobs, assets, lineage, evals, aliases, approvals.",
+        version="1",
+    )
+    bearer = HTTPBearer(auto_error=False, description="A forgeml API key: fml_<id>_<secret>")
+
+    def principal(
+        request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> Principal:
+        who = control.authenticate(cred.credentials if cred else None)
+        if who is None:
+            client = request.client.host if request.client else "-"
+            control.audit.append(
+                "control_auth_denied", path=request.url.path, client=client, status=401
+            )
+            raise _Unauthorized()
+        return who
+
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(_r: Request, _e: _Unauthorized) -> JSONResponse:
+        return JSONResponse(
+            {"error": {"type": "unauthorized", "message": "missing or invalid API key"}},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+    @app.exception_handler(ForgeError)
+    async def _forge_error(request: Request, exc: ForgeError) -> JSONResponse:
+        body: dict[str, Any] = {"type": "bad_request", "message": str(exc)}
+        status = 400
+        if isinstance(exc, BudgetExceeded):
+            status, body["type"], body["plan"] = 403, "budget_exceeded", exc.plan.to_dict()
+        elif isinstance(exc, Forbidden):
+            status, body["type"] = 403, "forbidden"
+            control.audit.append(
+                "control_forbidden", path=request.url.path, status=403, message=str(exc)
+            )
+        elif isinstance(exc, NotFoundError):
+            status, body["type"] = 404, "not_found"
+        return JSONResponse({"error": body}, status_code=status)
+
+    Who = Depends(principal)
+
+    @app.get("/healthz", tags=["meta"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/plan", tags=["jobs"], summary="Dry-run plan of a job (nothing is queued)")
+    def plan(body: JobRequest, who: Principal = Who) -> dict[str, Any]:
+        return control.plan(who, body.args).to_dict()
+
+    @app.post("/v1/jobs", tags=["jobs"], summary="Plan, check the budget, and queue a job")
+    def submit(body: JobRequest, who: Principal = Who) -> dict[str, Any]:
+        return control.submit_job(who, body.args, body.max_attempts)
+
+    @app.get("/v1/jobs", tags=["jobs"], summary="Your jobs, newest first")
+    def jobs(status: str | None = None, who: Principal = Who) -> list[dict[str, Any]]:
+        return control.list_jobs(who, status)
+
+    @app.get("/v1/jobs/{job_id}", tags=["jobs"])
+    def job(job_id: str, who: Principal = Who) -> dict[str, Any]:
+        return control.show_job(who, job_id)
+
+    @app.get("/v1/jobs/{job_id}/logs", tags=["jobs"], response_class=PlainTextResponse)
+    def job_logs(job_id: str, tail: int = 20000, who: Principal = Who) -> str:
+        return control.job_logs(who, job_id, tail)
+
+    @app.post("/v1/jobs/{job_id}/cancel", tags=["jobs"])
+    def cancel(job_id: str, who: Principal = Who) -> dict[str, Any]:
+        return control.cancel_job(who, job_id)
+
+    @app.get("/v1/budget", tags=["jobs"], summary="Your budget and usage")
+    def budget(who: Principal = Who) -> dict[str, Any]:
+        return control.budget(who)
+
+    @app.get("/v1/assets", tags=["assets"])
+    def assets(kind: str | None = None, who: Principal = Who) -> list[dict[str, Any]]:
+        return control.list_assets(who, kind)
+
+    @app.get("/v1/assets/{ref}", tags=["assets"])
+    def asset(ref: str, who: Principal = Who) -> dict[str, Any]:
+        return control.show_asset(who, ref)
+
+    @app.get("/v1/assets/{ref}/lineage", tags=["assets"])
+    def lineage(
+        ref: str, direction: str = "up", depth: int | None = None, who: Principal = Who
+    ) -> dict[str, Any]:
+        return control.lineage(who, ref, direction, depth)
+
+    @app.get("/v1/runs", tags=["runs"])
+    def runs(
+        stage: str | None = None, status: str | None = None, who: Principal = Who
+    ) -> list[dict[str, Any]]:
+        return control.list_runs(who, stage, status)
+
+    @app.get("/v1/runs/{run_id}", tags=["runs"], summary="A run: config, metrics, lineage ids")
+    def run(run_id: str, who: Principal = Who) -> dict[str, Any]:
+        return control.show_run(who, run_id)
+
+    @app.get("/v1/evals/{ref}", tags=["evals"], summary="An eval's numbers (or a model's evals)")
+    def read_eval(ref: str, who: Principal = Who) -> dict[str, Any]:
+        return control.read_eval(who, ref)
+
+    @app.get("/v1/aliases", tags=["aliases"])
+    def aliases(who: Principal = Who) -> dict[str, str]:
+        return control.aliases(who)
+
+    @app.post("/v1/aliases/{alias}/promote", tags=["aliases"])
+    def promote(alias: str, body: PromoteRequest, who: Principal = Who) -> dict[str, Any]:
+        return control.promote(
+            who, body.model, alias, suite=body.suite, force=body.force, reason=body.reason
+        )
+
+    @app.post("/v1/aliases/{alias}/rollback", tags=["aliases"])
+    def rollback(alias: str, body: RollbackRequest, who: Principal = Who) -> dict[str, Any]:
+        return control.rollback(who, alias, body.reason)
+
+    @app.post("/v1/exports", tags=["aliases"], summary="Export a model (outside: needs approval)")
+    def export(body: ExportRequest, who: Principal = Who) -> dict[str, Any]:
+        return control.export(who, body.model, body.out, body.reason)
+
+    @app.get("/v1/approvals", tags=["approvals"])
+    def approvals(status: str | None = None, who: Principal = Who) -> list[dict[str, Any]]:
+        return control.list_approvals(who, status)
+
+    @app.post("/v1/approvals/{approval_id}/approve", tags=["approvals"])
+    def approve(approval_id: str, who: Principal = Who) -> dict[str, Any]:
+        return control.decide(who, approval_id, True)
+
+    @app.post("/v1/approvals/{approval_id}/deny", tags=["approvals"])
+    def deny(approval_id: str, body: DecisionRequest, who: Principal = Who) -> dict[str, Any]:
+        return control.decide(who, approval_id, False, body.reason)
+
+    return app
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+def serve_control(
+    workspace_root: str | Path | None, *, host: str = "127.0.0.1", port: int = 8100
+) -> None:
+    """Run the REST control plane until interrupted."""
+    import uvicorn
+
+    from forgeml.core.workspace import open_workspace
+
+    control = ControlPlane(open_workspace(workspace_root))
+    control.audit.append("control_server_started", host=host, port=port)
+    try:
+        uvicorn.run(create_control_app(control), host=host, port=port, log_level="warning")
+    finally:
+        control.audit.append("control_server_stopped")
+        control.close()

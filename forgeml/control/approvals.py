@@ -1,0 +1,199 @@
+"""Human approval of sensitive control-plane actions.
+
+An agent asking to move a production alias or to export a model outside the workspace gets
+a pending approval instead of the action; a human runs `forgeml approvals approve ID` (or
+`deny`), and only then is the action executed, as the requester, with the approver recorded.
+Every step goes to the hash-chained audit log.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from forgeml.control.tables import approvals
+from forgeml.core.errors import ForgeError, NotFoundError
+from forgeml.core.workspace import Workspace
+from forgeml.registry import Registry
+from forgeml.serve.audit import AuditLog
+
+PENDING, EXECUTED, FAILED, DENIED = "pending", "executed", "failed", "denied"
+# Aliases that serve production traffic: moving one is a sensitive action.
+PRODUCTION_ALIASES = frozenset({"champion", "production", "prod"})
+
+
+@dataclass(frozen=True)
+class Approval:
+    id: str
+    action: str
+    params: dict[str, Any]
+    requested_by: str
+    reason: str
+    status: str
+    created_at: datetime
+    decided_at: datetime | None
+    decided_by: str | None
+    result: dict[str, Any] | None
+    error: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _promote(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
+    from forgeml.pipeline.eval_suite_stage import promote
+
+    res = promote(
+        ws, p["model"], p["alias"], suite_path=p.get("suite"), data_root=p.get("data_root"),
+        force=bool(p.get("force")), reason=p.get("reason", ""), actor=actor,
+    )  # fmt: skip
+    return {"alias": res.alias, "asset_id": res.asset_id, "previous": res.previous}
+
+
+def _export(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
+    from forgeml.pipeline.interop import export_model
+
+    return {"path": str(export_model(ws, p["model"], Path(p["out"])))}
+
+
+# What an approved action runs: (workspace, params, actor) -> JSON-able result.
+EXECUTORS: dict[str, Callable[[Workspace, dict[str, Any], str], dict[str, Any]]] = {
+    "promote": _promote,
+    "export": _export,
+}
+
+
+def request_approval(
+    reg: Registry,
+    audit: AuditLog,
+    action: str,
+    params: dict[str, Any],
+    *,
+    requested_by: str,
+    reason: str = "",
+) -> Approval:
+    """Record a pending action for a human to approve or deny."""
+    if action not in EXECUTORS:
+        raise ForgeError(f"unknown action '{action}'", hint=f"one of {', '.join(EXECUTORS)}")
+    row = {
+        "id": f"apr-{int(time.time() * 1000):011x}{secrets.token_hex(3)}",
+        "action": action,
+        "params": dict(params),
+        "requested_by": requested_by,
+        "reason": reason,
+        "status": PENDING,
+        "created_at": _now(),
+        "decided_at": None,
+        "decided_by": None,
+        "result": None,
+        "error": None,
+    }
+    with reg.transaction(write=True) as s:
+        s.execute(insert(approvals).values(**row))
+    audit.append(
+        "approval_requested",
+        approval=row["id"],
+        action=action,
+        params=row["params"],
+        principal=requested_by,
+        reason=reason,
+    )
+    return Approval(**row)
+
+
+def get_approval(reg: Registry, ref: str) -> Approval:
+    with reg.transaction() as s:
+        rows = s.execute(select(approvals).where(approvals.c.id.startswith(ref))).mappings().all()
+    exact = [r for r in rows if r["id"] == ref]
+    if len(exact) != 1 and len(rows) != 1:
+        raise NotFoundError(f"unknown approval '{ref}'", hint="run `forgeml approvals list`")
+    return Approval(**(exact or rows)[0])
+
+
+def list_approvals(reg: Registry, status: str | None = None) -> list[Approval]:
+    with reg.transaction() as s:
+        q = select(approvals).order_by(approvals.c.created_at)
+        if status:
+            q = q.where(approvals.c.status == status)
+        return [Approval(**r) for r in s.execute(q).mappings().all()]
+
+
+def _claim(reg: Registry, ref: str, status: str, decided_by: str) -> Approval:
+    """Move a pending approval to `status` exactly once (two approvers cannot both run it)."""
+    target = get_approval(reg, ref)
+    with reg.transaction(write=True) as s:
+        done = s.execute(
+            update(approvals)
+            .where(approvals.c.id == target.id, approvals.c.status == PENDING)
+            .values(status=status, decided_at=_now(), decided_by=decided_by)
+        ).rowcount
+    if done != 1:
+        raise ForgeError(f"approval {target.id} is already {get_approval(reg, target.id).status}")
+    return get_approval(reg, target.id)
+
+
+def approve(
+    ws: Workspace, reg: Registry, audit: AuditLog, ref: str, *, decided_by: str
+) -> Approval:
+    """Approve and execute a pending action (as its requester, approver recorded)."""
+    pending = get_approval(reg, ref)
+    if pending.status == PENDING and decided_by == pending.requested_by:
+        raise ForgeError(
+            f"{decided_by} requested {pending.id} and cannot approve it",
+            hint="another person must approve",
+        )
+    claimed = _claim(reg, ref, "approving", decided_by)
+    audit.append(
+        "approval_approved",
+        approval=claimed.id,
+        action=claimed.action,
+        principal=decided_by,
+        requested_by=claimed.requested_by,
+    )
+    actor = f"{claimed.requested_by} (approved by {decided_by})"
+    try:
+        result, error, status = EXECUTORS[claimed.action](ws, claimed.params, actor), None, EXECUTED
+    except Exception as exc:  # the failure is recorded on the approval and audited
+        result, error, status = None, f"{type(exc).__name__}: {exc}"[:2000], FAILED
+    with reg.transaction(write=True) as s:
+        s.execute(
+            update(approvals)
+            .where(approvals.c.id == claimed.id)
+            .values(status=status, result=result, error=error)
+        )
+    audit.append(
+        f"approval_{status}",
+        approval=claimed.id,
+        action=claimed.action,
+        principal=actor,
+        result=result,
+        error=error,
+    )
+    return get_approval(reg, claimed.id)
+
+
+def deny(
+    reg: Registry, audit: AuditLog, ref: str, *, decided_by: str, reason: str = ""
+) -> Approval:
+    """Deny a pending action; it is never executed."""
+    denied = _claim(reg, ref, DENIED, decided_by)
+    audit.append(
+        "approval_denied",
+        approval=denied.id,
+        action=denied.action,
+        principal=decided_by,
+        requested_by=denied.requested_by,
+        reason=reason,
+    )
+    return denied

@@ -1,0 +1,336 @@
+"""The operations of the control plane, one method each, shared by the REST API and the MCP
+server (and, for the plain reads, by the CLI): every call names its principal, is checked
+against the principal's scopes, and every change is written to the audit log.
+
+Scopes travel as roles on the serving API keys (`forgeml keys create --role jobs:submit`);
+the `admin` role holds every scope, `agent` and `viewer` are bundles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from forgeml.control import approvals as approvals_mod
+from forgeml.control import jobs as jobs_mod
+from forgeml.control.budgets import get_budget, job_plan, record_plan, usage
+from forgeml.control.plan import JobPlan, plan_job
+from forgeml.core.errors import ForgeError, NotFoundError
+from forgeml.core.workspace import Workspace
+from forgeml.registry import Registry
+from forgeml.serve.audit import AuditLog, audit_log_path
+from forgeml.serve.keys import KeyStore, Principal
+
+SCOPES = (
+    "jobs:submit", "jobs:read", "jobs:cancel", "assets:read", "runs:read", "evals:read",
+    "aliases:write", "exports:write", "approvals:read", "approvals:decide",
+)  # fmt: skip
+ROLE_SCOPES = {
+    "agent": {"jobs:submit", "jobs:read", "jobs:cancel", "assets:read", "runs:read", "evals:read"},
+    "viewer": {"jobs:read", "assets:read", "runs:read", "evals:read", "approvals:read"},
+}
+
+
+class Forbidden(ForgeError):
+    """The principal lacks the scope for this operation."""
+
+
+class BudgetExceeded(ForgeError):
+    """A job's dry-run plan was refused; `plan` says why."""
+
+    def __init__(self, plan: JobPlan) -> None:
+        super().__init__("job refused: " + "; ".join(plan.refusals))
+        self.plan = plan
+
+
+def scopes_of(principal: Principal) -> set[str]:
+    if principal.is_admin:
+        return set(SCOPES)
+    held = {r for r in principal.roles if r in SCOPES}
+    for role in principal.roles:
+        held |= ROLE_SCOPES.get(role, set())
+    return held
+
+
+# -- plain functions the CLI calls too -------------------------------------------------------
+
+
+def asset_info(reg: Registry, ref: str) -> dict[str, Any]:
+    """One asset as JSON: metadata, files, and the run that made it."""
+    a = reg.get_asset(ref)
+    info: dict[str, Any] = {
+        "id": a.id,
+        "kind": a.kind,
+        "name": a.name,
+        "sha256": a.sha256,
+        "size_bytes": a.size_bytes,
+        "files": a.n_files,
+        "created_at": str(a.created_at),
+        "path": str(a.path),
+        "producer_run": a.producer_run,
+        "metadata": a.metadata,
+    }
+    if a.producer_run:
+        run = reg.get_run(a.producer_run)
+        info["run"] = {
+            "stage": run.stage,
+            "status": run.status,
+            "config_hash": run.config_hash,
+            "inputs": run.inputs,
+            "seed": run.seed,
+            "code_version": run.code_version,
+            "started_at": str(run.started_at),
+            "ended_at": str(run.ended_at),
+        }
+    return info
+
+
+def read_job_log(ws: Workspace, reg: Registry, ref: str, tail_chars: int | None = None) -> str:
+    """The log of a job's latest attempt (its last `tail_chars` characters if given)."""
+    from forgeml.control.worker import job_log_path
+
+    job = jobs_mod.get_job(reg, ref)
+    path = job_log_path(ws, job)
+    if job.attempts == 0 or not path.is_file():
+        raise ForgeError(f"job {job.id} has no log yet ({job.status})")
+    text = path.read_text(errors="replace")
+    return text[-tail_chars:] if tail_chars else text
+
+
+def absolute_job_args(args: list[str], base: Path | None = None) -> list[str]:
+    """Make arguments that name existing files absolute (workers may run elsewhere)."""
+    out = []
+    for a in args:
+        p = Path(a) if base is None or Path(a).is_absolute() else base / a
+        out.append(str(p.resolve()) if not a.startswith("-") and a and p.exists() else a)
+    return out
+
+
+def eval_record(reg: Registry, ref: str) -> dict[str, Any]:
+    """An eval asset's numbers: its metadata, results.json when it has one, and its run's
+    metrics. A model ref gives its newest evals (found downstream in the lineage)."""
+    asset = reg.get_asset(ref)
+    if asset.kind != "eval":
+        down = reg.lineage(asset.id, "down", max_depth=2)
+        evals = [n["id"] for n in down.nodes if n.get("kind") == "eval"]
+        if not evals:
+            raise NotFoundError(f"{asset.id} has no eval yet", hint="run `forgeml eval run`")
+        return {"model": asset.id, "evals": [eval_record(reg, e) for e in evals]}
+    out: dict[str, Any] = {"id": asset.id, "name": asset.name, "metadata": asset.metadata}
+    results = Path(asset.path) / "results.json"
+    if results.is_file():
+        out["results"] = json.loads(results.read_text())
+    if asset.producer_run:
+        run = reg.get_run(asset.producer_run)
+        out["stage"], out["metrics"], out["inputs"] = run.stage, run.metrics, run.inputs
+    return out
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+class ControlPlane:
+    """What an authenticated principal may do to a workspace (REST and MCP call this)."""
+
+    def __init__(self, ws: Workspace, reg: Registry | None = None) -> None:
+        from forgeml.pipeline.stages import open_registry
+
+        self.ws = ws
+        self.reg = reg or open_registry(ws)
+        self.keys = KeyStore(self.reg.engine)
+        self.audit = AuditLog(audit_log_path(ws.root))
+
+    def close(self) -> None:
+        self.reg.close()
+
+    def authenticate(self, key: str | None) -> Principal | None:
+        return self.keys.authenticate(key)
+
+    def require(self, who: Principal, scope: str) -> None:
+        if scope not in scopes_of(who):
+            raise Forbidden(f"this key lacks the '{scope}' scope")
+
+    def _audit(self, event: str, who: Principal, **fields: Any) -> None:
+        self.audit.append(event, principal=who.name, key_id=who.key_id, **fields)
+
+    # -- jobs ---------------------------------------------------------------------------
+
+    def _own_job(self, who: Principal, ref: str) -> jobs_mod.Job:
+        """A job the principal may see: its own (an admin sees all); others are not found."""
+        job = jobs_mod.get_job(self.reg, ref)
+        if not who.is_admin and job.submitted_by != who.name:
+            raise NotFoundError(f"unknown job '{ref}'", hint="list your jobs")
+        return job
+
+    def plan(self, who: Principal, args: list[str]) -> JobPlan:
+        self.require(who, "jobs:submit")
+        args = absolute_job_args(list(args), self.ws.root)
+        return plan_job(
+            self.ws, self.reg, args, principal=who.name, is_admin=who.is_admin,
+            clearance=who.clearance,
+        )  # fmt: skip
+
+    def submit_job(self, who: Principal, args: list[str], max_attempts: int = 3) -> dict[str, Any]:
+        """Plan, refuse if over budget, else queue; the plan is stored and charged."""
+        plan = self.plan(who, args)
+        if not plan.ok:
+            self._audit("job_refused", who, args=plan.args, refusals=plan.refusals)
+            raise BudgetExceeded(plan)
+        job = jobs_mod.submit_job(
+            self.reg, plan.args, submitted_by=who.name, max_attempts=max_attempts
+        )
+        record_plan(
+            self.reg, job.id, who.name, plan.device, plan.estimated_hours, _jsonable(plan.to_dict())
+        )
+        self._audit("job_submitted", who, job=job.id, args=plan.args, hours=plan.estimated_hours)
+        return {"job": self._job_dict(job), "plan": plan.to_dict()}
+
+    def _job_dict(self, job: jobs_mod.Job) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(job))
+
+    def list_jobs(self, who: Principal, status: str | None = None) -> list[dict[str, Any]]:
+        self.require(who, "jobs:read")
+        jobs = jobs_mod.list_jobs(self.reg, status)
+        return [self._job_dict(j) for j in jobs if who.is_admin or j.submitted_by == who.name]
+
+    def show_job(self, who: Principal, ref: str) -> dict[str, Any]:
+        self.require(who, "jobs:read")
+        job = self._own_job(who, ref)
+        return {**self._job_dict(job), "plan": job_plan(self.reg, job.id)}
+
+    def job_logs(self, who: Principal, ref: str, tail_chars: int | None = 20000) -> str:
+        self.require(who, "jobs:read")
+        return read_job_log(self.ws, self.reg, self._own_job(who, ref).id, tail_chars)
+
+    def cancel_job(self, who: Principal, ref: str) -> dict[str, Any]:
+        self.require(who, "jobs:cancel")
+        job = jobs_mod.cancel_job(self.reg, self._own_job(who, ref).id)
+        self._audit("job_cancelled", who, job=job.id, status=job.status)
+        return self._job_dict(job)
+
+    def budget(self, who: Principal) -> dict[str, Any]:
+        """The caller's own budget and what it has used (no scope needed)."""
+        budget = get_budget(self.reg, who.name)
+        used = usage(self.reg, who.name, budget.since if budget else None)
+        return {"budget": _jsonable(budget.to_dict()) if budget else None, "used": used.to_dict()}
+
+    # -- registry reads -----------------------------------------------------------------
+
+    def list_assets(self, who: Principal, kind: str | None = None) -> list[dict[str, Any]]:
+        self.require(who, "assets:read")
+        return [
+            {"id": a.id, "kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,
+             "created_at": str(a.created_at), "producer_run": a.producer_run}
+            for a in self.reg.list_assets(kind)
+        ]  # fmt: skip
+
+    def show_asset(self, who: Principal, ref: str) -> dict[str, Any]:
+        self.require(who, "assets:read")
+        return _jsonable(asset_info(self.reg, ref))
+
+    def lineage(
+        self, who: Principal, ref: str, direction: str = "up", depth: int | None = None
+    ) -> dict[str, Any]:
+        self.require(who, "assets:read")
+        if direction not in ("up", "down"):
+            raise ForgeError(f"direction must be up or down, got '{direction}'")
+        lin = self.reg.lineage(ref, direction, max_depth=depth)
+        return _jsonable(
+            {"root": lin.root, "direction": lin.direction, "nodes": lin.nodes, "edges": lin.edges}
+        )
+
+    def aliases(self, who: Principal) -> dict[str, str]:
+        self.require(who, "assets:read")
+        return self.reg.list_aliases()
+
+    def list_runs(
+        self, who: Principal, stage: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        self.require(who, "runs:read")
+        return [
+            {"id": r.id, "stage": r.stage, "status": r.status, "config_hash": r.config_hash,
+             "inputs": r.inputs, "outputs": r.outputs, "started_at": str(r.started_at),
+             "ended_at": str(r.ended_at)}
+            for r in self.reg.list_runs(stage=stage, status=status)
+        ]  # fmt: skip
+
+    def show_run(self, who: Principal, ref: str) -> dict[str, Any]:
+        self.require(who, "runs:read")
+        return _jsonable(dataclasses.asdict(self.reg.get_run(ref)))
+
+    def read_eval(self, who: Principal, ref: str) -> dict[str, Any]:
+        self.require(who, "evals:read")
+        return _jsonable(eval_record(self.reg, ref))
+
+    # -- alias moves and exports (sensitive ones wait for a human) ----------------------
+
+    def promote(
+        self,
+        who: Principal,
+        model: str,
+        alias: str,
+        *,
+        suite: str | None = None,
+        force: bool = False,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        self.require(who, "aliases:write")
+        model_id = self.reg.get_asset(model).id
+        params = {
+            "model": model_id,
+            "alias": alias,
+            "suite": suite,
+            "force": force,
+            "reason": reason,
+        }
+        if alias in approvals_mod.PRODUCTION_ALIASES:
+            pending = approvals_mod.request_approval(
+                self.reg, self.audit, "promote", params, requested_by=who.name, reason=reason
+            )
+            return {"status": "pending_approval", "approval": _jsonable(pending.to_dict())}
+        result = approvals_mod.EXECUTORS["promote"](self.ws, params, who.name)
+        self._audit("alias_promoted", who, **result)
+        return {"status": "done", **result}
+
+    def rollback(self, who: Principal, alias: str, reason: str = "") -> dict[str, Any]:
+        """Move an alias back (not gated: undoing a move is the safe direction)."""
+        from forgeml.pipeline.eval_suite_stage import rollback
+
+        self.require(who, "aliases:write")
+        target = rollback(self.ws, alias, reason=reason, actor=who.name)
+        self._audit("alias_rolled_back", who, alias=alias, asset_id=target, reason=reason)
+        return {"status": "done", "alias": alias, "asset_id": target}
+
+    def export(self, who: Principal, model: str, out: str, reason: str = "") -> dict[str, Any]:
+        self.require(who, "exports:write")
+        path = Path(out).expanduser()
+        path = (path if path.is_absolute() else self.ws.root / path).resolve()
+        params = {"model": self.reg.get_asset(model).id, "out": str(path)}
+        if not path.is_relative_to(self.ws.root):
+            pending = approvals_mod.request_approval(
+                self.reg, self.audit, "export", params, requested_by=who.name, reason=reason
+            )
+            return {"status": "pending_approval", "approval": _jsonable(pending.to_dict())}
+        result = approvals_mod.EXECUTORS["export"](self.ws, params, who.name)
+        self._audit("model_exported", who, **params)
+        return {"status": "done", **result}
+
+    # -- approvals ----------------------------------------------------------------------
+
+    def list_approvals(self, who: Principal, status: str | None = None) -> list[dict[str, Any]]:
+        """Pending and past approvals: all with approvals:read, else the caller's own."""
+        items = approvals_mod.list_approvals(self.reg, status)
+        if "approvals:read" not in scopes_of(who):
+            items = [a for a in items if a.requested_by == who.name]
+        return [_jsonable(a.to_dict()) for a in items]
+
+    def decide(self, who: Principal, ref: str, approve: bool, reason: str = "") -> dict[str, Any]:
+        self.require(who, "approvals:decide")
+        if approve:
+            done = approvals_mod.approve(self.ws, self.reg, self.audit, ref, decided_by=who.name)
+        else:
+            done = approvals_mod.deny(self.reg, self.audit, ref, decided_by=who.name, reason=reason)
+        return _jsonable(done.to_dict())

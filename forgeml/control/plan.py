@@ -1,0 +1,286 @@
+"""Dry-run plans: what a job will do and cost before it is queued.
+
+`plan_job` reads the command a job would run (a recipe's stages, or one stage), estimates
+each stage's time and the training memory (the preflight of forgeml.train.preflight), and
+checks it against the submitter's budget. A plan with refusals is not queued.
+
+Time is a rough model, stated so it can be checked: training costs ~6·N FLOPs per token
+plus 12·L·d·T for attention (Kaplan et al., "Scaling Laws for Neural Language Models",
+arXiv:2001.08361), evaluation 2·N per token, at an assumed sustained rate per device; data
+stages scale with the bytes of their sources.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forgeml.control.budgets import Budget, Usage, clearance_allows, get_budget, usage
+from forgeml.core.config import Recipe, load_recipe
+from forgeml.core.errors import ForgeError, NotFoundError
+from forgeml.core.workspace import Workspace
+from forgeml.registry import Registry
+
+# Sustained training/eval FLOP/s assumed per device kind (a small model on 2 AMX CPU cores
+# reaches a few GFLOP/s; one datacenter GPU a few hundred TFLOP/s at ~40% utilisation).
+DEVICE_FLOPS = {"cpu": 5e9, "gpu": 1e14}
+# Bytes per second of the data stages over their sources, plus a fixed start-up cost per
+# stage (a Python process importing torch and opening the registry).
+DATA_BYTES_PER_S = {"ingest": 20e6, "curate": 5e6, "tokenizer": 5e6, "pack": 5e6}
+STAGE_OVERHEAD_S = 3.0
+UNKNOWN_STAGE_S = 60.0  # a command this planner does not model
+
+# Commands an agent may queue; the rest (keys, budgets, approvals, promote, export, serve,
+# workers, ...) are the operator's, or go through the approval flow.
+AGENT_COMMANDS = {"data", "tokenizer", "train", "eval", "pipeline", "generate", "hpo", "synth"}
+RECIPE_COMMANDS = {("pipeline", "run"), ("train", "pretrain"), ("train", "cpt"), ("hpo",)}
+VALUE_OPTIONS = {
+    "--data", "--tokenizer", "--from", "--replay", "--json", "--out", "--suite", "--data-root",
+    "--trials", "--space", "--name", "--recipe", "--against", "--max-attempts", "--teacher",
+}  # fmt: skip
+OUTPUT_OPTIONS = {"--json", "--out"}
+
+
+@dataclass
+class StagePlan:
+    name: str
+    seconds: float
+    note: str = ""
+
+
+@dataclass
+class JobPlan:
+    """The dry run of one job: stages, estimates, the budget it is checked against, and the
+    reasons it is refused (empty when it may run)."""
+
+    args: list[str]
+    principal: str
+    device: str = "cpu"
+    stages: list[StagePlan] = field(default_factory=list)
+    estimated_hours: float = 0.0
+    peak_memory_bytes: int | None = None
+    available_memory_bytes: int | None = None
+    model_params: int | None = None
+    datasets: list[dict[str, Any]] = field(default_factory=list)
+    budget: dict[str, Any] | None = None
+    used: dict[str, Any] | None = None
+    refusals: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refusals
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps({**asdict(self), "ok": self.ok}, default=str))
+
+    def summary(self) -> str:
+        lines = [f"plan for `forgeml {' '.join(self.args)}` by {self.principal} ({self.device})"]
+        for s in self.stages:
+            lines.append(f"  {s.name:<12} ~{s.seconds:,.0f} s" + (f"  {s.note}" if s.note else ""))
+        lines.append(f"  total        ~{self.estimated_hours:.4f} {self.device}-hours")
+        if self.peak_memory_bytes is not None:
+            lines.append(f"  memory       ~{self.peak_memory_bytes / 2**30:.2f} GiB peak")
+        if self.model_params is not None:
+            lines.append(f"  model        {self.model_params:,} parameters")
+        if self.budget is not None and self.used is not None:
+            key = f"{self.device}_hours"
+            lines.append(
+                f"  budget       {self.used[key]:.4f} of {self.budget[key]} {self.device}-hours "
+                f"used; {self.used['active_jobs']} of {self.budget['max_concurrent_jobs']} jobs"
+            )
+        lines += [f"  REFUSED: {r}" for r in self.refusals] or ["  ok: within budget"]
+        return "\n".join(lines)
+
+
+def _split_args(args: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
+    """(positional args, dotted overrides, option values) of a forgeml command line."""
+    positional, overrides, options = [], [], {}
+    i = 0
+    while i < len(args):
+        tok = args[i]
+        if tok.startswith("--"):
+            name, eq, value = tok.partition("=")
+            if eq:
+                options[name] = value
+            elif name in VALUE_OPTIONS and i + 1 < len(args):
+                options[name] = args[i + 1]
+                i += 1
+            else:
+                options[name] = ""
+        elif "=" in tok and not tok.startswith("-"):
+            overrides.append(tok)
+        else:
+            positional.append(tok)
+        i += 1
+    return positional, overrides, options
+
+
+def _source_bytes(sources: list[str], cap: int = 100_000) -> int:
+    total, seen = 0, 0
+    for src in sources:
+        path = Path(src)
+        files = [path] if path.is_file() else path.rglob("*") if path.is_dir() else []
+        for f in files:
+            if seen >= cap:
+                return total
+            if f.is_file():
+                total += f.stat().st_size
+                seen += 1
+    return total
+
+
+def _recipe_stages(rec: Recipe, command: tuple[str, ...], trials: int, plan: JobPlan) -> None:
+    """Stages, time and memory of a recipe-driven command."""
+    from forgeml.core.runtime import pick_device
+    from forgeml.train.preflight import available_memory, check_fits, estimate_memory
+
+    device = pick_device(rec.train.device)
+    plan.device = "gpu" if device.startswith("cuda") else "cpu"
+    flops = DEVICE_FLOPS[plan.device]
+    if command in {("pipeline", "run"), ("hpo",)}:
+        nbytes = _source_bytes(rec.data.sources)
+        names = ["ingest"] + (["curate"] if rec.data.curate else []) + ["tokenizer", "pack"]
+        for name in names:
+            plan.stages.append(
+                StagePlan(
+                    name,
+                    STAGE_OVERHEAD_S + nbytes / DATA_BYTES_PER_S[name],
+                    f"{nbytes / 1e6:.1f} MB of sources",
+                )
+            )
+    model_cfg = rec.model.model_copy(
+        update={"vocab_size": rec.model.vocab_size or rec.tokenizer.vocab_size}
+    )
+    est = estimate_memory(model_cfg, rec.train, device=device)
+    plan.model_params = est.params
+    plan.peak_memory_bytes = est.total
+    plan.available_memory_bytes = available_memory(device)
+    try:
+        check_fits(est, plan.available_memory_bytes, model_cfg=model_cfg, train_cfg=rec.train)
+    except ForgeError as exc:
+        plan.refusals.append(f"memory: {exc}")
+    t = rec.train
+    tokens = t.max_steps * t.micro_batch_size * t.grad_accum_steps * t.seq_len
+    per_token = 6 * est.params + 12 * model_cfg.n_layers * model_cfg.dim * t.seq_len
+    evals = (t.max_steps // t.eval_every) if t.eval_every else 0
+    eval_tokens = evals * t.eval_batches * t.micro_batch_size * t.seq_len
+    train_s = (tokens * per_token + eval_tokens * 2 * est.params) / flops + STAGE_OVERHEAD_S
+    name = "cpt" if command == ("train", "cpt") else "pretrain"
+    note = f"{tokens:,} tokens, {est.params:,} params"
+    plan.stages.append(
+        StagePlan(name, train_s * trials, note + (f" × {trials} trials" if trials > 1 else ""))
+    )
+    if command == ("pipeline", "run"):
+        e = rec.eval
+        eval_s = e.max_batches * e.batch_size * (e.seq_len or t.seq_len) * 2 * est.params / flops
+        plan.stages.append(StagePlan("eval", STAGE_OVERHEAD_S + eval_s, "held-out perplexity"))
+        if any((Path(s) / "damaged" / "answers.json").is_file() for s in rec.data.sources):
+            gen = e.infill_examples * 64 * 2 * est.params / flops
+            plan.stages.append(StagePlan("infill-eval", STAGE_OVERHEAD_S + gen))
+        if rec.generate.prompts:
+            gen = len(rec.generate.prompts) * rec.generate.max_new_tokens * 2 * est.params / flops
+            plan.stages.append(StagePlan("generate", STAGE_OVERHEAD_S + gen))
+
+
+def _referenced_datasets(reg: Registry, tokens: list[str]) -> list[dict[str, Any]]:
+    """Dataset assets named anywhere on the command line, with their classification."""
+    found: dict[str, dict[str, Any]] = {}
+    for tok in tokens:
+        if not tok or "/" in tok or "=" in tok or tok.startswith("-"):
+            continue
+        try:
+            asset = reg.get_asset(tok)
+        except (NotFoundError, ForgeError):
+            continue
+        if asset.kind == "dataset":
+            label = asset.metadata.get("classification")
+            found[asset.id] = {"id": asset.id, "name": asset.name, "classification": label}
+    return list(found.values())
+
+
+def plan_job(
+    ws: Workspace,
+    reg: Registry,
+    args: list[str],
+    *,
+    principal: str,
+    is_admin: bool = False,
+    clearance: str | None = None,
+) -> JobPlan:
+    """The dry run of `forgeml ARGS...` for `principal`, refusals included (never raises for
+    an over-budget job: the caller decides; raises for a command that cannot be parsed)."""
+    plan = JobPlan(args=list(args), principal=principal)
+    if not args:
+        raise ForgeError("a job needs a command", hint="e.g. ['pipeline', 'run', 'recipe.yaml']")
+    if not is_admin and args[0] not in AGENT_COMMANDS:
+        plan.refusals.append(
+            f"'{args[0]}' cannot be queued through the control plane "
+            f"(allowed: {', '.join(sorted(AGENT_COMMANDS))})"
+        )
+        return plan
+    positional, overrides, options = _split_args(args)
+    command = (positional[0],) if positional[:1] == ["hpo"] else tuple(positional[:2])
+    for opt in OUTPUT_OPTIONS & options.keys():
+        out = Path(options[opt]).expanduser()
+        out = (out if out.is_absolute() else ws.root / out).resolve()
+        if not is_admin and not out.is_relative_to(ws.root):
+            plan.refusals.append(
+                f"{opt} {options[opt]} writes outside the workspace; "
+                "exports outside it need a human's approval (use the export action)"
+            )
+    if command in RECIPE_COMMANDS:
+        recipe = positional[1] if command == ("hpo",) else (positional[2:3] or [""])[0]
+        if not recipe:
+            raise ForgeError(f"`{' '.join(command)}` needs a recipe", hint="pass a recipe YAML")
+        rec = load_recipe(recipe, overrides)
+        trials = int(options.get("--trials") or 10) if command == ("hpo",) else 1
+        _recipe_stages(rec, command, trials, plan)
+    else:
+        plan.stages.append(StagePlan(" ".join(command), UNKNOWN_STAGE_S, "not modelled: default"))
+    plan.estimated_hours = sum(s.seconds for s in plan.stages) / 3600
+    plan.datasets = _referenced_datasets(reg, positional[1:] + list(options.values()))
+
+    budget = get_budget(reg, principal)
+    if budget is None and not is_admin:
+        plan.refusals.append(
+            f"principal '{principal}' has no budget; an operator sets one with "
+            f"`forgeml budgets set {principal} --cpu-hours H --max-jobs N`"
+        )
+        return plan
+    if budget is not None:
+        _check_budget(plan, budget, usage(reg, principal, budget.since), clearance)
+    return plan
+
+
+def _check_budget(plan: JobPlan, budget: Budget, used: Usage, key_clearance: str | None) -> None:
+    plan.budget, plan.used = budget.to_dict(), used.to_dict()
+    limit = budget.gpu_hours if plan.device == "gpu" else budget.cpu_hours
+    spent = used.gpu_hours if plan.device == "gpu" else used.cpu_hours
+    if limit is not None and spent + plan.estimated_hours > limit:
+        plan.refusals.append(
+            f"needs ~{plan.estimated_hours:.4f} {plan.device}-hours but only "
+            f"{max(0.0, limit - spent):.4f} of {limit} are left"
+        )
+    if budget.max_concurrent_jobs is not None and used.active_jobs >= budget.max_concurrent_jobs:
+        plan.refusals.append(
+            f"{used.active_jobs} jobs already queued or running "
+            f"(at most {budget.max_concurrent_jobs} at once)"
+        )
+    if (
+        budget.max_model_params is not None
+        and plan.model_params is not None
+        and plan.model_params > budget.max_model_params
+    ):
+        plan.refusals.append(
+            f"model has {plan.model_params:,} parameters, over the limit of "
+            f"{budget.max_model_params:,}"
+        )
+    clearance = budget.data_clearance or key_clearance
+    for ds in plan.datasets:
+        if not clearance_allows(clearance, ds["classification"]):
+            plan.refusals.append(
+                f"dataset {ds['id']} is {ds['classification'] or 'unlabelled (internal)'}; "
+                f"clearance {clearance or 'none'} does not cover it"
+            )

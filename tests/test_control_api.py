@@ -1,0 +1,216 @@
+"""REST control plane: real API keys, every auth path, jobs, registry reads, approvals, audit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from forgeml.control.api import create_control_app
+from forgeml.control.budgets import set_budget
+from forgeml.control.ops import ControlPlane
+from forgeml.serve.audit import audit_log_path, verify_audit_log
+from forgeml.serve.keys import create_api_key, revoke_api_key
+
+
+def _folder(path: Path, files: dict[str, str]) -> Path:
+    path.mkdir(parents=True)
+    for name, text in files.items():
+        (path / name).write_text(text)
+    return path
+
+
+@pytest.fixture
+def env(workspace, tmp_path):
+    control = ControlPlane(workspace)
+    reg = control.reg
+    data = reg.add_asset("dataset", "docs", _folder(tmp_path / "d", {"a.txt": "hello"}))
+    run = reg.start_run("pretrain", {"lr": 1e-3}, inputs=[data.id])
+    m1 = reg.add_asset("model", "m1", _folder(tmp_path / "m1", {"w": "1"}), run_id=run.id)
+    reg.finish_run(run.id, status="succeeded", outputs=[m1.id], metrics={"loss": 1.5})
+    m2 = reg.add_asset("model", "m2", _folder(tmp_path / "m2", {"w": "2"}))
+    ev_run = reg.start_run("eval", {"suite": "ppl"}, inputs=[m1.id])
+    ev = reg.add_asset(
+        "eval", "m1-eval", _folder(tmp_path / "e", {"results.json": '{"loss": 2.0}'}),
+        run_id=ev_run.id,
+    )  # fmt: skip
+    reg.finish_run(ev_run.id, status="succeeded", outputs=[ev.id], metrics={"perplexity": 7.4})
+    keys = {
+        name: create_api_key(workspace.root, name, roles=roles)[0]
+        for name, roles in {
+            "admin": ["admin"],
+            "bot": ["agent", "aliases:write", "exports:write"],
+            "reader": ["assets:read"],
+            "other": ["agent"],
+        }.items()
+    }
+    set_budget(reg, "bot", cpu_hours=1.0, max_concurrent_jobs=2)
+    set_budget(reg, "other", cpu_hours=1.0, max_concurrent_jobs=2)
+    client = TestClient(create_control_app(control))
+    yield {"client": client, "keys": keys, "m1": m1, "m2": m2, "ev": ev, "data": data}
+    control.close()
+
+
+def _h(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _audit(workspace) -> list[dict]:
+    lines = audit_log_path(workspace.root).read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_openapi_schema_lists_every_route(env) -> None:
+    schema = env["client"].get("/openapi.json").json()
+    paths = schema["paths"]
+    for p in ("/v1/jobs", "/v1/plan", "/v1/jobs/{job_id}/logs", "/v1/assets/{ref}/lineage",
+              "/v1/evals/{ref}", "/v1/aliases/{alias}/promote", "/v1/approvals/{approval_id}/approve"):  # fmt: skip
+        assert p in paths, p
+    assert "JobRequest" in schema["components"]["schemas"]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_auth_paths_401_403_without_leaking(env, workspace) -> None:
+    c, keys = env["client"], env["keys"]
+    bodies = []
+    for headers in ({}, _h("nonsense"), _h("fml_abcd_wrong"), _h(keys["bot"] + "x"),
+                    {"Authorization": f"Basic {keys['bot']}"}):  # fmt: skip
+        r = c.get("/v1/assets", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        bodies.append(r.json())
+    assert all(b == bodies[0] for b in bodies)  # the same answer whatever was wrong
+    revoke_api_key(workspace.root, keys["other"])
+    assert c.get("/v1/jobs", headers=_h(keys["other"])).status_code == 401
+    r = c.get("/v1/jobs", headers=_h(keys["reader"]))  # valid key, no jobs:read
+    assert r.status_code == 403 and r.json()["error"]["type"] == "forbidden"
+    assert c.get("/v1/assets", headers=_h(keys["reader"])).status_code == 200
+    assert c.get("/healthz").status_code == 200
+    events = [e["event"] for e in _audit(workspace)]
+    assert events.count("control_auth_denied") == 6 and "control_forbidden" in events
+    assert not any(keys["bot"].split("_")[2] in json.dumps(e) for e in _audit(workspace))
+
+
+def test_browse_assets_lineage_runs_evals(env) -> None:
+    c, h = env["client"], _h(env["keys"]["reader"])
+    ids = {a["id"] for a in c.get("/v1/assets", headers=h).json()}
+    assert {env["m1"].id, env["m2"].id, env["data"].id} <= ids
+    assert [a["name"] for a in c.get("/v1/assets?kind=eval", headers=h).json()] == ["m1-eval"]
+    shown = c.get("/v1/assets/m1", headers=h).json()
+    assert shown["id"] == env["m1"].id and shown["run"]["inputs"] == [env["data"].id]
+    lin = c.get(f"/v1/assets/{env['m1'].id}/lineage", headers=h).json()
+    assert env["data"].id in {n["id"] for n in lin["nodes"]}
+    down = c.get(f"/v1/assets/{env['data'].id}/lineage?direction=down", headers=h).json()
+    assert env["ev"].id in {n["id"] for n in down["nodes"]}
+    assert c.get("/v1/assets/nope", headers=h).status_code == 404
+    hb = _h(env["keys"]["bot"])
+    runs = c.get("/v1/runs?stage=pretrain", headers=hb).json()
+    assert len(runs) == 1 and runs[0]["outputs"] == [env["m1"].id]
+    assert c.get(f"/v1/runs/{runs[0]['id']}", headers=hb).json()["metrics"] == {"loss": 1.5}
+    ev = c.get("/v1/evals/m1-eval", headers=hb).json()
+    assert ev["results"] == {"loss": 2.0} and ev["metrics"] == {"perplexity": 7.4}
+    by_model = c.get("/v1/evals/m1", headers=hb).json()
+    assert by_model["evals"][0]["id"] == env["ev"].id
+    assert c.get("/v1/evals/m1", headers=h).status_code == 403  # reader lacks evals:read
+
+
+def test_jobs_submit_list_show_logs_cancel_per_principal(env, workspace) -> None:
+    c, hb, ho = env["client"], _h(env["keys"]["bot"]), _h(env["keys"]["other"])
+    plan = c.post("/v1/plan", json={"args": ["eval", "run", "m1"]}, headers=hb).json()
+    assert plan["ok"] and plan["stages"][0]["name"] == "eval run"
+    assert c.get("/v1/jobs", headers=hb).json() == []  # a plan queues nothing
+    r = c.post("/v1/jobs", json={"args": ["eval", "run", "m1"]}, headers=hb)
+    assert r.status_code == 200, r.text
+    job = r.json()["job"]
+    assert job["status"] == "queued" and job["submitted_by"] == "bot"
+    shown = c.get(f"/v1/jobs/{job['id']}", headers=hb).json()
+    assert shown["plan"]["principal"] == "bot" and shown["plan"]["ok"]
+    assert [j["id"] for j in c.get("/v1/jobs", headers=hb).json()] == [job["id"]]
+    # Another principal neither sees nor cancels it; the admin sees everything.
+    assert c.get("/v1/jobs", headers=ho).json() == []
+    assert c.get(f"/v1/jobs/{job['id']}", headers=ho).status_code == 404
+    assert c.post(f"/v1/jobs/{job['id']}/cancel", headers=ho).status_code == 404
+    assert len(c.get("/v1/jobs", headers=_h(env["keys"]["admin"])).json()) == 1
+    assert c.get(f"/v1/jobs/{job['id']}/logs", headers=hb).status_code == 400  # not run yet
+    assert c.post(f"/v1/jobs/{job['id']}/cancel", headers=hb).json()["status"] == "cancelled"
+    # Commands outside the agent set are refused with the reason, and audited.
+    r = c.post("/v1/jobs", json={"args": ["keys", "create", "--principal", "x"]}, headers=hb)
+    assert r.status_code == 403 and r.json()["error"]["type"] == "budget_exceeded"
+    assert "cannot be queued" in r.json()["error"]["message"]
+    r = c.post(
+        "/v1/jobs", json={"args": ["eval", "report", "e", "--out", "/tmp/x.html"]}, headers=hb
+    )
+    assert r.status_code == 403 and "outside the workspace" in r.json()["error"]["message"]
+    events = [(e["event"], e.get("principal")) for e in _audit(workspace)]
+    assert ("job_submitted", "bot") in events and ("job_cancelled", "bot") in events
+    assert events.count(("job_refused", "bot")) == 2
+
+
+def test_promote_production_alias_waits_for_approval(env, workspace) -> None:
+    c, hb, ha = env["client"], _h(env["keys"]["bot"]), _h(env["keys"]["admin"])
+    m1, m2 = env["m1"].id, env["m2"].id
+    # A non-production alias moves at once.
+    r = c.post("/v1/aliases/candidate/promote", json={"model": "m1"}, headers=hb).json()
+    assert r["status"] == "done" and c.get("/v1/aliases", headers=hb).json()["candidate"] == m1
+    # champion: a pending approval, nothing moves.
+    r = c.post("/v1/aliases/champion/promote", json={"model": "m1", "reason": "best"}, headers=hb)
+    pending = r.json()["approval"]
+    assert r.json()["status"] == "pending_approval" and pending["status"] == "pending"
+    assert "champion" not in c.get("/v1/aliases", headers=hb).json()
+    # The requester cannot decide (no scope), nor can an admin approve its own request.
+    assert c.post(f"/v1/approvals/{pending['id']}/approve", headers=hb).status_code == 403
+    approved = c.post(f"/v1/approvals/{pending['id']}/approve", headers=ha).json()
+    assert approved["status"] == "executed" and approved["decided_by"] == "admin"
+    assert c.get("/v1/aliases", headers=hb).json()["champion"] == m1
+    again = c.post(f"/v1/approvals/{pending['id']}/approve", headers=ha)
+    assert again.status_code == 400  # executed once only
+    # A second move of champion is denied: the alias stays.
+    r = c.post(
+        "/v1/aliases/champion/promote",
+        json={"model": "m2", "force": True, "reason": "try"},
+        headers=hb,
+    ).json()
+    denied = c.post(
+        f"/v1/approvals/{r['approval']['id']}/deny", json={"reason": "no"}, headers=ha
+    ).json()
+    assert denied["status"] == "denied"
+    assert c.get("/v1/aliases", headers=hb).json()["champion"] == m1
+    own = c.post("/v1/aliases/champion/promote", json={"model": "m2"}, headers=ha).json()
+    r = c.post(f"/v1/approvals/{own['approval']['id']}/approve", headers=ha)
+    assert r.status_code == 400 and "cannot approve" in r.json()["error"]["message"]
+    mine = c.get("/v1/approvals", headers=hb).json()
+    assert {a["status"] for a in mine} == {"executed", "denied"}  # only bot's own
+    # Rollback is direct (undoing a move is the safe direction).
+    r = c.post("/v1/aliases/candidate/promote", json={"model": "m2"}, headers=hb)
+    assert r.status_code == 400 and "needs a gate" in r.json()["error"]["message"]
+    body = {"model": "m2", "force": True, "reason": "manual"}
+    assert c.post("/v1/aliases/candidate/promote", json=body, headers=hb).json()["status"] == "done"
+    assert c.post("/v1/aliases/candidate/rollback", json={}, headers=hb).json()["asset_id"] == m1
+    assert m2 != m1
+    history = control_history(workspace, "champion")
+    assert [h["actor"] for h in history] == ["bot (approved by admin)"]
+    events = [e["event"] for e in _audit(workspace)]
+    for ev in ("approval_requested", "approval_approved", "approval_executed", "approval_denied",
+               "alias_promoted", "alias_rolled_back"):  # fmt: skip
+        assert ev in events, ev
+    assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
+
+
+def control_history(workspace, alias: str) -> list[dict]:
+    from forgeml.pipeline.stages import open_registry
+
+    return open_registry(workspace).alias_history(alias)
+
+
+def test_export_outside_workspace_needs_approval(env, workspace, tmp_path) -> None:
+    c, hb = env["client"], _h(env["keys"]["bot"])
+    r = c.post("/v1/exports", json={"model": "m1", "out": str(tmp_path / "out")}, headers=hb)
+    assert r.json()["status"] == "pending_approval"
+    assert not (tmp_path / "out").exists()
+    denied = c.post(
+        f"/v1/approvals/{r.json()['approval']['id']}/deny",
+        json={},
+        headers=_h(env["keys"]["admin"]),
+    ).json()
+    assert denied["status"] == "denied" and not (tmp_path / "out").exists()
