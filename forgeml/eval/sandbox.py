@@ -1,20 +1,69 @@
-"""Run generated Python against stdin/stdout test cases in a separate, time-limited process.
+"""Run generated Python against stdin/stdout test cases in a separate, limited process.
 
-Used by execution-verified code tasks (forgeml.eval.tasks `code_exec`). This is isolation
-from our process (fresh `python -I`, empty temp folder, timeout, capped output), not a
-security boundary: run untrusted models' code inside a container.
+Used by execution-verified eval tasks (forgeml.eval.tasks `code_exec`) and by the RL execution
+reward (forgeml.train.rewards). Each run gets a fresh `python -I` in its own session, an empty
+temp folder as cwd, rlimits on memory/CPU/file size, no network, and is killed (with every
+process it started) on timeout. This is isolation, not a security boundary: for hostile code
+add a container or VM around the whole job.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+import os
+import resource
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 MAX_OUTPUT_BYTES = 1 << 20
+
+Isolation = Literal["netns", "audit-hook"]
+
+# Fallback when network namespaces are unavailable: an audit hook (PEP 578) installed before
+# the program runs refuses every socket operation. It cannot be removed from Python code, but
+# native code (ctypes, C extensions) can still reach the network: a weaker guarantee.
+_NO_SOCKETS_HOOK = """
+def _forgeml_no_network(event, args):
+    if event.startswith("socket."):
+        raise PermissionError("network access is disabled in the forgeml sandbox")
+sys.addaudithook(_forgeml_no_network)
+"""
+
+_LAUNCHER = """
+import runpy, sys
+{hook}
+sys.argv = [{program!r}]
+runpy.run_path({program!r}, run_name="__main__")
+"""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Limits of one sandboxed run. `memory_mb` caps the address space (RLIMIT_AS), `file_mb`
+    every file the program writes, stdout included (RLIMIT_FSIZE); CPU time is capped at the
+    wall-clock timeout rounded up, as a backstop should the parent die."""
+
+    timeout_s: float = 10.0
+    memory_mb: int | None = 1024
+    file_mb: int = 16
+    network: bool = False
+    isolation: Isolation | None = None  # None: netns when available, else audit-hook
+
+    def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.memory_mb is not None and self.memory_mb < 32:
+            raise ValueError(
+                f"memory_mb must be >= 32 (Python needs it to start), got {self.memory_mb}"
+            )
 
 
 @dataclass(frozen=True)
@@ -24,38 +73,134 @@ class CaseResult:
     error: str | None = None
 
 
-def run_python(source: str, stdin: str = "", *, timeout_s: float = 10.0) -> CaseResult:
-    """Run `source` once in a fresh isolated interpreter; passed = exit status 0 in time."""
-    with tempfile.TemporaryDirectory(prefix="forgeml-sandbox-") as cwd:
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-I", "-c", source],
-                input=stdin,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                cwd=cwd,
-                env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"},
-            )
-        except subprocess.TimeoutExpired:
-            return CaseResult(False, "", f"timed out after {timeout_s:g}s")
-    out = proc.stdout[:MAX_OUTPUT_BYTES]
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
+@functools.cache
+def network_namespace_available() -> bool:
+    """True when `unshare -rn` can give a child its own empty network namespace (Linux with
+    unprivileged user namespaces, or root)."""
+    exe = shutil.which("unshare")
+    if exe is None:
+        return False
+    try:
+        return subprocess.run([exe, "-rn", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+def network_isolation(limits: SandboxLimits | None = None) -> Isolation | None:
+    """How the sandbox cuts the network for `limits`: 'netns' (own network namespace, no
+    interfaces up: nothing is reachable, not even loopback), 'audit-hook' (Python-level socket
+    block), or None when `limits.network` allows it."""
+    limits = limits or SandboxLimits()
+    if limits.network:
+        return None
+    if limits.isolation is not None:
+        return limits.isolation
+    return "netns" if network_namespace_available() else "audit-hook"
+
+
+def _set_limits(limits: SandboxLimits) -> None:
+    # Runs in the child between fork and exec: only async-signal-friendly work here.
+    if limits.memory_mb is not None:
+        size = limits.memory_mb << 20
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    fsize = limits.file_mb << 20
+    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    cpu = math.ceil(limits.timeout_s) + 1
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_python(
+    source: str,
+    stdin: str = "",
+    *,
+    timeout_s: float | None = None,
+    limits: SandboxLimits | None = None,
+) -> CaseResult:
+    """Run `source` once in a fresh sandboxed interpreter; passed = exit status 0 in time.
+
+    `timeout_s` overrides `limits.timeout_s`. On timeout the whole process group is killed
+    (children the program started included).
+    """
+    limits = limits or SandboxLimits()
+    if timeout_s is not None:
+        limits = SandboxLimits(
+            timeout_s=timeout_s, memory_mb=limits.memory_mb, file_mb=limits.file_mb,
+            network=limits.network, isolation=limits.isolation,
+        )  # fmt: skip
+    isolation = network_isolation(limits)
+    with tempfile.TemporaryDirectory(prefix="forgeml-sandbox-") as root:
+        base = Path(root)
+        cwd = base / "work"
+        cwd.mkdir()
+        program = base / "program.py"
+        program.write_text(source)
+        (base / "stdin").write_text(stdin)
+        launcher = _LAUNCHER.format(
+            hook=_NO_SOCKETS_HOOK if isolation == "audit-hook" else "", program=str(program)
+        )
+        cmd = [sys.executable, "-I", "-c", launcher]
+        if isolation == "netns":
+            cmd = [shutil.which("unshare") or "unshare", "-rn", *cmd]
+        env = {"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin", "HOME": str(cwd), "TMPDIR": str(cwd)}
+        with (
+            open(base / "stdin") as fin,
+            open(base / "stdout", "wb") as fout,
+            open(base / "stderr", "wb") as ferr,
+        ):
+            proc = subprocess.Popen(
+                cmd, stdin=fin, stdout=fout, stderr=ferr, cwd=cwd, env=env,
+                start_new_session=True, preexec_fn=lambda: _set_limits(limits),
+            )  # fmt: skip
+            try:
+                returncode = proc.wait(timeout=limits.timeout_s)
+            except subprocess.TimeoutExpired:
+                returncode = None
+            finally:
+                # Also reaps what the program left running in the background after exiting.
+                _kill_group(proc)
+                proc.wait()
+        out = _read_capped(base / "stdout")
+        err = _read_capped(base / "stderr")
+    if returncode is None:
+        return CaseResult(False, out, f"timed out after {limits.timeout_s:g}s (killed)")
+    if returncode != 0:
+        if returncode == -signal.SIGXFSZ:
+            return CaseResult(False, out, f"output over the {limits.file_mb} MiB file-size limit")
+        if returncode == -signal.SIGXCPU:
+            return CaseResult(False, out, "CPU time limit exceeded")
+        tail = err.strip().splitlines()[-1:] or [f"exit status {returncode}"]
         return CaseResult(False, out, tail[0][:500])
     return CaseResult(True, out)
 
 
+def _read_capped(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return fh.read(MAX_OUTPUT_BYTES).decode("utf-8", errors="replace")
+
+
 def score_io_cases(
-    source: str, cases: Sequence[dict[str, Any]], *, timeout_s: float = 10.0
+    source: str,
+    cases: Sequence[dict[str, Any]],
+    *,
+    timeout_s: float | None = None,
+    limits: SandboxLimits | None = None,
 ) -> tuple[float, list[CaseResult]]:
     """Fraction of cases `{"inputs": [...], "expected": [lines]}` whose stdout lines (inputs
-    fed one per line on stdin) equal `expected`, and each case's result."""
+    fed one per line on stdin) equal `expected`, and each case's result. One fresh sandboxed
+    process per case, so no state leaks between cases."""
     results = []
     passed = 0
     for case in cases:
         stdin = "".join(f"{v}\n" for v in case.get("inputs", []))
-        res = run_python(source, stdin, timeout_s=timeout_s)
+        res = run_python(source, stdin, timeout_s=timeout_s, limits=limits)
         ok = res.passed and res.stdout.splitlines() == [str(x) for x in case["expected"]]
         passed += ok
         results.append(CaseResult(ok, res.stdout, res.error))
