@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from forgeml.core.config import ModelConfig, Recipe, config_hash, load_recipe, s
 from forgeml.core.errors import ConfigError, ForgeError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
-from forgeml.models.hf_io import save_model
+from forgeml.models.hf_io import load_model, read_model_config, save_model
 from forgeml.models.moe import router_metrics
 from forgeml.models.parallelize import parallelize
 from forgeml.models.registry import build_model
@@ -42,7 +42,7 @@ from forgeml.train.preflight import preflight
 # which the checkpoint records, stays the same.
 RESULT_NEUTRAL_TRAIN_FIELDS = {
     "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
-    "compile", "device", "micro_batch_size", "grad_accum_steps",
+    "compile", "device", "micro_batch_size", "grad_accum_steps", "activation_checkpointing",
 }  # fmt: skip
 
 
@@ -113,23 +113,33 @@ def pretrain(
     tokenizer_dir: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
-    """Train `recipe.model` on `train_shards`; return a summary (losses, steps, tokens, ...)."""
+    """Train `recipe.model` on `train_shards`; return a summary (losses, steps, tokens, ...).
+
+    `on_eval(step, eval_loss)` is called after every evaluation, on every process (a
+    hyper-parameter search reports to its trial there; an exception it raises, such as a
+    pruned trial, stops the run after its last checkpoint).
+    """
     with _deterministic(pick_device(recipe.train.device) == "cpu"):
         return _pretrain(
-            recipe, Path(train_shards), Path(out_dir), eval_shards, tokenizer_dir, resume, progress
-        )
+            recipe, Path(train_shards), Path(out_dir), eval_shards, tokenizer_dir, resume,
+            progress, on_eval,
+        )  # fmt: skip
 
 
 def _pretrain(
     recipe: Recipe, train_shards: Path, out_dir: Path, eval_shards: Path | None,
     tokenizer_dir: Path | None, resume: bool, progress: bool,
+    on_eval: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     tcfg, ocfg = recipe.train, recipe.optim
     dist = init_distributed(tcfg.device)
     device = dist.device
     train_data = TokenShards(train_shards)
     eval_data = TokenShards(eval_shards) if eval_shards is not None else None
+    if tcfg.init_from:  # continued pre-training: the weights' architecture, not recipe.model
+        recipe = recipe.model_copy(update={"model": read_model_config(tcfg.init_from)})
     model_cfg = recipe.model.model_copy(
         update={"vocab_size": recipe.model.vocab_size or train_data.vocab_size}
     )
@@ -154,6 +164,8 @@ def _pretrain(
 
     seed_everything(tcfg.seed)
     model = build_model(model_cfg).to(device)
+    if tcfg.init_from and not resume:
+        model.load_state_dict(load_model(tcfg.init_from, device=device).state_dict())
     optimizer = build_optimizer(model, ocfg, device)
     global_batch = tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
     start_step, saved = 0, {}
@@ -189,7 +201,10 @@ def _pretrain(
 
     # Compilation and DDP wrap the plain model from outside; `model` stays the module whose
     # state is checkpointed, evaluated and exported.
-    train_model = parallelize(model, compile=tcfg.compile, ddp=dist.world_size > 1, device=device)
+    train_model = parallelize(
+        model, compile=tcfg.compile, ddp=dist.world_size > 1, device=device,
+        activation_checkpointing=tcfg.activation_checkpointing,
+    )  # fmt: skip
 
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
@@ -256,6 +271,8 @@ def _pretrain(
                     "elapsed": elapsed_before + time.perf_counter() - t_start,
                 },
             )  # fmt: skip
+        if evaluate and on_eval is not None:
+            on_eval(done, eval_loss)
     metrics.close()
     seconds = time.perf_counter() - t_start
     trained_tokens = (tcfg.max_steps - start_step) * tokens_per_step

@@ -1,0 +1,1 @@
+"""Hyper-parameter search over recipe fields (Optuna), each trial a registered run."""

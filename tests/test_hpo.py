@@ -1,0 +1,148 @@
+"""Hyper-parameter search: TPE finds a better learning rate than a bad default, ASHA prunes a
+falling-behind trial, trials are registered runs, the study lives in the registry database
+next to Alembic's tables, parallel trials run as jobs on two workers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+import yaml
+
+from forgeml.core.config import load_recipe, validate_recipe
+from forgeml.core.errors import ConfigError
+from forgeml.hpo.space import parse_space
+from forgeml.hpo.storage import study_storage
+from forgeml.hpo.study import run_hpo
+from forgeml.pipeline.stages import open_registry
+
+TINY = {
+    "name": "hpo-tiny",
+    "data": {"name": "notes", "heldout_fraction": 0.1},
+    "tokenizer": {"vocab_size": 300},
+    "model": {"dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64,
+              "max_seq_len": 64},
+    "optim": {"lr": 1e-6, "warmup_steps": 2, "schedule": "constant"},
+    "train": {"max_steps": 24, "micro_batch_size": 4, "seq_len": 32, "eval_every": 6,
+              "eval_batches": 2, "checkpoint_every": 0, "dtype": "fp32", "device": "cpu",
+              "log_every": 6, "seed": 3},
+    "eval": {"batch_size": 4},
+}  # fmt: skip
+
+LR_SPACE = {
+    "params": {"optim.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}},
+    "sampler": {"seed": 0, "n_startup_trials": 3},
+    "pruner": {"kind": "none"},
+}
+
+
+def tiny_recipe(folder: Path, **train):
+    raw = {**TINY, "data": {**TINY["data"], "sources": [str(folder)]}}
+    raw["train"] = {**TINY["train"], **train}
+    return validate_recipe(raw)
+
+
+def test_tpe_beats_a_bad_default_and_writes_the_best_recipe(workspace, text_folder, tmp_path):
+    recipe = tiny_recipe(text_folder)
+    out = tmp_path / "best.yaml"
+    result = run_hpo(workspace, recipe, parse_space(LR_SPACE), trials=4, out=out)
+
+    assert result.n_complete == 4 and result.n_pruned == 0
+    # lr 1e-6 barely moves the random init; the search finds a much lower held-out loss
+    assert result.baseline_value - result.best_value > 0.5, result
+    assert 1e-4 <= result.best_params["optim.lr"] <= 1e-1
+    lrs = [t["params"]["optim.lr"] for t in result.trials]
+    assert len(set(lrs)) == 4  # every trial sampled its own value
+
+    best = load_recipe(out)  # a recipe that loads and validates, with the best value in it
+    assert best.optim.lr == pytest.approx(result.best_params["optim.lr"])
+    assert best.model == recipe.model and best.train == recipe.train
+
+    # every trial is a registered pre-training run with lineage to the data
+    reg = open_registry(workspace)
+    runs = {r.id: r for r in reg.list_runs(stage="pretrain")}
+    for t in result.trials:
+        run = runs[t["run_id"]]
+        assert run.status == "succeeded"
+        assert run.config["hpo"] == {"study": result.study, "trial": t["number"]}
+        assert run.config["optim"]["lr"] == pytest.approx(t["params"]["optim.lr"])
+        model = reg.get_asset(t["model"])
+        assert model.metadata["hpo_trial"] == t["number"]
+        up = {n["id"] for n in reg.lineage(model.id, "up").nodes}
+        assert set(run.inputs) <= up
+    hpo_run = reg.get_run(result.run_id)
+    assert hpo_run.stage == "hpo" and hpo_run.metrics["best_model"] == result.best_model
+    summary = json.loads(Path(reg.get_asset(hpo_run.outputs[0]).path, "study.json").read_text())
+    assert summary["best_run"] == result.best_run
+
+    # the study is stored in the registry database, beside the registry's own tables
+    names = sa.inspect(reg.engine).get_table_names()
+    assert "hpo_journal" in names and "alembic_version" in names and "runs" in names
+    stored = optuna.load_study(study_name=result.study, storage=study_storage(workspace))
+    assert len(stored.trials) == 4 and stored.best_value == pytest.approx(result.best_value)
+    # the same search again is a cached run; asking for more trials continues the study
+    assert run_hpo(workspace, recipe, parse_space(LR_SPACE), trials=4).cached
+    more = run_hpo(workspace, recipe, parse_space(LR_SPACE), trials=5, baseline=False)
+    assert more.study == result.study and len(more.trials) == 5
+
+
+def test_asha_prunes_a_bad_trial(workspace, text_folder):
+    recipe = tiny_recipe(text_folder)
+    space = parse_space(
+        {**LR_SPACE, "pruner": {"kind": "asha", "min_resource": 6, "reduction_factor": 3}}
+    )
+    result = run_hpo(
+        workspace, recipe, space, trials=3, baseline=False,
+        first_trials=[{"optim.lr": 3e-2}, {"optim.lr": 2e-2}, {"optim.lr": 1e-4}],
+    )  # fmt: skip
+    by_lr = {t["params"]["optim.lr"]: t for t in result.trials}
+    bad = by_lr[1e-4]
+    assert bad["state"] == "pruned" and "pruned at step" in bad["reason"]
+    steps = [int(s) for s in bad["intermediate"]]
+    assert max(steps) < recipe.train.max_steps  # stopped early
+    assert by_lr[3e-2]["state"] == "complete"
+    assert result.n_pruned >= 1 and result.best_params["optim.lr"] in (3e-2, 2e-2)
+    run = open_registry(workspace).get_run(bad["run_id"])
+    assert run.status == "failed" and "TrialPruned" in run.error
+
+
+def test_space_errors_are_clear(workspace, text_folder):
+    recipe = tiny_recipe(text_folder)
+    with pytest.raises(ConfigError, match="optim.learning_rate' is not a recipe field"):
+        run_hpo(workspace, recipe, parse_space({"params": {
+            "optim.learning_rate": {"type": "float", "low": 0.1, "high": 1.0}}}), trials=1)  # fmt: skip
+    with pytest.raises(ConfigError, match="low"):
+        parse_space({"params": {"optim.lr": {"type": "float", "low": 1.0, "high": 0.1}}})
+    with pytest.raises(ConfigError, match="optim.lr"):  # lr must be > 0: caught before trials
+        run_hpo(workspace, recipe, parse_space({"params": {
+            "optim.lr": {"type": "categorical", "choices": [0.01, -1.0]}}}), trials=1)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_parallel_trials_run_as_jobs_on_two_workers(workspace, text_folder, tmp_path):
+    from forgeml.control.jobs import list_jobs
+
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(tiny_recipe(text_folder).model_dump(mode="json")))
+    space_path = tmp_path / "space.yaml"
+    space_path.write_text(yaml.safe_dump(LR_SPACE))
+    from typer.testing import CliRunner
+
+    from forgeml.cli import app
+
+    out = tmp_path / "best.yaml"
+    res = CliRunner().invoke(app, [
+        "-q", "-w", str(workspace.root), "hpo", str(recipe_path), "--space", str(space_path),
+        "--trials", "4", "--parallel", "2", "--no-baseline", "--out", str(out),
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    jobs = [j for j in list_jobs(open_registry(workspace)) if j.args[0] == "hpo-trial"]
+    assert len(jobs) == 4 and all(j.status == "succeeded" for j in jobs)
+    assert len({j.worker for j in jobs}) == 2
+    stored = optuna.load_study(study_name=jobs[0].args[1], storage=study_storage(workspace))
+    assert len(stored.trials) == 4
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in stored.trials) >= 1
+    assert load_recipe(out).optim.lr == pytest.approx(stored.best_params["optim.lr"])
