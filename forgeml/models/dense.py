@@ -103,6 +103,28 @@ def attention_mask(
     return mask
 
 
+def packed_rope_and_mask(
+    doc_ids: torch.Tensor, head_dim: int, theta: float, window: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RoPE tables and attention mask for rows packing several documents (SFT packing).
+
+    doc_ids [B, T]: the document of each token, each document one contiguous run. Positions
+    restart at 0 at every document start and the mask is block-diagonal causal (a token sees
+    only earlier tokens of its own document), so a packed example computes exactly what it
+    computes alone. Returns cos/sin [B, T, 1, D] and a boolean mask [B, 1, T, T].
+    """
+    bsz, seq = doc_ids.shape
+    idx = torch.arange(seq, device=doc_ids.device).expand(bsz, seq)
+    starts = torch.ones_like(doc_ids, dtype=torch.bool)
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    positions = idx - torch.where(starts, idx, 0).cummax(dim=1).values
+    cos, sin = rope_cos_sin(positions.reshape(-1), head_dim, theta)
+    mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & attention_mask(
+        0, seq, seq, window, doc_ids.device
+    )
+    return cos.view(bsz, seq, 1, -1), sin.view(bsz, seq, 1, -1), mask[:, None]
+
+
 class Attention(nn.Module):
     """Grouped-query attention (Ainslie et al., arXiv:2305.13245) with fused q/k/v projection."""
 
@@ -284,11 +306,14 @@ class Transformer(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, V] (fp32), or the mean cross-entropy if `targets` given.
 
         With `kv_cache`, idx holds positions start_pos..start_pos+T-1 and their keys/values
-        are written into the cache; earlier positions are read from it.
+        are written into the cache; earlier positions are read from it. `doc_ids` [B, T]
+        marks packed documents: each attends only within itself, from position 0
+        (`packed_rope_and_mask`).
         """
         seq = idx.shape[1]
         end = start_pos + seq
@@ -302,6 +327,12 @@ class Transformer(nn.Module):
         needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
         if needs_mask or (kv_cache is None and window is not None and seq > window):
             mask = attention_mask(start_pos, seq, end, window, idx.device)
+        if doc_ids is not None:
+            if kv_cache is not None:
+                raise ValueError("doc_ids (packed documents) cannot be used with a kv cache")
+            cos, sin, mask = packed_rope_and_mask(
+                doc_ids, self.head_dim, self.cfg.rope_theta, window
+            )
         h = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None

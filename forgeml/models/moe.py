@@ -24,6 +24,7 @@ from forgeml.models.dense import (
     Transformer,
     attention_mask,
     cross_entropy_loss,
+    packed_rope_and_mask,
     per_row_rope_and_mask,
     rope_cos_sin,
 )
@@ -335,8 +336,10 @@ class MoETransformer(nn.Module):
         *,
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """idx [B, T] -> logits [B, T, V] (fp32), or the mean loss if `targets` given."""
+        """idx [B, T] -> logits [B, T, V] (fp32), or the mean loss if `targets` given;
+        `doc_ids` [B, T] marks packed documents, as in the dense model."""
         seq = idx.shape[1]
         end = start_pos + seq
         if kv_cache is not None and end > kv_cache.max_len:
@@ -349,6 +352,12 @@ class MoETransformer(nn.Module):
         needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
         if needs_mask or (kv_cache is None and window is not None and seq > window):
             mask = attention_mask(start_pos, seq, end, window, idx.device)
+        if doc_ids is not None:
+            if kv_cache is not None:
+                raise ValueError("doc_ids (packed documents) cannot be used with a kv cache")
+            cos, sin, mask = packed_rope_and_mask(
+                doc_ids, self.head_dim, self.cfg.rope_theta, window
+            )
         h = self.tok_embeddings(idx)
         routings = []
         for i, layer in enumerate(self.layers):
