@@ -1,3 +1,214 @@
-"""CLI commands for control (registered on the apps of forgeml.cli)."""
+"""CLI commands for the control plane (registered on the apps of forgeml.cli): `control serve`,
+`mcp`, `approvals {list,approve,deny}`, `budgets {set,show,list,remove}` and `plan`."""
 
 from __future__ import annotations
+
+import getpass
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from forgeml.cli import _ws, app, console
+
+control_app = typer.Typer(help="The REST control plane for agents.", no_args_is_help=True)
+approvals_app = typer.Typer(
+    help="Approve or deny sensitive actions agents asked for.", no_args_is_help=True
+)
+budgets_app = typer.Typer(help="Per-principal budgets for agents.", no_args_is_help=True)
+app.add_typer(control_app, name="control")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(budgets_app, name="budgets")
+
+
+def _human(name: str | None) -> str:
+    return name or f"cli:{getpass.getuser()}"
+
+
+@control_app.command("serve")
+def control_serve(
+    host: Annotated[str, typer.Option(help="Bind address (loopback unless you say so).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option()] = 8100,
+) -> None:
+    """REST control plane (OpenAPI at /openapi.json, docs at /docs) behind API keys."""
+    from forgeml.control.api import serve_control
+
+    serve_control(_ws().root, host=host, port=port)
+
+
+@app.command("mcp")
+def mcp_cmd(
+    http: Annotated[bool, typer.Option(help="Streamable HTTP at /mcp instead of stdio.")] = False,
+    host: Annotated[str, typer.Option(help="--http: bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="--http: port.")] = 8200,
+) -> None:
+    """MCP server for agents: stdio with the key in $FORGEML_API_KEY, or --http with
+    `Authorization: Bearer` keys."""
+    from forgeml.control.mcp_server import run_mcp
+
+    run_mcp(_ws().root, http=http, host=host, port=port)
+
+
+@app.command("plan", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def plan_cmd(
+    args: Annotated[list[str], typer.Argument(help="The forgeml command, after `--`.")],
+    principal: Annotated[
+        str | None, typer.Option(help="Check against this principal's budget.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Dry-run plan of a job: stages, time, memory, and its cost against a budget."""
+    from forgeml.control.ops import absolute_job_args
+    from forgeml.control.plan import plan_job
+    from forgeml.pipeline.stages import open_registry
+
+    ws = _ws()
+    plan = plan_job(
+        ws, open_registry(ws), absolute_job_args(args), principal=principal or _human(None),
+        is_admin=principal is None,
+    )  # fmt: skip
+    if json_out:
+        console.print_json(json.dumps(plan.to_dict()))
+    else:
+        console.print(plan.summary(), markup=False, highlight=False)
+    if not plan.ok:
+        raise typer.Exit(1)
+
+
+@approvals_app.command("list")
+def approvals_list(
+    status: Annotated[str | None, typer.Option(help="pending, executed, failed, denied.")] = None,
+) -> None:
+    """List approvals (pending first in `--status pending`)."""
+    from forgeml.control.approvals import list_approvals
+    from forgeml.pipeline.stages import open_registry
+
+    table = Table()
+    for col in ("id", "status", "action", "params", "requested by", "reason", "decided by"):
+        table.add_column(col, overflow="fold")
+    for a in list_approvals(open_registry(_ws()), status):
+        table.add_row(
+            a.id, a.status, a.action, json.dumps(a.params), a.requested_by, a.reason,
+            a.decided_by or "-",
+        )  # fmt: skip
+    console.print(table)
+
+
+@approvals_app.command("approve")
+def approvals_approve(
+    ref: Annotated[str, typer.Argument(help="Approval id (or unique prefix).")],
+    as_name: Annotated[str | None, typer.Option("--as", help="Approver (default: you).")] = None,
+) -> None:
+    """Approve a pending action and execute it now."""
+    from forgeml.control.approvals import approve
+    from forgeml.pipeline.stages import open_registry
+    from forgeml.serve.audit import AuditLog, audit_log_path
+
+    ws = _ws()
+    done = approve(
+        ws, open_registry(ws), AuditLog(audit_log_path(ws.root)), ref, decided_by=_human(as_name)
+    )
+    console.print(f"{done.id}: {done.status}", highlight=False)
+    if done.result:
+        console.print_json(json.dumps(done.result, default=str))
+    if done.error:
+        console.print(f"error: {done.error}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+@approvals_app.command("deny")
+def approvals_deny(
+    ref: Annotated[str, typer.Argument(help="Approval id (or unique prefix).")],
+    reason: Annotated[str, typer.Option(help="Why (audited).")] = "",
+    as_name: Annotated[str | None, typer.Option("--as", help="Who denies (default: you).")] = None,
+) -> None:
+    """Deny a pending action; it is never executed."""
+    from forgeml.control.approvals import deny
+    from forgeml.pipeline.stages import open_registry
+    from forgeml.serve.audit import AuditLog, audit_log_path
+
+    ws = _ws()
+    done = deny(
+        open_registry(ws), AuditLog(audit_log_path(ws.root)), ref, decided_by=_human(as_name),
+        reason=reason,
+    )  # fmt: skip
+    console.print(f"{done.id}: {done.status}", highlight=False)
+
+
+@budgets_app.command("set")
+def budgets_set(
+    principal: Annotated[str, typer.Argument(help="The key principal the budget is for.")],
+    cpu_hours: Annotated[float | None, typer.Option(help="CPU-hours (none: no limit).")] = None,
+    gpu_hours: Annotated[float | None, typer.Option(help="GPU-hours (none: no limit).")] = None,
+    max_jobs: Annotated[int | None, typer.Option(help="Jobs queued or running at once.")] = None,
+    max_params: Annotated[int | None, typer.Option(help="Largest model, in parameters.")] = None,
+    clearance: Annotated[
+        str | None, typer.Option(help="Most sensitive dataset label it may use.")
+    ] = None,
+    reset: Annotated[bool, typer.Option(help="Count used hours from now.")] = False,
+) -> None:
+    """Create or replace a principal's budget (audited)."""
+    from forgeml.control.budgets import set_budget
+    from forgeml.pipeline.stages import open_registry
+    from forgeml.serve.audit import AuditLog, audit_log_path
+
+    ws = _ws()
+    actor = _human(None)
+    budget = set_budget(
+        open_registry(ws), principal, cpu_hours=cpu_hours, gpu_hours=gpu_hours,
+        max_concurrent_jobs=max_jobs, max_model_params=max_params, data_clearance=clearance,
+        reset_usage=reset, actor=actor,
+    )  # fmt: skip
+    AuditLog(audit_log_path(ws.root)).append(
+        "budget_set", principal=actor, budget=json.loads(json.dumps(budget.to_dict(), default=str))
+    )
+    console.print_json(json.dumps(budget.to_dict(), default=str))
+
+
+@budgets_app.command("show")
+def budgets_show(principal: Annotated[str, typer.Argument(help="Key principal.")]) -> None:
+    """A principal's budget and the hours and jobs it has used."""
+    from forgeml.control.budgets import get_budget, usage
+    from forgeml.pipeline.stages import open_registry
+
+    reg = open_registry(_ws())
+    budget = get_budget(reg, principal)
+    used = usage(reg, principal, budget.since if budget else None)
+    out = {"budget": budget.to_dict() if budget else None, "used": used.to_dict()}
+    console.print_json(json.dumps(out, default=str))
+
+
+@budgets_app.command("list")
+def budgets_list() -> None:
+    """Every budget."""
+    from forgeml.control.budgets import list_budgets
+    from forgeml.pipeline.stages import open_registry
+
+    table = Table()
+    for col in ("principal", "cpu h", "gpu h", "jobs", "params", "clearance", "since"):
+        table.add_column(col)
+    for b in list_budgets(open_registry(_ws())):
+        table.add_row(
+            b.principal, *(str(v) if v is not None else "-" for v in (
+                b.cpu_hours, b.gpu_hours, b.max_concurrent_jobs, b.max_model_params,
+                b.data_clearance)), str(b.since)[:19],
+        )  # fmt: skip
+    console.print(table)
+
+
+@budgets_app.command("remove")
+def budgets_remove(principal: Annotated[str, typer.Argument(help="Key principal.")]) -> None:
+    """Remove a budget (the principal can then submit no jobs, unless it is an admin)."""
+    from forgeml.control.budgets import remove_budget
+    from forgeml.pipeline.stages import open_registry
+    from forgeml.serve.audit import AuditLog, audit_log_path
+
+    ws = _ws()
+    remove_budget(open_registry(ws), principal)
+    AuditLog(audit_log_path(ws.root)).append(
+        "budget_removed", principal=_human(None), budget_of=principal
+    )
+    console.print(f"removed the budget of {principal}")
