@@ -1,0 +1,322 @@
+"""Reinforcement learning with GRPO (Shao et al., DeepSeekMath, arXiv:2402.03300) against
+reward plugins (forgeml.train.rewards), starting from a model folder and a prompts JSONL.
+
+One readable loop: per step, take the next prompts, sample a group of completions per prompt
+with the kv cache, score them, normalise rewards per group into advantages, then take the
+clipped policy-gradient step(s) with a k3 KL penalty to the frozen base model. Checkpoints
+resume exactly. out_dir: checkpoints/, metrics.jsonl, model/, summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from forgeml.core.config import Recipe, config_hash, save_resolved
+from forgeml.core.errors import DataError, NotFoundError
+from forgeml.core.io import atomic_write_text
+from forgeml.core.runtime import autocast, pick_device, seed_everything
+from forgeml.models.hf_io import load_model, save_model
+from forgeml.models.sampling import filter_logits
+from forgeml.tokenizer.chat import EOS, render_chat
+from forgeml.tokenizer.train import load_tokenizer
+from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.metrics import MetricsLogger
+from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.pretrain import RESULT_NEUTRAL_TRAIN_FIELDS, _check_same_run, _deterministic
+from forgeml.train.rewards import RewardPlugin, build_rewards, score_completions
+from forgeml.train.rl_losses import LOSSES, group_advantages, token_logps
+
+RESULT_NEUTRAL_RL_FIELDS = {"micro_batch_size"}
+
+
+@dataclass(frozen=True)
+class RLPrompt:
+    text: str  # what the model continues (chat-rendered when the record has messages)
+    metadata: dict[str, Any]  # every other field of the record, passed to reward plugins
+
+
+def load_prompts(path: Path, prompt_format: str = "raw") -> list[RLPrompt]:
+    """Records `{"prompt": str, ...}` or `{"messages": [...], ...}` from a JSONL file."""
+    if not Path(path).is_file():
+        raise NotFoundError(f"prompts file not found: {path}", hint="pass a JSONL file")
+    prompts = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not ("prompt" in record or "messages" in record):
+            raise DataError(
+                f"{path}:{n}: a record needs a 'prompt' string or 'messages' list",
+                hint='write e.g. {"prompt": "Translate ...", "tests": [...]}',
+            )
+        meta = {k: v for k, v in record.items() if k not in ("prompt", "messages")}
+        if "messages" in record:
+            text = render_chat(record["messages"], add_generation_prompt=True)
+        elif prompt_format == "chat":
+            text = render_chat([{"role": "user", "content": record["prompt"]}], True)
+        else:
+            text = record["prompt"]
+        if not isinstance(text, str) or not text:
+            raise DataError(f"{path}:{n}: the prompt is empty", hint="give every record a prompt")
+        prompts.append(RLPrompt(text, meta))
+    if not prompts:
+        raise DataError(f"{path} has no prompts", hint="one JSON record per line")
+    return prompts
+
+
+def prompts_for_step(n_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
+    """Indices of step `step`'s prompts: a seeded shuffle per epoch, read in order. A pure
+    function of the step, so a resumed run sees exactly the prompts it would have seen."""
+    out = []
+    for pos in range(step * per_step, (step + 1) * per_step):
+        epoch, i = divmod(pos, n_prompts)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.append(int(torch.randperm(n_prompts, generator=gen)[i]))
+    return out
+
+
+@torch.inference_mode()
+def sample_group(
+    model: nn.Module, prompt_ids: list[int], n: int, *, max_new_tokens: int, eos_id: int,
+    temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator,
+    device: str, dtype: str,
+) -> list[list[int]]:  # fmt: skip
+    """`n` sampled completions of one prompt, decoded together as one batch with the kv cache
+    (prefill once, then one token per step for all rows). Each keeps its EOS when it made one."""
+    steps = min(max_new_tokens, model.cfg.max_seq_len - len(prompt_ids))
+    if steps < 1:
+        raise DataError(
+            f"a prompt of {len(prompt_ids)} tokens leaves no room in the model's context "
+            f"({model.cfg.max_seq_len})",
+            hint="shorten the prompts",
+        )
+    cache = model.new_kv_cache(n, len(prompt_ids) + steps, device=device)
+    out = torch.empty(n, steps, dtype=torch.long, device=device)
+    done = torch.zeros(n, dtype=torch.bool, device=device)
+    with autocast(device, dtype):
+        idx = torch.tensor([prompt_ids] * n, device=device)
+        logits = model(idx, kv_cache=cache, start_pos=0)[:, -1]
+        for t in range(steps):
+            scaled = logits.float() / temperature
+            if top_k is not None or top_p is not None:
+                scaled = torch.stack(
+                    [filter_logits(row, top_k=top_k, top_p=top_p) for row in scaled]
+                )
+            token = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
+            out[:, t] = token
+            done |= token == eos_id
+            if bool(done.all()) or t + 1 == steps:
+                break
+            logits = model(token[:, None], kv_cache=cache, start_pos=len(prompt_ids) + t)[:, -1]
+    rows = []
+    for row in out[:, : t + 1].tolist():
+        rows.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+    return rows
+
+
+def sequence_logps(
+    model: nn.Module, prompt_lens: list[int], sequences: list[list[int]], device: str, dtype: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of each sequence's completion tokens and their mask: [B, T-1] each
+    (right-padded; position t scores token t+1)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), width, dtype=torch.long)
+    mask = torch.zeros(len(sequences), width - 1)
+    for i, (plen, seq) in enumerate(zip(prompt_lens, sequences, strict=True)):
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, plen - 1 : len(seq) - 1] = 1.0
+    ids, mask = ids.to(device), mask.to(device)
+    with autocast(device, dtype):
+        logits = model(ids[:, :-1])
+    return token_logps(logits, ids[:, 1:]), mask
+
+
+def results_config(recipe: Recipe) -> dict[str, Any]:
+    """The part of a recipe that decides the trained weights (hashed into checkpoints)."""
+    return {
+        "optim": recipe.optim.model_dump(mode="json"),
+        "train": recipe.train.model_dump(mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS),
+        "rl": recipe.rl.model_dump(mode="json", exclude=RESULT_NEUTRAL_RL_FIELDS),
+    }
+
+
+def train_rl(
+    recipe: Recipe, *, base_model: Path, prompts: Path, out_dir: Path, resume: bool = False,
+    rewards: list[RewardPlugin] | None = None, workspace: Any = None, progress: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """GRPO-train the model in `base_model` (a model folder with its tokenizer) on the
+    prompts JSONL; `rewards` defaults to the plugins of `recipe.rl.rewards`."""
+    device = pick_device(recipe.train.device)
+    with _deterministic(device == "cpu"):
+        return _train_rl(
+            recipe, Path(base_model), Path(prompts), Path(out_dir), resume,
+            rewards or build_rewards(recipe.rl.rewards, workspace), device, progress,
+        )  # fmt: skip
+
+
+def _train_rl(
+    recipe: Recipe, base_model: Path, prompts_path: Path, out_dir: Path, resume: bool,
+    rewards: list[RewardPlugin], device: str, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    rcfg, tcfg, ocfg = recipe.rl, recipe.train, recipe.optim
+    tok = load_tokenizer(base_model)
+    eos_id = tok.token_to_id(EOS)
+    if eos_id is None:
+        raise DataError(f"{base_model}: the tokenizer has no {EOS}", hint="use a forgeml tokenizer")
+    records = load_prompts(prompts_path, rcfg.prompt_format)
+    encoded = [tok.encode(p.text, add_special_tokens=False).ids for p in records]
+    run_config = results_config(recipe)
+    ckpt_dir = out_dir / "checkpoints"
+
+    seed_everything(tcfg.seed)
+    model = load_model(base_model, device=device)
+    # The reference is the frozen starting policy; with kl_coef 0 it is never needed.
+    reference = load_model(base_model, device=device).eval() if rcfg.kl_coef > 0 else None
+    if reference is not None:
+        reference.requires_grad_(False)
+    optimizer = build_optimizer(model, ocfg, device)
+    start_step, saved = 0, {}
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise NotFoundError(
+                f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume"
+            )
+        state = load_checkpoint(path, model=model, optimizer=optimizer)
+        saved = state["extra"]
+        _check_same_run(saved, run_config, path)
+        start_step = state["step"]
+    loss_fn = LOSSES["grpo"]
+    metrics = MetricsLogger(
+        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=False,
+        resume_step=start_step if resume else None,
+    )  # fmt: skip
+    elapsed_before = saved.get("elapsed", 0.0)
+    t_start = time.perf_counter()
+    record: dict[str, Any] = saved.get("last_record", {})
+    G = rcfg.group_size
+    for step in range(start_step, tcfg.max_steps):
+        t_step = time.perf_counter()
+        lr = lr_at(step, tcfg.max_steps, ocfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+        # 1. Sample G completions per prompt from the current policy (seeded per step).
+        model.eval()
+        gen = torch.Generator(device=device).manual_seed(tcfg.seed * 1_000_003 + step)
+        chosen = prompts_for_step(len(records), step, rcfg.prompts_per_step, tcfg.seed)
+        prompt_lens, sequences, completions, texts, metas = [], [], [], [], []
+        for i in chosen:
+            group_ids = sample_group(
+                model, encoded[i], G, max_new_tokens=rcfg.max_new_tokens, eos_id=eos_id,
+                temperature=rcfg.temperature, top_k=rcfg.top_k, top_p=rcfg.top_p,
+                generator=gen, device=device, dtype=tcfg.dtype,
+            )  # fmt: skip
+            for ids in group_ids:
+                prompt_lens.append(len(encoded[i]))
+                sequences.append(encoded[i] + ids)
+                completions.append(tok.decode([t for t in ids if t != eos_id]))
+                texts.append(records[i].text)
+                metas.append(records[i].metadata)
+        t_sample = time.perf_counter() - t_step
+
+        # 2. Score them, and turn rewards into group-normalised advantages.
+        reward_list, per_plugin = score_completions(rewards, texts, completions, metas)
+        rewards_t = torch.tensor(reward_list)
+        advantages = group_advantages(rewards_t, G, rcfg.scale_rewards).to(device)
+
+        # 3. Log-probs of the sampling policy (old) and of the reference, without gradients.
+        batches = [
+            slice(s, s + rcfg.micro_batch_size)
+            for s in range(0, len(sequences), rcfg.micro_batch_size)
+        ]
+        with torch.no_grad():
+            old = [
+                sequence_logps(model, prompt_lens[b], sequences[b], device, tcfg.dtype)[0]
+                if rcfg.inner_steps > 1 else None
+                for b in batches
+            ]  # fmt: skip
+            ref = [
+                sequence_logps(reference, prompt_lens[b], sequences[b], device, tcfg.dtype)[0]
+                if reference is not None else None
+                for b in batches
+            ]  # fmt: skip
+
+        # 4. Clipped policy-gradient update(s) on this batch, micro-batch by micro-batch.
+        model.train()
+        sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+        for _ in range(rcfg.inner_steps):
+            for j, b in enumerate(batches):
+                logps, mask = sequence_logps(
+                    model, prompt_lens[b], sequences[b], device, tcfg.dtype
+                )
+                old_j = old[j] if old[j] is not None else logps.detach()
+                loss, parts = loss_fn(logps, old_j, ref[j], advantages[b], mask, rcfg)
+                share = len(sequences[b]) / len(sequences)
+                (loss * share).backward()
+                sums["loss"] += loss.item() * share / rcfg.inner_steps
+                for key in ("kl", "clip_fraction"):
+                    if key in parts:
+                        sums[key] += parts[key].item() * share / rcfg.inner_steps
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), ocfg.grad_clip or float("inf")
+            )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        final = done == tcfg.max_steps
+        lengths = [len(s) - p for s, p in zip(sequences, prompt_lens, strict=True)]
+        record = {
+            "step": done, "loss": sums["loss"], "lr": lr, "grad_norm": grad_norm.item(),
+            "reward_mean": rewards_t.mean().item(), "reward_std": rewards_t.std().item(),
+            **{f"reward/{k}": sum(v) / len(v) for k, v in per_plugin.items()},
+            "kl": sums["kl"] if reference is not None else None,
+            "clip_fraction": sums["clip_fraction"],
+            "completion_len": sum(lengths) / len(lengths),
+            "sample_s": t_sample, "step_s": time.perf_counter() - t_step,
+            "elapsed": elapsed_before + time.perf_counter() - t_start,
+        }  # fmt: skip
+        if final or done % tcfg.log_every == 0:
+            metrics.log(record)
+            if progress:
+                kl = f"  kl {record['kl']:.4f}" if record["kl"] is not None else ""
+                print(
+                    f"rl  step {done}/{tcfg.max_steps}  reward {record['reward_mean']:.3f}"
+                    f"±{record['reward_std']:.3f}{kl}  clip {record['clip_fraction']:.3f}"
+                    f"  len {record['completion_len']:.1f}  {record['step_s']:.1f}s/step",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+        if final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
+            save_checkpoint(
+                ckpt_dir, done, model=model, optimizer=optimizer, data_state={"step": done},
+                keep=tcfg.keep_checkpoints, extra={
+                    "config_hash": config_hash(run_config), "results_config": run_config,
+                    "elapsed": elapsed_before + time.perf_counter() - t_start,
+                    "last_record": record,
+                },
+            )  # fmt: skip
+    metrics.close()
+    summary = {
+        "steps": tcfg.max_steps, "final_reward_mean": record.get("reward_mean"),
+        "final_kl": record.get("kl"), "reference": "base model" if reference else None,
+        "rewards": [p.name for p in rewards], "prompts": len(records),
+        "config_hash": config_hash(run_config), "model_dir": str(out_dir / "model"),
+        "metrics_path": str(out_dir / "metrics.jsonl"), "checkpoint_dir": str(ckpt_dir),
+        "seconds": time.perf_counter() - t_start,
+    }  # fmt: skip
+    save_model(model, out_dir / "model", base_model)
+    save_resolved(recipe, out_dir / "recipe.yaml")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,178 @@
+"""The GRPO loop on a tiny model: it raises a learnable reward, resumes exactly, and with
+kl_coef 0 never loads a reference model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import forgeml.train.rl as rl
+from forgeml.core.config import ModelConfig, load_recipe
+from forgeml.core.errors import ConfigError, DataError
+from forgeml.models.dense import Transformer
+from forgeml.models.hf_io import load_model, save_model
+from forgeml.models.sampling import generate
+from forgeml.tokenizer.chat import EOS
+from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
+from forgeml.train.metrics import read_metrics
+from forgeml.train.rewards import RewardPlugin, per_sample
+
+WORDS = "the factory builds models from documents alice bob carol ship parts to the lab".split()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    """A saved tiny model (~60K parameters) with its BPE tokenizer, and a prompts file."""
+    root = tmp_path_factory.mktemp("rl")
+    texts = [" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(60)) for i in range(40)]
+    tok_dir = train_bpe_tokenizer(texts, vocab_size=300, out_dir=root / "tok")
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=128,
+        vocab_size=load_tokenizer(tok_dir).get_vocab_size(), max_seq_len=64,
+    )  # fmt: skip
+    base = save_model(Transformer(cfg), root / "model", tok_dir)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text(
+        "".join(json.dumps({"prompt": f"the lab {w}", "w": w}) + "\n" for w in WORDS)
+    )
+    return base, prompts
+
+
+def share_of_e(prompt: str, completion: str, meta: dict) -> float:
+    """A reward a tiny model can learn in a few dozen steps: the share of 'e' characters."""
+    return completion.count("e") / max(len(completion), 1)
+
+
+E_REWARD = [RewardPlugin("e", 1.0, per_sample("e", share_of_e))]
+FAST = [
+    "train.dtype=fp32", "train.log_every=1", "optim.warmup_steps=0", "optim.schedule=constant",
+    "rl.max_new_tokens=6", "rl.group_size=8", "rl.prompts_per_step=2",
+]  # fmt: skip
+
+
+def _count_model_loads(monkeypatch) -> list[Path]:
+    loads: list[Path] = []
+
+    def counting(path, device="cpu"):
+        loads.append(Path(path))
+        return load_model(path, device=device)
+
+    monkeypatch.setattr(rl, "load_model", counting)
+    return loads
+
+
+def test_grpo_raises_a_learnable_reward_without_reference(tiny, tmp_path, monkeypatch):
+    base, prompts = tiny
+    loads = _count_model_loads(monkeypatch)
+    recipe = load_recipe(None, [*FAST, "train.max_steps=24", "optim.lr=1e-2", "rl.kl_coef=0"])
+    summary = rl.train_rl(
+        recipe, base_model=base, prompts=prompts, out_dir=tmp_path / "run", rewards=E_REWARD,
+        progress=False,
+    )  # fmt: skip
+    assert len(loads) == 1 and summary["reference"] is None  # kl_coef 0: no reference model
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, 25))
+    first = sum(r["reward_mean"] for r in records[:4]) / 4
+    last = sum(r["reward_mean"] for r in records[-4:]) / 4
+    assert last > first + 0.15, (first, last)
+    assert all(r["kl"] is None for r in records)
+    for key in ("reward_std", "reward/e", "clip_fraction", "completion_len", "loss", "grad_norm"):
+        assert key in records[-1]
+    # The trained model is a loadable model folder with its tokenizer.
+    assert load_model(summary["model_dir"]).cfg.vocab_size == load_model(base).cfg.vocab_size
+    assert (Path(summary["model_dir"]) / "tokenizer.json").is_file()
+
+
+def test_kl_to_the_reference_starts_at_zero_and_grows(tiny, tmp_path, monkeypatch):
+    base, prompts = tiny
+    loads = _count_model_loads(monkeypatch)
+    recipe = load_recipe(None, [*FAST, "train.max_steps=3", "optim.lr=1e-2", "rl.kl_coef=0.1"])
+    summary = rl.train_rl(
+        recipe, base_model=base, prompts=prompts, out_dir=tmp_path / "run", rewards=E_REWARD,
+        progress=False,
+    )  # fmt: skip
+    assert len(loads) == 2 and summary["reference"] == "base model"
+    kls = [r["kl"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
+    assert kls[0] == 0.0  # before the first update the policy is the reference
+    assert kls[-1] > 0.0
+
+
+def test_resume_equals_uninterrupted_run(tiny, tmp_path):
+    base, prompts = tiny
+    recipe = load_recipe(None, [
+        *FAST, "train.max_steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=3",
+        "rl.kl_coef=0.05", "rl.inner_steps=2",
+    ])  # fmt: skip
+    full = tmp_path / "full"
+    rl.train_rl(recipe, base_model=base, prompts=prompts, out_dir=full, rewards=E_REWARD,
+                progress=False)  # fmt: skip
+    # A run killed after its step-2 checkpoint: that checkpoint and its metrics, nothing else.
+    split = tmp_path / "split"
+    shutil.copytree(full / "checkpoints" / "step_00000002", split / "checkpoints" / "step_00000002")
+    shutil.copy(full / "metrics.jsonl", split / "metrics.jsonl")
+    rl.train_rl(recipe, base_model=base, prompts=prompts, out_dir=split, rewards=E_REWARD,
+                resume=True, progress=False)  # fmt: skip
+    a = load_model(full / "model").state_dict()
+    b = load_model(split / "model").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["output.weight"], load_model(base).state_dict()["output.weight"])
+    ra, rb = read_metrics(full / "metrics.jsonl"), read_metrics(split / "metrics.jsonl")
+    assert [r["step"] for r in rb] == [1, 2, 3, 4]
+    assert [r["reward_mean"] for r in ra] == [r["reward_mean"] for r in rb]
+    assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
+    changed = load_recipe(None, [
+        *FAST, "train.max_steps=4", "train.checkpoint_every=2", "rl.kl_coef=0.05",
+        "rl.inner_steps=2", "rl.clip_eps=0.3",
+    ])  # fmt: skip
+    with pytest.raises(ConfigError, match="rl.clip_eps"):
+        rl.train_rl(changed, base_model=base, prompts=prompts, out_dir=split, rewards=E_REWARD,
+                    resume=True, progress=False)  # fmt: skip
+
+
+def test_batched_group_sampling_is_the_kv_cache_sampler(tiny):
+    base, _ = tiny
+    model = load_model(base).eval()
+    tok = load_tokenizer(base)
+    eos = tok.token_to_id(EOS)
+    with torch.no_grad():
+        for p in model.parameters():  # peaked distributions: greedy is well defined
+            p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(1)) * 0.3)
+    ids = tok.encode("the lab alice", add_special_tokens=False).ids
+    greedy = generate(model, ids, max_new_tokens=12, temperature=0, stop_ids={eos})
+    rows = rl.sample_group(
+        model, ids, 4, max_new_tokens=12, eos_id=eos, temperature=1e-6, top_k=None, top_p=None,
+        generator=torch.Generator().manual_seed(0), device="cpu", dtype="fp32",
+    )  # fmt: skip
+    for row in rows:
+        assert [t for t in row if t != eos] == greedy
+    many = rl.sample_group(
+        model, ids, 16, max_new_tokens=12, eos_id=eos, temperature=3.0, top_k=None, top_p=None,
+        generator=torch.Generator().manual_seed(0), device="cpu", dtype="fp32",
+    )  # fmt: skip
+    assert len({tuple(r) for r in many}) > 1  # rows are sampled independently
+
+
+def test_prompts_file_errors_name_the_line(tmp_path):
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    with pytest.raises(DataError, match=r"p.jsonl:2: a record needs a 'prompt'"):
+        rl.load_prompts(bad)
+    chat = tmp_path / "c.jsonl"
+    chat.write_text(
+        '{"messages": [{"role": "user", "content": "hi"}], "answer": 1}\n{"prompt": "yo"}\n'
+    )
+    first, second = rl.load_prompts(chat, "chat")
+    assert first.text.endswith("<|assistant|>\n") and first.metadata == {"answer": 1}
+    assert "<|user|>\nyo" in second.text
+
+
+def test_prompt_order_is_a_pure_function_of_the_step():
+    seen = [rl.prompts_for_step(5, s, 2, seed=3) for s in range(5)]
+    flat = [i for step in seen for i in step]
+    assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
+    assert rl.prompts_for_step(5, 3, 2, seed=3) == seen[3]
