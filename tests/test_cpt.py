@@ -174,3 +174,64 @@ def test_cpt_from_a_plain_transformers_checkpoint(corpora, tmp_path):
     )  # fmt: skip
     check_losses(result)
     assert result["mix"]["replay_docs"] > 0 and len(result["added_tokens"]) == 5
+
+
+def test_pretrain_stage_continues_from_an_imported_transformers_model(workspace, corpora, tmp_path):
+    """`forgeml import hf` of a checkpoint written by `transformers`, then the pretrain stage
+    with `train.init_from` set to the imported asset: step 1 starts from exactly those
+    weights, and the domain loss falls."""
+    import json
+
+    import torch
+    from transformers import MistralForCausalLM
+
+    from forgeml.models.hf_io import TOKENIZER_FILES, load_model
+    from forgeml.pipeline.interop import import_hf_stage
+    from forgeml.pipeline.stages import pack_stage, pretrain_stage
+    from forgeml.tokenizer.pack import TokenShards
+    from forgeml.train.data import PretrainBatches
+    from forgeml.train.pretrain import evaluate_loss
+
+    hf_dir = tmp_path / "hf_base"
+    MistralForCausalLM.from_pretrained(corpora["base"]).save_pretrained(hf_dir)
+    for name in TOKENIZER_FILES:
+        if (corpora["base"] / name).is_file():
+            shutil.copyfile(corpora["base"] / name, hf_dir / name)
+    assert not (hf_dir / "forgeml_model.json").exists()
+    imported = import_hf_stage(workspace, hf_dir, "hf-base")
+    reg = open_registry(workspace)
+    dom = reg.add_asset("dataset", "acl", corpora["domain"].parent)
+    shards = pack_stage(workspace, dom.id, imported.metrics["tokenizer"], heldout_fraction=0.15)
+    shards_dir = Path(reg.get_asset(shards.output).path)
+
+    cfg = recipe(25)
+    cfg = cfg.model_copy(
+        update={
+            # the recipe's own model section is ignored: the imported model's is used
+            "model": TINY.model_copy(update={"dim": 32, "n_heads": 2, "n_kv_heads": 1}),
+            "train": cfg.train.model_copy(update={"init_from": "hf-base", "log_every": 1}),
+        }
+    )
+    result = pretrain_stage(
+        workspace, cfg, shards.output, imported.metrics["tokenizer"], progress=False
+    )
+    base = load_model(reg.get_asset(imported.output).path)
+    trained_asset = reg.get_asset(result.output)
+    trained = load_model(trained_asset.path)
+    assert trained.cfg == base.cfg
+    assert imported.output in {n["id"] for n in reg.lineage(trained_asset.id, "up").nodes}
+
+    # Step 1's logged loss is the imported weights' loss on the first batch.
+    batches = PretrainBatches(
+        TokenShards(shards_dir / "train"), seq_len=64, global_batch_size=8, seed=3
+    )
+    ((x, y),) = batches.next_micro_batches(8, 1)
+    metrics = workspace.runs_dir / "pretrain" / result.run_id / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.open()]
+    with torch.no_grad():
+        assert rows[0]["step"] == 1 and abs(rows[0]["loss"] - base(x, y).item()) < 1e-4
+
+    held = TokenShards(shards_dir / "heldout")
+    kw = dict(seq_len=64, batch_size=8, max_batches=8, device="cpu", dtype="fp32")
+    before, after = evaluate_loss(base, held, **kw), evaluate_loss(trained, held, **kw)
+    assert after < before - 1.0, (before, after)

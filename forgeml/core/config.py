@@ -112,6 +112,14 @@ class TrainConfig(_Section):
         "auto", description="auto: bf16 autocast where the hardware makes it fast, else fp32"
     )
     compile: bool = False
+    activation_checkpointing: bool = Field(
+        False, description="recompute each block's activations in backward (less memory)"
+    )
+    init_from: str | None = Field(
+        None,
+        description="start from these weights (model asset id/name/alias, or a model folder); "
+        "the architecture is then the model's, not the `model` section",
+    )
     device: str = "auto"
     log_every: int = Field(10, gt=0)
 

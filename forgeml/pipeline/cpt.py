@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from forgeml.core.config import Recipe, config_hash
+from forgeml.core.config import Recipe
 from forgeml.core.errors import ConfigError, DataError, ForgeError
 from forgeml.core.io import atomic_open, atomic_write_text
 from forgeml.core.workspace import Workspace
@@ -96,28 +96,6 @@ def replay_mix(
         "replay_bytes": replay_bytes,
         "replay_fraction": replay_bytes / total if total else 0.0,
     }
-
-
-def _seed_checkpoint(recipe: Recipe, model, train_shards: Path, ckpt_dir: Path) -> None:
-    """A step-0 checkpoint holding `model`'s weights, so `pretrain(resume=True)` starts from
-    them. Interim: `pretrain` has no `init_from` argument yet (see the report of issue 5)."""
-    from forgeml.tokenizer.pack import TokenShards
-    from forgeml.train.checkpoint import save_checkpoint
-    from forgeml.train.data import PretrainBatches
-    from forgeml.train.optim import build_optimizer
-    from forgeml.train.pretrain import results_config
-
-    tcfg = recipe.train
-    batches = PretrainBatches(
-        TokenShards(train_shards), seq_len=tcfg.seq_len,
-        global_batch_size=tcfg.micro_batch_size * tcfg.grad_accum_steps, seed=tcfg.seed,
-    )  # fmt: skip
-    run_config = results_config(recipe, model.cfg)
-    save_checkpoint(
-        ckpt_dir, 0, model=model, optimizer=build_optimizer(model, recipe.optim, "cpu"),
-        data_state=batches.state_dict(), keep=tcfg.keep_checkpoints,
-        extra={"config_hash": config_hash(run_config), "results_config": run_config},
-    )  # fmt: skip
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
@@ -223,13 +201,13 @@ def continue_pretrain(
     )  # fmt: skip
     before = {name: evaluate_loss(model, s, **eval_kw) for name, s in held.items()}
 
-    run_recipe = recipe.model_copy(update={"model": model.cfg})
-    train_dir = out_dir / "train"
-    save_model(model, out_dir / "init", tok_dir)
-    _seed_checkpoint(run_recipe, model, shards / "train", train_dir / "checkpoints")
+    # The (resized) base model is the run's starting point: `train.init_from` loads it.
+    init_dir = save_model(model, out_dir / "init", tok_dir)
+    train = tcfg.model_copy(update={"init_from": str(init_dir)})
+    run_recipe = recipe.model_copy(update={"model": model.cfg, "train": train})
     summary = pretrain(
-        run_recipe, train_shards=shards / "train", out_dir=train_dir,
-        eval_shards=shards / "heldout", tokenizer_dir=tok_dir, resume=True, progress=progress,
+        run_recipe, train_shards=shards / "train", out_dir=out_dir / "train",
+        eval_shards=shards / "heldout", tokenizer_dir=tok_dir, progress=progress,
     )  # fmt: skip
     trained = load_model(summary["model_dir"])
     eval_kw["device"] = "cpu"

@@ -330,12 +330,30 @@ def pretrain_stage(
             f"asset {shards.id} is not a token-shards dataset",
             hint="pack the dataset first (forgeml train pretrain does it for you with --data)",
         )
+    init = None
+    if recipe.train.init_from:
+        # Start from a registered (e.g. imported) model: an input of the run, and the
+        # architecture trained is that model's.
+        from forgeml.models.hf_io import read_model_config
+
+        init = reg.get_asset(recipe.train.init_from)
+        if init.kind != "model":
+            raise ForgeError(
+                f"train.init_from names {init.id}, a {init.kind}, not a model",
+                hint="pass a model asset id, name or alias (see `forgeml assets list`)",
+            )
+        recipe = recipe.model_copy(
+            update={
+                "model": read_model_config(init.path),
+                "train": recipe.train.model_copy(update={"init_from": str(init.path)}),
+            }
+        )
     config = {
         "model": recipe.model.model_dump(mode="json"),
         "optim": recipe.optim.model_dump(mode="json"),
         "train": recipe.train.model_dump(mode="json"),
     }
-    inputs = [shards.id, tok.id]
+    inputs = [shards.id, tok.id] + ([init.id] if init is not None else [])
     work_dir = None
     if auto_resume and not resume:
         # Resume when an interrupted run of this recipe left checkpoints, else start afresh
@@ -365,7 +383,8 @@ def pretrain_stage(
         meta = {"tokenizer": tok.id, "shards": shards.id, "arch": recipe.model.arch, **metrics}
         name = f"{recipe.name}-{recipe.model.arch}"
         model_dir = Path(summary["model_dir"])
-        return [Output("model", name, model_dir, meta, parents=[tok.id])], metrics
+        parents = [tok.id] + ([init.id] if init is not None else [])
+        return [Output("model", name, model_dir, meta, parents=parents)], metrics
 
     return run_stage(
         ws,

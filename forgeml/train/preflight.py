@@ -136,9 +136,11 @@ def estimate_memory(
     tokens = train_cfg.micro_batch_size * train_cfg.seq_len
     block_act, outside_act = _activation_bytes(model_cfg, tokens, train_cfg.seq_len, act)
     layers = model_cfg.n_layers
-    if getattr(train_cfg, "activation_checkpointing", False):
-        # Each block keeps only its fp32 input; one block is recomputed at a time.
-        activations = layers * tokens * 4 * model_cfg.dim + block_act + outside_act
+    # Activation checkpointing: each block keeps only its fp32 input, and one block's working
+    # set exists at a time (its forward, or its recomputation in backward).
+    kept_inputs = layers * tokens * 4 * model_cfg.dim if train_cfg.activation_checkpointing else 0
+    if train_cfg.activation_checkpointing:
+        activations = kept_inputs + block_act + outside_act
     else:
         activations = layers * block_act + outside_act
     if act == 2:
@@ -160,7 +162,7 @@ def estimate_memory(
         communication = 3 * 4 * unit
     accumulating = train_cfg.grad_accum_steps > 1
     forward_peak = activations + transient + (grads if accumulating else 0)
-    backward_peak = grads + block_act
+    backward_peak = grads + block_act + kept_inputs
     runtime = RUNTIME_BYTES[kind]
     total = runtime + weights + optimizer + communication + max(forward_peak, backward_peak)
     return MemoryEstimate(
@@ -311,6 +313,10 @@ _MEASURE = textwrap.dedent(
 
     base = rss() if device == "cpu" else torch.cuda.memory_allocated()
     model = Transformer(mcfg).to(device)
+    if tcfg.activation_checkpointing:
+        from forgeml.models.parallelize import apply_activation_checkpointing
+
+        apply_activation_checkpointing(model)
     opt = build_optimizer(model, OptimConfig(), device)
     for _ in range(spec["steps"]):
         for xs, ys in zip(x.split(tcfg.micro_batch_size), y.split(tcfg.micro_batch_size)):
