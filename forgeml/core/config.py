@@ -279,6 +279,8 @@ class RedactConfig(_Section):
     iban: Literal["redact", "drop", "keep"] = "redact"
     credit_card: Literal["redact", "drop", "keep"] = "redact"
     ip: Literal["redact", "drop", "keep"] = "redact"
+    # Person names come from a heuristic recogniser (forgeml.data.names): opt in.
+    person: Literal["redact", "drop", "keep"] = "keep"
     secret: Literal["redact", "drop"] = "redact"  # secrets are never kept
     min_entropy: float = Field(4.0, gt=0, description="bits/char for unnamed key-like tokens")
     min_token_length: int = Field(24, gt=8)

@@ -2,8 +2,9 @@
 
 Detectors are regular expressions with validators that cut false positives: IBAN mod-97
 (ISO 13616), Luhn for card numbers, octet ranges for IPv4, and Shannon entropy for unnamed
-key-like tokens (the detect-secrets approach). Secrets are always removed; no function here
-ever puts a matched value into a message, a log line or an exception.
+key-like tokens (the detect-secrets approach); person names come from the gazetteer
+recogniser in forgeml.data.names (opt-in: `redact.person`). Secrets are always removed; no
+function here ever puts a matched value into a message, a log line or an exception.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 from forgeml.core.config import RedactConfig
+from forgeml.data.names import find_person_names
 
 PLACEHOLDERS = {
     "email": "<EMAIL>",
@@ -23,6 +25,7 @@ PLACEHOLDERS = {
     "iban": "<IBAN>",
     "credit_card": "<CREDIT_CARD>",
     "ip": "<IP>",
+    "person": "<PERSON>",
     "secret": "<SECRET>",
 }
 KINDS = tuple(PLACEHOLDERS)
@@ -217,7 +220,10 @@ def find_sensitive(text: str, cfg: RedactConfig | None = None, in_code: bool = F
     """Non-overlapping spans to replace, secrets first (they win overlaps), sorted by start."""
     cfg = cfg or RedactConfig()
     taken: list[Span] = []
-    for span in (*_secret_spans(text, cfg, in_code), *_pii_spans(text)):
+    names: list[Span] = []
+    if cfg.person != "keep":  # in code, only names with both parts in the gazetteer
+        names = [Span(s, e, "person") for s, e, _ in find_person_names(text, strict=in_code)]
+    for span in (*_secret_spans(text, cfg, in_code), *_pii_spans(text), *names):
         if span.kind != "secret" and getattr(cfg, span.kind) == "keep":
             continue
         if any(span.start < t.end and t.start < span.end for t in taken):
