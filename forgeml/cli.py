@@ -568,35 +568,10 @@ def assets_show(
     ref: Annotated[str, typer.Argument(help="Asset id, prefix, name or alias.")],
 ) -> None:
     """Show one asset: metadata, files, the run that made it."""
+    from forgeml.control.ops import asset_info
     from forgeml.pipeline.stages import open_registry
 
-    reg = open_registry(_ws())
-    a = reg.get_asset(ref)
-    info = {
-        "id": a.id,
-        "kind": a.kind,
-        "name": a.name,
-        "sha256": a.sha256,
-        "size_bytes": a.size_bytes,
-        "files": a.n_files,
-        "created_at": str(a.created_at),
-        "path": str(a.path),
-        "producer_run": a.producer_run,
-        "metadata": a.metadata,
-    }
-    if a.producer_run:
-        run = reg.get_run(a.producer_run)
-        info["run"] = {
-            "stage": run.stage,
-            "status": run.status,
-            "config_hash": run.config_hash,
-            "inputs": run.inputs,
-            "seed": run.seed,
-            "code_version": run.code_version,
-            "started_at": str(run.started_at),
-            "ended_at": str(run.ended_at),
-        }
-    console.print_json(json.dumps(info, default=str))
+    console.print_json(json.dumps(asset_info(open_registry(_ws()), ref), default=str))
 
 
 @assets_app.command("lineage")
@@ -821,12 +796,11 @@ def jobs_submit(
 ) -> None:
     """Queue a command, e.g. `forgeml jobs submit -- pipeline run r.yaml --auto-resume`."""
     from forgeml.control.jobs import submit_job
+    from forgeml.control.ops import absolute_job_args
     from forgeml.pipeline.stages import open_registry
 
     # Workers may run in another folder: make paths that exist here absolute.
-    args = [
-        str(Path(a).resolve()) if not a.startswith("-") and Path(a).exists() else a for a in args
-    ]
+    args = absolute_job_args(args)
     job = submit_job(open_registry(_ws()), args, max_attempts=max_attempts)
     console.print(job.id)
 
@@ -868,16 +842,11 @@ def jobs_show(ref: Annotated[str, typer.Argument(help="Job id or unique prefix."
 @jobs_app.command("logs")
 def jobs_logs(ref: Annotated[str, typer.Argument(help="Job id or unique prefix.")]) -> None:
     """Print the log of a job's latest attempt."""
-    from forgeml.control.jobs import get_job
-    from forgeml.control.worker import job_log_path
+    from forgeml.control.ops import read_job_log
     from forgeml.pipeline.stages import open_registry
 
     ws = _ws()
-    job = get_job(open_registry(ws), ref)
-    path = job_log_path(ws, job)
-    if job.attempts == 0 or not path.is_file():
-        raise ForgeError(f"job {job.id} has no log yet ({job.status})")
-    sys.stdout.write(path.read_text(errors="replace"))
+    sys.stdout.write(read_job_log(ws, open_registry(ws), ref))
 
 
 @jobs_app.command("cancel")
