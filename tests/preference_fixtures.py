@@ -42,3 +42,8 @@ def write_pairs(path: Path, n: int, *, seed: int = 0) -> Path:
             record = {"prompt": prompt, "chosen": f"yes {word}", "rejected": f"no {word}"}
             fh.write(json.dumps(record) + "\n")
     return path
+
+
+def count_e(prompt: str, completion: str, metadata: dict) -> float:
+    """A trivially learnable reward for online DPO: how many letters 'e' the completion has."""
+    return float(completion.count("e"))

@@ -24,6 +24,16 @@ def _recipe(**train):
     })  # fmt: skip
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are all small kernels: one thread avoids OpenMP spin-waits on a busy
+    2-core machine (measured 16x slower with 2 threads under load); results are the same."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("rm")

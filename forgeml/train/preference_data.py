@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -106,44 +106,61 @@ def _completion(value: Any, where: str) -> str:
     return value
 
 
-def parse_record(raw: Any, line: int) -> PreferenceRecord:
-    """Validate one decoded JSONL record; ValueError says which field is wrong."""
+def _parse_prompt(raw: Any) -> tuple[str, list[dict[str, Any]]]:
+    """(prompt text for reward functions, conversation) of a record; ValueError if invalid."""
     if not isinstance(raw, Mapping):
         raise ValueError(f"expected a JSON object, got {type(raw).__name__}")
-    prompt = raw.get("prompt", raw.get("messages"))
     if "prompt" in raw and "messages" in raw:
         raise ValueError("give either 'prompt' or 'messages', not both")
+    prompt = raw.get("prompt", raw.get("messages"))
     if isinstance(prompt, str):
         if not prompt.strip():
             raise ValueError("'prompt' is empty")
-        messages = [{"role": "user", "content": prompt}]
-    elif prompt is None:
+        return prompt, [{"role": "user", "content": prompt}]
+    if prompt is None:
         raise ValueError("missing 'prompt' (text or messages) or 'messages'")
-    else:
-        messages = _messages(prompt, "'prompt'" if "prompt" in raw else "'messages'")
-        if messages[-1]["role"] == "assistant":
-            raise ValueError("the prompt conversation must not end with an assistant turn")
+    messages = _messages(prompt, "'prompt'" if "prompt" in raw else "'messages'")
+    if messages[-1]["role"] == "assistant":
+        raise ValueError("the prompt conversation must not end with an assistant turn")
     users = [m for m in messages if m["role"] == "user"]
-    prompt_text = _text(users[-1]["content"]) if users else _text(messages[-1]["content"])
+    return _text((users or messages)[-1].get("content")) or "", messages
+
+
+def _metadata(raw: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = raw.get("metadata", {})
+    if not isinstance(metadata, Mapping):
+        raise ValueError("'metadata' must be an object")
+    return dict(metadata)
+
+
+def parse_record(raw: Any, line: int) -> PreferenceRecord:
+    """Validate one decoded JSONL record; ValueError says which field is wrong."""
+    prompt, messages = _parse_prompt(raw)
     for name in ("chosen", "rejected"):
         if name not in raw:
             raise ValueError(f"missing '{name}'")
     margin = raw.get("margin")
     if margin is not None and (isinstance(margin, bool) or not isinstance(margin, int | float)):
         raise ValueError("'margin' must be a number")
-    metadata = raw.get("metadata", {})
-    if not isinstance(metadata, Mapping):
-        raise ValueError("'metadata' must be an object")
     return PreferenceRecord(
-        line=line, prompt=prompt_text or "", messages=messages,
+        line=line, prompt=prompt, messages=messages,
         chosen=_completion(raw["chosen"], "'chosen'"),
         rejected=_completion(raw["rejected"], "'rejected'"),
-        margin=None if margin is None else float(margin), metadata=dict(metadata),
+        margin=None if margin is None else float(margin), metadata=_metadata(raw),
     )  # fmt: skip
 
 
-def read_preference_records(path: str | Path) -> list[PreferenceRecord]:
-    """Every record of a JSONL file, validated; DataError lists the bad lines."""
+def parse_prompt_record(raw: Any, line: int) -> PreferenceRecord:
+    """A record used only for its prompt (online DPO): chosen/rejected may be absent."""
+    prompt, messages = _parse_prompt(raw)
+    return PreferenceRecord(line, prompt, messages, "", "", metadata=_metadata(raw))
+
+
+def read_preference_records(
+    path: str | Path, parse: Callable[[Any, int], PreferenceRecord] = parse_record
+) -> list[PreferenceRecord]:
+    """Every record of a JSONL file, validated by `parse` (pairs by default; pass
+    `parse_prompt_record` for prompts only); DataError lists the bad lines."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"preference file not found: {path}", hint="pass a .jsonl file")
@@ -153,7 +170,7 @@ def read_preference_records(path: str | Path) -> list[PreferenceRecord]:
             if not line.strip():
                 continue
             try:
-                records.append(parse_record(json.loads(line), line_no))
+                records.append(parse(json.loads(line), line_no))
             except json.JSONDecodeError as exc:
                 errors.append(f"{path}:{line_no}: not valid JSON ({exc.msg})")
             except ValueError as exc:

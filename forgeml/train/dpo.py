@@ -1,0 +1,220 @@
+"""Offline preference optimisation (DPO / IPO) of a language model on preference pairs.
+
+One readable loop: load the policy and a frozen copy as the reference, compute the
+reference's completion log-probs once per dataset (cached on disk, keyed by the reference
+weights and the tokenized pairs), then per step the policy's log-probs of chosen and rejected,
+the loss named by `dpo.loss` (forgeml.train.losses), clip, step, log reward margins/accuracies.
+out_dir: checkpoints/, metrics.jsonl, model/, summary.json. Online DPO: forgeml.train.online_dpo.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from forgeml.core.config import Recipe, config_hash, save_resolved
+from forgeml.core.errors import ConfigError, NotFoundError
+from forgeml.core.io import atomic_write_bytes, atomic_write_text, sha256_file
+from forgeml.core.runtime import autocast, pick_device, seed_everything
+from forgeml.models.hf_io import load_model, save_model
+from forgeml.tokenizer.train import load_tokenizer, special_token_ids
+from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.losses import PREFERENCE_LOSSES, PairLogps, sequence_logps
+from forgeml.train.metrics import MetricsLogger
+from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.preference_data import (
+    PreferencePair,
+    batch_indices,
+    collate_pairs,
+    load_preference_pairs,
+    split_heldout,
+)
+
+
+def pair_logps(
+    model: nn.Module, pairs: Sequence[PreferencePair], pad_id: int, device: str, dtype: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs and completion token counts, [chosen rows; rejected rows]."""
+    ids, mask = collate_pairs(pairs, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    with autocast(device, dtype):
+        logits = model(ids)
+    return sequence_logps(logits, ids, mask)
+
+
+@torch.no_grad()
+def _reference_forward(
+    ref: nn.Module, pairs: Sequence[PreferencePair], pad_id: int, batch_size: int,
+    device: str, dtype: str,
+) -> dict[str, tuple[float, float]]:  # fmt: skip
+    ref.eval()
+    out = {}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        sums, _ = pair_logps(ref, chunk, pad_id, device, dtype)
+        chosen, rejected = sums.chunk(2)
+        for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
+            out[pair.key] = (c, r)
+    return out
+
+
+def reference_logps(
+    ref_dir: Path, pairs: Sequence[PreferencePair], *, cache_dir: Path, pad_id: int,
+    batch_size: int, device: str, dtype: str,
+) -> tuple[dict[str, tuple[float, float]], bool]:  # fmt: skip
+    """(pair key -> reference log-probs of chosen and rejected, cache hit?).
+
+    The reference is frozen, so its log-probs depend only on its weights, the dtype and the
+    tokenized pairs: they are computed once and read from `cache_dir` by every later run
+    (and every step) on the same data.
+    """
+    weights = sha256_file(ref_dir / "model.safetensors")
+    key = config_hash({"ref": weights, "dtype": dtype, "pairs": sorted(p.key for p in pairs)})
+    path = Path(cache_dir) / f"ref_logps-{key[:24]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True), True
+    ref = load_model(ref_dir, device=device)
+    table = _reference_forward(ref, pairs, pad_id, batch_size, device, dtype)
+    buf = io.BytesIO()
+    torch.save(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return table, False
+
+
+def _pair_logps_with_ref(
+    policy: nn.Module, chunk: Sequence[PreferencePair], table: dict[str, tuple[float, float]],
+    pad_id: int, device: str, dtype: str,
+) -> PairLogps:  # fmt: skip
+    sums, counts = pair_logps(policy, chunk, pad_id, device, dtype)
+    ref = torch.tensor([table[p.key] for p in chunk], device=device)
+    (pc, pr), (nc, nr) = sums.chunk(2), counts.chunk(2)
+    return PairLogps(pc, pr, ref[:, 0], ref[:, 1], nc, nr)
+
+
+@torch.no_grad()
+def evaluate_preferences(
+    policy: nn.Module, pairs: Sequence[PreferencePair], table: dict[str, tuple[float, float]],
+    cfg: Any, *, pad_id: int, batch_size: int, device: str, dtype: str,
+) -> dict[str, float]:  # fmt: skip
+    """Held-out loss, implicit-reward margin and accuracy (chosen reward > rejected), averaged."""
+    was_training = policy.training
+    policy.eval()
+    totals: dict[str, float] = {}
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        lp = _pair_logps_with_ref(policy, chunk, table, pad_id, device, dtype)
+        loss, m = PREFERENCE_LOSSES[cfg.loss](lp, cfg)
+        for key, value in {"loss": loss, **m}.items():
+            totals[key] = totals.get(key, 0.0) + value.item() * len(chunk)
+    policy.train(was_training)
+    return {key: value / max(len(pairs), 1) for key, value in totals.items()}
+
+
+def train_dpo(
+    recipe: Recipe,
+    *,
+    base_model_dir: str | Path,
+    pairs_path: str | Path,
+    out_dir: str | Path,
+    cache_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """DPO/IPO from the model in `base_model_dir` (also the reference) on `pairs_path`."""
+    dcfg, tcfg, ocfg = recipe.dpo, recipe.train, recipe.optim
+    base_dir, out_dir = Path(base_model_dir), Path(out_dir)
+    device = pick_device(tcfg.device)
+    tok = load_tokenizer(base_dir)
+    pad_id = special_token_ids(tok)["pad"]
+    seed_everything(tcfg.seed)
+    policy = load_model(base_dir, device=device)
+    pairs, report = load_preference_pairs(
+        pairs_path, tok, max_length=min(dcfg.max_length, policy.cfg.max_seq_len),
+        over_length=dcfg.over_length,
+    )  # fmt: skip
+    train, held = split_heldout(pairs, dcfg.heldout_fraction)
+    table, cache_hit = reference_logps(
+        base_dir, pairs, cache_dir=Path(cache_dir or out_dir / "cache"), pad_id=pad_id,
+        batch_size=recipe.eval.batch_size, device=device, dtype=tcfg.dtype,
+    )  # fmt: skip
+    optimizer = build_optimizer(policy, ocfg, device)
+    ckpt_dir = out_dir / "checkpoints"
+    run_hash = config_hash({"dpo": dcfg.model_dump(mode="json"), "optim": ocfg.model_dump(mode="json")})  # fmt: skip
+    start_step = 0
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise NotFoundError(f"--resume: no checkpoint in {ckpt_dir}", hint="run without it")
+        state = load_checkpoint(path, model=policy, optimizer=optimizer)
+        if state["extra"].get("config_hash") != run_hash:
+            raise ConfigError(
+                f"cannot resume {path}: the dpo/optim settings changed since it was saved",
+                hint="resume with the recipe the run started with, or start a new run",
+            )
+        start_step = state["step"]
+    eval_kw = dict(
+        pad_id=pad_id, batch_size=recipe.eval.batch_size, device=device, dtype=tcfg.dtype
+    )
+    before = evaluate_preferences(policy, held, table, dcfg, **eval_kw) if held else {}
+    metrics = MetricsLogger(
+        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
+        resume_step=start_step if resume else None,
+    )  # fmt: skip
+    loss_fn = PREFERENCE_LOSSES[dcfg.loss]
+    accum, micro = tcfg.grad_accum_steps, tcfg.micro_batch_size
+    t_start = t_log = time.perf_counter()
+    tokens, step_metrics = 0, {}
+    policy.train()
+    for step in range(start_step, tcfg.max_steps):
+        lr = lr_at(step, tcfg.max_steps, ocfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        order = batch_indices(len(train), micro * accum, step, tcfg.seed)
+        sums: dict[str, float] = {}
+        for i in range(accum):
+            chunk = [train[j] for j in order[i * micro : (i + 1) * micro]]
+            lp = _pair_logps_with_ref(policy, chunk, table, pad_id, device, tcfg.dtype)
+            loss, m = loss_fn(lp, dcfg)
+            (loss / accum).backward()
+            for key, value in {"loss": loss.detach(), **m}.items():
+                sums[key] = sums.get(key, 0.0) + value.item() / accum
+            tokens += sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in chunk)  # fmt: skip
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), ocfg.grad_clip or float("inf"))  # fmt: skip
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_metrics = sums
+        done = step + 1
+        if done % tcfg.log_every == 0 or done == tcfg.max_steps:
+            now = time.perf_counter()
+            metrics.log({
+                "step": done, "lr": lr, "grad_norm": grad_norm.item(), **step_metrics,
+                "tok_per_s": tokens / max(now - t_log, 1e-9), "elapsed": now - t_start,
+            })  # fmt: skip
+            t_log, tokens = now, 0
+        if done == tcfg.max_steps or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
+            save_checkpoint(
+                ckpt_dir, done, model=policy, optimizer=optimizer, data_state={"step": done},
+                keep=tcfg.keep_checkpoints, extra={"config_hash": run_hash},
+            )  # fmt: skip
+    metrics.close()
+    after = evaluate_preferences(policy, held, table, dcfg, **eval_kw) if held else {}
+    save_model(policy, out_dir / "model", base_dir)
+    summary = {
+        "loss": dcfg.loss, "final_train_loss": step_metrics.get("loss"), "steps": tcfg.max_steps,
+        "train_pairs": len(train), "heldout_pairs": len(held), "reference_cache_hit": cache_hit,
+        **{f"heldout_{k.replace('/', '_')}_before": v for k, v in before.items()},
+        **{f"heldout_{k.replace('/', '_')}": v for k, v in after.items()},
+        "train_rewards_margins": step_metrics.get("rewards/margins"),
+        "seconds": time.perf_counter() - t_start, "data_report": report.to_dict(),
+        "model_dir": str(out_dir / "model"),
+    }  # fmt: skip
+    save_resolved(recipe, out_dir / "recipe.yaml")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

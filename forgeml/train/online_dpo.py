@@ -1,0 +1,265 @@
+"""Online DPO (Guo et al., "Direct Language Model Alignment from Online AI Feedback",
+arXiv:2402.04792): every step the current policy samples several completions per prompt with
+the KV-cache sampler, a ranker scores them (a reward function or a reward model), and the DPO
+loss is applied to the best vs the worst against a frozen reference.
+
+The pairs are new every step, so reference log-probs are computed per step, not cached.
+out_dir: checkpoints/, metrics.jsonl, model/, summary.json (mean sampled reward before/after).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from forgeml.core.config import DPOConfig, Recipe, config_hash, save_resolved
+from forgeml.core.errors import ConfigError, DataError, NotFoundError
+from forgeml.core.io import atomic_write_text
+from forgeml.core.runtime import pick_device, seed_everything
+from forgeml.core.workspace import Workspace
+from forgeml.models.hf_io import load_model, save_model
+from forgeml.models.sampling import generate
+from forgeml.tokenizer.chat import END
+from forgeml.tokenizer.train import load_tokenizer, special_token_ids
+from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.dpo import pair_logps
+from forgeml.train.losses import PREFERENCE_LOSSES, PairLogps
+from forgeml.train.metrics import MetricsLogger
+from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.preference_data import (
+    PreferencePair,
+    PreferenceRecord,
+    batch_indices,
+    end_of_turn_ids,
+    parse_prompt_record,
+    prompt_text,
+    read_preference_records,
+)
+
+# (prompts, completions, metadatas) -> one reward per completion.
+Ranker = Callable[[list[str], list[str], list[dict[str, Any]]], list[float]]
+
+
+def load_reward_function(path: str) -> Callable[[str, str, dict[str, Any]], float]:
+    """Import 'pkg.module:function', a `(prompt, completion, metadata) -> float` callable."""
+    module, _, name = path.partition(":")
+    if not module or not name:
+        raise ConfigError(
+            f"reward function '{path}' is not an import path", hint="write 'pkg.module:function'"
+        )
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"cannot import reward function '{path}': {exc}",
+            hint="check the module is importable (on PYTHONPATH) and defines the function",
+        ) from None
+    if not callable(fn):
+        raise ConfigError(f"reward function '{path}' is not callable")
+    return fn
+
+
+def build_ranker(cfg: DPOConfig, ws: Workspace | None = None) -> Ranker:
+    """The ranker a recipe names: `dpo.reward_function` or `dpo.reward_model` (an asset in
+    `ws`, or a reward-model folder when `ws` is None)."""
+    if cfg.reward_function:
+        fn = load_reward_function(cfg.reward_function)
+        return lambda ps, cs, ms: [float(fn(p, c, m)) for p, c, m in zip(ps, cs, ms, strict=True)]
+    if cfg.reward_model:
+        from forgeml.train.reward_model import RewardScorer
+
+        scorer = RewardScorer(ws, cfg.reward_model)
+        return lambda ps, cs, ms: scorer(ps, cs)
+    raise ConfigError(
+        "online DPO needs a ranker", hint="set dpo.reward_function or dpo.reward_model"
+    )
+
+
+def sample_completions(
+    policy: nn.Module, prompt_ids: list[int], k: int, cfg: DPOConfig, *, stop_id: int,
+    seed: int, device: str,
+) -> list[tuple[list[int], bool]]:  # fmt: skip
+    """k sampled completions of one prompt: (new token ids without the stop id, stopped?)."""
+    room = policy.cfg.max_seq_len - len(prompt_ids) - 2  # keep space for `<|end|>\n`
+    out = []
+    for j in range(k):
+        ids = generate(
+            policy, prompt_ids, max_new_tokens=min(cfg.max_new_tokens, room),
+            temperature=cfg.temperature, top_k=cfg.top_k, stop_ids={stop_id}, seed=seed + j,
+            device=device,
+        )  # fmt: skip
+        out.append((ids, len(ids) < min(cfg.max_new_tokens, room)))
+    return out
+
+
+def _prompt_split(records: list[PreferenceRecord], fraction: float) -> tuple[list, list]:
+    if fraction <= 0 or len(records) < 2:
+        return records, []
+    rank = lambda r: hashlib.sha256(f"heldout:{r.prompt}:{r.line}".encode()).hexdigest()  # noqa: E731
+    n = min(max(1, round(fraction * len(records))), len(records) - 1)
+    held = {id(r) for r in sorted(records, key=rank)[:n]}
+    return [r for r in records if id(r) not in held], [r for r in records if id(r) in held]
+
+
+def mean_sampled_reward(
+    policy: nn.Module, prompts: Sequence[tuple[PreferenceRecord, list[int]]], ranker: Ranker,
+    decode: Callable[[list[int]], str], cfg: DPOConfig, *, stop_id: int, seed: int, device: str,
+) -> float:  # fmt: skip
+    """Mean reward of `samples_per_prompt` seeded samples per prompt (the before/after metric)."""
+    texts, recs = [], []
+    for i, (rec, ids) in enumerate(prompts):
+        for gen, _ in sample_completions(
+            policy, ids, cfg.samples_per_prompt, cfg, stop_id=stop_id, seed=seed + 1000 * i,
+            device=device,
+        ):  # fmt: skip
+            texts.append(decode(gen))
+            recs.append(rec)
+    rewards = ranker([r.prompt for r in recs], texts, [r.metadata for r in recs])
+    return sum(rewards) / max(len(rewards), 1)
+
+
+def train_online_dpo(
+    recipe: Recipe,
+    *,
+    base_model_dir: str | Path,
+    prompts_path: str | Path,
+    out_dir: str | Path,
+    ws: Workspace | None = None,
+    ranker: Ranker | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Online DPO from the model in `base_model_dir` (also the frozen reference) on the
+    prompts of `prompts_path` (JSONL with prompt/messages; chosen/rejected are ignored)."""
+    dcfg, tcfg, ocfg = recipe.dpo, recipe.train, recipe.optim
+    base_dir, out_dir = Path(base_model_dir), Path(out_dir)
+    device = pick_device(tcfg.device)
+    ranker = ranker or build_ranker(dcfg, ws)
+    tok = load_tokenizer(base_dir)
+    pad_id, stop_id, tail = (
+        special_token_ids(tok)["pad"],
+        tok.token_to_id(END),
+        end_of_turn_ids(tok),
+    )
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=True)  # noqa: E731
+    seed_everything(tcfg.seed)
+    policy = load_model(base_dir, device=device)
+    ref = load_model(base_dir, device=device).eval().requires_grad_(False)
+    limit = min(dcfg.max_length, policy.cfg.max_seq_len) - 3
+    records = read_preference_records(prompts_path, parse_prompt_record)
+    encoded = [(r, tok.encode(prompt_text(r.messages), add_special_tokens=False).ids) for r in records]  # fmt: skip
+    usable = [(r, ids) for r, ids in encoded if len(ids) < limit]
+    if not usable:
+        raise DataError(f"every prompt in {prompts_path} is too long for max_length {limit + 3}")
+    train_recs, held_recs = _prompt_split([r for r, _ in usable], dcfg.heldout_fraction)
+    ids_of = {id(r): ids for r, ids in usable}
+    train = [(r, ids_of[id(r)]) for r in train_recs]
+    evaluation = [(r, ids_of[id(r)]) for r in held_recs] or train[:8]
+    eval_kw = dict(stop_id=stop_id, seed=tcfg.seed + 7_000_000, device=device)
+    reward_before = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
+    optimizer = build_optimizer(policy, ocfg, device)
+    ckpt_dir = out_dir / "checkpoints"
+    run_hash = config_hash({"dpo": dcfg.model_dump(mode="json"), "optim": ocfg.model_dump(mode="json")})  # fmt: skip
+    start_step = 0
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise NotFoundError(f"--resume: no checkpoint in {ckpt_dir}", hint="run without it")
+        state = load_checkpoint(path, model=policy, optimizer=optimizer)
+        if state["extra"].get("config_hash") != run_hash:
+            raise ConfigError(f"cannot resume {path}: the dpo/optim settings changed")
+        start_step = state["step"]
+    metrics = MetricsLogger(
+        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
+        resume_step=start_step if resume else None,
+    )  # fmt: skip
+    loss_fn, k = PREFERENCE_LOSSES[dcfg.loss], dcfg.samples_per_prompt
+    micro, accum = tcfg.micro_batch_size, tcfg.grad_accum_steps
+    t_start = time.perf_counter()
+    record: dict[str, Any] = {}
+    for step in range(start_step, tcfg.max_steps):
+        lr = lr_at(step, tcfg.max_steps, ocfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # 1. Sample k completions per prompt from the current policy and rank them.
+        policy.eval()
+        batch = [train[i] for i in batch_indices(len(train), micro * accum, step, tcfg.seed)]
+        samples = [
+            sample_completions(
+                policy,
+                ids,
+                k,
+                dcfg,
+                stop_id=stop_id,
+                device=device,
+                seed=tcfg.seed * 1_000_003 + step * 10_007 + n * k,
+            )  # fmt: skip
+            for n, (_, ids) in enumerate(batch)
+        ]
+        texts = [decode(gen) for group in samples for gen, _ in group]
+        recs = [rec for rec, _ in batch for _ in range(k)]
+        rewards = ranker([r.prompt for r in recs], texts, [r.metadata for r in recs])
+        # 2. Best vs worst of each prompt becomes a preference pair (ties teach nothing).
+        pairs, ties = [], 0
+        for n, (rec, ids) in enumerate(batch):
+            scores = rewards[n * k : (n + 1) * k]
+            best, worst = (
+                max(range(k), key=scores.__getitem__),
+                min(range(k), key=scores.__getitem__),
+            )
+            if scores[best] == scores[worst]:
+                ties += 1
+                continue
+            full = [gen + tail if stopped else gen for gen, stopped in samples[n]]
+            pairs.append(PreferencePair(rec, ids, full[best], full[worst]))
+        # 3. The DPO loss on those pairs, reference log-probs from the frozen copy.
+        policy.train()
+        sums: dict[str, float] = {}
+        chunks = [pairs[i : i + micro] for i in range(0, len(pairs), micro)]
+        for chunk in chunks:
+            with torch.no_grad():
+                ref_sums, _ = pair_logps(ref, chunk, pad_id, device, tcfg.dtype)
+            pol_sums, counts = pair_logps(policy, chunk, pad_id, device, tcfg.dtype)
+            (pc, pr), (rc, rr), (nc, nr) = pol_sums.chunk(2), ref_sums.chunk(2), counts.chunk(2)
+            loss, m = loss_fn(PairLogps(pc, pr, rc, rr, nc, nr), dcfg)
+            (loss * len(chunk) / len(pairs)).backward()
+            for key, value in {"loss": loss.detach(), **m}.items():
+                sums[key] = sums.get(key, 0.0) + value.item() * len(chunk) / len(pairs)
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), ocfg.grad_clip or float("inf"))  # fmt: skip
+        if pairs:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        record = {
+            "step": done, "lr": lr, "grad_norm": grad_norm.item(), **sums, "pairs": len(pairs),
+            "ties": ties, "reward_mean": sum(rewards) / len(rewards),
+            "reward_best": max(rewards), "elapsed": time.perf_counter() - t_start,
+        }  # fmt: skip
+        if done % tcfg.log_every == 0 or done == tcfg.max_steps:
+            metrics.log(record)
+        if done == tcfg.max_steps or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
+            save_checkpoint(
+                ckpt_dir, done, model=policy, optimizer=optimizer, data_state={"step": done},
+                keep=tcfg.keep_checkpoints, extra={"config_hash": run_hash},
+            )  # fmt: skip
+    metrics.close()
+    reward_after = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
+    save_model(policy, out_dir / "model", base_dir)
+    summary = {
+        "loss": dcfg.loss, "online": True, "steps": tcfg.max_steps,
+        "final_train_loss": record.get("loss"), "prompts": len(train),
+        "eval_prompts": len(evaluation), "dropped_long_prompts": len(encoded) - len(usable),
+        "reward_before": reward_before, "reward_after": reward_after,
+        "seconds": time.perf_counter() - t_start, "model_dir": str(out_dir / "model"),
+    }  # fmt: skip
+    save_resolved(recipe, out_dir / "recipe.yaml")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary

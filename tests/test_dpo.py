@@ -1,0 +1,201 @@
+"""DPO/IPO and online DPO on tiny models: preference data validation and masking, margins grow,
+the reference log-probs are computed once and then read from the cache, exact resume, online
+DPO raises a trivially learnable reward, and config mistakes fail clearly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from preference_fixtures import make_base_model, write_pairs
+
+from forgeml.core.config import validate_recipe
+from forgeml.core.errors import ConfigError, DataError
+from forgeml.tokenizer.train import load_tokenizer
+from forgeml.train import dpo as dpo_module
+from forgeml.train.dpo import train_dpo
+from forgeml.train.online_dpo import load_reward_function, train_online_dpo
+from forgeml.train.preference_data import (
+    collate_pairs,
+    load_preference_pairs,
+    prompt_text,
+    read_preference_records,
+)
+
+
+def _recipe(dpo=None, **train):
+    return validate_recipe({
+        "train": {"max_steps": 12, "micro_batch_size": 8, "log_every": 4, "dtype": "fp32",
+                  "checkpoint_every": 0, **train},
+        "optim": {"lr": 5e-3, "warmup_steps": 2, "schedule": "constant"},
+        "dpo": {"beta": 0.1, "heldout_fraction": 0.25, "max_length": 64, **(dpo or {})},
+    })  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are all small kernels: one thread avoids OpenMP spin-waits on a busy
+    2-core machine (measured 16x slower with 2 threads under load); results are the same."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dpo")
+    return make_base_model(root), write_pairs(root / "pairs.jsonl", 32), root
+
+
+# ---- data ---------------------------------------------------------------------------------
+
+
+def test_pairs_are_rendered_with_the_chat_template_and_prompt_masked(base, tmp_path) -> None:
+    model_dir, _, _ = base
+    tok = load_tokenizer(model_dir)
+    path = tmp_path / "p.jsonl"
+    rows = [
+        {"prompt": "apple river", "chosen": "yes", "rejected": "no"},
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "stone"}],
+         "chosen": [{"role": "assistant", "content": "yes stone"}],
+         "rejected": {"role": "assistant", "content": "no"}, "margin": 1.5},
+    ]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs, report = load_preference_pairs(path, tok, max_length=64)
+    assert report.kept == 2 and report.records == 2 and pairs[1].record.margin == 1.5
+    head = prompt_text(pairs[1].record.messages)
+    assert head == "<|system|>\nbe brief<|end|>\n<|user|>\nstone<|end|>\n<|assistant|>\n"
+    assert tok.decode(pairs[1].chosen_ids, skip_special_tokens=False) == "yes stone<|end|>\n"
+    ids, mask = collate_pairs(pairs, pad_id=2)
+    for row, pair in enumerate(pairs + pairs):
+        completion = pair.chosen_ids if row < 2 else pair.rejected_ids
+        n_prompt = len(pair.prompt_ids)
+        assert mask[row, :n_prompt].sum() == 0  # prompt masked out
+        assert mask[row].sum() == len(completion)
+        assert ids[row, n_prompt : n_prompt + len(completion)].tolist() == completion
+
+
+def test_report_accounts_for_every_record(base, tmp_path) -> None:
+    model_dir, _, _ = base
+    tok = load_tokenizer(model_dir)
+    path = tmp_path / "p.jsonl"
+    long = " ".join(["seven"] * 80)
+    rows = [
+        {"prompt": "a", "chosen": "yes", "rejected": "no"},
+        {"prompt": "b", "chosen": "same", "rejected": "same"},
+        {"prompt": "c", "chosen": long, "rejected": "no"},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs, report = load_preference_pairs(path, tok, max_length=32)
+    assert report.kept == 1 and report.dropped == {"identical_completions": 1, "over_length": 1}
+    pairs, report = load_preference_pairs(path, tok, max_length=32, over_length="truncate")
+    assert report.kept == 2 and report.truncated == 1
+    assert max(len(p.prompt_ids) + len(p.chosen_ids) for p in pairs) <= 32
+
+
+def test_invalid_records_name_line_and_field(tmp_path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text(
+        '{"prompt": "x", "chosen": "a", "rejected": "b"}\n'
+        '{"prompt": "x", "chosen": "a"}\n'
+        "not json\n"
+        '{"messages": [{"role": "robot", "content": "hi"}], "chosen": "a", "rejected": "b"}\n'
+        '{"prompt": "x", "chosen": "", "rejected": "b"}\n'
+    )
+    with pytest.raises(DataError) as info:
+        read_preference_records(path)
+    text = str(info.value)
+    assert "4 invalid" in text and "bad.jsonl:2: missing 'rejected'" in text
+    assert "bad.jsonl:3: not valid JSON" in text and "bad.jsonl:4: 'messages'[0]" in text
+    assert "bad.jsonl:5: 'chosen'" in text
+
+
+# ---- offline DPO / IPO ----------------------------------------------------------------------
+
+
+def test_dpo_grows_the_margin_and_reuses_the_reference_cache(base, tmp_path, monkeypatch) -> None:
+    model_dir, pairs, _ = base
+    cache = tmp_path / "cache"
+    first = train_dpo(
+        _recipe(), base_model_dir=model_dir, pairs_path=pairs, out_dir=tmp_path / "a",
+        cache_dir=cache, progress=False,
+    )  # fmt: skip
+    assert first["reference_cache_hit"] is False
+    assert first["heldout_rewards_margins_before"] == pytest.approx(0.0, abs=1e-5)
+    assert first["heldout_rewards_margins"] > 0.5
+    assert first["heldout_rewards_accuracies"] >= 0.9
+    assert first["heldout_loss"] < first["heldout_loss_before"] - 0.2
+
+    def no_reference(*args, **kwargs):
+        raise AssertionError("the reference forward ran although its log-probs are cached")
+
+    monkeypatch.setattr(dpo_module, "_reference_forward", no_reference)
+    again = train_dpo(
+        _recipe(), base_model_dir=model_dir, pairs_path=pairs, out_dir=tmp_path / "b",
+        cache_dir=cache, progress=False,
+    )  # fmt: skip
+    assert again["reference_cache_hit"] is True
+    assert again["heldout_rewards_margins"] == pytest.approx(first["heldout_rewards_margins"])
+
+
+def test_ipo_trains(base, tmp_path) -> None:
+    model_dir, pairs, _ = base
+    out = train_dpo(
+        _recipe({"loss": "ipo", "beta": 0.5}), base_model_dir=model_dir, pairs_path=pairs,
+        out_dir=tmp_path / "ipo", progress=False,
+    )  # fmt: skip
+    assert out["heldout_loss"] < out["heldout_loss_before"]
+    assert out["heldout_rewards_margins"] > 0
+
+
+def test_resume_equals_uninterrupted_run(base, tmp_path) -> None:
+    from forgeml.models.hf_io import load_model
+
+    model_dir, pairs, _ = base
+    kw = dict(base_model_dir=model_dir, pairs_path=pairs, cache_dir=tmp_path / "c", progress=False)
+    train_dpo(_recipe(max_steps=4), out_dir=tmp_path / "full", **kw)
+    train_dpo(_recipe(max_steps=2), out_dir=tmp_path / "part", **kw)
+    train_dpo(_recipe(max_steps=4), out_dir=tmp_path / "part", resume=True, **kw)
+    full, part = load_model(tmp_path / "full" / "model"), load_model(tmp_path / "part" / "model")
+    for (name, a), (_, b) in zip(full.state_dict().items(), part.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+# ---- online DPO -----------------------------------------------------------------------------
+
+
+def test_online_dpo_raises_a_learnable_reward(base, tmp_path) -> None:
+    model_dir, pairs, _ = base
+    recipe = _recipe(
+        {"online": True, "reward_function": "preference_fixtures:count_e",
+         "samples_per_prompt": 4, "max_new_tokens": 8},
+        max_steps=15, micro_batch_size=4, log_every=5,
+    )  # fmt: skip
+    recipe = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": 1e-2})})
+    out = train_online_dpo(
+        recipe, base_model_dir=model_dir, prompts_path=pairs, out_dir=tmp_path / "on",
+        progress=False,
+    )  # fmt: skip
+    assert out["reward_after"] > out["reward_before"] + 0.5
+    logged = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").open()]
+    assert [r["step"] for r in logged] == [5, 10, 15] and all(r["pairs"] > 0 for r in logged)
+
+
+# ---- config errors --------------------------------------------------------------------------
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ConfigError, match="exactly one ranker"):
+        validate_recipe({"dpo": {"online": True}})
+    with pytest.raises(ConfigError, match="exactly one ranker"):
+        validate_recipe({"dpo": {"online": True, "reward_function": "a:b", "reward_model": "m"}})
+    with pytest.raises(ConfigError, match="'dpo.loss'"):
+        validate_recipe({"dpo": {"loss": "hinge"}})
+    with pytest.raises(ConfigError, match="did you mean 'dpo.beta'"):
+        validate_recipe({"dpo": {"betta": 0.1}})
+    with pytest.raises(ConfigError, match="not an import path"):
+        load_reward_function("no_colon")
+    with pytest.raises(ConfigError, match="cannot import reward function"):
+        load_reward_function("forgeml.nowhere:fn")
