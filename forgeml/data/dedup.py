@@ -5,17 +5,25 @@ Near duplicates follow Broder's MinHash ("On the resemblance and containment of 
 Datasets, ch. 3) and a check of the estimated Jaccard of every candidate pair, as in
 Lee et al., "Deduplicating training data makes language models better" (arXiv 2107.06499).
 Our MinHash is vectorised numpy multiply-shift hashing over a batch of documents at once
-(`benchmarks/dedup_throughput.py` compares it with datasketch).
+(`benchmarks/dedup_throughput.py` compares it with datasketch). For corpora whose signatures
+do not fit in memory, `SignatureSpill` + `near_duplicate_clusters_spilled` run the same LSH
+out of core: band keys are hash-partitioned to disk and each partition grouped on its own
+(the layout of datatrove's MinHash stages), so memory follows the partition size and the
+number of duplicates, not the corpus size.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import re
+import tempfile
 import unicodedata
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -123,6 +131,35 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
+def _band_layout(threshold: float, num_perm: int, bands: int | None, seed: int):
+    if bands is None:
+        bands, rows = lsh_params(threshold, num_perm)
+    else:
+        rows = num_perm // bands
+    mult = np.random.default_rng(seed).integers(1, 1 << 63, rows, dtype=np.uint64) | 1
+    return bands, rows, mult
+
+
+def _band_keys(sig64: np.ndarray, band: int, rows: int, mult: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return (sig64[:, band * rows : (band + 1) * rows] * mult).sum(axis=1)
+
+
+def _link_bucket(members: np.ndarray, sigs: np.ndarray, threshold: float, union) -> None:
+    """One LSH bucket (sorted member indices, their signatures): link each member whose
+    signature agrees with the first member's on at least `threshold` of the positions."""
+    same = (sigs[1:] == sigs[0]).mean(axis=1)
+    for other in members[1:][same >= threshold]:
+        union(int(members[0]), int(other))
+
+
+def _clusters_of(find, nodes) -> list[list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i in sorted(nodes):
+        groups.setdefault(find(i), []).append(i)
+    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+
+
 def near_duplicate_clusters(
     signatures: np.ndarray, threshold: float, *, bands: int | None = None, seed: int = 0
 ) -> list[list[int]]:
@@ -132,30 +169,233 @@ def near_duplicate_clusters(
     n, num_perm = signatures.shape
     if n < 2:
         return []
-    if bands is None:
-        bands, rows = lsh_params(threshold, num_perm)
-    else:
-        rows = num_perm // bands
-    mult = np.random.default_rng(seed).integers(1, 1 << 63, rows, dtype=np.uint64) | 1
+    bands, rows, mult = _band_layout(threshold, num_perm, bands, seed)
     uf = _UnionFind(n)
     sig64 = signatures.astype(np.uint64)
     for band in range(bands):
-        with np.errstate(over="ignore"):
-            keys = (sig64[:, band * rows : (band + 1) * rows] * mult).sum(axis=1)
+        keys = _band_keys(sig64, band, rows, mult)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, n])
         for s, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
             members = np.sort(order[s : s + size])
-            head = members[0]
-            same = (signatures[members[1:]] == signatures[head]).mean(axis=1)
-            for other in members[1:][same >= threshold]:
-                uf.union(int(head), int(other))
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(uf.find(i), []).append(i)
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+            _link_bucket(members, signatures[members], threshold, uf.union)
+    return _clusters_of(uf.find, range(n))
+
+
+# ---------------------------------------------------------------------------------------
+# Out of core: signatures on disk, band keys hash-partitioned to disk
+
+
+class SignatureSpill:
+    """Append-only file of MinHash signatures ((n, num_perm) uint32, row-major): memory
+    holds one appended batch at a time; rows are read back by range or by index."""
+
+    def __init__(self, path: str | Path, num_perm: int) -> None:
+        self.path = Path(path)
+        self.num_perm = num_perm
+        self.n = 0
+        self._fh = open(self.path, "w+b")  # noqa: SIM115 (closed by close())
+
+    def append(self, signatures: np.ndarray) -> None:
+        if signatures.ndim != 2 or signatures.shape[1] != self.num_perm:
+            raise ValueError(f"expected (n, {self.num_perm}) signatures, got {signatures.shape}")
+        self._fh.seek(0, os.SEEK_END)
+        self._fh.write(np.ascontiguousarray(signatures, dtype=np.uint32).tobytes())
+        self.n += len(signatures)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1."""
+        self._fh.flush()
+        width = self.num_perm * 4
+        raw = os.pread(self._fh.fileno(), (stop - start) * width, start * width)
+        return np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.num_perm)
+
+    def rows(self, index: np.ndarray) -> np.ndarray:
+        """Rows at the given (any order) indices."""
+        self._fh.flush()
+        width = self.num_perm * 4
+        fd = self._fh.fileno()
+        raw = b"".join(os.pread(fd, width, int(i) * width) for i in index)
+        return np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.num_perm)
+
+    def chunks(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        for start in range(0, self.n, size):
+            yield start, self.read(start, min(self.n, start + size))
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> SignatureSpill:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class _DictUnionFind:
+    """Union-find over the documents that have a verified duplicate (a dict, not a list
+    over the whole corpus); the smaller index stays root, as in `_UnionFind`."""
+
+    def __init__(self) -> None:
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while x != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+            self.parent.setdefault(min(ra, rb), min(ra, rb))
+
+
+def _partitioned_runs(
+    chunks: Iterator[np.ndarray], key: str, fields: tuple[str, ...], parts: int, tmp: Path
+) -> Iterator[np.ndarray]:
+    """Out-of-core group-by: entries (a structured dtype) are appended to `parts` files by
+    `key` modulo `parts`; then each file is loaded alone, sorted by `fields` and then
+    `idx`, and the `idx` of every run of >= 2 entries equal on `fields` is yielded
+    (ascending)."""
+    files = [open(tmp / f"part-{p:05d}.bin", "wb") for p in range(parts)]  # noqa: SIM115
+    dtype = None
+    try:
+        for entries in chunks:
+            dtype = entries.dtype
+            part = (entries[key] % np.uint64(parts)).astype(np.int64)
+            order = np.argsort(part, kind="stable")
+            bounds = np.searchsorted(part[order], np.arange(parts + 1))
+            for p in range(parts):
+                if bounds[p] < bounds[p + 1]:
+                    files[p].write(entries[order[bounds[p] : bounds[p + 1]]].tobytes())
+    finally:
+        for fh in files:
+            fh.close()
+    for p in range(parts):
+        path = tmp / f"part-{p:05d}.bin"
+        if dtype is None or path.stat().st_size < 2 * dtype.itemsize:
+            continue
+        entries = np.fromfile(path, dtype=dtype)
+        entries = entries[np.lexsort([entries["idx"], *(entries[f] for f in reversed(fields))])]
+        same = np.ones(len(entries) - 1, dtype=bool)
+        for f in fields:
+            same &= entries[f][1:] == entries[f][:-1]
+        starts = np.flatnonzero(np.r_[True, ~same])
+        sizes = np.diff(np.r_[starts, len(entries)])
+        for s, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
+            yield entries["idx"][s : s + size].astype(np.int64)
+        del entries
+        path.unlink()
+
+
+_BAND_ENTRY = np.dtype([("band", "<u4"), ("key", "<u8"), ("idx", "<u8")])
+
+
+def near_duplicate_clusters_spilled(
+    spill: SignatureSpill,
+    threshold: float,
+    *,
+    bands: int | None = None,
+    seed: int = 0,
+    exclude: np.ndarray | None = None,
+    max_entries: int = 1 << 20,
+    work_dir: str | Path | None = None,
+) -> list[list[int]]:
+    """`near_duplicate_clusters` over signatures on disk, with the same result (rows in
+    the sorted array `exclude` take no part, as if they were not in the spill).
+
+    Pass one reads the signatures in chunks and appends each (band, key, doc) entry to one
+    of P partition files chosen by key, P sized so a partition holds about `max_entries`
+    entries (20 bytes each). Pass two loads one partition at a time, groups equal
+    (band, key) entries and verifies each bucket against the first member's signature, read
+    back from the spill. Peak memory: one chunk, one partition, and the union-find over
+    documents that have duplicates. (A partition can exceed `max_entries` only when very
+    many documents share one band key, i.e. a cluster of that size.)"""
+    n, num_perm = spill.n, spill.num_perm
+    if n < 2:
+        return []
+    bands, rows, mult = _band_layout(threshold, num_perm, bands, seed)
+    parts = max(1, math.ceil(n * bands / max_entries))
+    chunk = max(1, max_entries // bands)
+
+    def entries() -> Iterator[np.ndarray]:
+        for start, sigs in spill.chunks(chunk):
+            idx = np.arange(start, start + len(sigs), dtype=np.int64)
+            if exclude is not None and len(exclude):
+                alive = ~np.isin(idx, exclude, assume_unique=True)
+                idx, sigs = idx[alive], sigs[alive]
+            sig64 = sigs.astype(np.uint64)
+            out = np.empty((bands, len(sigs)), dtype=_BAND_ENTRY)
+            for band in range(bands):
+                out["band"][band] = band
+                out["key"][band] = _band_keys(sig64, band, rows, mult)
+                out["idx"][band] = idx
+            yield out.ravel()
+
+    uf = _DictUnionFind()
+    with tempfile.TemporaryDirectory(prefix="lsh-", dir=work_dir) as tmp:
+        for members in _partitioned_runs(entries(), "key", ("band", "key"), parts, Path(tmp)):
+            _link_bucket(members, spill.rows(members), threshold, uf.union)
+    return _clusters_of(uf.find, uf.parent)
+
+
+_EXACT_ENTRY = np.dtype([("h1", "<u8"), ("h2", "<u8"), ("idx", "<u8")])
+
+
+class ExactHashSpill:
+    """Append-only file of (128-bit normalised-text hash, document index) entries, for
+    exact dedup whose memory does not grow with the corpus (`exact_groups_spilled`)."""
+
+    def __init__(self, path: str | Path, buffer: int = 1 << 16) -> None:
+        self.path = Path(path)
+        self.n = 0
+        self._fh = open(self.path, "wb")  # noqa: SIM115 (closed by close())
+        self._buf: list[bytes] = []
+        self._buffer = buffer
+
+    def add(self, text: str, idx: int) -> None:
+        self._buf.append(bytes.fromhex(exact_hash(text)) + idx.to_bytes(8, "little"))
+        self.n += 1
+        if len(self._buf) >= self._buffer:
+            self.flush()
+
+    def flush(self) -> None:
+        self._fh.write(b"".join(self._buf))
+        self._fh.flush()
+        self._buf = []
+
+    def chunks(self, size: int) -> Iterator[np.ndarray]:
+        self.flush()
+        with open(self.path, "rb") as fh:
+            while raw := fh.read(size * _EXACT_ENTRY.itemsize):
+                yield np.frombuffer(raw, dtype=_EXACT_ENTRY)
+
+    def close(self) -> None:
+        self.flush()
+        self._fh.close()
+
+    def __enter__(self) -> ExactHashSpill:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def exact_groups_spilled(
+    spill: ExactHashSpill, *, max_entries: int = 1 << 20, work_dir: str | Path | None = None
+) -> list[list[int]]:
+    """Groups (ascending indices, size >= 2, sorted by first index) of equal hashes."""
+    parts = max(1, math.ceil(spill.n / max_entries))
+    with tempfile.TemporaryDirectory(prefix="exact-", dir=work_dir) as tmp:
+        runs = _partitioned_runs(spill.chunks(max_entries), "h1", ("h1", "h2"), parts, Path(tmp))
+        return sorted((r.tolist() for r in runs), key=lambda g: g[0])
 
 
 @dataclass
