@@ -199,3 +199,46 @@ def test_config_errors_are_clear() -> None:
         load_reward_function("no_colon")
     with pytest.raises(ConfigError, match="cannot import reward function"):
         load_reward_function("forgeml.nowhere:fn")
+
+
+# ---- stages + CLI -------------------------------------------------------------------------
+
+
+def test_cli_rm_then_online_dpo_with_the_reward_model_records_lineage(
+    base, workspace, tmp_path
+) -> None:
+    """`forgeml train rm` then `forgeml train dpo` ranking samples with that reward model."""
+    from typer.testing import CliRunner
+
+    from forgeml.cli import app
+    from forgeml.pipeline.stages import open_registry
+
+    model_dir, pairs, _ = base
+    reg = open_registry(workspace)
+    base_id = reg.add_asset("model", "tiny", model_dir, metadata={"arch": "dense"}).id
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "train: {max_steps: 6, micro_batch_size: 4, log_every: 3, dtype: fp32, checkpoint_every: 0}\n"
+        "optim: {lr: 0.003, warmup_steps: 1}\n"
+        "reward_model: {max_length: 64}\n"
+        "dpo: {max_length: 64, samples_per_prompt: 2, max_new_tokens: 4}\n"
+    )
+    cli = ["-w", str(workspace.root), "-q", "train"]
+    runner = CliRunner()
+    res = runner.invoke(app, [*cli, "rm", str(recipe), "--base", base_id, "--data", str(pairs)])
+    assert res.exit_code == 0, res.output
+    rm = next(a for a in reg.list_assets("model") if a.metadata.get("task") == "reward")
+    assert rm.id in res.output and rm.metadata["heldout_accuracy"] is not None
+    again = runner.invoke(app, [*cli, "rm", str(recipe), "--base", base_id, "--data", str(pairs)])
+    assert "(cached)" in again.output
+
+    res = runner.invoke(app, [
+        *cli, "dpo", str(recipe), "--base", "tiny", "--data", str(pairs), "dpo.online=true",
+        f"dpo.reward_model={rm.id}", "train.max_steps=2",
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    policy = reg.get_asset("recipe-online-dpo")
+    assert policy.metadata["objective"] == "online-dpo" and "reward_after" in policy.metadata
+    up = {n["id"] for n in reg.lineage(policy.id).nodes}
+    data = reg.get_asset("pairs")
+    assert {base_id, rm.id, data.id} <= up and data.metadata["pairs"] == 32
