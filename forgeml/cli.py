@@ -915,18 +915,28 @@ def serve_cmd(
     device: Annotated[str, typer.Option()] = "cpu",
     ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
+    upstream: Annotated[
+        str | None,
+        typer.Option(help="Gateway mode: OpenAI base URL to forward to (e.g. vLLM's .../v1)."),
+    ] = None,
+    upstream_key: Annotated[
+        str | None, typer.Option(help="Name of the env variable holding the upstream's key.")
+    ] = None,
+    upstream_timeout: Annotated[float, typer.Option(help="Seconds to wait on the upstream.")] = 120,
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) behind
-    API keys, policies and the audit log."""
+    API keys, policies and the audit log; with --upstream, the same gateway in front of any
+    OpenAI-compatible server."""
     from forgeml.serve.api import serve
 
     if no_auth:
         err.print("[bold yellow]warning:[/] --no-auth: every request is accepted without a key")
     ws = _ws()
     serve(
-        ws.root, refs or [alias], host=host, port=port, policy_path=policy, no_auth=no_auth,
-        log_bodies=log_bodies, max_batch=max_batch, max_queue=max_queue, device=device,
-        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+        ws.root, refs or (None if upstream else [alias]), host=host, port=port,
+        policy_path=policy, no_auth=no_auth, log_bodies=log_bodies, max_batch=max_batch,
+        max_queue=max_queue, device=device, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+        upstream=upstream, upstream_key_env=upstream_key, upstream_timeout=upstream_timeout,
     )  # fmt: skip
 
 

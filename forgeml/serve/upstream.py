@@ -1,0 +1,240 @@
+"""Upstream mode: the gateway's client for any OpenAI-compatible server (vLLM, another forgeml).
+
+The API (`api.py`) authenticates, applies policies and rate limits and audits every request;
+this module only talks to the upstream: list its models, forward a body, stream its SSE chunks.
+Upstream failures become `UpstreamError` (502, or 504 on a timeout) whose text never holds the
+upstream key or the upstream's own error details beyond a short, scrubbed message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from forgeml.core.errors import ConfigError
+from forgeml.serve.engine import StreamEvent
+
+# Characters of an upstream's own 4xx message passed on to the client.
+UPSTREAM_MESSAGE_CHARS = 300
+
+
+class UpstreamError(Exception):
+    """The upstream failed: `status` is what the gateway answers (400, 429, 502, 504)."""
+
+    def __init__(
+        self, status: int, message: str, code: str, retry_after: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
+
+
+def upstream_base_url(url: str) -> str:
+    """The OpenAI base URL (…/v1) of an upstream given as http://host:port[/v1]."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"--upstream {url!r} is not an http(s) URL",
+            hint="give the OpenAI base URL, e.g. http://127.0.0.1:8001/v1",
+        )
+    if parts.username or parts.password:
+        raise ConfigError(
+            "the --upstream URL holds credentials",
+            hint="pass the upstream key with --upstream-key ENV_VAR instead",
+        )
+    path = parts.path.rstrip("/") or "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def upstream_key_from_env(env_var: str | None) -> str | None:
+    """The upstream key read from the environment variable named `env_var` (never argv)."""
+    if env_var is None:
+        return None
+    key = os.environ.get(env_var)
+    if not key:
+        raise ConfigError(
+            f"environment variable {env_var} (--upstream-key) is not set or empty",
+            hint=f"export {env_var}=<the upstream's API key>",
+        )
+    return key
+
+
+@dataclass
+class Upstream:
+    """One OpenAI-compatible upstream: base URL (…/v1), optional bearer key, timeouts (s)."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 120.0
+    connect_timeout: float = 10.0
+    _client: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def _timeout(self) -> httpx.Timeout:
+        return httpx.Timeout(self.timeout, connect=self.connect_timeout)
+
+    def client(self) -> httpx.AsyncClient:
+        """One pooled client, made on first use inside the server's event loop."""
+        if self._client is None or self._client.is_closed:
+            self._client = httpx.AsyncClient(
+                base_url=self.base_url, headers=self._headers(), timeout=self._timeout()
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def list_models(self) -> list[str]:
+        """The upstream's model ids (`GET /models`), synchronously, at gateway start."""
+        try:
+            with httpx.Client(headers=self._headers(), timeout=self._timeout()) as client:
+                resp = client.get(f"{self.base_url}/models")
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        if resp.status_code != 200:
+            raise self._status_error(resp.status_code, resp.text, resp.headers)
+        try:
+            return [m["id"] for m in resp.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise UpstreamError(
+                502, "the upstream's model list is malformed", "bad_upstream"
+            ) from None
+
+    async def post(self, path: str, body: dict) -> dict:
+        """POST a non-streaming request; the upstream's JSON answer."""
+        try:
+            resp = await self.client().post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        if resp.status_code != 200:
+            raise self._status_error(resp.status_code, resp.text, resp.headers)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise UpstreamError(
+                502, "the upstream answered with invalid JSON", "bad_upstream"
+            ) from None
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise UpstreamError(502, "the upstream's answer has no choices", "bad_upstream")
+        return data
+
+    async def open_stream(self, path: str, body: dict) -> UpstreamStream:
+        """Send a streaming request and wait for the upstream's status; then iterate chunks."""
+        client = self.client()
+        try:
+            resp = await client.send(client.build_request("POST", path, json=body), stream=True)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        if resp.status_code != 200:
+            try:
+                text = (await resp.aread()).decode("utf-8", "replace")
+            except httpx.HTTPError:
+                text = ""
+            finally:
+                await resp.aclose()
+            raise self._status_error(resp.status_code, text, resp.headers)
+        return UpstreamStream(resp, self)
+
+    # -- error mapping --------------------------------------------------------------------
+
+    def scrub(self, text: str) -> str:
+        """Text with the upstream key (should an upstream echo it) removed, and shortened."""
+        if self.api_key:
+            text = text.replace(self.api_key, "[REDACTED]")
+        return text[:UPSTREAM_MESSAGE_CHARS]
+
+    @staticmethod
+    def _transport_error(exc: httpx.HTTPError) -> UpstreamError:
+        if isinstance(exc, httpx.TimeoutException):
+            return UpstreamError(504, "the upstream did not answer in time", "upstream_timeout")
+        return UpstreamError(502, "the upstream is unreachable", "upstream_unavailable")
+
+    def _status_error(self, status: int, text: str, headers: httpx.Headers) -> UpstreamError:
+        if status == 429:
+            return UpstreamError(
+                429,
+                "the upstream is busy, retry later",
+                "upstream_busy",
+                headers.get("retry-after"),
+            )
+        if status in (400, 413, 422):
+            # The client's request was wrong for the upstream (e.g. too many tokens for its
+            # context): say why, in the upstream's words, scrubbed and short.
+            try:
+                detail = json.loads(text)["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                detail = "the upstream rejected the request"
+            return UpstreamError(400, f"upstream: {self.scrub(str(detail))}", "upstream_rejected")
+        if status in (401, 403):
+            # The gateway's own credentials: the client can do nothing about it, the operator can.
+            return UpstreamError(
+                502, "the upstream refused the gateway's credentials", "upstream_auth"
+            )
+        return UpstreamError(502, f"the upstream failed (HTTP {status})", "upstream_error")
+
+
+class UpstreamStream:
+    """An open SSE response: iterate `chunks()` for the upstream's JSON chunks until [DONE]."""
+
+    def __init__(self, response: httpx.Response, upstream: Upstream) -> None:
+        self.response, self.upstream = response, upstream
+
+    async def chunks(self) -> AsyncIterator[dict]:
+        try:
+            async for line in self.response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return
+                try:
+                    obj = json.loads(data)
+                except ValueError:
+                    raise UpstreamError(
+                        502, "the upstream sent an invalid stream chunk", "bad_upstream"
+                    ) from None
+                if isinstance(obj, dict) and "error" in obj:
+                    raise UpstreamError(502, "the upstream failed mid-stream", "upstream_error")
+                if isinstance(obj, dict):
+                    yield obj
+        except httpx.HTTPError as exc:
+            raise Upstream._transport_error(exc) from None
+        finally:
+            await self.response.aclose()
+
+    async def aclose(self) -> None:
+        await self.response.aclose()
+
+
+async def upstream_stream_events(
+    stream: UpstreamStream, *, chat: bool
+) -> AsyncIterator[StreamEvent]:
+    """The upstream's chunks as engine `StreamEvent`s: text deltas, then one final event with
+    the finish reason and the token counts the upstream reported (`include_usage`)."""
+    finish, usage = None, {}
+    try:
+        async for obj in stream.chunks():
+            if isinstance(obj.get("usage"), dict):
+                usage = obj["usage"]
+            for choice in obj.get("choices") or []:
+                if not isinstance(choice, dict):
+                    continue
+                delta = choice.get("delta") if chat else choice
+                text = delta.get("content" if chat else "text") if isinstance(delta, dict) else None
+                if isinstance(text, str) and text:
+                    yield StreamEvent(text, [])
+                if isinstance(choice.get("finish_reason"), str):
+                    finish = choice["finish_reason"]
+    finally:
+        await stream.aclose()
+    counts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
+    prompt, completion = (c if isinstance(c, int) and c >= 0 else 0 for c in counts)
+    yield StreamEvent("", [], finish or "stop", prompt_tokens=prompt, completion_tokens=completion)
