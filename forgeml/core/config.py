@@ -410,6 +410,37 @@ class RewardModelConfig(_Section):
     use_margin: bool = Field(True, description="subtract a pair's `margin` field when present")
 
 
+class LoRAConfig(_Section):
+    """LoRA adapters (Hu et al., arXiv:2106.09685) on our linear layers, saved in PEFT format."""
+
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0, description="update scale is alpha / rank")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targets: list[Literal["wqkv", "wo", "w13", "w2"]] = Field(
+        default_factory=lambda: ["wqkv", "wo", "w13", "w2"],
+        description="our layer names: wqkv (q/k/v), wo, w13 (gate/up), w2 (down)",
+    )
+
+
+class SFTConfig(_Section):
+    """Supervised fine-tuning on chat JSONL (`forgeml train sft`; the pipeline runs it after
+    pre-training when the recipe has this section). Loss on assistant turns only."""
+
+    data: str | None = Field(None, description="training JSONL (messages or prompt/completion)")
+    heldout: str | None = Field(None, description="held-out JSONL for eval loss; None: none")
+    method: Literal["full", "lora"] = "full"
+    lora: LoRAConfig = LoRAConfig()
+    packing: bool = Field(True, description="pack short examples into rows (block-diagonal mask)")
+    overlength: Literal["truncate", "drop"] = Field(
+        "truncate", description="examples longer than train.seq_len + 1 tokens"
+    )
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="invalid records: stop with file:line:field, or count and skip"
+    )
+    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=10, weight_decay=0.0)
+    train: TrainConfig = TrainConfig(max_steps=200, eval_every=50, checkpoint_every=50)
+
+
 class Recipe(_Section):
     """A whole factory run: every stage's settings."""
 
@@ -428,6 +459,7 @@ class Recipe(_Section):
     dpo: DPOConfig = DPOConfig()
     reward_model: RewardModelConfig = RewardModelConfig()
     rl: RLConfig = RLConfig()
+    sft: SFTConfig | None = None
 
 
 def canonical_json(obj: Any) -> str:

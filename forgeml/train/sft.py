@@ -1,0 +1,289 @@
+"""Supervised fine-tuning (full or LoRA) of a model on chat data, loss on assistant turns only.
+
+One readable loop, like pretrain.py: load the base model (and wrap it with LoRA), tokenize and
+pack the conversations (`chat_data`), then per step set the lr, accumulate token-weighted
+gradients over micro-batches, clip, step, log, evaluate on held-out conversations and
+checkpoint. out_dir: checkpoints/, metrics.jsonl, data_report.json, and model/ (full) or
+adapter/ (LoRA, PEFT format).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from forgeml.core.config import SFTConfig, config_hash
+from forgeml.core.errors import ConfigError, NotFoundError
+from forgeml.core.io import atomic_write_bytes, atomic_write_text
+from forgeml.core.runtime import autocast, pick_device, seed_everything
+from forgeml.models.dense import IGNORE_INDEX
+from forgeml.models.hf_io import TOKENIZER_FILES, load_model, save_model
+from forgeml.models.lora import apply_lora, save_adapter, trainable_parameters
+from forgeml.models.moe import router_metrics
+from forgeml.models.parallelize import parallelize
+from forgeml.tokenizer.train import load_tokenizer
+from forgeml.train.chat_data import (
+    PAD_DOC,
+    PackedRows,
+    SFTBatches,
+    load_chat_examples,
+    pack_examples,
+    pad_token_id,
+    rows_to_batch,
+)
+from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.distributed import all_reduce_mean, barrier, init_distributed
+from forgeml.train.metrics import MetricsLogger
+from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.pretrain import RESULT_NEUTRAL_TRAIN_FIELDS, _check_same_run, _deterministic
+
+
+def results_config(cfg: SFTConfig, base_hash: str) -> dict[str, Any]:
+    """The settings that decide the fine-tuned weights (hashed into checkpoints)."""
+    body = cfg.model_dump(mode="json", exclude={"train", "optim", "data", "heldout"})
+    return {
+        "base": {"weights_sha256": base_hash},
+        "sft": body,
+        "optim": cfg.optim.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS),
+    }
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, rows: PackedRows, *, batch_size: int, device: str, dtype: str,
+    packing: bool, rank: int = 0, world_size: int = 1,
+) -> float:  # fmt: skip
+    """Mean loss per assistant token over all held-out rows (split over processes)."""
+    model.eval()
+    total = torch.zeros(2, device=device)  # loss * label tokens, label tokens
+    for i, start in enumerate(range(0, len(rows), batch_size)):
+        if i % world_size != rank:
+            continue
+        x, y, docs = (t.to(device) for t in rows_to_batch(rows, range(start, min(start + batch_size, len(rows)))))  # fmt: skip
+        n = (y != IGNORE_INDEX).sum()
+        if n == 0:
+            continue
+        with autocast(device, dtype):
+            loss = model(x, y, doc_ids=docs if packing else None)
+        total += torch.stack([loss.float() * n, n.float()])
+    model.train()
+    total = all_reduce_mean(total)
+    return (total[0] / total[1]).item()
+
+
+def sft(
+    cfg: SFTConfig,
+    *,
+    base_model_dir: Path,
+    train_data: Path,
+    out_dir: Path,
+    heldout_data: Path | None = None,
+    base_model_id: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune the model in `base_model_dir` on `train_data`; return a summary."""
+    with _deterministic(pick_device(cfg.train.device) == "cpu"):
+        return _sft(cfg, Path(base_model_dir), Path(train_data), Path(out_dir), heldout_data,
+                    base_model_id, resume, progress)  # fmt: skip
+
+
+def _sft(
+    cfg: SFTConfig, base_dir: Path, train_data: Path, out_dir: Path, heldout_data: Path | None,
+    base_model_id: str | None, resume: bool, progress: bool,
+) -> dict[str, Any]:  # fmt: skip
+    tcfg, ocfg = cfg.train, cfg.optim
+    dist = init_distributed(tcfg.device)
+    device = dist.device
+    tok = load_tokenizer(base_dir)
+    data_kw = dict(max_tokens=tcfg.seq_len + 1, overlength=cfg.overlength, on_invalid=cfg.on_invalid)  # fmt: skip
+    examples, report = load_chat_examples(train_data, tok, **data_kw)
+    rows = pack_examples(examples, tcfg.seq_len, pad_token_id(tok), packing=cfg.packing)
+    eval_rows, eval_report = None, None
+    if heldout_data is not None:
+        held, eval_report = load_chat_examples(heldout_data, tok, **data_kw)
+        eval_rows = pack_examples(held, tcfg.seq_len, pad_token_id(tok), packing=cfg.packing)
+
+    seed_everything(tcfg.seed)
+    model = load_model(base_dir, device=device)
+    if tcfg.seq_len > model.cfg.max_seq_len:
+        raise ConfigError(
+            f"sft.train.seq_len {tcfg.seq_len} > the base model's max_seq_len {model.cfg.max_seq_len}",  # fmt: skip
+            hint="lower sft.train.seq_len",
+        )
+    if cfg.method == "lora":
+        lc = cfg.lora
+        apply_lora(model, list(lc.targets), lc.rank, lc.alpha, lc.dropout)
+    optimizer = build_optimizer(model, ocfg, device)
+    run_config = results_config(cfg, _file_sha256(base_dir / "model.safetensors"))
+    ckpt_dir = out_dir / "checkpoints"
+    global_batch = tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
+    start_step, saved, state = 0, {}, {}
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        if path is None:
+            raise NotFoundError(f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume")  # fmt: skip
+        state = load_checkpoint(path, model=model, optimizer=optimizer)
+        saved = state["extra"]
+        _check_same_run(saved, run_config, path)
+        start_step, global_batch = state["step"], state["data"]["global_batch_size"]
+    grad_accum, rest = divmod(global_batch, tcfg.micro_batch_size * dist.world_size)
+    if rest or not grad_accum:
+        raise ConfigError(
+            f"global batch of {global_batch} rows cannot be split into micro-batches of "
+            f"{tcfg.micro_batch_size} over {dist.world_size} processes",
+            hint="pick a sft.train.micro_batch_size that divides it",
+        )
+    batches = SFTBatches(rows, global_batch_size=global_batch, seed=tcfg.seed, rank=dist.rank,
+                         world_size=dist.world_size)  # fmt: skip
+    if resume:
+        batches.load_state_dict(state["data"])
+    train_model = parallelize(model, compile=tcfg.compile, ddp=dist.world_size > 1, device=device)
+    metrics = MetricsLogger(
+        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
+        progress=progress, resume_step=start_step if resume else None,
+    )  # fmt: skip
+    eval_kw = dict(batch_size=tcfg.micro_batch_size, device=device, dtype=tcfg.dtype,
+                   packing=cfg.packing, rank=dist.rank, world_size=dist.world_size)  # fmt: skip
+    train_loss, eval_loss = saved.get("train_loss"), saved.get("eval_loss")
+    tokens_seen = saved.get("tokens", 0)
+    elapsed_before = saved.get("elapsed", 0.0)
+    t_start = t_log = time.perf_counter()
+    tokens_log = tokens_seen
+    for step in range(start_step, tcfg.max_steps):
+        lr = lr_at(step, tcfg.max_steps, ocfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = batches.next_micro_batches(tcfg.micro_batch_size, grad_accum)
+        # Token-weighted mean over the whole global batch: each micro-batch's mean loss is
+        # weighted by its share of the batch's assistant tokens (over all processes), so the
+        # gradient does not depend on how the batch is split.
+        counts = torch.stack([(y != IGNORE_INDEX).sum() for _, y, _ in micro_batches]).float()
+        batch_tokens = all_reduce_mean(counts.sum().to(device)) * dist.world_size
+        step_tokens = sum(int((docs != PAD_DOC).sum()) for _, _, docs in micro_batches)
+        tokens_seen += round(all_reduce_mean(torch.tensor(float(step_tokens), device=device)).item() * dist.world_size)  # fmt: skip
+        loss_sum = torch.zeros((), device=device)
+        for i, (x, y, docs) in enumerate(micro_batches):
+            x, y, docs = x.to(device), y.to(device), docs.to(device)
+            last = i == grad_accum - 1
+            sync = contextlib.nullcontext() if last or dist.world_size == 1 else train_model.no_sync()  # fmt: skip
+            with sync:
+                with autocast(device, tcfg.dtype):
+                    loss = train_model(x, y, doc_ids=docs if cfg.packing else None)
+                weight = counts[i].to(device) / batch_tokens
+                (loss * weight * dist.world_size).backward()
+            loss_sum += loss.detach().float() * weight * dist.world_size
+        params = [p for p in model.parameters() if p.requires_grad]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, ocfg.grad_clip or float("inf"))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        done = step + 1
+        final = done == tcfg.max_steps
+        evaluate = eval_rows is not None and (final or (tcfg.eval_every and done % tcfg.eval_every == 0))  # fmt: skip
+        if evaluate:
+            eval_loss = evaluate_loss(model, eval_rows, **eval_kw)
+        if final or evaluate or done % tcfg.log_every == 0:
+            train_loss = all_reduce_mean(loss_sum).item()
+            now = time.perf_counter()
+            metrics.log({
+                "step": done, "loss": train_loss, "lr": lr, "tokens": tokens_seen,
+                "tok_per_s": (tokens_seen - tokens_log) / max(now - t_log, 1e-9),
+                "grad_norm": grad_norm.item(), "eval_loss": eval_loss if evaluate else None,
+                "elapsed": elapsed_before + now - t_start, **router_metrics(model),
+            })  # fmt: skip
+            t_log, tokens_log = now, tokens_seen
+        if final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
+            save_checkpoint(
+                ckpt_dir, done, model=model, optimizer=optimizer, data_state=batches.state_dict(),
+                keep=tcfg.keep_checkpoints, extra={
+                    "config_hash": config_hash(run_config), "results_config": run_config,
+                    "train_loss": train_loss, "eval_loss": eval_loss, "tokens": tokens_seen,
+                    "elapsed": elapsed_before + time.perf_counter() - t_start,
+                },
+            )  # fmt: skip
+    metrics.close()
+    seconds = time.perf_counter() - t_start
+    summary = {
+        "method": cfg.method, "final_train_loss": train_loss, "final_eval_loss": eval_loss,
+        "steps": tcfg.max_steps, "tokens": tokens_seen,
+        "tokens_per_s": (tokens_seen - saved.get("tokens", 0)) / max(seconds, 1e-9),
+        "params": model.num_params(), "trainable_params": trainable_parameters(model),
+        "rows": len(rows), "examples": len(examples), "world_size": dist.world_size,
+        "config_hash": config_hash(run_config), "data": report.to_dict(),
+        "heldout": eval_report.to_dict() if eval_report else None,
+        "metrics_path": str(out_dir / "metrics.jsonl"),
+    }  # fmt: skip
+    if dist.is_main:
+        if cfg.method == "lora":
+            summary["adapter_dir"] = str(save_adapter(model, out_dir / "adapter", base_model=base_model_id))  # fmt: skip
+            for name in TOKENIZER_FILES:
+                if (base_dir / name).is_file():
+                    atomic_write_bytes(out_dir / "adapter" / name, (base_dir / name).read_bytes())
+        else:
+            summary["model_dir"] = str(save_model(model, out_dir / "model", base_dir))
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m forgeml.train.sft --base MODEL_DIR --data FILE.jsonl --out DIR [overrides]`
+    (also under torchrun); the recipe's `sft` section, or defaults."""
+    import argparse
+
+    from forgeml.core.config import load_recipe
+    from forgeml.core.errors import ForgeError
+    from forgeml.train.distributed import cleanup
+
+    parser = argparse.ArgumentParser(prog="python -m forgeml.train.sft")
+    parser.add_argument("--recipe", type=Path)
+    parser.add_argument("--base", type=Path, required=True, help="base model folder")
+    parser.add_argument("--data", type=Path, help="training JSONL (default: sft.data)")
+    parser.add_argument("--heldout", type=Path, help="held-out JSONL (default: sft.heldout)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted key=value, e.g. sft.train.max_steps=50"
+    )
+    args = parser.parse_args(argv)
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        cfg = recipe.sft or SFTConfig()
+        data = args.data or (Path(cfg.data) if cfg.data else None)
+        if data is None:
+            raise ConfigError("no training data", hint="pass --data FILE.jsonl or set sft.data")
+        heldout = args.heldout or (Path(cfg.heldout) if cfg.heldout else None)
+        summary = sft(cfg, base_model_dir=args.base, train_data=data, out_dir=args.out,
+                      heldout_data=heldout, resume=args.resume, progress=not args.quiet)  # fmt: skip
+    except ForgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        cleanup()
+    if not args.quiet:
+        print(json.dumps({k: v for k, v in summary.items() if k not in ("data", "heldout")}, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
