@@ -242,3 +242,21 @@ def test_cli_rm_then_online_dpo_with_the_reward_model_records_lineage(
     up = {n["id"] for n in reg.lineage(policy.id).nodes}
     data = reg.get_asset("pairs")
     assert {base_id, rm.id, data.id} <= up and data.metadata["pairs"] == 32
+
+
+# ---- ACME preference data -----------------------------------------------------------------
+
+
+def test_acme_translation_pairs_are_execution_verified(tmp_path) -> None:
+    from forgeml.demo.acme_prefs import translation_reward, write_translation_preferences
+
+    path = tmp_path / "acme_prefs.jsonl"
+    report = write_translation_preferences(path, seed=0, count=6)
+    assert report["programs"] == 6 and report["pairs"] + sum(report["skipped"].values()) == 6
+    records = read_preference_records(path)
+    assert len(records) == report["pairs"] >= 5
+    for rec in records:
+        assert rec.chosen != rec.rejected and "```acme-cl" in rec.messages[-1]["content"]
+        assert translation_reward(rec.prompt, rec.chosen, rec.metadata) == 1.0
+        assert translation_reward(rec.prompt, rec.rejected, rec.metadata) < 1.0
+    assert translation_reward("p", "```python\nprint(1)\n```", {}) == 0.0
