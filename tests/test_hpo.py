@@ -5,6 +5,10 @@ next to Alembic's tables, parallel trials run as jobs on two workers."""
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
@@ -146,3 +150,69 @@ def test_parallel_trials_run_as_jobs_on_two_workers(workspace, text_folder, tmp_
     assert len(stored.trials) == 4
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in stored.trials) >= 1
     assert load_recipe(out).optim.lr == pytest.approx(stored.best_params["optim.lr"])
+
+
+PG_URL = os.environ.get("FORGEML_TEST_PG_URL")
+_APPENDER = """
+import sys
+from forgeml.hpo.storage import RegistryJournalBackend
+from forgeml.registry import Registry
+backend = RegistryJournalBackend(Registry(sys.argv[1], sys.argv[2]))
+who = int(sys.argv[3])
+for i in range(0, 24, 3):
+    backend.append_logs([{"who": who, "i": j} for j in range(i, i + 1 + (i // 3) % 3)])
+"""
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def registry_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'registry.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("FORGEML_TEST_PG_URL is not set (see .ci/start_postgres.sh)")
+    schema = f"forgeml_h_{secrets.token_hex(4)}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def test_journal_in_the_registry_database_under_concurrent_writers(registry_url, tmp_path):
+    """Three processes append at once: every log is stored once, numbered without gaps, in
+    each writer's order; Optuna studies round-trip through it; Alembic still sees its head."""
+    from forgeml.hpo.storage import RegistryJournalBackend
+    from forgeml.registry import Registry
+
+    reg = Registry(registry_url, tmp_path / "art")  # migrations first, like a workspace
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _APPENDER, registry_url, str(tmp_path / "art"), str(w)]
+        )  # fmt: skip
+        for w in range(3)
+    ]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    backend = RegistryJournalBackend(reg)
+    logs = list(backend.read_logs(0))
+    per_writer = [[log["i"] for log in logs if log["who"] == w] for w in range(3)]
+    expected = [j for i in range(0, 24, 3) for j in range(i, i + 1 + (i // 3) % 3)]
+    assert per_writer == [expected] * 3
+    with reg.engine.connect() as conn:
+        numbers = [r[0] for r in conn.execute(sa.text("SELECT log_number FROM hpo_journal"))]
+    assert sorted(numbers) == list(range(len(logs)))
+    assert list(backend.read_logs(len(logs) - 2)) == logs[-2:]
+
+    with reg.engine.begin() as conn:  # Optuna replays every log: start from an empty journal
+        conn.execute(sa.text("DELETE FROM hpo_journal"))
+    storage = optuna.storages.JournalStorage(backend)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.5) ** 2, n_trials=4)
+    again = optuna.load_study(study_name="s", storage=optuna.storages.JournalStorage(
+        RegistryJournalBackend(Registry(registry_url, tmp_path / "art"))))  # fmt: skip
+    assert len(again.trials) == 4 and again.best_value == study.best_value
+    reg.close()
+    Registry(registry_url, tmp_path / "art").close()  # the registry opens fine beside it
