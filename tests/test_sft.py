@@ -205,3 +205,30 @@ def test_acme_sft_data_is_deterministic_valid_and_split(tmp_path):
     # translation requests carry their execution tests
     t = next(r for r in train if r["metadata"]["task"] == "translate")
     assert t["metadata"]["tests"][0]["expected"]
+
+
+@pytest.mark.slow
+def test_pipeline_runs_sft_after_pretraining(workspace, text_folder, tmp_path):
+    from forgeml.pipeline.run import run_pipeline
+    from forgeml.pipeline.stages import open_registry
+
+    records = [r for r in build_sft_records(seed=0, scale=0.05) if r["metadata"]["task"] == "policy_qa"]  # fmt: skip
+    chat = tmp_path / "qa.jsonl"
+    chat.write_text("".join(json.dumps(r) + "\n" for r in records))
+    recipe = validate_recipe({
+        "data": {"sources": [str(text_folder)], "heldout_fraction": 0.1},
+        "tokenizer": {"vocab_size": 400},
+        "model": {"dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64,
+                  "max_seq_len": 128},
+        "train": {"max_steps": 5, "micro_batch_size": 4, "seq_len": 64, "eval_every": 0,
+                  "checkpoint_every": 0, "dtype": "fp32"},
+        "eval": {"max_batches": 1},
+        "sft": {"data": str(chat), "train": {"max_steps": 3, "micro_batch_size": 2,
+                "seq_len": 128, "checkpoint_every": 0, "dtype": "fp32"}},
+    })  # fmt: skip
+    result = run_pipeline(workspace, recipe, progress=False)
+    stages = [s.stage for s in result.stages]
+    assert stages[-1] == "sft" and "pretrain" in stages
+    tuned = open_registry(workspace).get_asset(result.stage("sft").output)
+    assert tuned.kind == "model" and tuned.metadata["base_model"] == result.stage("pretrain").output
+    assert all(s.cached for s in run_pipeline(workspace, recipe, progress=False).stages)

@@ -149,6 +149,12 @@ def run_pipeline(
                 notify=notify,
             )  # fmt: skip
         )
+    if recipe.sft is not None:  # chat fine-tuning of the pre-trained model (sft_stage.py)
+        from forgeml.pipeline.sft_stage import sft_stage
+
+        out.stages.append(
+            sft_stage(ws, recipe, model.output, force=force, progress=progress, notify=notify)
+        )
     for prompt in recipe.generate.prompts:
         out.samples.append((prompt, generate_text(ws, model.output, prompt, recipe.generate)))
     out.seconds = time.perf_counter() - start
