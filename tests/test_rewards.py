@@ -258,3 +258,14 @@ def test_weighted_sum_of_plugins(plugin_module):
     assert each == {"len": [0.2, 0.4], "regex": [1.0, 0.0]}
     assert total == pytest.approx([2 * 0.2 - 1.0, 2 * 0.4])
     assert set(REWARD_KINDS) == {"function", "regex", "exact_match", "execution", "reward_model"}
+
+
+def test_cases_after_a_timeout_are_failed_without_running():
+    cases = [{"inputs": [], "expected": []}] * 3
+    t0 = time.perf_counter()
+    score, results = score_io_cases(
+        "while True:\n    pass", cases, limits=SandboxLimits(timeout_s=1.0), stop_after_timeout=True
+    )
+    assert score == 0.0 and time.perf_counter() - t0 < 2.5
+    assert "timed out" in results[0].error
+    assert [r.error for r in results[1:]] == ["not run: an earlier case timed out"] * 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -176,3 +177,99 @@ def test_prompt_order_is_a_pure_function_of_the_step():
     flat = [i for step in seen for i in step]
     assert sorted(flat[:5]) == list(range(5)) and sorted(flat[5:10]) == list(range(5))
     assert rl.prompts_for_step(5, 3, 2, seed=3) == seen[3]
+
+
+# --- the ACME use case, the registered stage and the CLI -----------------------------
+
+
+@pytest.fixture(scope="module")
+def acme_prompts(tmp_path_factory) -> tuple[Path, dict]:
+    from forgeml.demo import generate_corpus
+    from forgeml.demo.acme_rl import build_rl_prompts
+
+    corpus = tmp_path_factory.mktemp("acme") / "corpus"
+    generate_corpus(corpus, seed=0, scale=0.05)
+    return corpus, build_rl_prompts(corpus)
+
+
+def test_acme_translation_reward_runs_python_against_the_interpreter(acme_prompts):
+    from forgeml.demo.acme_rl import python_compiles, translation_reward
+
+    corpus, splits = acme_prompts
+    records = splits["train"] + splits["heldout"]
+    assert len(records) == 21 and splits["heldout"]
+    for rec in records[:3]:
+        reference = (corpus / "programs" / f"{rec['slug']}.py").read_text()
+        meta = {k: v for k, v in rec.items() if k != "messages"}
+        assert translation_reward("p", f"```python\n{reference}```", meta) == 1.0
+        # One wrong line in every output: no case passes.
+        wrong = reference.replace("def main() -> None:\n", "def main() -> None:\n    print('x')\n")
+        assert translation_reward("p", wrong, meta) == 0.0
+        assert python_compiles("p", reference, meta) == 1.0
+        assert python_compiles("p", "def (:", meta) == 0.0
+
+
+def test_acme_translation_reward_fails_a_hanging_program_quickly(acme_prompts):
+    from forgeml.demo.acme_rl import translation_reward
+
+    rec = acme_prompts[1]["train"][0]
+    meta = {k: v for k, v in rec.items() if k != "messages"}
+    t0 = time.perf_counter()
+    assert translation_reward("p", "while True:\n    pass", meta) == 0.0
+    assert time.perf_counter() - t0 < 10  # one 2 s timeout, not one per test case
+
+
+def test_acme_heldout_split_is_the_sft_split(acme_prompts):
+    import forgeml.demo.acme as acme
+    from forgeml.demo.acme_rl import is_heldout
+
+    _, splits = acme_prompts
+    sft_rule = getattr(acme, "_sft_is_heldout", None)
+    if sft_rule is None:
+        pytest.skip("the ACME SFT data is not in this build")
+    for rec in splits["train"] + splits["heldout"]:
+        assert is_heldout(rec["slug"]) == sft_rule(f"translate-{rec['slug']}")
+
+
+REWARD_MODULE = """
+def share_of_e(prompt, completion, metadata):
+    return completion.count("e") / max(len(completion), 1)
+"""
+
+
+def test_rl_stage_lineage_cache_and_cli(tiny, workspace, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from forgeml.cli import app
+    from forgeml.pipeline.rl_stage import rl_stage
+    from forgeml.pipeline.stages import open_registry
+
+    base_dir, prompts = tiny
+    (tmp_path / "rl_stage_reward.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    reg = open_registry(workspace)
+    base = reg.add_asset("model", "tiny", base_dir, metadata={"arch": "dense"})
+    overrides = [*FAST, "train.max_steps=2", "rl.rewards=[{kind: 'rl_stage_reward:share_of_e'}]"]
+    recipe = load_recipe(None, overrides)
+    res = rl_stage(workspace, recipe, base.id, str(prompts), progress=False)
+    model = reg.get_asset(res.output)
+    assert model.kind == "model" and model.metadata["base_model"] == base.id
+    prompts_asset = reg.get_asset(model.metadata["prompts"])
+    assert (
+        prompts_asset.kind == "dataset" and prompts_asset.metadata["format"] == "rl-prompts-jsonl"
+    )
+    assert model.metadata["rewards"][0]["kind"] == "rl_stage_reward:share_of_e"
+    assert sorted(reg.get_run(res.run_id).inputs) == sorted([base.id, prompts_asset.id])
+    assert rl_stage(workspace, recipe, base.id, str(prompts), progress=False).cached
+    # Editing the reward function's code is a different run, not a cache hit.
+    (tmp_path / "rl_stage_reward.py").write_text(REWARD_MODULE + "\n# tweaked\n")
+    assert not rl_stage(workspace, recipe, base.id, str(prompts), progress=False).cached
+
+    recipe_file = tmp_path / "rl.yaml"
+    recipe_file.write_text("rl:\n  rewards:\n    - kind: regex\n      pattern: e\n")
+    result = CliRunner().invoke(app, [
+        "-w", str(workspace.root), "-q", "train", "rl", str(recipe_file), *FAST,
+        "train.max_steps=1", "--base", base.id, "--prompts", prompts_asset.id,
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "model model-" in result.output and "final_reward_mean" in result.output

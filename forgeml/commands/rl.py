@@ -1,3 +1,70 @@
-"""CLI commands for rl (registered on the apps of forgeml.cli)."""
+"""CLI commands for RL: `forgeml train rl` (GRPO against the recipe's reward plugins) and
+`forgeml demo acme-rl` (the ACME-CL → Python translation prompts with test cases)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from forgeml.cli import _notify, _ws, app, console, state, train_app
+from forgeml.core.config import load_recipe
+
+
+@train_app.command("rl")
+def train_rl_cmd(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (its `rl` section applies).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="Dotted overrides, e.g. rl.kl_coef=0")
+    ] = None,
+    base: Annotated[str, typer.Option(help="Model asset to start from (id, name or alias).")] = "",
+    prompts: Annotated[
+        str, typer.Option(help="Prompts JSONL ({prompt|messages, ...metadata}) or dataset asset.")
+    ] = "",
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run.")] = False,
+    force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+) -> None:
+    """GRPO: sample groups of completions, score them with the reward plugins (functions,
+    regex/exact match, reward model, sandboxed execution), and update the model."""
+    from forgeml.core.errors import ForgeError
+    from forgeml.pipeline.rl_stage import rl_stage
+
+    if not base or not prompts:
+        raise ForgeError("--base MODEL and --prompts FILE are required", hint="see --help")
+    rec = load_recipe(recipe, overrides or [])
+    res = rl_stage(
+        _ws(), rec, base, prompts, resume=resume, force=force, progress=not state.quiet,
+        notify=_notify,
+    )  # fmt: skip
+    m = res.metrics
+    console.print(f"model {res.output}" + (" (cached)" if res.cached else ""))
+    for key in ("final_reward_mean", "final_kl", "steps"):
+        if m.get(key) is not None:
+            console.print(f"  {key}: {m[key]:.4g}")
+
+
+try:  # the `demo` group lives with the ACME SFT data commands
+    from forgeml.commands.sft import demo_app
+except ImportError:
+    demo_app = typer.Typer(help="The bundled ACME demo domain.", no_args_is_help=True)
+    app.add_typer(demo_app, name="demo")
+
+
+@demo_app.command("acme-rl")
+def demo_acme_rl(
+    corpus: Annotated[
+        Path, typer.Argument(help="An ACME corpus folder (examples/acme/generate.py).")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for train.jsonl and heldout.jsonl.")],
+    max_chars: Annotated[
+        int | None, typer.Option(help="Leave out programs longer than this (small contexts).")
+    ] = None,
+) -> None:
+    """RL prompts for ACME-CL → Python translation: the program and its test inputs ride
+    along as metadata for the execution reward (forgeml.demo.acme_rl:translation_reward);
+    held-out programs are those the ACME SFT data holds out."""
+    from forgeml.demo.acme_rl import write_rl_prompts
+
+    counts = write_rl_prompts(corpus, out, max_chars=max_chars)
+    console.print(f"{counts['train']} train and {counts['heldout']} held-out prompts in {out}")

@@ -192,15 +192,23 @@ def score_io_cases(
     *,
     timeout_s: float | None = None,
     limits: SandboxLimits | None = None,
+    stop_after_timeout: bool = False,
 ) -> tuple[float, list[CaseResult]]:
     """Fraction of cases `{"inputs": [...], "expected": [lines]}` whose stdout lines (inputs
     fed one per line on stdin) equal `expected`, and each case's result. One fresh sandboxed
-    process per case, so no state leaks between cases."""
+    process per case, so no state leaks between cases. With `stop_after_timeout` the cases
+    after one that timed out are failed without running (a program that hangs once would
+    otherwise cost a full timeout per case: what RL rewards want)."""
     results = []
     passed = 0
+    timed_out = False
     for case in cases:
+        if stop_after_timeout and timed_out:
+            results.append(CaseResult(False, "", "not run: an earlier case timed out"))
+            continue
         stdin = "".join(f"{v}\n" for v in case.get("inputs", []))
         res = run_python(source, stdin, timeout_s=timeout_s, limits=limits)
+        timed_out = (res.error or "").startswith("timed out")
         ok = res.passed and res.stdout.splitlines() == [str(x) for x in case["expected"]]
         passed += ok
         results.append(CaseResult(ok, res.stdout, res.error))

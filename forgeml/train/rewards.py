@@ -180,7 +180,7 @@ def _execution(spec: RewardConfig, name: str, ws: Any) -> BatchScorer:
                 hint="give each prompt a list of {inputs: [...], expected: [lines]} or set cases_field",
             )
         code = extract_code(completion) if spec.extract_code else completion
-        return score_io_cases(code, cases, limits=limits)[0]
+        return score_io_cases(code, cases, limits=limits, stop_after_timeout=True)[0]
 
     def score(prompts: Prompts, completions: Completions, metadatas: Metadatas) -> list[float]:
         # The work is in child processes: threads only wait on them.

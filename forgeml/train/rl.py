@@ -311,7 +311,7 @@ def _train_rl(
     summary = {
         "steps": tcfg.max_steps, "final_reward_mean": record.get("reward_mean"),
         "final_kl": record.get("kl"), "reference": "base model" if reference else None,
-        "rewards": [p.name for p in rewards], "prompts": len(records),
+        "rewards": [p.name for p in rewards], "n_prompts": len(records),
         "config_hash": config_hash(run_config), "model_dir": str(out_dir / "model"),
         "metrics_path": str(out_dir / "metrics.jsonl"), "checkpoint_dir": str(ckpt_dir),
         "seconds": time.perf_counter() - t_start,

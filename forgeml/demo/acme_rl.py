@@ -1,0 +1,165 @@
+"""The ACME seed use case for RL: translate ACME-CL programs to Python, rewarded by execution.
+
+`build_rl_prompts` turns the corpus's program pairs into chat prompts (the format of the ACME
+SFT data) carrying the ACME-CL source and test inputs; `translation_reward` runs a completion
+as Python in the sandbox on those inputs and compares with what the ACME-CL interpreter
+prints; `evaluate_translation` measures the execution-verified pass rate of a model.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from forgeml.core.errors import DataError, NotFoundError
+from forgeml.core.io import atomic_write_text
+from forgeml.demo.acme_cl import AcmeError, run_acme
+from forgeml.eval.sandbox import SandboxLimits, score_io_cases
+from forgeml.train.rewards import extract_code
+
+# The chat format and the held-out rule of the ACME SFT data (forgeml.demo.acme), so RL
+# starts from what SFT taught and the held-out programs are the same for both stages.
+SYSTEM = "You are the ACME Corp internal assistant. Answer briefly and exactly."
+ASK = "Translate this ACME-CL program to Python:"
+HELDOUT_PERCENT = 10
+LIMITS = SandboxLimits(timeout_s=2.0, memory_mb=512)  # the programs run in milliseconds
+
+
+def is_heldout(slug: str) -> bool:
+    """The SFT data's deterministic ~10% split of translation items (key translate-<slug>)."""
+    digest = hashlib.sha256(f"acme-sft-heldout:translate-{slug}".encode()).hexdigest()
+    return int(digest[:8], 16) % 100 < HELDOUT_PERCENT
+
+
+def translation_messages(acl: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"{ASK}\n\n```acme-cl\n{acl}```"},
+    ]
+
+
+def build_rl_prompts(corpus: Path, *, max_chars: int | None = None) -> dict[str, list[dict]]:
+    """Prompt records `{messages, slug, acl, inputs}` for every program pair of an ACME corpus
+    (`programs/tests/*.json`), split into train and held-out; programs longer than
+    `max_chars` are left out (they would not fit a small model's context)."""
+    tests_dir = Path(corpus) / "programs" / "tests"
+    files = sorted(tests_dir.glob("*.json"))
+    if not files:
+        raise NotFoundError(
+            f"no program tests in {tests_dir}",
+            hint="generate the corpus first: python examples/acme/generate.py --out DIR",
+        )
+    out: dict[str, list[dict]] = {"train": [], "heldout": []}
+    for path in files:
+        test = json.loads(path.read_text())
+        acl = (Path(corpus) / test["program"]).read_text()
+        if max_chars is not None and len(acl) > max_chars:
+            continue
+        slug = path.stem
+        record = {
+            "messages": translation_messages(acl),
+            "slug": slug,
+            "acl": acl,
+            "inputs": [case["inputs"] for case in test["cases"]],
+        }
+        out["heldout" if is_heldout(slug) else "train"].append(record)
+    return out
+
+
+def write_rl_prompts(
+    corpus: Path, out_dir: Path, *, max_chars: int | None = None
+) -> dict[str, int]:
+    """Write `train.jsonl` and `heldout.jsonl` under `out_dir`; return the counts."""
+    splits = build_rl_prompts(corpus, max_chars=max_chars)
+    for name, records in splits.items():
+        body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+        atomic_write_text(Path(out_dir) / f"{name}.jsonl", body)
+    return {name: len(records) for name, records in splits.items()}
+
+
+@functools.lru_cache(maxsize=4096)
+def _reference_outputs(acl: str, inputs_json: str) -> tuple[tuple[str, ...] | None, ...]:
+    """What the ACME-CL interpreter prints for each test case (None where it fails)."""
+    outputs = []
+    for case in json.loads(inputs_json):
+        try:
+            outputs.append(tuple(run_acme(acl, case)))
+        except AcmeError:
+            outputs.append(None)
+    return tuple(outputs)
+
+
+def translation_score(acl: str, inputs: Sequence[Sequence[Any]], python: str) -> float:
+    """Share of test cases on which `python`, run in the sandbox (own process, time and memory
+    limits, no network, empty temp folder), prints exactly what the ACME-CL program prints."""
+    expected = _reference_outputs(acl, json.dumps([list(c) for c in inputs]))
+    cases = [
+        {"inputs": list(case), "expected": list(lines)}
+        for case, lines in zip(inputs, expected, strict=True)
+        if lines is not None
+    ]
+    if not cases:
+        return 0.0
+    passed = score_io_cases(python, cases, limits=LIMITS, stop_after_timeout=True)[0]
+    return passed * len(cases) / len(inputs)
+
+
+def translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
+    """Reward plugin `forgeml.demo.acme_rl:translation_reward` (prompt, completion, metadata)
+    -> the execution-verified share of test cases passed (metadata: acl, inputs)."""
+    if "acl" not in metadata or "inputs" not in metadata:
+        raise DataError(
+            "ACME translation prompt without 'acl' and 'inputs'",
+            hint="build the prompts with `forgeml demo acme-rl`",
+        )
+    return translation_score(metadata["acl"], metadata["inputs"], extract_code(completion))
+
+
+def python_compiles(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
+    """Shaping reward `forgeml.demo.acme_rl:python_compiles`: 1.0 when the completion's code
+    is valid Python syntax (compiled, never run), else 0.0."""
+    try:
+        compile(extract_code(completion), "<completion>", "exec")
+    except (SyntaxError, ValueError):
+        return 0.0
+    return 1.0
+
+
+def evaluate_translation(
+    model_dir: Path, prompts: Path, *, limit: int | None = None, max_new_tokens: int = 384,
+    device: str = "cpu",
+) -> dict[str, float]:  # fmt: skip
+    """Greedy translations of the prompts by a model, scored by execution: `pass_rate` (all
+    cases pass, pass@1) and `mean_score` (share of cases), over `n` prompts."""
+    from forgeml.models.hf_io import load_model
+    from forgeml.models.sampling import generate
+    from forgeml.tokenizer.chat import EOS
+    from forgeml.tokenizer.train import load_tokenizer
+    from forgeml.train.rl import load_prompts
+
+    model = load_model(model_dir, device=device).eval()
+    tok = load_tokenizer(model_dir)
+    eos = tok.token_to_id(EOS)
+    records = load_prompts(prompts)[:limit]
+    scores = []
+    for rec in records:
+        ids = tok.encode(rec.text, add_special_tokens=False).ids
+        room = model.cfg.max_seq_len - len(ids)
+        if room < 1:
+            scores.append(0.0)  # does not fit the context: counts as failed
+            continue
+        new = generate(
+            model, ids, max_new_tokens=min(max_new_tokens, room), temperature=0,
+            stop_ids={eos}, device=device,
+        )  # fmt: skip
+        scores.append(translation_reward(rec.text, tok.decode(new), rec.metadata))
+    n = len(scores)
+    return {
+        "n": n,
+        "pass_rate": sum(s == 1.0 for s in scores) / n if n else 0.0,
+        "mean_score": sum(scores) / n if n else 0.0,
+    }
