@@ -172,6 +172,8 @@ def test_agent_session_over_stdio_trains_evaluates_and_asks_to_promote(workspace
             models = _data(await client.call_tool("list_assets", {"kind": "model"}))
             assert len(models) == 1
             model = models[0]["id"]
+            made = {s["stage"]: s["outputs"] for s in status["summary"]["stages"]}
+            assert made["pretrain"] == [model]  # the job names what it made
             evals = _data(await client.call_tool("read_eval", {"ref": model}))["evals"]
             ppl = [e["metrics"]["perplexity"] for e in evals if "perplexity" in e["metrics"]]
             assert ppl and ppl[0] > 1.0

@@ -28,8 +28,8 @@ INSTRUCTIONS = """\
 forgeml is an on-premises model factory. Typical session: list_assets and read_eval to see
 where things stand; plan a job (a forgeml command such as
 ["pipeline", "run", "/abs/recipe.yaml", "train.max_steps=200"]) to see its stages, cost and
-whether your budget allows it; submit_job; poll job_status (job_logs on failure); read_eval of
-the new model; promote it (moving a production alias such as `champion` waits for a human's
+whether your budget allows it; submit_job; poll job_status (job_logs on failure; a finished
+pipeline job's `summary` lists the assets each stage made); read_eval of the new model; promote it (moving a production alias such as `champion` waits for a human's
 approval: the result says so). You only see your own jobs."""
 
 T = TypeVar("T")
@@ -141,7 +141,8 @@ def build_mcp_server(control: ControlPlane, principal: Principal | None = None) 
     @mcp.tool(annotations=READ)
     def job_status(ctx: Context, job: JobRef) -> dict[str, Any]:
         """A job's status (queued, running, succeeded, failed-retryable, failed, cancelled),
-        attempts, exit code, error and the plan it was admitted with."""
+        attempts, exit code, error, the plan it was admitted with, and for a finished pipeline
+        job its `summary`: each stage's run and output assets, and the metrics."""
         return run(lambda: control.show_job(caller(ctx), job))
 
     @mcp.tool(annotations=READ)

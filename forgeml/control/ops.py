@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,7 @@ class ControlPlane:
 
     def submit_job(self, who: Principal, args: list[str], max_attempts: int = 3) -> dict[str, Any]:
         """Plan, refuse if over budget, else queue; the plan is stored and charged."""
-        plan = self.plan(who, args)
+        plan = self.plan(who, self._with_summary(args))
         if not plan.ok:
             self._audit("job_refused", who, args=plan.args, refusals=plan.refusals)
             raise BudgetExceeded(plan)
@@ -188,6 +189,23 @@ class ControlPlane:
         self._audit("job_submitted", who, job=job.id, args=plan.args, hours=plan.estimated_hours)
         return {"job": self._job_dict(job), "plan": plan.to_dict()}
 
+    def _with_summary(self, args: list[str]) -> list[str]:
+        """A pipeline job also writes its summary (stages, outputs, metrics) into the
+        workspace, so `show_job` can name the assets it made."""
+        if args[:2] != ["pipeline", "run"] or any(a.startswith("--json") for a in args):
+            return list(args)
+        path = self.ws.runs_dir / "jobs" / "summaries" / f"{secrets.token_hex(8)}.json"
+        return [*args, "--json", str(path)]
+
+    def _summary(self, job: jobs_mod.Job) -> dict[str, Any] | None:
+        args = job.args
+        if args[:2] != ["pipeline", "run"] or "--json" not in args[:-1]:
+            return None
+        path = Path(args[args.index("--json") + 1]).resolve()
+        if not path.is_relative_to(self.ws.root) or not path.is_file():
+            return None
+        return json.loads(path.read_text())
+
     def _job_dict(self, job: jobs_mod.Job) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(job))
 
@@ -199,7 +217,11 @@ class ControlPlane:
     def show_job(self, who: Principal, ref: str) -> dict[str, Any]:
         self.require(who, "jobs:read")
         job = self._own_job(who, ref)
-        return {**self._job_dict(job), "plan": job_plan(self.reg, job.id)}
+        out = {**self._job_dict(job), "plan": job_plan(self.reg, job.id)}
+        summary = self._summary(job)
+        if summary is not None:
+            out["summary"] = summary
+        return out
 
     def job_logs(self, who: Principal, ref: str, tail_chars: int | None = 20000) -> str:
         self.require(who, "jobs:read")
