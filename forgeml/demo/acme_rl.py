@@ -139,7 +139,7 @@ def evaluate_translation(
     from forgeml.models.sampling import generate
     from forgeml.tokenizer.chat import EOS
     from forgeml.tokenizer.train import load_tokenizer
-    from forgeml.train.rl import load_prompts
+    from forgeml.train.rl_data import load_prompts
 
     model = load_model(model_dir, device=device).eval()
     tok = load_tokenizer(model_dir)

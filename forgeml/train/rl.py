@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,65 +24,17 @@ from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.sampling import filter_logits
-from forgeml.tokenizer.chat import EOS, render_chat
+from forgeml.tokenizer.chat import EOS
 from forgeml.tokenizer.train import load_tokenizer
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer, lr_at
 from forgeml.train.pretrain import RESULT_NEUTRAL_TRAIN_FIELDS, _check_same_run, _deterministic
 from forgeml.train.rewards import RewardPlugin, build_rewards, score_completions
+from forgeml.train.rl_data import load_prompts, prompts_for_step
 from forgeml.train.rl_losses import LOSSES, group_advantages, token_logps
 
 RESULT_NEUTRAL_RL_FIELDS = {"micro_batch_size"}
-
-
-@dataclass(frozen=True)
-class RLPrompt:
-    text: str  # what the model continues (chat-rendered when the record has messages)
-    metadata: dict[str, Any]  # every other field of the record, passed to reward plugins
-
-
-def load_prompts(path: Path, prompt_format: str = "raw") -> list[RLPrompt]:
-    """Records `{"prompt": str, ...}` or `{"messages": [...], ...}` from a JSONL file."""
-    if not Path(path).is_file():
-        raise NotFoundError(f"prompts file not found: {path}", hint="pass a JSONL file")
-    prompts = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
-        if not isinstance(record, dict) or not ("prompt" in record or "messages" in record):
-            raise DataError(
-                f"{path}:{n}: a record needs a 'prompt' string or 'messages' list",
-                hint='write e.g. {"prompt": "Translate ...", "tests": [...]}',
-            )
-        meta = {k: v for k, v in record.items() if k not in ("prompt", "messages")}
-        if "messages" in record:
-            text = render_chat(record["messages"], add_generation_prompt=True)
-        elif prompt_format == "chat":
-            text = render_chat([{"role": "user", "content": record["prompt"]}], True)
-        else:
-            text = record["prompt"]
-        if not isinstance(text, str) or not text:
-            raise DataError(f"{path}:{n}: the prompt is empty", hint="give every record a prompt")
-        prompts.append(RLPrompt(text, meta))
-    if not prompts:
-        raise DataError(f"{path} has no prompts", hint="one JSON record per line")
-    return prompts
-
-
-def prompts_for_step(n_prompts: int, step: int, per_step: int, seed: int) -> list[int]:
-    """Indices of step `step`'s prompts: a seeded shuffle per epoch, read in order. A pure
-    function of the step, so a resumed run sees exactly the prompts it would have seen."""
-    out = []
-    for pos in range(step * per_step, (step + 1) * per_step):
-        epoch, i = divmod(pos, n_prompts)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        out.append(int(torch.randperm(n_prompts, generator=gen)[i]))
-    return out
 
 
 @torch.inference_mode()
@@ -142,6 +93,17 @@ def sequence_logps(
     return token_logps(logits, ids[:, 1:]), mask
 
 
+@torch.no_grad()
+def _frozen_logps(
+    model: nn.Module | None, batches: list[slice], prompt_lens: list[int],
+    sequences: list[list[int]], device: str, dtype: str,
+) -> list[torch.Tensor | None]:  # fmt: skip
+    """Per micro-batch completion log-probs without gradients; Nones when there is no model."""
+    if model is None:
+        return [None] * len(batches)
+    return [sequence_logps(model, prompt_lens[b], sequences[b], device, dtype)[0] for b in batches]
+
+
 def results_config(recipe: Recipe) -> dict[str, Any]:
     """The part of a recipe that decides the trained weights (hashed into checkpoints)."""
     return {
@@ -182,9 +144,10 @@ def _train_rl(
     seed_everything(tcfg.seed)
     model = load_model(base_model, device=device)
     # The reference is the frozen starting policy; with kl_coef 0 it is never needed.
-    reference = load_model(base_model, device=device).eval() if rcfg.kl_coef > 0 else None
-    if reference is not None:
-        reference.requires_grad_(False)
+    reference = (
+        load_model(base_model, device=device).requires_grad_(False).eval()
+        if rcfg.kl_coef > 0 else None
+    )  # fmt: skip
     optimizer = build_optimizer(model, ocfg, device)
     start_step, saved = 0, {}
     if resume:
@@ -241,17 +204,9 @@ def _train_rl(
             slice(s, s + rcfg.micro_batch_size)
             for s in range(0, len(sequences), rcfg.micro_batch_size)
         ]
-        with torch.no_grad():
-            old = [
-                sequence_logps(model, prompt_lens[b], sequences[b], device, tcfg.dtype)[0]
-                if rcfg.inner_steps > 1 else None
-                for b in batches
-            ]  # fmt: skip
-            ref = [
-                sequence_logps(reference, prompt_lens[b], sequences[b], device, tcfg.dtype)[0]
-                if reference is not None else None
-                for b in batches
-            ]  # fmt: skip
+        old = _frozen_logps(model if rcfg.inner_steps > 1 else None, batches, prompt_lens,
+                            sequences, device, tcfg.dtype)  # fmt: skip
+        ref = _frozen_logps(reference, batches, prompt_lens, sequences, device, tcfg.dtype)
 
         # 4. Clipped policy-gradient update(s) on this batch, micro-batch by micro-batch.
         model.train()
