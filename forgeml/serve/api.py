@@ -26,9 +26,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from tokenizers import Tokenizer
+from torch import nn
 
 from forgeml.core.errors import ConfigError, DataError
-from forgeml.registry.store import Registry
+from forgeml.registry.store import Asset, Registry
 from forgeml.serve.audit import AuditLog
 from forgeml.serve.engine import Engine, EngineBusy, SamplingParams, StreamEvent
 from forgeml.serve.keys import KeyStore, Principal
@@ -109,18 +110,31 @@ def load_served_models(
     max_queue: int = 64,
     device: str = "cpu",
 ) -> dict[str, ServedModel]:
-    """Load model assets by alias, id or name; each is served under the ref it was asked by."""
+    """Load model assets by alias, id or name; each is served under the ref it was asked by.
+
+    An adapter asset (LoRA, PEFT layout) is merged into the base model its metadata names at
+    load time, so it is served at the base model's speed; its label falls back to the base's.
+    """
     from forgeml.models.hf_io import load_model
 
     served = {}
     for ref in refs:
         asset = registry.get_asset(ref)
-        if asset.kind != "model":
-            raise DataError(f"{ref} is a {asset.kind}, not a model", "serve a model asset")
-        tokenizer = load_tokenizer(asset.path)
+        label = asset.metadata.get("classification")
+        if asset.kind == "adapter":
+            base = _adapter_base(registry, asset)
+            model = _merged_adapter(load_model(base.path, device=device), asset.path)
+            tokenizer_dir, label = base.path, label or base.metadata.get("classification")
+        elif asset.kind == "model":
+            model, tokenizer_dir = load_model(asset.path, device=device), asset.path
+        else:
+            raise DataError(
+                f"{ref} is a {asset.kind}, not a model", "serve a model or adapter asset"
+            )
+        tokenizer = load_tokenizer(tokenizer_dir)
         special = special_token_ids(tokenizer)
         engine = Engine(
-            load_model(asset.path, device=device),
+            model,
             tokenizer,
             max_batch=max_batch,
             max_queue=max_queue,
@@ -134,9 +148,29 @@ def load_served_models(
             engine=engine,
             tokenizer=tokenizer,
             special_ids=special,
-            label=asset.metadata.get("classification"),
+            label=label,
         )
     return served
+
+
+def _adapter_base(registry: Registry, adapter: Asset) -> Asset:
+    base_id = adapter.metadata.get("base_model")
+    if not base_id:
+        raise DataError(
+            f"adapter {adapter.id} does not record its base model",
+            "register adapters through `forgeml train sft` (metadata.base_model)",
+        )
+    base = registry.get_asset(base_id)
+    if base.kind != "model":
+        raise DataError(f"the base of adapter {adapter.id} is a {base.kind}, not a model")
+    return base
+
+
+def _merged_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
+    """The base model with the PEFT LoRA adapter folded into its weights (`merge_lora`)."""
+    from forgeml.models.lora import load_adapter, merge_lora
+
+    return merge_lora(load_adapter(model, adapter_dir)).eval()
 
 
 # -- request bodies -----------------------------------------------------------------------
