@@ -97,3 +97,17 @@ def test_moe_backbone_trains_a_step(tmp_path) -> None:
     rewards.sum().backward()
     assert rewards.shape == (2,) and rm.score.weight.grad is not None
     assert rm.backbone.layers[0].attention.wqkv.weight.grad is not None
+
+
+def test_resume_equals_uninterrupted_run(tmp_path) -> None:
+    base = make_base_model(tmp_path)
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 24)
+    kw = dict(base_model_dir=base, pairs_path=pairs, progress=False)
+    train_reward_model(_recipe(max_steps=4), out_dir=tmp_path / "full", **kw)
+    train_reward_model(_recipe(max_steps=2), out_dir=tmp_path / "part", **kw)
+    train_reward_model(_recipe(max_steps=4), out_dir=tmp_path / "part", resume=True, **kw)
+    full = load_reward_model(tmp_path / "full" / "model").state_dict()
+    part = load_reward_model(tmp_path / "part" / "model").state_dict()
+    assert full.keys() == part.keys()
+    for name in full:
+        assert torch.equal(full[name], part[name]), name
