@@ -101,23 +101,22 @@ def fim_plan(doc: str | Sequence[int], rng: np.random.Generator, cfg: FimConfig)
     """
     apply, spm = rng.random() < cfg.rate, rng.random() < cfg.spm_rate
     unit = UNITS[int(rng.choice(len(UNITS), p=_unit_weights(cfg)))]
-    if not isinstance(doc, str):
-        if unit != "char":
-            raise ConfigError(
-                f"{unit}-level FIM needs the document text, not token ids",
-                hint="pass the text, or set fim.unit=char (and no fim.span_mix)",
-            )
-        lo, hi = np.sort(rng.integers(0, len(doc) + 1, size=2))
-        return FimPlan(int(lo), int(hi), bool(spm)) if apply else None
+    if not isinstance(doc, str) and unit != "char":
+        raise ConfigError(
+            f"{unit}-level FIM needs the document text, not token ids",
+            hint="pass the text, or set fim.unit=char (and no fim.span_mix)",
+        )
+    if not apply:
+        return None
     span = _word_span(doc, rng, cfg.max_span_words) if unit == "word" else None
     if span is not None:
         lo, hi = span
     elif unit == "line":
         points = _line_boundaries(doc)
         lo, hi = np.sort(points[rng.integers(0, len(points), size=2)])
-    else:  # char, or a word span in a text without words
+    else:  # char (also token ids), or a word span in a text without words
         lo, hi = np.sort(rng.integers(0, len(doc) + 1, size=2))
-    return FimPlan(int(lo), int(hi), bool(spm)) if apply else None
+    return FimPlan(int(lo), int(hi), bool(spm))
 
 
 def fim_assemble(
