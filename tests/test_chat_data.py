@@ -172,7 +172,9 @@ def test_packing_rows_and_batches(tok):
     first = [b[0] for b in batches.next_micro_batches(1, 2)]
     again = SFTBatches(rows, global_batch_size=2, seed=0)
     again.load_state_dict({**batches.state_dict(), "consumed": 0})
-    assert all(torch.equal(a[0], b) for a, b in zip(again.next_micro_batches(1, 2), first, strict=True))  # fmt: skip
+    assert all(
+        torch.equal(a[0], b) for a, b in zip(again.next_micro_batches(1, 2), first, strict=True)
+    )
 
 
 def model_of(arch: str, **kw) -> torch.nn.Module:
@@ -193,7 +195,7 @@ def test_packed_examples_do_not_see_each_other(arch, window):
     rows = pack_examples(examples, seq_len=30, pad_id=2)
     assert len(rows) == 1
     x, _, docs = rows_to_batch(rows, [0])
-    x, docs = torch.cat([x, torch.full((1, 3), 2)], 1), torch.cat([docs, torch.full((1, 3), -1)], 1)  # fmt: skip
+    x, docs = torch.cat([x, torch.full((1, 3), 2)], 1), torch.cat([docs, torch.full((1, 3), -1)], 1)
     with torch.no_grad():
         packed = model(x, doc_ids=docs)[0]
         at = 0
@@ -203,7 +205,10 @@ def test_packed_examples_do_not_see_each_other(arch, window):
             at += n
         # without document boundaries the second example would see the first: it differs
         leaky = model(x)[0]
-        assert (leaky[lengths[0] : lengths[0] + lengths[1]] - packed[lengths[0] : lengths[0] + lengths[1]]).abs().max() > 1e-3  # fmt: skip
+        assert (
+            leaky[lengths[0] : lengths[0] + lengths[1]]
+            - packed[lengths[0] : lengths[0] + lengths[1]]
+        ).abs().max() > 1e-3
 
 
 def test_doc_ids_loss_matches_and_gradients_flow():

@@ -97,7 +97,9 @@ def test_merge_equals_adapter_and_reload_roundtrip(tmp_path):
 def test_base_is_frozen_and_only_lora_trains():
     model = tiny()
     wrapped = apply_lora(model, ["wqkv", "w2"], rank=2, alpha=4.0)
-    assert wrapped == [f"layers.{i}.{m}" for i in range(2) for m in ("attention.wqkv", "feed_forward.w2")]  # fmt: skip
+    assert wrapped == [
+        f"layers.{i}.{m}" for i in range(2) for m in ("attention.wqkv", "feed_forward.w2")
+    ]
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     assert trainable_parameters(model) == sum(
@@ -130,8 +132,20 @@ def test_adapter_trained_with_peft_loads_into_our_model(tmp_path):
     model = tiny(tie_embeddings=False)
     save_model(model, tmp_path / "base")
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
-    cfg = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj",
-                          "o_proj", "gate_proj", "up_proj", "down_proj"], init_lora_weights=False)  # fmt: skip
+    cfg = peft.LoraConfig(
+        r=4,
+        lora_alpha=16,
+        target_modules=[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+        init_lora_weights=False,
+    )
     peft_model = peft.get_peft_model(hf, cfg).eval()
     peft_model.save_pretrained(tmp_path / "adapter")
     load_adapter(model, tmp_path / "adapter")

@@ -188,8 +188,14 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     config = json.loads((adapter_dir / ADAPTER_CONFIG).read_text())
     if config.get("peft_type") != "LORA" or config.get("use_dora") or config.get("use_rslora"):
         raise ConfigError(f"{adapter_dir}: only plain LoRA adapters are supported")
-    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("bias", "none") != "none":  # fmt: skip
-        raise ConfigError(f"{adapter_dir}: per-module ranks/alphas and LoRA biases are not supported")  # fmt: skip
+    if (
+        config.get("rank_pattern")
+        or config.get("alpha_pattern")
+        or config.get("bias", "none") != "none"
+    ):
+        raise ConfigError(
+            f"{adapter_dir}: per-module ranks/alphas and LoRA biases are not supported"
+        )
     tensors = load_file(adapter_dir / ADAPTER_WEIGHTS)
     hf_to_ours = {"q_proj": "wqkv", "k_proj": "wqkv", "v_proj": "wqkv", "o_proj": "wo",
                   "gate_proj": "w13", "up_proj": "w13", "down_proj": "w2"}  # fmt: skip
@@ -199,10 +205,16 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path) -> nn.Module:
     with torch.no_grad():
         for name, lora in lora_modules(model).items():
             hf_names, _ = _hf_modules(model.cfg, name, lora.base_layer.out_features)
-            keys = [(f"{PEFT_PREFIX}{h}.lora_A.weight", f"{PEFT_PREFIX}{h}.lora_B.weight") for h in hf_names]  # fmt: skip
+            keys = [
+                (f"{PEFT_PREFIX}{h}.lora_A.weight", f"{PEFT_PREFIX}{h}.lora_B.weight")
+                for h in hf_names
+            ]
             missing = [k for pair in keys for k in pair if k not in tensors]
             if missing:
-                raise DataError(f"{adapter_dir}: no tensor {missing[0]}", hint="the adapter covers only some of q/k/v or gate/up")  # fmt: skip
+                raise DataError(
+                    f"{adapter_dir}: no tensor {missing[0]}",
+                    hint="the adapter covers only some of q/k/v or gate/up",
+                )
             lora.lora_A.copy_(torch.cat([tensors[a] for a, _ in keys]))
             lora.lora_B.copy_(torch.cat([tensors[b] for _, b in keys]))
             used.update(k for pair in keys for k in pair)

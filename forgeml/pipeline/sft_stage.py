@@ -54,7 +54,11 @@ def chat_dataset_stage(
             counts[target.removesuffix(".jsonl")] = sum(
                 1 for line in src.read_text(encoding="utf-8").splitlines() if line.strip()
             )
-        meta = {"format": CHAT_FORMAT, "records": counts, "sources": {k: str(p) for k, p in files.items()}}  # fmt: skip
+        meta = {
+            "format": CHAT_FORMAT,
+            "records": counts,
+            "sources": {k: str(p) for k, p in files.items()},
+        }
         return [Output("dataset", name, out, meta)], {"records": counts}
 
     return run_stage(ws, "chat-data", config, [], body, force=force, notify=notify)
@@ -127,7 +131,9 @@ def sft_stage(
             heldout_data=held if held.is_file() else None, out_dir=work, base_model_id=base.id,
             resume=resume, progress=progress,
         )  # fmt: skip
-        metrics = {k: v for k, v in summary.items() if isinstance(v, int | float | str) or v is None}  # fmt: skip
+        metrics = {
+            k: v for k, v in summary.items() if isinstance(v, int | float | str) or v is None
+        }
         metrics["data_report"] = summary["data"]
         meta = {"base_model": base.id, "data": dataset.id, "method": cfg.method,
                 **{k: v for k, v in metrics.items() if k != "data_report"}}  # fmt: skip
@@ -162,7 +168,9 @@ def merge_adapter_stage(
     reg = open_registry(ws)
     adapter = reg.get_asset(adapter_ref)
     if adapter.kind != "adapter":
-        raise ForgeError(f"{adapter.id} is a {adapter.kind}, not an adapter", hint="pass an adapter asset")  # fmt: skip
+        raise ForgeError(
+            f"{adapter.id} is a {adapter.kind}, not an adapter", hint="pass an adapter asset"
+        )
     base_id = adapter.metadata.get("base_model")
     if not base_id:
         raise DataError(f"adapter {adapter.id} does not record its base model")
@@ -173,9 +181,20 @@ def merge_adapter_stage(
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
         model = load_adapter(load_model(base.path), adapter.path)
         out = save_model(merge_lora(model), work / "model", tokenizer_dir=base.path)
-        atomic_write_text(out / "merged_from.json", json.dumps({"adapter": adapter.id, "base": base.id}))  # fmt: skip
-        meta = {"base_model": base.id, "adapter": adapter.id, "arch": model.cfg.arch,
-                "params": model.num_params(), "tokenizer": base.metadata.get("tokenizer")}  # fmt: skip
-        return [Output("model", name, out, meta, parents=[base.id, adapter.id])], {"params": model.num_params()}  # fmt: skip
+        atomic_write_text(
+            out / "merged_from.json", json.dumps({"adapter": adapter.id, "base": base.id})
+        )
+        meta = {
+            "base_model": base.id,
+            "adapter": adapter.id,
+            "arch": model.cfg.arch,
+            "params": model.num_params(),
+            "tokenizer": base.metadata.get("tokenizer"),
+        }
+        return [Output("model", name, out, meta, parents=[base.id, adapter.id])], {
+            "params": model.num_params()
+        }
 
-    return run_stage(ws, "merge-adapter", config, [adapter.id, base.id], body, force=force, notify=notify)  # fmt: skip
+    return run_stage(
+        ws, "merge-adapter", config, [adapter.id, base.id], body, force=force, notify=notify
+    )

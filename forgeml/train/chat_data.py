@@ -88,7 +88,11 @@ def _text(content: Any, where: str, path: str) -> str:
                     raise _fail(where, f"{path}[{j}].text", "text part without a string 'text'")
                 parts.append(part["text"])
         return "".join(parts)
-    raise _fail(where, path, f"content must be a string, a list of parts or null, not {type(content).__name__}")  # fmt: skip
+    raise _fail(
+        where,
+        path,
+        f"content must be a string, a list of parts or null, not {type(content).__name__}",
+    )
 
 
 def _check_tools(tools: Any, where: str) -> set[str]:
@@ -141,7 +145,9 @@ def validate_messages(
         if role is None:
             raise _fail(where, f"{here}.role", "missing", f"one of {', '.join(ROLES)}")
         if role not in ROLES:
-            raise _fail(where, f"{here}.role", f"unknown role {role!r}", f"one of {', '.join(ROLES)}")  # fmt: skip
+            raise _fail(
+                where, f"{here}.role", f"unknown role {role!r}", f"one of {', '.join(ROLES)}"
+            )
         unknown = set(msg) - MESSAGE_KEYS
         if unknown:
             raise _fail(where, here, f"unknown field(s) {', '.join(sorted(unknown))}")
@@ -149,11 +155,15 @@ def validate_messages(
         if role == "assistant" and msg.get("tool_calls") is not None:
             _check_tool_calls(msg["tool_calls"], where, f"{here}.tool_calls", tool_names)
         elif msg.get("tool_calls") is not None:
-            raise _fail(where, f"{here}.tool_calls", f"only assistant messages make tool calls, not {role}")  # fmt: skip
+            raise _fail(
+                where, f"{here}.tool_calls", f"only assistant messages make tool calls, not {role}"
+            )
         elif not text.strip():
             raise _fail(where, f"{here}.content", f"empty {role} message")
         if role == "tool" and previous not in ("assistant-calls", "tool"):
-            raise _fail(where, here, "a tool result must follow an assistant message with tool_calls")  # fmt: skip
+            raise _fail(
+                where, here, "a tool result must follow an assistant message with tool_calls"
+            )
         previous = "assistant-calls" if role == "assistant" and msg.get("tool_calls") else role
     if not any(m["role"] == "assistant" for m in messages):
         raise _fail(where, path, "no assistant message: nothing to learn from")
@@ -176,7 +186,9 @@ def record_messages(record: Any, where: str) -> tuple[list[dict[str, Any]], list
         return validate_messages(record["messages"], where, tools)
     if "prompt" not in record or "completion" not in record:
         missing = "prompt" if "prompt" not in record else "completion"
-        raise _fail(where, missing, "missing", "a record needs 'messages', or 'prompt' and 'completion'")  # fmt: skip
+        raise _fail(
+            where, missing, "missing", "a record needs 'messages', or 'prompt' and 'completion'"
+        )
     prompt, completion = record["prompt"], record["completion"]
     for name, value in (("prompt", prompt), ("completion", completion)):
         if isinstance(value, str) and not value.strip():
@@ -188,7 +200,9 @@ def record_messages(record: Any, where: str) -> tuple[list[dict[str, Any]], list
     if not isinstance(prompt, list) or not isinstance(completion, list):
         raise _fail(where, "prompt", "prompt and completion must be strings or message lists")
     if any(isinstance(m, Mapping) and m.get("role") == "assistant" for m in prompt):
-        raise _fail(where, "prompt", "assistant turns in the prompt are not trained on; use 'messages'")  # fmt: skip
+        raise _fail(
+            where, "prompt", "assistant turns in the prompt are not trained on; use 'messages'"
+        )
     messages, tools = validate_messages(prompt + completion, where, tools)
     return messages, tools
 
@@ -372,7 +386,7 @@ class SFTBatches:
     ) -> None:  # fmt: skip
         if global_batch_size % world_size:
             raise ConfigError(
-                f"global batch of {global_batch_size} rows does not split over {world_size} processes"  # fmt: skip
+                f"global batch of {global_batch_size} rows does not split over {world_size} processes"
             )
         self.rows, self.seed, self.rank, self.world_size = rows, seed, rank, world_size
         self.global_batch_size = global_batch_size
@@ -393,7 +407,9 @@ class SFTBatches:
         """This rank's share of the next global batch, as `grad_accum` micro-batches."""
         per_rank = self.global_batch_size // self.world_size
         if micro_batch_size * grad_accum != per_rank:
-            raise ConfigError(f"micro_batch_size {micro_batch_size} x grad_accum {grad_accum} != {per_rank} rows per process")  # fmt: skip
+            raise ConfigError(
+                f"micro_batch_size {micro_batch_size} x grad_accum {grad_accum} != {per_rank} rows per process"
+            )
         order = self._order(self.consumed + self.rank * per_rank, per_rank)
         self.consumed += self.global_batch_size
         return [
@@ -408,7 +424,7 @@ class SFTBatches:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["n_rows"] != len(self.rows) or state["seed"] != self.seed:
             raise DataError(
-                f"checkpoint data position was for {state['n_rows']} rows and seed {state['seed']}, "  # fmt: skip
+                f"checkpoint data position was for {state['n_rows']} rows and seed {state['seed']}, "
                 f"this run has {len(self.rows)} rows and seed {self.seed}",
                 hint="resume with the same data, seq_len, packing and seed",
             )

@@ -10,6 +10,7 @@ adapter/ (LoRA, PEFT format).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import sys
 import time
@@ -57,13 +58,8 @@ def results_config(cfg: SFTConfig, base_hash: str) -> dict[str, Any]:
 
 
 def _file_sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 @torch.no_grad()
@@ -77,7 +73,8 @@ def evaluate_loss(
     for i, start in enumerate(range(0, len(rows), batch_size)):
         if i % world_size != rank:
             continue
-        x, y, docs = (t.to(device) for t in rows_to_batch(rows, range(start, min(start + batch_size, len(rows)))))  # fmt: skip
+        index = range(start, min(start + batch_size, len(rows)))
+        x, y, docs = (t.to(device) for t in rows_to_batch(rows, index))
         n = (y != IGNORE_INDEX).sum()
         if n == 0:
             continue
@@ -114,7 +111,9 @@ def _sft(
     dist = init_distributed(tcfg.device)
     device = dist.device
     tok = load_tokenizer(base_dir)
-    data_kw = dict(max_tokens=tcfg.seq_len + 1, overlength=cfg.overlength, on_invalid=cfg.on_invalid)  # fmt: skip
+    data_kw = dict(
+        max_tokens=tcfg.seq_len + 1, overlength=cfg.overlength, on_invalid=cfg.on_invalid
+    )
     examples, report = load_chat_examples(train_data, tok, **data_kw)
     rows = pack_examples(examples, tcfg.seq_len, pad_token_id(tok), packing=cfg.packing)
     eval_rows, eval_report = None, None
@@ -126,7 +125,7 @@ def _sft(
     model = load_model(base_dir, device=device)
     if tcfg.seq_len > model.cfg.max_seq_len:
         raise ConfigError(
-            f"sft.train.seq_len {tcfg.seq_len} > the base model's max_seq_len {model.cfg.max_seq_len}",  # fmt: skip
+            f"sft.train.seq_len {tcfg.seq_len} > the base model's max_seq_len {model.cfg.max_seq_len}",
             hint="lower sft.train.seq_len",
         )
     if cfg.method == "lora":
@@ -140,7 +139,9 @@ def _sft(
     if resume:
         path = latest_checkpoint(ckpt_dir)
         if path is None:
-            raise NotFoundError(f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume")  # fmt: skip
+            raise NotFoundError(
+                f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume"
+            )
         state = load_checkpoint(path, model=model, optimizer=optimizer)
         saved = state["extra"]
         _check_same_run(saved, run_config, path)
@@ -178,13 +179,15 @@ def _sft(
         # gradient does not depend on how the batch is split.
         counts = torch.stack([(y != IGNORE_INDEX).sum() for _, y, _ in micro_batches]).float()
         batch_tokens = all_reduce_mean(counts.sum().to(device)) * dist.world_size
-        step_tokens = sum(int((docs != PAD_DOC).sum()) for _, _, docs in micro_batches)
-        tokens_seen += round(all_reduce_mean(torch.tensor(float(step_tokens), device=device)).item() * dist.world_size)  # fmt: skip
+        step_tokens = sum((docs != PAD_DOC).sum() for _, _, docs in micro_batches).float()
+        tokens_seen += round(all_reduce_mean(step_tokens.to(device)).item() * dist.world_size)
         loss_sum = torch.zeros((), device=device)
         for i, (x, y, docs) in enumerate(micro_batches):
             x, y, docs = x.to(device), y.to(device), docs.to(device)
             last = i == grad_accum - 1
-            sync = contextlib.nullcontext() if last or dist.world_size == 1 else train_model.no_sync()  # fmt: skip
+            sync = (
+                contextlib.nullcontext() if last or dist.world_size == 1 else train_model.no_sync()
+            )
             with sync:
                 with autocast(device, tcfg.dtype):
                     loss = train_model(x, y, doc_ids=docs if cfg.packing else None)
@@ -198,7 +201,9 @@ def _sft(
 
         done = step + 1
         final = done == tcfg.max_steps
-        evaluate = eval_rows is not None and (final or (tcfg.eval_every and done % tcfg.eval_every == 0))  # fmt: skip
+        evaluate = eval_rows is not None and (
+            final or (tcfg.eval_every and done % tcfg.eval_every == 0)
+        )
         if evaluate:
             eval_loss = evaluate_loss(model, eval_rows, **eval_kw)
         if final or evaluate or done % tcfg.log_every == 0:
@@ -234,7 +239,9 @@ def _sft(
     }  # fmt: skip
     if dist.is_main:
         if cfg.method == "lora":
-            summary["adapter_dir"] = str(save_adapter(model, out_dir / "adapter", base_model=base_model_id))  # fmt: skip
+            summary["adapter_dir"] = str(
+                save_adapter(model, out_dir / "adapter", base_model=base_model_id)
+            )
             for name in TOKENIZER_FILES:
                 if (base_dir / name).is_file():
                     atomic_write_bytes(out_dir / "adapter" / name, (base_dir / name).read_bytes())
@@ -273,15 +280,24 @@ def main(argv: list[str] | None = None) -> int:
         if data is None:
             raise ConfigError("no training data", hint="pass --data FILE.jsonl or set sft.data")
         heldout = args.heldout or (Path(cfg.heldout) if cfg.heldout else None)
-        summary = sft(cfg, base_model_dir=args.base, train_data=data, out_dir=args.out,
-                      heldout_data=heldout, resume=args.resume, progress=not args.quiet)  # fmt: skip
+        summary = sft(
+            cfg,
+            base_model_dir=args.base,
+            train_data=data,
+            out_dir=args.out,
+            heldout_data=heldout,
+            resume=args.resume,
+            progress=not args.quiet,
+        )
     except ForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
         cleanup()
     if not args.quiet:
-        print(json.dumps({k: v for k, v in summary.items() if k not in ("data", "heldout")}, indent=2))  # fmt: skip
+        print(
+            json.dumps({k: v for k, v in summary.items() if k not in ("data", "heldout")}, indent=2)
+        )
     return 0
 
 
