@@ -179,6 +179,20 @@ def test_online_dpo_raises_a_learnable_reward(base, tmp_path) -> None:
         progress=False,
     )  # fmt: skip
     assert out["reward_after"] > out["reward_before"] + 0.5
+    # The trained policy beats its starting point head to head on the same seeds.
+    from forgeml.models.hf_io import load_model
+    from forgeml.train.online_dpo import build_ranker, sampled_win_rate
+    from forgeml.train.preference_data import parse_prompt_record
+
+    tok = load_tokenizer(model_dir)
+    recs = read_preference_records(pairs, parse_prompt_record)[:6]
+    prompts = [(r, tok.encode(prompt_text(r.messages)).ids) for r in recs]
+    result = sampled_win_rate(
+        load_model(tmp_path / "on" / "model"), load_model(model_dir), prompts,
+        build_ranker(recipe.dpo), lambda ids: tok.decode(ids), recipe.dpo,
+        stop_id=tok.token_to_id("<|end|>"), seed=123,
+    )  # fmt: skip
+    assert result["win_rate"] > 0.6 and result["reward"] > result["baseline_reward"]
     logged = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").open()]
     assert [r["step"] for r in logged] == [5, 10, 15] and all(r["pairs"] > 0 for r in logged)
 

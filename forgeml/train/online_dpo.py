@@ -263,3 +263,33 @@ def train_online_dpo(
     save_resolved(recipe, out_dir / "recipe.yaml")
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+@torch.no_grad()
+def sampled_win_rate(
+    policy: nn.Module, baseline: nn.Module, prompts: Sequence[tuple[PreferenceRecord, list[int]]],
+    ranker: Ranker, decode: Callable[[list[int]], str], cfg: DPOConfig, *, stop_id: int,
+    seed: int = 0, device: str = "cpu",
+) -> dict[str, float]:  # fmt: skip
+    """Win-rate of `policy` over `baseline` (e.g. the DPO model vs its SFT start): each samples
+    `samples_per_prompt` completions per prompt with the same seeds, the ranker scores them,
+    and a win counts 1, a tie 1/2. Also returns both mean rewards."""
+    scores = []
+    for model in (policy, baseline):
+        model.eval()
+        texts, recs = [], []
+        for i, (rec, ids) in enumerate(prompts):
+            for gen, _ in sample_completions(
+                model, ids, cfg.samples_per_prompt, cfg, stop_id=stop_id, seed=seed + 1000 * i,
+                device=device,
+            ):  # fmt: skip
+                texts.append(decode(gen))
+                recs.append(rec)
+        scores.append(ranker([r.prompt for r in recs], texts, [r.metadata for r in recs]))
+    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(*scores, strict=True))
+    n = max(len(scores[0]), 1)
+    return {
+        "win_rate": wins / n,
+        "reward": sum(scores[0]) / n,
+        "baseline_reward": sum(scores[1]) / n,
+    }
