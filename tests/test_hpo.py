@@ -91,6 +91,10 @@ def test_tpe_beats_a_bad_default_and_writes_the_best_recipe(workspace, text_fold
     assert run_hpo(workspace, recipe, parse_space(LR_SPACE), trials=4).cached
     more = run_hpo(workspace, recipe, parse_space(LR_SPACE), trials=5, baseline=False)
     assert more.study == result.study and len(more.trials) == 5
+    narrower = parse_space({**LR_SPACE, "params": {"optim.lr": {"type": "float", "low": 1e-3,
+                            "high": 1e-2, "log": True}}})  # fmt: skip
+    with pytest.raises(ConfigError, match="was started with another space"):
+        run_hpo(workspace, recipe, narrower, trials=6, study_name=result.study)
 
 
 def test_asha_prunes_a_bad_trial(workspace, text_folder):

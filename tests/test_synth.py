@@ -11,6 +11,7 @@ import pytest
 from test_serve_api import running_server
 from test_serve_engine import make_tiny_model_dir
 
+from forgeml.core.errors import ForgeError
 from forgeml.pipeline.stages import ingest_stage, open_registry
 from forgeml.synth.records import SynthRecord, filter_duplicates
 from forgeml.synth.rules import qa_records, rule_records, synth_rules_stage
@@ -128,7 +129,16 @@ def test_self_instruct_through_a_local_forgeml_server(workspace, tmp_path, monke
         # the same generation again, deduplicated against the first one's dataset
         second = synth_teacher_stage(workspace, against=[first.output], **common)
         monkeypatch.setenv("SYNTH_TEACHER_KEY", "wrong")
-        refused = synth_teacher_stage(workspace, seed=1, **common)
+        with pytest.raises(ForgeError, match="refused the request .AuthenticationError"):
+            synth_teacher_stage(workspace, seed=1, **common)
+        # a request that fails on its own (a prompt longer than the teacher's context) is
+        # accounted for as that record's failure; the others go on
+        monkeypatch.setenv("SYNTH_TEACHER_KEY", key)
+        long_seeds = tmp_path / "long.jsonl"
+        long_seeds.write_text(
+            seeds.read_text().replace('"}', " with " + "many words " * 300 + '"}', 1)
+        )
+        too_long = synth_teacher_stage(workspace, **{**common, "seeds": long_seeds, "n": 4})
 
     m1 = first.metrics
     assert m1["generated"] == 8 and m1["requests"] >= 8
@@ -143,9 +153,9 @@ def test_self_instruct_through_a_local_forgeml_server(workspace, tmp_path, monke
     m2 = second.metrics
     # deterministic teacher (greedy, seeded): what the first run kept is now a training duplicate
     assert m2["filtered"].get("duplicate-of-training", 0) >= m1["kept"] > 0
-    # a refused key is accounted for too, never silently dropped
-    assert refused.metrics["kept"] == 0 and refused.metrics["generated"] == 8
-    assert list(refused.metrics["filtered"]) == ["teacher-error: AuthenticationError"]
+    m3 = too_long.metrics
+    assert m3["generated"] == 4 and m3["kept"] + sum(m3["filtered"].values()) == 4
+    assert m3["filtered"]["teacher-error: BadRequestError"] >= 1
 
     asset = reg.get_asset(second.output)
     assert asset.metadata["teacher"]["endpoint"] == f"{url}/v1"

@@ -58,7 +58,8 @@ def prepare_data(
     progress: bool = False,
     notify: Notify | None = None,
 ) -> tuple[str, str]:
-    """Token shards and tokenizer for the trials, through the cached pipeline stages."""
+    """Token shards and tokenizer for the trials, through the cached pipeline stages (the
+    same as `forgeml pipeline run`: curation when data.curate, FIM packing per `fim`)."""
     from forgeml.pipeline.stages import ingest_stage, pack_stage, tokenizer_stage
 
     d = recipe.data
@@ -72,6 +73,10 @@ def prepare_data(
             max_file_bytes=d.max_file_bytes, text_fields=d.text_fields, progress=progress,
             notify=notify,
         ).output  # fmt: skip
+        if d.curate:
+            from forgeml.pipeline.curate_stage import curate_stage
+
+            data = curate_stage(ws, data, recipe.curate, progress=progress, notify=notify).output
     if d.heldout_fraction <= 0:
         raise ConfigError(
             "hyper-parameter search scores trials on held-out data, but data.heldout_fraction is 0",
@@ -83,8 +88,9 @@ def prepare_data(
             notify=notify,
         ).output  # fmt: skip
     shards = pack_stage(
-        ws, data, tokenizer, heldout_fraction=d.heldout_fraction, progress=progress, notify=notify
-    ).output
+        ws, data, tokenizer, heldout_fraction=d.heldout_fraction, fim=recipe.fim,
+        progress=progress, notify=notify,
+    ).output  # fmt: skip
     if not (Path(open_registry(ws).get_asset(shards).path) / "heldout").is_dir():
         raise DataError(
             f"{shards} has no held-out split to score trials on",
@@ -215,7 +221,8 @@ def run_hpo(
     progress: bool = False,
     notify: Notify | None = None,
 ) -> HpoResult:
-    """Search `space` around `recipe` until `trials` trials finished (complete or pruned).
+    """Search `space` around `recipe` until the study holds `trials` finished (complete or
+    pruned) trials; each missing one is tried once (a failed trial is recorded, not retried).
 
     The study is named after the recipe, space and data, so running the same search again
     continues it. `parallel` > 1 queues the trials as jobs (`forgeml hpo-trial STUDY`) and,
@@ -237,8 +244,13 @@ def run_hpo(
             study_name=name, storage=study_storage(ws), direction=space.direction,
             sampler=space.sampler_for(), pruner=space.pruner_for(recipe), load_if_exists=True,
         )  # fmt: skip
-        for key, value in {"recipe": recipe_raw, "space": space_raw, "shards": shards,
-                           "tokenizer": tok}.items():  # fmt: skip
+        context = {"recipe": recipe_raw, "space": space_raw, "shards": shards, "tokenizer": tok}
+        if changed := [k for k, v in context.items() if study.user_attrs.get(k, v) != v]:
+            raise ConfigError(
+                f"study '{name}' was started with another {' and '.join(changed)}",
+                hint="continue it with the same inputs, or pick a new --study name",
+            )
+        for key, value in context.items():
             study.set_user_attr(key, value)
         done = len(study.get_trials(deepcopy=False, states=DONE_STATES))
         if done == 0:

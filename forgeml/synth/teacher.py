@@ -124,7 +124,15 @@ def self_instruct(
             rec.completion = ask("answer", i, rec.prompt).strip()
             if not rec.completion:
                 rec.filter("empty-response")
-        except openai.APIError as exc:
+        except (openai.AuthenticationError, openai.PermissionDeniedError,
+                openai.NotFoundError) as exc:  # fmt: skip
+            # the endpoint, key or model is wrong: no request would succeed
+            raise ForgeError(
+                f"the teacher endpoint refused the request ({type(exc).__name__}: "
+                f"{getattr(exc, 'message', exc)})",
+                hint="check --endpoint, --model and the API key in --api-key-env",
+            ) from None
+        except openai.APIError as exc:  # transient (rate limit, timeout, 5xx): this record only
             rec.filter(f"teacher-error: {type(exc).__name__}")
     return records
 

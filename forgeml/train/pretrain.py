@@ -272,7 +272,11 @@ def _pretrain(
                 },
             )  # fmt: skip
         if evaluate and on_eval is not None:
-            on_eval(done, eval_loss)
+            try:
+                on_eval(done, eval_loss)
+            except BaseException:
+                metrics.close()  # stop the progress display before the run ends early
+                raise
     metrics.close()
     seconds = time.perf_counter() - t_start
     trained_tokens = (tcfg.max_steps - start_step) * tokens_per_step
