@@ -220,3 +220,11 @@ def test_journal_in_the_registry_database_under_concurrent_writers(registry_url,
     assert len(again.trials) == 4 and again.best_value == study.best_value
     reg.close()
     Registry(registry_url, tmp_path / "art").close()  # the registry opens fine beside it
+
+
+def test_hyperband_pruner_runs_with_tpe(workspace, text_folder):
+    recipe = tiny_recipe(text_folder, max_steps=12)
+    space = parse_space({**LR_SPACE, "pruner": {"kind": "hyperband", "min_resource": 6}})
+    assert isinstance(space.pruner_for(recipe), optuna.pruners.HyperbandPruner)
+    result = run_hpo(workspace, recipe, space, trials=2, baseline=False)
+    assert result.n_complete + result.n_pruned == 2 and result.n_complete >= 1

@@ -6,7 +6,7 @@ params:
   train.micro_batch_size: {type: int, low: 2, high: 8, step: 2}
   model.n_layers: {type: categorical, choices: [1, 2]}
 sampler: {seed: 0, n_startup_trials: 3}
-pruner: {kind: asha, min_resource: 10, reduction_factor: 3}
+pruner: {kind: asha, min_resource: 10, reduction_factor: 3, n_startup_trials: 2}
 ```
 """
 
@@ -76,6 +76,9 @@ class PrunerSpec(_Spec):
         None, ge=1, description="steps before the first rung (default: train.eval_every)"
     )
     reduction_factor: int = Field(3, ge=2)
+    n_startup_trials: int = Field(
+        2, ge=0, description="asha: first trials never pruned (they set the rungs' values)"
+    )
 
 
 class SearchSpace(_Spec):
@@ -109,15 +112,30 @@ class SearchSpace(_Spec):
         if p.kind == "none":
             return optuna.pruners.NopPruner()
         min_resource = p.min_resource or recipe.train.eval_every or 1
-        if p.kind == "asha":
-            return optuna.pruners.SuccessiveHalvingPruner(
-                min_resource=min_resource, reduction_factor=p.reduction_factor
+        if p.kind == "hyperband":
+            # not wrapped: Optuna's samplers see Hyperband's brackets only through its type
+            return optuna.pruners.HyperbandPruner(
+                min_resource=min_resource,
+                max_resource=recipe.train.max_steps,
+                reduction_factor=p.reduction_factor,
             )
-        return optuna.pruners.HyperbandPruner(
-            min_resource=min_resource,
-            max_resource=recipe.train.max_steps,
-            reduction_factor=p.reduction_factor,
+        asha = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=min_resource, reduction_factor=p.reduction_factor
         )
+        return StartupGuard(asha, p.n_startup_trials) if p.n_startup_trials else asha
+
+
+class StartupGuard(optuna.pruners.BasePruner):
+    """Never prune the first `n_startup_trials` trials, but let the inner pruner record their
+    rung values: with few trials, successive halving alone would stop every trial that is not
+    the best so far at its first rung."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner, n_startup_trials: int) -> None:
+        self.inner, self.n_startup_trials = inner, n_startup_trials
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        verdict = self.inner.prune(study, trial)
+        return verdict and trial.number >= self.n_startup_trials
 
 
 def parse_space(raw: Any, source: str = "space") -> SearchSpace:
