@@ -73,12 +73,17 @@ def test_rules_on_the_acme_corpus(workspace, acme) -> None:
             assert user.split("\n\n", 1)[1].count("[GAP]") == 1 and answer in original
             before, after = user.split("\n\n", 1)[1].split("[GAP]")
             assert before + answer + after in original
-    # the same call is a cached run
-    again = synth_rules_stage(
-        workspace, dataset, pairs=["acl:py"], languages={"acl": "ACME-CL"},
-        exclude=["damaged/*"],
-    )  # fmt: skip
-    assert again.cached and again.output == res.output
+    # the same stage from the CLI is a cached run
+    from typer.testing import CliRunner
+
+    from forgeml.cli import app
+
+    out = CliRunner().invoke(app, [
+        "-q", "-w", str(workspace.root), "synth", "rules", dataset, "--pair", "acl:py",
+        "--lang", "acl=ACME-CL", "--exclude", "damaged/*",
+    ])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert f"dataset {res.output}" in out.output and "(cached)" in out.output
 
 
 def test_definitions_and_dedup_rules() -> None:
