@@ -21,7 +21,7 @@ from forgeml.core.config import (
     Recipe,
     TrainConfig,
 )
-from forgeml.core.errors import ConfigError
+from forgeml.core.errors import ConfigError, ForgeError
 from forgeml.demo.acme import build_corpus
 from forgeml.pipeline.cpt import continue_pretrain_stage, replay_mix
 from forgeml.pipeline.stages import open_registry
@@ -235,3 +235,12 @@ def test_pretrain_stage_continues_from_an_imported_transformers_model(workspace,
     kw = dict(seq_len=64, batch_size=8, max_batches=8, device="cpu", dtype="fp32")
     before, after = evaluate_loss(base, held, **kw), evaluate_loss(trained, held, **kw)
     assert after < before - 1.0, (before, after)
+
+    # Shards made with another tokenizer would train the weights on the wrong ids: refused.
+    from forgeml.tokenizer.train import train_bpe_tokenizer
+
+    domain_texts = pq.read_table(corpora["domain"])["text"].to_pylist()
+    other = train_bpe_tokenizer(domain_texts, vocab_size=400, out_dir=tmp_path / "other_tok")
+    other_tok = reg.add_asset("tokenizer", "other", other)
+    with pytest.raises(ForgeError, match="another tokenizer"):
+        pretrain_stage(workspace, cfg, shards.output, other_tok.id, progress=False)

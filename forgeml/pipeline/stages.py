@@ -342,6 +342,16 @@ def pretrain_stage(
                 f"train.init_from names {init.id}, a {init.kind}, not a model",
                 hint="pass a model asset id, name or alias (see `forgeml assets list`)",
             )
+        init_vocab = Path(init.path) / "tokenizer.json"
+        if init_vocab.is_file() and (
+            init_vocab.read_bytes() != (Path(tok.path) / "tokenizer.json").read_bytes()
+        ):
+            # Same ids must mean the same tokens, or the weights would be trained on noise.
+            raise ForgeError(
+                f"train.init_from model {init.id} has another tokenizer than {tok.id}",
+                hint="pack the data with the model's own tokenizer, or use `forgeml train "
+                "cpt`, which extends the model's tokenizer with new tokens",
+            )
         recipe = recipe.model_copy(
             update={
                 "model": read_model_config(init.path),
