@@ -243,3 +243,34 @@ def test_pipeline_runs_sft_after_pretraining(workspace, text_folder, tmp_path):
     tuned = open_registry(workspace).get_asset(result.stage("sft").output)
     assert tuned.kind == "model" and tuned.metadata["base_model"] == result.stage("pretrain").output
     assert all(s.cached for s in run_pipeline(workspace, recipe, progress=False).stages)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(acme, tmp_path):
+    """torchrun with 2 processes x 1 row == 1 process x 2 micro-batches of 1 (token-weighted
+    loss over the global batch, so rows with unequal assistant tokens weigh the same)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = config(max_steps=2, micro_batch_size=1, grad_accum_steps=1)
+    cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"eps": 1e-4})})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"sft": cfg.model_dump(mode="json")}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "forgeml.train.sft", "--recipe", str(recipe), "--base", str(acme["base"]),
+           "--data", str(acme["train"]), "--out", str(tmp_path / "ddp"), "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    one_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"grad_accum_steps": 2})})
+    one = run(acme, tmp_path / "one", one_cfg, heldout=False)
+    assert ddp["world_size"] == 2 and ddp["tokens"] == one["tokens"]
+    assert ddp["final_train_loss"] == pytest.approx(one["final_train_loss"], rel=1e-5)
+    a, b = _params(tmp_path / "ddp"), _params(tmp_path / "one")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-6, rtol=0)
