@@ -95,6 +95,24 @@ def test_report_accounts_for_every_record(base, tmp_path) -> None:
     assert max(len(p.prompt_ids) + len(p.chosen_ids) for p in pairs) <= 32
 
 
+def test_heldout_split_follows_record_metadata_when_given(base, tmp_path) -> None:
+    from forgeml.train.preference_data import split_heldout
+
+    model_dir, _, _ = base
+    tok = load_tokenizer(model_dir)
+    path = tmp_path / "p.jsonl"
+    splits = ["train", "heldout", "train", "train"]
+    path.write_text("".join(
+        json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no", "metadata": {"split": s}})
+        + "\n" for i, s in enumerate(splits)
+    ))  # fmt: skip
+    pairs, _ = load_preference_pairs(path, tok, max_length=64)
+    train, held = split_heldout(pairs, 0.5)
+    assert [p.record.prompt for p in held] == ["q1"] and len(train) == 3
+    with pytest.raises(DataError, match="nothing to train on"):
+        split_heldout(held, 0.5)
+
+
 def test_invalid_records_name_line_and_field(tmp_path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(
@@ -262,7 +280,8 @@ def test_cli_rm_then_online_dpo_with_the_reward_model_records_lineage(
 
 
 def test_acme_translation_pairs_are_execution_verified(tmp_path) -> None:
-    from forgeml.demo.acme_prefs import translation_reward, write_translation_preferences
+    from forgeml.demo.acme_prefs import write_translation_preferences
+    from forgeml.demo.acme_rl import translation_reward
 
     path = tmp_path / "acme_prefs.jsonl"
     report = write_translation_preferences(path, seed=0, count=6)
@@ -273,4 +292,4 @@ def test_acme_translation_pairs_are_execution_verified(tmp_path) -> None:
         assert rec.chosen != rec.rejected and "```acme-cl" in rec.messages[-1]["content"]
         assert translation_reward(rec.prompt, rec.chosen, rec.metadata) == 1.0
         assert translation_reward(rec.prompt, rec.rejected, rec.metadata) < 1.0
-    assert translation_reward("p", "```python\nprint(1)\n```", {}) == 0.0
+    assert {r.metadata["split"] for r in records} <= {"train", "heldout"}

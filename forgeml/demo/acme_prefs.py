@@ -1,8 +1,9 @@
 """ACME preference pairs for DPO and reward models: each generated ACME-CL program with its
 correct Python translation (chosen) and a subtly broken one (rejected), where "broken" is
-verified by running both on the program's test cases with the real interpreter (acme_cl).
+verified by running both on the program's test cases against the real ACME-CL interpreter.
 
-`translation_reward` is the same check as a reward function for online DPO and GRPO.
+Prompts, held-out split and metadata follow the ACME SFT/RL data (forgeml.demo.acme_rl), so
+`forgeml.demo.acme_rl:translation_reward` ranks samples for online DPO on the same records.
 """
 
 from __future__ import annotations
@@ -17,10 +18,7 @@ from typing import Any
 from forgeml.core.errors import DataError
 from forgeml.core.io import atomic_write_text
 from forgeml.demo.acme import generate_programs
-from forgeml.demo.acme_cl import score_translation
-
-TRANSLATE_ASK = "Translate this ACME-CL program to Python:"
-_CODE_BLOCK = re.compile(r"```(?:python|py)?\n(.*?)```", re.S)
+from forgeml.demo.acme_rl import is_heldout, translation_messages, translation_score
 
 
 def _swap(pattern: str, replacements: dict[str, str]) -> Callable[[str, random.Random], str | None]:
@@ -82,69 +80,51 @@ def _inputs(cases: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def build_translation_preferences(
-    seed: int = 0, count: int = 40, *, system: str | None = None
+    seed: int = 0, count: int = 40
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Preference records for the first `count` ACME programs of corpus seed `seed` (the same
     programs `build_corpus` writes), and a report accounting for every program.
 
-    Each record: messages (optional system + the translation request), chosen = the
-    reference translation, rejected = a mutation of it that fails at least one test case,
-    metadata = {slug, acl, tests, mutation}. A chosen answer that does not pass every test,
-    or a program no mutation breaks, is skipped and counted.
+    Each record: messages (the SFT/RL translation request), chosen = the reference
+    translation, rejected = a mutation of it that fails at least one test case, metadata =
+    {slug, acl, inputs, mutation, split}. A reference that does not pass every test, or a
+    program no mutation breaks, is skipped and counted.
     """
     programs = generate_programs(random.Random(f"acme:{seed}:programs"), count)
     rng = random.Random(f"acme:{seed}:preferences")
     records, skipped = [], {"reference_fails": 0, "no_breaking_mutation": 0}
     for p in programs:
         cases = _inputs(p["cases"])
-        if score_translation(p["acl"], p["python"], cases) < 1.0:
+        if translation_score(p["acl"], cases, p["python"]) < 1.0:
             skipped["reference_fails"] += 1
             continue
         broken, kind = None, None
         for name in rng.sample(sorted(MUTATIONS), len(MUTATIONS)):
             candidate = MUTATIONS[name](p["python"], rng)
-            if candidate is not None and score_translation(p["acl"], candidate, cases) < 1.0:
+            if candidate is not None and translation_score(p["acl"], cases, candidate) < 1.0:
                 broken, kind = candidate, name
                 break
         if broken is None:
             skipped["no_breaking_mutation"] += 1
             continue
-        messages = [{"role": "system", "content": system}] if system else []
-        messages.append(
-            {"role": "user", "content": f"{TRANSLATE_ASK}\n\n```acme-cl\n{p['acl']}```"}
-        )
+        split = "heldout" if is_heldout(p["slug"]) else "train"
         records.append({
-            "messages": messages,
+            "messages": translation_messages(p["acl"]),
             "chosen": f"```python\n{p['python']}```",
             "rejected": f"```python\n{broken}```",
-            "metadata": {"slug": p["slug"], "acl": p["acl"], "tests": p["cases"], "mutation": kind},
+            "metadata": {"slug": p["slug"], "acl": p["acl"], "inputs": cases, "mutation": kind,
+                         "split": split},
         })  # fmt: skip
     report = {"programs": len(programs), "pairs": len(records), "skipped": skipped}
     return records, report
 
 
 def write_translation_preferences(
-    out_path: str | Path, seed: int = 0, count: int = 40, *, system: str | None = None
+    out_path: str | Path, seed: int = 0, count: int = 40
 ) -> dict[str, Any]:
     """Write `build_translation_preferences` as JSONL (atomically); return its report."""
-    records, report = build_translation_preferences(seed, count, system=system)
+    records, report = build_translation_preferences(seed, count)
     if not records:
         raise DataError(f"no preference pairs from {count} ACME programs ({report['skipped']})")
     atomic_write_text(out_path, "".join(json.dumps(r) + "\n" for r in records))
     return report
-
-
-def extract_python(completion: str) -> str:
-    """The first ```python block of a completion, or the whole completion when it has none."""
-    match = _CODE_BLOCK.search(completion)
-    return match.group(1) if match else completion
-
-
-def translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
-    """Execution-verified reward: the share of the program's test cases on which the Python in
-    `completion` prints what the ACME-CL program (metadata.acl) prints; 0 without metadata."""
-    if not metadata.get("acl") or not metadata.get("tests"):
-        return 0.0
-    return score_translation(
-        metadata["acl"], extract_python(completion), _inputs(metadata["tests"]), timeout_s=5.0
-    )

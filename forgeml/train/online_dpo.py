@@ -101,6 +101,12 @@ def sample_completions(
 
 
 def _prompt_split(records: list[PreferenceRecord], fraction: float) -> tuple[list, list]:
+    """As `split_heldout`: the records' own metadata.split when all have one, else by hash."""
+    if records and all(r.metadata.get("split") in ("train", "heldout") for r in records):
+        return (
+            [r for r in records if r.metadata["split"] == "train"],
+            [r for r in records if r.metadata["split"] == "heldout"],
+        )
     if fraction <= 0 or len(records) < 2:
         return records, []
     rank = lambda r: hashlib.sha256(f"heldout:{r.prompt}:{r.line}".encode()).hexdigest()  # noqa: E731

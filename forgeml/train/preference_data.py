@@ -265,8 +265,18 @@ def load_preference_pairs(
 def split_heldout(
     pairs: Sequence[PreferencePair], fraction: float
 ) -> tuple[list[PreferencePair], list[PreferencePair]]:
-    """Deterministic (train, held-out) split by content hash; at least one pair each side
-    when there are two or more pairs and fraction > 0."""
+    """Deterministic (train, held-out) split. When every record says `metadata.split`
+    ("train"/"heldout", as the ACME data does) that split is kept, so the held-out items of
+    every stage are the same; otherwise by content hash, at least one pair each side when
+    there are two or more pairs and fraction > 0."""
+    if pairs and all(p.record.metadata.get("split") in ("train", "heldout") for p in pairs):
+        train = [p for p in pairs if p.record.metadata["split"] == "train"]
+        if not train:
+            raise DataError(
+                "every pair is marked metadata.split=heldout: nothing to train on",
+                hint="mark training pairs with split 'train' (or drop the split field)",
+            )
+        return train, [p for p in pairs if p.record.metadata["split"] == "heldout"]
     if fraction <= 0 or len(pairs) < 2:
         return list(pairs), []
     ranked = sorted(pairs, key=lambda p: hashlib.sha256(f"heldout:{p.key}".encode()).hexdigest())
