@@ -338,3 +338,23 @@ def test_upstream_url_and_key_checks(monkeypatch):
     monkeypatch.setenv("FORGEML_TEST_UPSTREAM_KEY", "k-1")
     assert upstream_key_from_env("FORGEML_TEST_UPSTREAM_KEY") == "k-1"
     assert "k-1" not in repr(Upstream("http://h/v1", "k-1"))
+
+
+def test_cli_upstream_errors_are_clean(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from forgeml.cli import app
+    from forgeml.core.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "ws")
+    monkeypatch.delenv("FORGEML_TEST_UPSTREAM_KEY", raising=False)
+    runner = CliRunner()
+    args = ["-w", str(ws.root), "serve", "--upstream", "http://127.0.0.1:9/v1"]
+    result = runner.invoke(app, [*args, "--upstream-key", "FORGEML_TEST_UPSTREAM_KEY"])
+    assert isinstance(result.exception, ConfigError)
+    assert "FORGEML_TEST_UPSTREAM_KEY" in str(result.exception)
+    monkeypatch.setenv("FORGEML_TEST_UPSTREAM_KEY", SECRET)
+    result = runner.invoke(app, [*args, "--upstream-key", "FORGEML_TEST_UPSTREAM_KEY"])
+    assert isinstance(result.exception, ConfigError)
+    assert "cannot list the upstream's models" in str(result.exception)
+    assert SECRET not in str(result.exception) + result.output

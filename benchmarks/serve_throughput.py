@@ -1,0 +1,218 @@
+"""Generation throughput: forgeml's serving engine vs transformers' `generate`, in one process.
+
+The same tiny Mistral weights (ours, exported through `hf_io` and loaded by
+`MistralForCausalLM`, sdpa attention), the same dtype, greedy decoding, the same prompts
+(stdlib text through a BPE tokenizer trained here), exactly `--new` tokens each (no stop).
+Three workloads, timed round-robin (every round runs each contender once, in a rotating
+order) so load bursts from other jobs hit all alike; the ratios are medians of per-round ratios:
+
+- single stream: one request at a time (forgeml `Engine.generate` vs HF `generate` batch 1);
+- N concurrent: N requests submitted at once to the engine (continuous batching) vs HF
+  `generate` on the batch of the N prompts (its best case: equal lengths, no padding), and vs
+  HF serving them one at a time (its batch-1 rate: what a plain HF server does per request).
+
+    .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --record
+    .venv/bin/python benchmarks/serve_throughput.py --quick   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import cpu_has_bf16, cpu_name  # noqa: E402
+
+from forgeml.core.config import ModelConfig  # noqa: E402
+from forgeml.models.dense import Transformer  # noqa: E402
+from forgeml.models.hf_io import save_model  # noqa: E402
+from forgeml.serve.engine import Engine, SamplingParams  # noqa: E402
+from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer  # noqa: E402
+
+# The PEERS.md tiny model: vocab 8192, hidden 256, intermediate 768, 6 layers, 8/4 heads.
+CFG = ModelConfig(
+    dim=256,
+    n_layers=6,
+    n_heads=8,
+    n_kv_heads=4,
+    ffn_hidden=768,
+    vocab_size=8192,
+    max_seq_len=1024,
+    tie_embeddings=True,
+    norm_eps=1e-5,
+)
+BENCH_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
+TABLE_HEADER = (
+    "| date | CPU | torch / transformers | dtype, prompt+new | forgeml 1 stream tok/s "
+    "| HF batch 1 tok/s | ratio | forgeml N concurrent tok/s | HF batch N tok/s "
+    "| vs HF batch N | vs HF one at a time |"
+)
+
+
+def stdlib_texts(max_bytes: int) -> list[str]:
+    """Real local text without downloads: the Python standard library's sources."""
+    texts, total = [], 0
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        text = path.read_text(errors="replace")
+        texts.append(text)
+        total += len(text)
+        if total >= max_bytes:
+            break
+    return texts
+
+
+def make_prompts(tok, texts: list[str], n: int, length: int) -> list[list[int]]:
+    """n prompts of exactly `length` tokens, from different places of the corpus."""
+    ids = tok.encode("\n".join(texts)).ids
+    stride = max(length, (len(ids) - length) // n)
+    return [ids[i * stride : i * stride + length] for i in range(n)]
+
+
+def forgeml_run(engine: Engine, prompts: list[list[int]], new: int) -> int:
+    """Submit every prompt at once, wait for all; generated tokens."""
+    params = SamplingParams(max_tokens=new, temperature=0)
+    handles = [engine.submit(p, params) for p in prompts]
+    return sum(len(h.result().token_ids) for h in handles)
+
+
+@torch.inference_mode()
+def hf_run(model, prompts: list[list[int]], new: int) -> int:
+    """One `generate` call on the batch of prompts (all the same length: no padding)."""
+    x = torch.tensor(prompts)
+    out = model.generate(
+        x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+    )
+    return (out.shape[1] - x.shape[1]) * out.shape[0]
+
+
+def check_same_tokens(engine: Engine, hf, prompts: list[list[int]], new: int) -> float:
+    """Share of greedy tokens both produce identically (before timing anything)."""
+    same = total = 0
+    for p in prompts:
+        ours = engine.generate(p, SamplingParams(max_tokens=new, temperature=0)).token_ids
+        with torch.inference_mode():
+            theirs = hf.generate(
+                torch.tensor([p]), max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                pad_token_id=0,
+            )[0, len(p) :].tolist()  # fmt: skip
+        # Count the agreeing prefix: after a first near-tie the continuations differ legitimately.
+        agree = next(
+            (i for i, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), len(ours)
+        )
+        same, total = same + agree, total + len(ours)
+    return same / total
+
+
+def record(row: str) -> None:
+    """Insert `row` after the last row of this benchmark's table in BENCHMARKS.md."""
+    lines = BENCH_MD.read_text().splitlines() if BENCH_MD.is_file() else []
+    if TABLE_HEADER not in lines:
+        lines += ["", TABLE_HEADER, "|" + "---|" * (TABLE_HEADER.count(" | ") + 1)]
+    at = lines.index(TABLE_HEADER) + 2
+    while at < len(lines) and lines[at].startswith("|"):
+        at += 1
+    lines.insert(at, row)
+    BENCH_MD.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short smoke run")
+    ap.add_argument("--dtype", choices=["bf16", "fp32"], default="fp32", help="model weights")
+    ap.add_argument("--concurrent", type=int, default=16, help="N concurrent requests")
+    ap.add_argument("--prompt", type=int, default=32, help="prompt tokens")
+    ap.add_argument("--new", type=int, default=128, help="generated tokens per request")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument("--record", action="store_true", help="add a result row to BENCHMARKS.md")
+    args = ap.parse_args()
+    if args.quick:
+        args.new, args.rounds, args.concurrent = 16, 1, 4
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.dtype == "bf16" and not cpu_has_bf16():
+        print("warning: no native bf16 on this CPU; bf16 matmuls are emulated and slow")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        texts = stdlib_texts(4_000_000)
+        tok_dir = train_bpe_tokenizer(texts, vocab_size=CFG.vocab_size, out_dir=Path(tmp) / "tok")
+        tok = load_tokenizer(tok_dir)
+        torch.manual_seed(0)
+        model = Transformer(CFG.model_copy(update={"vocab_size": tok.get_vocab_size()}))
+        model_dir = save_model(model, Path(tmp) / "model", tok_dir)
+        hf = transformers.MistralForCausalLM.from_pretrained(
+            model_dir, attn_implementation="sdpa", dtype=dtype
+        ).eval()
+    model = model.to(dtype).eval()
+    # Both would stop at EOS; exactly --new tokens each keeps the work identical.
+    engine = Engine(model, tok, max_batch=args.concurrent, max_queue=4 * args.concurrent)
+    prompts = make_prompts(tok, texts, args.concurrent, args.prompt)
+    print(
+        f"model {model.num_params() / 1e6:.1f}M params, {args.dtype}, prompts {args.prompt} "
+        f"tokens, {args.new} new each, N={args.concurrent}, {torch.get_num_threads()} threads"
+    )
+    agree = check_same_tokens(engine, hf, prompts[:2], min(args.new, 32))
+    print(f"greedy tokens identical to HF (agreeing prefix): {agree:.0%}")
+
+    contenders = {
+        "forgeml 1": lambda: forgeml_run(engine, prompts[:1], args.new),
+        "HF 1": lambda: hf_run(hf, prompts[:1], args.new),
+        "forgeml N": lambda: forgeml_run(engine, prompts, args.new),
+        "HF N": lambda: hf_run(hf, prompts, args.new),
+    }
+    for fn in contenders.values():  # warm-up (allocator, kernels, thread pools)
+        fn()
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(args.rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            started = time.perf_counter()
+            n = contenders[name]()
+            rates[name].append(n / (time.perf_counter() - started))
+        print(
+            f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()),
+            flush=True,
+        )
+    engine.close()
+
+    def median_ratio(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    single = median_ratio("forgeml 1", "HF 1")
+    batched = median_ratio("forgeml N", "HF N")
+    serial = median_ratio("forgeml N", "HF 1")
+    print(
+        f"single stream   forgeml {med['forgeml 1']:7.0f} tok/s   HF batch 1 {med['HF 1']:7.0f}"
+        f" tok/s   ratio {single:.2f}x\n"
+        f"{args.concurrent:2d} concurrent   forgeml {med['forgeml N']:7.0f} tok/s   HF batch "
+        f"{args.concurrent} {med['HF N']:7.0f} tok/s   ratio {batched:.2f}x   vs HF one at a "
+        f"time {serial:.2f}x"
+    )
+    if args.record:
+        record(
+            f"| {dt.date.today()} | {cpu_name()} | {torch.__version__} / "
+            f"{transformers.__version__} | {args.dtype}, {args.prompt}+{args.new} | "
+            f"{med['forgeml 1']:.0f} | {med['HF 1']:.0f} | {single:.2f}x | "
+            f"{med['forgeml N']:.0f} | {med['HF N']:.0f} | {batched:.2f}x | {serial:.2f}x |"
+        )
+        print(f"recorded in {BENCH_MD}")
+
+
+if __name__ == "__main__":
+    main()
