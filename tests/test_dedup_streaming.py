@@ -3,6 +3,7 @@ grouped by partition. Same clusters as the in-memory path; memory flat in corpus
 
 from __future__ import annotations
 
+import random
 import tracemalloc
 
 import numpy as np
@@ -102,10 +103,110 @@ def _peak_bytes(tmp_path, n: int, max_entries: int) -> tuple[int, float]:
 
 
 def test_spilled_lsh_memory_does_not_grow_with_corpus(tmp_path):
-    # 40k and 160k documents: signatures of 20 MB and 82 MB (the in-memory path would also
+    # 20k and 80k documents: signatures of 10 MB and 41 MB (the in-memory path would also
     # copy them to uint64: 3x that). Peak traced memory of the spilled path stays flat.
-    small, recall_small = _peak_bytes(tmp_path, 40_000, 1 << 16)
-    large, recall_large = _peak_bytes(tmp_path, 160_000, 1 << 16)
+    small, recall_small = _peak_bytes(tmp_path, 20_000, 1 << 15)
+    large, recall_large = _peak_bytes(tmp_path, 80_000, 1 << 15)
     assert recall_small >= 0.99 and recall_large >= 0.99
     assert large < 1.25 * small, (small, large)
-    assert large < 40e6, large  # well under the 82 MB of signatures alone
+    assert large < 20e6, large  # well under the 41 MB of signatures alone
+
+
+# -- curation: the whole pipeline on spilled dedup -------------------------------------------
+
+_FILTERS_OFF = {
+    "language": {"enabled": False},
+    "gopher_quality": {"enabled": False},
+    "gopher_repetition": {"enabled": False},
+}
+
+
+def _raw_parquet(path, texts: list[str]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from forgeml.data.ingest import SCHEMA
+
+    n = len(texts)
+    cols = {
+        "doc_id": [f"d{i}" for i in range(n)],
+        "text": texts,
+        "path": [f"docs/{i}.txt" for i in range(n)],
+        "source": ["test"] * n,
+        "sha256": [""] * n,
+        "bytes": [len(t) for t in texts],
+        "type": ["text"] * n,
+        "language": [None] * n,
+        "locator": [""] * n,
+        "metadata": [None] * n,
+    }
+    pq.write_table(pa.table(cols, schema=SCHEMA), path, row_group_size=256)
+    return path
+
+
+def test_curate_dedup_equals_in_memory_deduplicate(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from forgeml.core.config import CurateConfig
+    from forgeml.data import curate
+
+    monkeypatch.setattr(curate, "_DEDUP_MAX_ENTRIES", 64)  # many partitions
+    texts, _ = planted_corpus(3)
+    texts += texts[:30] + [t.title() for t in texts[200:220]]
+    expected = deduplicate(texts, seed=1, threshold=0.8)
+    raw = _raw_parquet(tmp_path / "raw.parquet", texts)
+    cfg = CurateConfig.model_validate(_FILTERS_OFF)
+    report = curate.curate_documents(raw, tmp_path / "out.parquet", cfg)
+    rows = pq.read_table(tmp_path / "out.parquet").to_pylist()
+    assert [r["raw_row"] for r in rows] == np.flatnonzero(expected.keep).tolist()
+    assert report.duplicates["exact_clusters"] == len(expected.exact_clusters) == 50
+    assert report.duplicates["near_clusters"] == len(expected.near_clusters) > 50
+    copies = {g[0]: len(g) - 1 for g in expected.exact_clusters}
+    for c in expected.near_clusters:
+        copies[c[0]] = copies.get(c[0], 0) + len(c) - 1 + sum(copies.get(i, 0) for i in c[1:])
+    assert {r["raw_row"]: r["duplicates_removed"] for r in rows if r["duplicates_removed"]} == {
+        k: v for k, v in copies.items() if v
+    }
+
+
+def _short_corpus(n: int, seed: int = 5) -> list[str]:
+    rng = random.Random(seed)
+    vocab = [
+        "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 8))) for _ in range(3000)
+    ]
+    texts: list[str] = []
+    for i in range(n):
+        if i % 20 == 19:  # a near copy: one word changed
+            words = texts[rng.randrange(len(texts))].split()
+            words[rng.randrange(len(words))] = "changed"
+            texts.append(" ".join(words))
+        else:
+            texts.append(" ".join(rng.choices(vocab, k=rng.randint(40, 80))))
+    return texts
+
+
+def _curate_peak(tmp_path, n_docs: int) -> tuple[int, dict]:
+    from forgeml.core.config import CurateConfig
+    from forgeml.data.curate import curate_documents
+
+    raw = _raw_parquet(tmp_path / f"raw{n_docs}.parquet", _short_corpus(n_docs))
+    cfg = CurateConfig.model_validate({**_FILTERS_OFF, "redact": {"min_token_length": 64}})
+    tracemalloc.start()
+    report = curate_documents(raw, tmp_path / f"out{n_docs}.parquet", cfg)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak, report.dropped_by_reason
+
+
+def test_curate_memory_does_not_grow_with_corpus(tmp_path, monkeypatch):
+    from forgeml.data import curate
+
+    # Small batches and partitions, so 250 documents already fill every buffer.
+    monkeypatch.setattr(curate, "_BATCH", 16)
+    monkeypatch.setattr(curate, "_DEDUP_MAX_ENTRIES", 1 << 9)
+    small, dropped_small = _curate_peak(tmp_path, 250)
+    large, dropped_large = _curate_peak(tmp_path, 1000)
+    assert dropped_large["dedup:near"] > 3 * dropped_small["dedup:near"] > 0
+    # The in-memory path held ~1.5 kB per surviving document (signature, sample, hashes):
+    # +1.1 MB here. The spilled path grows by the duplicates found only.
+    assert large < small + 300_000, (small, large)

@@ -1,14 +1,17 @@
 """Curation: raw documents -> boilerplate removal -> filters -> redaction -> dedup -> Parquet.
 
 Second stage of the data pipeline (`forgeml data curate`). Pass one streams the raw Parquet
-in batches, drops records by the first filter that rejects them, redacts PII and secrets
-and removes exact duplicates, writing survivors and their MinHash signatures to a work
-file; pass two clusters near duplicates and writes the curated Parquet with per-record
-provenance. The report accounts for every input: kept + dropped (by reason) + failed.
+in batches, drops records by the first filter that rejects them and redacts PII and
+secrets, writing survivors, their normalised-text hashes and MinHash signatures to work
+files on disk; then exact and near duplicates are grouped out of core (forgeml.data.dedup)
+and pass two writes the curated Parquet with per-record provenance. Memory holds batches,
+partitions and the duplicates found, not the corpus. The report accounts for every input:
+kept + dropped (by reason) + failed.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import tempfile
@@ -25,7 +28,13 @@ import pyarrow.parquet as pq
 from forgeml.core.config import CurateConfig, config_hash
 from forgeml.core.errors import DataError
 from forgeml.core.io import atomic_open
-from forgeml.data.dedup import MinHasher, exact_hash, near_duplicate_clusters
+from forgeml.data.dedup import (
+    ExactHashSpill,
+    MinHasher,
+    SignatureSpill,
+    exact_groups_spilled,
+    near_duplicate_clusters_spilled,
+)
 from forgeml.data.filters import (
     UserFilterError,
     boilerplate_remover,
@@ -41,6 +50,7 @@ CONFIG_LANGUAGES = frozenset({"ini", "yaml", "toml", "json", "xml", "shell", "ma
 _BATCH = 512
 _TOP_CLUSTERS = 10
 _SAMPLE_CHARS = 240
+_DEDUP_MAX_ENTRIES = 1 << 18  # entries per dedup partition in memory (~5 MB each)
 
 REDACTIONS_TYPE = pa.struct([(kind, pa.int32()) for kind in KINDS])
 SCHEMA = pa.schema(
@@ -107,9 +117,9 @@ class CurateReport:
         )
 
 
-def _histogram(lengths: list[int]) -> list[int]:
-    counts = np.histogram(np.asarray(lengths, dtype=np.int64), bins=[*LENGTH_EDGES, 1 << 62])[0]
-    return counts.tolist()
+def _bin(length: int) -> int:
+    """Index of the LENGTH_EDGES bin holding `length` (the last bin is open-ended)."""
+    return bisect.bisect_right(LENGTH_EDGES, length) - 1
 
 
 def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -152,32 +162,28 @@ def curate_documents(
     safe = text_redactor(cfg.redact)
     dropped: Counter[str] = Counter()
     failed: Counter[str] = Counter()
-    lengths_in: list[int] = []
-    lengths_out: list[int] = []
+    hist_in = [0] * len(LENGTH_EDGES)
     langs_in: Counter[str] = Counter()
-    langs_out: Counter[str] = Counter()
     code_in: Counter[str] = Counter()
-    code_out: Counter[str] = Counter()
     redaction_totals: Counter[str] = Counter()
     stage_counts = {"filters": 0, "redaction": 0, "dedup_exact": 0, "dedup_near": 0}
     hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.shingle_words, cfg.dedup.seed)
-    exact_first: dict[str, int] = {}  # normalised hash -> survivor index
-    exact_members: dict[int, list[int]] = {}  # survivor index -> raw rows of its copies
-    survivors: list[dict[str, Any]] = []  # path/locator/sample/raw_row per survivor
-    signatures: list[np.ndarray] = []
+    n_survivors = 0  # records past filters and redaction: rows of the work file
     pending: list[str] = []
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".curate-", dir=out_path.parent) as tmp:
         work_path = Path(tmp) / "survivors.parquet"
         writer = pq.ParquetWriter(work_path, _WORK_SCHEMA, compression="zstd")
+        hashes = ExactHashSpill(Path(tmp) / "exact.bin")
+        signatures = SignatureSpill(Path(tmp) / "signatures.bin", cfg.dedup.num_perm)
         rows: list[dict[str, Any]] = []
         for raw_row, record in enumerate(_progress(_iter_records(in_path), progress, in_path)):
             report.input += 1
             text = record.get("text") or ""
             doc_type = record.get("type") or "text"
             report.chars["input"] += len(text)
-            lengths_in.append(len(text))
+            hist_in[_bin(len(text))] += 1
             removed = 0
             if doc_type in boiler_types:
                 text, removed = strip_boilerplate(text)
@@ -222,27 +228,8 @@ def curate_documents(
                 meta_red = redact_text(metadata, cfg.redact.model_copy(update={"secret": "redact"}))
                 metadata = meta_red.text
             if cfg.dedup.exact:
-                key = exact_hash(text)
-                first = exact_first.get(key)
-                if first is not None:
-                    dropped["dedup:exact"] += 1
-                    stage_counts["dedup_exact"] += 1
-                    exact_members[first].append(raw_row)
-                    continue
-                exact_first[key] = len(survivors)
-                exact_members[len(survivors)] = []
-            report.boilerplate_lines_removed += removed
-            survivors.append(
-                {
-                    "raw_row": raw_row,
-                    "path": record.get("path"),
-                    "locator": record.get("locator") or "",
-                    "sample": text[:_SAMPLE_CHARS],
-                    "chars": len(text),
-                    "lang": record.get("natural_language"),
-                    "code": (language or "unknown") if doc_type == "code" else None,
-                }
-            )
+                hashes.add(text, n_survivors)
+            n_survivors += 1
             rows.append(
                 {
                     "doc_id": _sha256(text),
@@ -278,42 +265,20 @@ def curate_documents(
         writer.close()
         if pending:
             signatures.append(hasher.signatures(pending))
+        hashes.close()
 
-        near_clusters: list[list[int]] = []
-        drop_near = np.zeros(len(survivors), dtype=bool)
-        if cfg.dedup.near and len(survivors) > 1:
-            sigs = np.concatenate(signatures)
-            near_clusters = near_duplicate_clusters(sigs, cfg.dedup.threshold, seed=cfg.dedup.seed)
-            for cluster in near_clusters:
-                drop_near[cluster[1:]] = True
-        dropped["dedup:near"] += int(drop_near.sum())
-        stage_counts["dedup_near"] = int(drop_near.sum())
-        represented = np.array([len(exact_members.get(i, [])) for i in range(len(survivors))])
-        for cluster in near_clusters:
-            represented[cluster[0]] += len(cluster) - 1 + represented[cluster[1:]].sum()
+        dedup = _find_duplicates(cfg, hashes, signatures, Path(tmp))
+        signatures.close()
+        dropped["dedup:exact"] += len(dedup.exact_dups)
+        stage_counts["dedup_exact"] = len(dedup.exact_dups)
+        dropped["dedup:near"] += len(dedup.near_dups)
+        stage_counts["dedup_near"] = len(dedup.near_dups)
+        kept_stats = _write_curated(work_path, out_path, dedup, report)
 
-        with atomic_open(out_path, "wb") as fh:
-            out = pq.ParquetWriter(fh, SCHEMA, compression="zstd")
-            index = 0
-            for batch in pq.ParquetFile(work_path).iter_batches(batch_size=_BATCH):
-                n = batch.num_rows
-                keep = ~drop_near[index : index + n]
-                counts = pa.array(represented[index : index + n], type=pa.int32())
-                table = pa.Table.from_batches([batch]).append_column("duplicates_removed", counts)
-                out.write_table(table.filter(pa.array(keep)).cast(SCHEMA))
-                index += n
-            out.close()
-
-    for i, s in enumerate(survivors):
-        if drop_near[i]:
-            continue
-        report.kept += 1
-        report.chars["kept"] += s["chars"]
-        lengths_out.append(s["chars"])
-        if s["lang"]:
-            langs_out[s["lang"]] += 1
-        if s["code"]:
-            code_out[s["code"]] += 1
+    report.kept = kept_stats["kept"]
+    report.chars["kept"] = kept_stats["chars"]
+    hist_out = kept_stats["histogram"]
+    langs_out, code_out = kept_stats["languages"], kept_stats["code_languages"]
     dropped = Counter({r: n for r, n in dropped.items() if n})
     report.dropped = sum(dropped.values())
     report.failed = sum(failed.values())
@@ -325,11 +290,7 @@ def curate_documents(
         out_n = remaining - stage_counts[stage]
         report.stages.append({"stage": stage, "in": remaining, "out": out_n})
         remaining = out_n
-    report.length_histogram = {
-        "edges": LENGTH_EDGES,
-        "input": _histogram(lengths_in),
-        "kept": _histogram(lengths_out),
-    }
+    report.length_histogram = {"edges": LENGTH_EDGES, "input": hist_in, "kept": hist_out}
     report.languages = {
         "input": dict(langs_in.most_common()),
         "kept": dict(langs_out.most_common()),
@@ -339,41 +300,119 @@ def curate_documents(
         "kept": dict(code_out.most_common()),
     }
     report.redactions = {k: redaction_totals.get(k, 0) for k in KINDS}
-    report.duplicates = _duplicate_summary(survivors, exact_members, near_clusters)
+    report.duplicates = kept_stats["duplicates"]
     return report
 
 
-def _duplicate_summary(
-    survivors: list[dict], exact_members: dict[int, list[int]], near_clusters: list[list[int]]
+@dataclass
+class _Duplicates:
+    """Dedup decisions over the work file's rows (indices), sized by the duplicates only."""
+
+    exact_groups: list[list[int]]  # [representative, copies...]
+    near_clusters: list[list[int]]  # [representative, near copies...] among exact survivors
+    exact_dups: np.ndarray  # sorted rows dropped as exact copies
+    near_dups: np.ndarray  # sorted rows dropped as near copies
+    represented: dict[int, int]  # representative row -> copies it stands for
+
+    def clusters(self) -> list[tuple[str, int, list[int]]]:
+        """(kind, representative, member rows incl. exact copies of near members), largest
+        first; rows follow input order, so the first row breaks ties as raw rows would."""
+        copies = {g[0]: g[1:] for g in self.exact_groups}
+        out = [("exact", g[0], g) for g in self.exact_groups]
+        for c in self.near_clusters:
+            out.append(("near", c[0], sorted(c + [i for m in c for i in copies.get(m, [])])))
+        return sorted(out, key=lambda c: (-len(c[2]), c[2][0]))
+
+
+def _find_duplicates(
+    cfg: CurateConfig, hashes: ExactHashSpill, signatures: SignatureSpill, tmp: Path
+) -> _Duplicates:
+    """Exact groups first; near clusters among the rows that are not exact copies."""
+    exact = []
+    if cfg.dedup.exact:
+        exact = exact_groups_spilled(hashes, max_entries=_DEDUP_MAX_ENTRIES, work_dir=tmp)
+    exact_dups = np.array(sorted(i for g in exact for i in g[1:]), dtype=np.int64)
+    near = []
+    if cfg.dedup.near:
+        near = near_duplicate_clusters_spilled(
+            signatures, cfg.dedup.threshold, seed=cfg.dedup.seed, exclude=exact_dups,
+            max_entries=_DEDUP_MAX_ENTRIES, work_dir=tmp,
+        )  # fmt: skip
+    near_dups = np.array(sorted(i for c in near for i in c[1:]), dtype=np.int64)
+    represented = {g[0]: len(g) - 1 for g in exact}
+    for c in near:
+        extra = len(c) - 1 + sum(represented.get(i, 0) for i in c[1:])
+        represented[c[0]] = represented.get(c[0], 0) + extra
+    return _Duplicates(exact, near, exact_dups, near_dups, represented)
+
+
+def _write_curated(
+    work_path: Path, out_path: Path, dedup: _Duplicates, report: CurateReport
 ) -> dict[str, Any]:
-    """Cluster counts and the largest clusters, each shown by its (already redacted)
-    representative's path and opening text."""
-    clusters = []
-    for rep, copies in exact_members.items():
-        if copies:
-            clusters.append(("exact", rep, [survivors[rep]["raw_row"], *copies]))
-    for cluster in near_clusters:
-        rows = [survivors[i]["raw_row"] for i in cluster]
-        for i in cluster:
-            rows += exact_members.get(i, [])
-        clusters.append(("near", cluster[0], sorted(rows)))
-    clusters.sort(key=lambda c: (-len(c[2]), c[2][0]))
-    top = []
-    for kind, rep, rows in clusters[:_TOP_CLUSTERS]:
-        s = survivors[rep]
-        top.append(
-            {
-                "kind": kind,
-                "size": len(rows),
-                "representative": {"path": s["path"], "locator": s["locator"]},
-                "sample": s["sample"],
-                "raw_rows": rows[:20],
-            }
-        )
+    """Pass two: the work file minus duplicates, with `duplicates_removed`, written
+    atomically; returns the kept-side statistics and the duplicate summary."""
+    drop = np.union1d(dedup.exact_dups, dedup.near_dups)
+    top = dedup.clusters()[:_TOP_CLUSTERS]
+    wanted = {i for _, _, rows in top for i in rows[:20]}
+    shown: dict[int, dict[str, Any]] = {}
+    hist = [0] * len(LENGTH_EDGES)
+    langs: Counter[str] = Counter()
+    code: Counter[str] = Counter()
+    kept = chars = 0
+    columns = ["raw_row", "path", "locator", "chars", "natural_language", "type", "language"]
+    with atomic_open(out_path, "wb") as fh:
+        out = pq.ParquetWriter(fh, SCHEMA, compression="zstd")
+        index = 0
+        for batch in pq.ParquetFile(work_path).iter_batches(batch_size=_BATCH):
+            n = batch.num_rows
+            rows = np.arange(index, index + n)
+            keep = ~np.isin(rows, drop, assume_unique=True)
+            exact = np.isin(rows, dedup.exact_dups, assume_unique=True)
+            counts = pa.array([dedup.represented.get(int(i), 0) for i in rows], type=pa.int32())
+            table = pa.Table.from_batches([batch]).append_column("duplicates_removed", counts)
+            out.write_table(table.filter(pa.array(keep)).cast(SCHEMA))
+            removed = table.column("boilerplate_lines_removed").to_numpy()
+            report.boilerplate_lines_removed += int(removed[~exact].sum())
+            cols = {c: table.column(c).to_pylist() for c in columns}
+            for j in np.flatnonzero(keep):
+                kept += 1
+                chars += cols["chars"][j]
+                hist[_bin(cols["chars"][j])] += 1
+                if cols["natural_language"][j]:
+                    langs[cols["natural_language"][j]] += 1
+                if cols["type"][j] == "code":
+                    code[cols["language"][j] or "unknown"] += 1
+            for i in wanted.intersection(range(index, index + n)):
+                j = i - index
+                shown[i] = {
+                    "raw_row": cols["raw_row"][j],
+                    "path": cols["path"][j],
+                    "locator": cols["locator"][j] or "",
+                    "sample": table.column("text")[j].as_py()[:_SAMPLE_CHARS],
+                }
+            index += n
+        out.close()
+    top_clusters = [
+        {
+            "kind": kind,
+            "size": len(rows),
+            "representative": {"path": shown[rep]["path"], "locator": shown[rep]["locator"]},
+            "sample": shown[rep]["sample"],
+            "raw_rows": [shown[i]["raw_row"] for i in rows[:20]],
+        }
+        for kind, rep, rows in top
+    ]
     return {
-        "exact_clusters": sum(1 for c in exact_members.values() if c),
-        "near_clusters": len(near_clusters),
-        "top_clusters": top,
+        "kept": kept,
+        "chars": chars,
+        "histogram": hist,
+        "languages": langs,
+        "code_languages": code,
+        "duplicates": {
+            "exact_clusters": len(dedup.exact_groups),
+            "near_clusters": len(dedup.near_clusters),
+            "top_clusters": top_clusters,
+        },
     }
 
 

@@ -257,6 +257,9 @@ class _DictUnionFind:
             self.parent.setdefault(min(ra, rb), min(ra, rb))
 
 
+_MAX_PARTS = 512  # open partition files; past that, partitions grow past max_entries
+
+
 def _partitioned_runs(
     chunks: Iterator[np.ndarray], key: str, fields: tuple[str, ...], parts: int, tmp: Path
 ) -> Iterator[np.ndarray]:
@@ -322,8 +325,8 @@ def near_duplicate_clusters_spilled(
     if n < 2:
         return []
     bands, rows, mult = _band_layout(threshold, num_perm, bands, seed)
-    parts = max(1, math.ceil(n * bands / max_entries))
-    chunk = max(1, max_entries // bands)
+    parts = min(_MAX_PARTS, max(1, math.ceil(n * bands / max_entries)))
+    chunk = max(1, min(max_entries // bands, 1 << 13))  # signature rows read at once
 
     def entries() -> Iterator[np.ndarray]:
         for start, sigs in spill.chunks(chunk):
@@ -353,7 +356,7 @@ class ExactHashSpill:
     """Append-only file of (128-bit normalised-text hash, document index) entries, for
     exact dedup whose memory does not grow with the corpus (`exact_groups_spilled`)."""
 
-    def __init__(self, path: str | Path, buffer: int = 1 << 16) -> None:
+    def __init__(self, path: str | Path, buffer: int = 1 << 13) -> None:
         self.path = Path(path)
         self.n = 0
         self._fh = open(self.path, "wb")  # noqa: SIM115 (closed by close())
@@ -367,9 +370,10 @@ class ExactHashSpill:
             self.flush()
 
     def flush(self) -> None:
-        self._fh.write(b"".join(self._buf))
-        self._fh.flush()
-        self._buf = []
+        if self._buf:
+            self._fh.write(b"".join(self._buf))
+            self._fh.flush()
+            self._buf = []
 
     def chunks(self, size: int) -> Iterator[np.ndarray]:
         self.flush()
@@ -378,8 +382,9 @@ class ExactHashSpill:
                 yield np.frombuffer(raw, dtype=_EXACT_ENTRY)
 
     def close(self) -> None:
-        self.flush()
-        self._fh.close()
+        if not self._fh.closed:
+            self.flush()
+            self._fh.close()
 
     def __enter__(self) -> ExactHashSpill:
         return self
@@ -392,7 +397,7 @@ def exact_groups_spilled(
     spill: ExactHashSpill, *, max_entries: int = 1 << 20, work_dir: str | Path | None = None
 ) -> list[list[int]]:
     """Groups (ascending indices, size >= 2, sorted by first index) of equal hashes."""
-    parts = max(1, math.ceil(spill.n / max_entries))
+    parts = min(_MAX_PARTS, max(1, math.ceil(spill.n / max_entries)))
     with tempfile.TemporaryDirectory(prefix="exact-", dir=work_dir) as tmp:
         runs = _partitioned_runs(spill.chunks(max_entries), "h1", ("h1", "h2"), parts, Path(tmp))
         return sorted((r.tolist() for r in runs), key=lambda g: g[0])
