@@ -102,7 +102,8 @@ def apply_lora(
     model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0
 ) -> list[str]:
     """Wrap every linear layer whose name ends in one of `targets` with LoRA and freeze all
-    other parameters; return the wrapped names. Idempotent targets are refused."""
+    other parameters; return the wrapped names. A model that has LoRA layers already, or a
+    target that names no linear layer of this model, is refused before anything changes."""
     unknown = sorted(set(targets) - set(LORA_TARGETS))
     if unknown or not targets:
         raise ConfigError(
@@ -113,24 +114,26 @@ def apply_lora(
         raise ConfigError(f"LoRA rank must be positive, got {rank}")
     if lora_modules(model):
         raise ConfigError("the model already has LoRA layers", hint="merge or reload it first")
+    chosen = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name.rsplit(".", 1)[-1] in targets and isinstance(module, nn.Linear)
+    ]
+    missing = sorted(set(targets) - {name.rsplit(".", 1)[-1] for name, _ in chosen})
+    if missing:
+        raise ConfigError(
+            f"LoRA target(s) {', '.join(missing)} name no linear layer of this "
+            f"{model.cfg.arch} model",
+            hint="MoE experts are stacked tensors, not linear layers: target wqkv and wo there",
+        )
     for p in model.parameters():
         p.requires_grad_(False)
-    wrapped = []
-    for name, module in list(model.named_modules()):
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf not in targets or not isinstance(module, nn.Linear):
-            continue
+    for name, module in chosen:
+        parent_name, leaf = name.rsplit(".", 1)
         _, splits = _hf_modules(model.cfg, name, module.out_features)
-        parent = model.get_submodule(name.rsplit(".", 1)[0])
         lora = LoRALinear(module, splits, rank, alpha, dropout).to(module.weight.device)
-        setattr(parent, leaf, lora)
-        wrapped.append(name)
-    if not wrapped:
-        raise ConfigError(
-            f"no linear layer named {targets} in this {model.cfg.arch} model",
-            hint="MoE experts are stacked tensors, not linear layers: target wqkv/wo there",
-        )
-    return wrapped
+        setattr(model.get_submodule(parent_name), leaf, lora)
+    return [name for name, _ in chosen]
 
 
 def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
