@@ -26,6 +26,7 @@ ROLES = ("system", "user", "assistant", "tool")
 MESSAGE_KEYS = {"role", "content", "name", "tool_calls", "tool_call_id", "refusal"}
 RECORD_KEYS = {"messages", "tools", "prompt", "completion", "id", "metadata"}
 PAD_DOC = -1  # doc id of padding positions: they form their own block and carry no label
+PACK_WINDOW = 64  # open rows searched when packing an example
 
 Overlength = Literal["truncate", "drop"]
 
@@ -328,7 +329,8 @@ def pack_examples(
     examples: Sequence[ChatExample], seq_len: int, pad_id: int, *, packing: bool = True
 ) -> PackedRows:
     """Lay examples into rows of `seq_len` positions (each example shifted on its own, so no
-    target crosses an example). `packing`: first-fit of examples into rows in data order;
+    target crosses an example). `packing`: first fit of examples, in data order, into the
+    `PACK_WINDOW` most recently opened rows (linear time; older rows are nearly full anyway);
     else one example per row. Padding has target IGNORE_INDEX and doc id PAD_DOC."""
     rows: list[list[int]] = []  # example indices per row
     room: list[int] = []
@@ -337,7 +339,8 @@ def pack_examples(
         if n > seq_len:
             raise DataError(f"{ex.where}: {n + 1} tokens do not fit seq_len {seq_len}")
         if packing:
-            slot = next((r for r, free in enumerate(room) if free >= n), None)
+            first = max(0, len(room) - PACK_WINDOW)
+            slot = next((r for r in range(first, len(room)) if room[r] >= n), None)
             if slot is not None:
                 rows[slot].append(i)
                 room[slot] -= n
