@@ -9,9 +9,11 @@ resume exactly. out_dir: checkpoints/, metrics.jsonl, model/, summary.json.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,19 @@ from forgeml.train.rl_losses import LOSSES, group_advantages, token_logps
 RESULT_NEUTRAL_RL_FIELDS = {"micro_batch_size"}
 
 
+@contextlib.contextmanager
+def _decode_threads(device: str) -> Iterator[None]:
+    # One token per step is hundreds of tiny ops: on CPU one intra-op thread beats two
+    # (measured on the 2-core box, 8 x 128 tokens of a 2.4M model: 0.7 s vs 6.0 s CPU time).
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @torch.inference_mode()
 def sample_group(
     model: nn.Module, prompt_ids: list[int], n: int, *, max_new_tokens: int, eos_id: int,
@@ -55,7 +70,7 @@ def sample_group(
     cache = model.new_kv_cache(n, len(prompt_ids) + steps, device=device)
     out = torch.empty(n, steps, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    with autocast(device, dtype):
+    with autocast(device, dtype), _decode_threads(device):
         idx = torch.tensor([prompt_ids] * n, device=device)
         logits = model(idx, kv_cache=cache, start_pos=0)[:, -1]
         for t in range(steps):
