@@ -215,6 +215,18 @@ def test_execution_plugin_scores_fraction_of_cases_in_the_sandbox():
         plugin(["p"], [right], [{}])
 
 
+def test_execution_plugin_scores_invalid_syntax_without_running_it(monkeypatch):
+    import forgeml.eval.sandbox as sandbox
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("a program that does not compile was run")
+
+    monkeypatch.setattr(sandbox, "run_python", no_process)
+    plugin = build_reward(RewardConfig(kind="execution"))
+    tests = [{"inputs": [], "expected": ["1"]}]
+    assert plugin(["p"], ["```python\ndef (:\n```"], [{"tests": tests}]) == [0.0]
+
+
 def test_extract_code():
     assert extract_code("Here:\n```python\nprint(1)\n```\nbye") == "print(1)\n"
     assert extract_code("```\nprint(2)\n") == "print(2)\n"  # unclosed fence: to the end

@@ -19,7 +19,7 @@ from forgeml.core.errors import DataError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.demo.acme_cl import AcmeError, run_acme
 from forgeml.eval.sandbox import SandboxLimits, score_io_cases
-from forgeml.train.rewards import extract_code
+from forgeml.train.rewards import compiles, extract_code
 
 # The chat format and the held-out rule of the ACME SFT data (forgeml.demo.acme), so RL
 # starts from what SFT taught and the held-out programs are the same for both stages.
@@ -102,7 +102,7 @@ def translation_score(acl: str, inputs: Sequence[Sequence[Any]], python: str) ->
         for case, lines in zip(inputs, expected, strict=True)
         if lines is not None
     ]
-    if not cases:
+    if not cases or not compiles(python):
         return 0.0
     passed = score_io_cases(python, cases, limits=LIMITS, stop_after_timeout=True)[0]
     return passed * len(cases) / len(inputs)
@@ -122,11 +122,7 @@ def translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -
 def python_compiles(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
     """Shaping reward `forgeml.demo.acme_rl:python_compiles`: 1.0 when the completion's code
     is valid Python syntax (compiled, never run), else 0.0."""
-    try:
-        compile(extract_code(completion), "<completion>", "exec")
-    except (SyntaxError, ValueError):
-        return 0.0
-    return 1.0
+    return float(compiles(extract_code(completion)))
 
 
 def evaluate_translation(

@@ -164,6 +164,15 @@ def extract_code(completion: str) -> str:
     return found.group(1) if found else completion
 
 
+def compiles(code: str) -> bool:
+    """True when `code` is valid Python syntax (compiled in-process, never run)."""
+    try:
+        compile(code, "<completion>", "exec")
+    except (SyntaxError, ValueError):
+        return False
+    return True
+
+
 def _execution(spec: RewardConfig, name: str, ws: Any) -> BatchScorer:
     """Share of the prompt's test cases `[{inputs, expected}]` the completion passes when run
     as a Python program in the sandbox (own process, time/memory limits, no network)."""
@@ -180,6 +189,8 @@ def _execution(spec: RewardConfig, name: str, ws: Any) -> BatchScorer:
                 hint="give each prompt a list of {inputs: [...], expected: [lines]} or set cases_field",
             )
         code = extract_code(completion) if spec.extract_code else completion
+        if not compiles(code):
+            return 0.0  # fails every case: no process needed
         return score_io_cases(code, cases, limits=limits, stop_after_timeout=True)[0]
 
     def score(prompts: Prompts, completions: Completions, metadatas: Metadatas) -> list[float]:

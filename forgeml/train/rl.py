@@ -211,6 +211,7 @@ def _train_rl(
 
         # 2. Score them, and turn rewards into group-normalised advantages.
         reward_list, per_plugin = score_completions(rewards, texts, completions, metas)
+        t_score = time.perf_counter() - t_step - t_sample
         rewards_t = torch.tensor(reward_list)
         advantages = group_advantages(rewards_t, G, rcfg.scale_rewards).to(device)
 
@@ -255,7 +256,7 @@ def _train_rl(
             "kl": sums["kl"] if reference is not None else None,
             "clip_fraction": sums["clip_fraction"],
             "completion_len": sum(lengths) / len(lengths),
-            "sample_s": t_sample, "step_s": time.perf_counter() - t_step,
+            "sample_s": t_sample, "score_s": t_score, "step_s": time.perf_counter() - t_step,
             "elapsed": elapsed_before + time.perf_counter() - t_start,
         }  # fmt: skip
         if final or done % tcfg.log_every == 0:
