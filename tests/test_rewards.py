@@ -233,24 +233,36 @@ def test_extract_code():
     assert extract_code("print(3)") == "print(3)"
 
 
-def test_reward_model_plugin_wraps_reward_scorer(monkeypatch):
-    calls = {}
+def test_reward_model_plugin_scores_with_a_trained_reward_model(tmp_path):
+    """H2's RewardScorer on a tiny reward model trained to prefer replies saying 'yes'."""
+    import torch
+    from preference_fixtures import make_base_model, write_pairs
 
-    class FakeScorer:
-        def __init__(self, ws, ref):
-            calls["init"] = (ws, ref)
+    from forgeml.core.config import validate_recipe
+    from forgeml.train.reward_model import train_reward_model
 
-        def __call__(self, prompts, completions):
-            return [float(len(c)) for c in completions]
-
-    fake = types.ModuleType("forgeml.train.reward_model")
-    fake.RewardScorer = FakeScorer
-    monkeypatch.setitem(sys.modules, "forgeml.train.reward_model", fake)
-    plugin = build_reward(RewardConfig(kind="reward_model", model="rm-champion"), ws="WS")
-    assert plugin(["p", "q"], ["ab", "abcd"], [{}, {}]) == [2.0, 4.0]
-    assert calls["init"] == ("WS", "rm-champion")
+    recipe = validate_recipe({
+        "train": {"max_steps": 30, "micro_batch_size": 8, "dtype": "fp32", "checkpoint_every": 0},
+        "optim": {"lr": 3e-3, "warmup_steps": 3},
+        "reward_model": {"heldout_fraction": 0.25, "max_length": 64},
+    })  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny kernels: no OpenMP spin-waits on the busy 2-core box
+    try:
+        summary = train_reward_model(
+            recipe, base_model_dir=make_base_model(tmp_path), progress=False,
+            pairs_path=write_pairs(tmp_path / "pairs.jsonl", 64), out_dir=tmp_path / "rm",
+        )  # fmt: skip
+        plugin = build_reward(RewardConfig(kind="reward_model", model=summary["model_dir"]))
+        prompt = "apple river stone cloud"
+        metas = [{}, {}, {"messages": [{"role": "user", "content": prompt}]}]
+        yes, no, yes_chat = plugin([prompt] * 3, ["yes green", "no green", "yes green"], metas)
+    finally:
+        torch.set_num_threads(threads)
+    assert yes > no
+    assert yes_chat == pytest.approx(yes)  # a plain prompt is scored as one user turn
     with pytest.raises(ConfigError, match="needs `model`"):
-        build_reward(RewardConfig(kind="reward_model"), ws="WS")
+        build_reward(RewardConfig(kind="reward_model"))
 
 
 def test_reward_model_plugin_without_the_module_is_a_clear_error(monkeypatch):

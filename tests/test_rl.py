@@ -25,6 +25,16 @@ from forgeml.train.rewards import RewardPlugin, per_sample
 WORDS = "the factory builds models from documents alice bob carol ship parts to the lab".split()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models are all small kernels: one thread avoids OpenMP spin-waits on a busy
+    2-core machine; every run in a test uses the same setting, so comparisons hold."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> tuple[Path, Path]:
     """A saved tiny model (~60K parameters) with its BPE tokenizer, and a prompts file."""
@@ -168,8 +178,10 @@ def test_prompts_file_errors_name_the_line(tmp_path):
         '{"messages": [{"role": "user", "content": "hi"}], "answer": 1}\n{"prompt": "yo"}\n'
     )
     first, second = rl.load_prompts(chat, "chat")
-    assert first.text.endswith("<|assistant|>\n") and first.metadata == {"answer": 1}
+    assert first.text.endswith("<|assistant|>\n") and first.metadata["answer"] == 1
     assert "<|user|>\nyo" in second.text
+    assert second.metadata["messages"] == [{"role": "user", "content": "yo"}]
+    assert rl.load_prompts(chat)[1].text == "yo"  # raw format: the prompt as it is
 
 
 def test_prompt_order_is_a_pure_function_of_the_step():

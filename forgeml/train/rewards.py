@@ -202,15 +202,14 @@ def _execution(spec: RewardConfig, name: str, ws: Any) -> BatchScorer:
 
 
 def _reward_model(spec: RewardConfig, name: str, ws: Any) -> BatchScorer:
-    """A trained reward model (forgeml.train.reward_model.RewardScorer) scores (prompt,
-    completion) pairs; higher is better."""
+    """A trained reward model (forgeml.train.reward_model.RewardScorer) scores each reply in
+    its conversation (metadata `messages`, else the prompt as one user turn): higher is better.
+    `model` is a model asset of `ws`, or with no workspace a reward-model folder."""
     if not spec.model:
         raise ConfigError(
             f"reward plugin '{name}' (kind reward_model) needs `model`",
             hint="set model: a reward-model asset id, name or alias",
         )
-    if ws is None:
-        raise ConfigError(f"reward plugin '{name}' needs a workspace to find model {spec.model}")
     try:
         from forgeml.train.reward_model import RewardScorer
     except ImportError as exc:
@@ -219,7 +218,12 @@ def _reward_model(spec: RewardConfig, name: str, ws: Any) -> BatchScorer:
             hint="use a function, regex, exact_match or execution reward",
         ) from None
     scorer = RewardScorer(ws, spec.model)
-    return lambda prompts, completions, metadatas: scorer(list(prompts), list(completions))
+
+    def score(prompts: Prompts, completions: Completions, metadatas: Metadatas) -> list[float]:
+        conversations = [m.get("messages") or p for p, m in zip(prompts, metadatas, strict=True)]
+        return scorer(conversations, list(completions))
+
+    return score
 
 
 REWARD_KINDS: dict[str, Callable[[RewardConfig, str, Any], BatchScorer]] = {

@@ -38,11 +38,13 @@ def load_prompts(path: Path, prompt_format: str = "raw") -> list[RLPrompt]:
                 f"{path}:{n}: a record needs a 'prompt' string or 'messages' list",
                 hint='write e.g. {"prompt": "Translate ...", "tests": [...]}',
             )
-        meta = {k: v for k, v in record.items() if k not in ("prompt", "messages")}
-        if "messages" in record:
-            text = render_chat(record["messages"], add_generation_prompt=True)
-        elif prompt_format == "chat":
-            text = render_chat([{"role": "user", "content": record["prompt"]}], True)
+        # Chat prompts keep their conversation in the metadata: a reward model scores the
+        # reply in the same template it was trained on.
+        meta = {k: v for k, v in record.items() if k != "prompt"}
+        if "messages" not in record and prompt_format == "chat":
+            meta["messages"] = [{"role": "user", "content": record["prompt"]}]
+        if "messages" in meta:
+            text = render_chat(meta["messages"], add_generation_prompt=True)
         else:
             text = record["prompt"]
         if not isinstance(text, str) or not text:
