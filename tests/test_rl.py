@@ -184,6 +184,19 @@ def test_prompts_file_errors_name_the_line(tmp_path):
     assert rl.load_prompts(chat)[1].text == "yo"  # raw format: the prompt as it is
 
 
+def test_prompts_longer_than_the_context_are_refused_up_front(tiny, tmp_path):
+    base, _ = tiny
+    prompts = tmp_path / "long.jsonl"
+    long_prompt = " ".join(WORDS * 10)
+    prompts.write_text(
+        json.dumps({"prompt": "the lab"}) + "\n" + json.dumps({"prompt": long_prompt}) + "\n"
+    )
+    recipe = load_recipe(None, [*FAST, "train.max_steps=1"])
+    with pytest.raises(DataError, match=r"1 of 2 prompts leave no room .* \(first: record 2\)"):
+        rl.train_rl(recipe, base_model=base, prompts=prompts, out_dir=tmp_path / "run",
+                    rewards=E_REWARD, progress=False)  # fmt: skip
+
+
 def test_prompt_order_is_a_pure_function_of_the_step():
     seen = [rl.prompts_for_step(5, s, 2, seed=3) for s in range(5)]
     flat = [i for step in seen for i in step]

@@ -158,6 +158,13 @@ def _train_rl(
 
     seed_everything(tcfg.seed)
     model = load_model(base_model, device=device)
+    too_long = [n for n, ids in enumerate(encoded, 1) if len(ids) >= model.cfg.max_seq_len]
+    if too_long:
+        raise DataError(
+            f"{len(too_long)} of {len(encoded)} prompts leave no room for a completion in the "
+            f"model's context of {model.cfg.max_seq_len} tokens (first: record {too_long[0]})",
+            hint="drop or shorten them (e.g. forgeml demo acme-rl --max-chars)",
+        )
     # The reference is the frozen starting policy; with kl_coef 0 it is never needed.
     reference = (
         load_model(base_model, device=device).requires_grad_(False).eval()
