@@ -7,7 +7,7 @@ SFT records (policy Q&A, translation requests, tool-use traces) rendered through
 template; TRL gets each conversation as prompt (everything before the last assistant turn, with
 the generation prompt) / completion (the last assistant text, `<|end|>` appended as TRL's EOS),
 so both see the same tokens. Both: AdamW at a constant lr, no gradient checkpointing, the same
-dtype, sequences of at most 512 tokens, packing with correct document boundaries (forgeml:
+dtype, sequences of at most 768 tokens, packing with correct document boundaries (forgeml:
 block-diagonal mask; TRL: "bfd" packing, padding-free with per-document position ids) and, as a
 second peer, TRL without packing (padded batches). Reported: median over steps (after warm-up)
 of non-padding tokens per second, step-end to step-end, the runs back to back.
@@ -35,10 +35,11 @@ from forgeml.core.config import SFTConfig
 from forgeml.demo.acme import build_corpus, build_sft_records
 from forgeml.tokenizer.chat import render_chat
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
+from forgeml.train.chat_data import tokenize_conversation
 from forgeml.train.sft import sft
 
 BENCH_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-SEQ = 512
+SEQ = 768
 LR = 1e-4
 
 
@@ -60,7 +61,12 @@ def build_inputs(root: Path, n_records: int) -> tuple[Path, Path]:
     transformers.MistralForCausalLM(config).save_pretrained(model_dir)
     for f in tok_dir.iterdir():
         shutil.copy(f, model_dir / f.name)
-    records = build_sft_records(seed=0, scale=1.0)
+    # Whole conversations that fit (TRL would otherwise keep examples truncated to no label).
+    records = [
+        r
+        for r in build_sft_records(seed=0, scale=1.0)
+        if len(tokenize_conversation(tok, r["messages"], r.get("tools"))[0]) <= SEQ - 8
+    ]
     step = max(1, len(records) // n_records)  # every task, in proportion
     data = root / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records[::step][:n_records]))
@@ -125,7 +131,7 @@ SECTION = "## SFT throughput: forgeml `sft` vs TRL `SFTTrainer`"
 SECTION_TEXT = f"""{SECTION}
 
 `benchmarks/sft_throughput.py` (see its docstring): the PEERS.md tiny Mistral and ACME chat SFT
-data (Q&A, translations, tool-use traces), the same tokens for both, sequences of at most 512
+data (Q&A, translations, tool-use traces), the same tokens for both, sequences of at most 768
 tokens, no gradient checkpointing; median non-padding tokens/s over steps after warm-up, back
 to back in one process. Peers: TRL with "bfd" packing (padding-free, document boundaries kept,
 as ours) and TRL without packing.
