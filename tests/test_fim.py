@@ -159,6 +159,9 @@ def test_infill_prompt_parsing_and_truncation(tok_dir):
     # A short suffix leaves its unused room to the prefix.
     lopsided = fim_prompt_ids(tok, prefix, "x", 40)
     assert len(lopsided) == 40 and lopsided[-3:-1] == [FIM.suffix, tok.token_to_id("x")]
+    # SPM: the same pieces, suffix first and the prefix right before the middle.
+    spm = fim_prompt_ids(tok, prefix, suffix, 40, "spm")
+    assert spm == [FIM.prefix, FIM.suffix, *suf, FIM.middle, *pre]
 
 
 def test_chunked_fim_makes_one_example_per_chunk_and_keeps_every_character(tok_dir):

@@ -147,7 +147,8 @@ def test_a_tiny_fim_trained_model_runs_through_the_eval(acme, tmp_path, workspac
     assert again.cached and again.outputs == stage.outputs
 
 
-def test_eval_prompt_is_exactly_the_start_of_a_training_example(acme, tmp_path):
+@pytest.mark.parametrize("order", ["psm", "spm"])
+def test_eval_prompt_is_exactly_the_start_of_a_training_example(acme, tmp_path, order):
     """The infill prompt for a gap is token for token the training example whose word-span
     middle is that gap (same sentinels, order, whitespace and piecewise encoding), and the
     training example goes on with the answer's tokens then the document's EOS."""
@@ -163,7 +164,7 @@ def test_eval_prompt_is_exactly_the_start_of_a_training_example(acme, tmp_path):
     texts = [e.prefix + e.answer + e.suffix for e in examples]
     tok_dir = train_bpe_tokenizer(texts, vocab_size=400, out_dir=tmp_path / "tok")
     tok = load_tokenizer(tok_dir)
-    cfg = FimConfig(rate=1.0, spm_rate=0.0, unit="word", max_span_words=1)
+    cfg = FimConfig(rate=1.0, spm_rate=float(order == "spm"), unit="word", max_span_words=1)
     for k, (ex, text) in enumerate(zip(examples, texts, strict=True)):
         # the seed whose word-span plan cuts exactly this gap (FimEncoder seeds doc 0 by [seed, 0])
         seed = next(
@@ -176,7 +177,7 @@ def test_eval_prompt_is_exactly_the_start_of_a_training_example(acme, tmp_path):
         pack_fim_shards([data], tok_dir, tmp_path / f"s{k}", cfg.model_copy(update={"seed": seed}))
         shards = TokenShards(tmp_path / f"s{k}")
         trained = shards.window(0, shards.n_tokens).tolist()
-        prompt = fim_prompt_ids(tok, ex.prefix, ex.suffix, 1 << 20)
+        prompt = fim_prompt_ids(tok, ex.prefix, ex.suffix, 1 << 20, order)
         assert trained[: len(prompt)] == prompt
         middle = trained[len(prompt) :]
         assert middle[-1] == shards.eos_id and tok.decode(middle[:-1]) == ex.answer

@@ -1,8 +1,8 @@
 """Fill-in-the-middle generation and its eval on the ACME damaged documents.
 
-`infill` asks a FIM-trained model for the text between a prefix and a suffix (PSM prompt,
-arXiv:2207.14255); `evaluate_infill` restores every `[...]` gap of `damaged/*.txt` and scores
-exact and whitespace-normalised matches against `damaged/answers.json`.
+`infill` asks a FIM-trained model for the text between a prefix and a suffix (PSM or SPM
+prompt, arXiv:2207.14255); `evaluate_infill` restores every `[...]` gap of `damaged/*.txt` and
+scores exact and whitespace-normalised matches against `damaged/answers.json`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from tokenizers import Tokenizer
@@ -26,6 +26,7 @@ from forgeml.tokenizer.train import load_tokenizer
 FILL = "<FILL>"
 GAP = "[...]"  # the gap marker of forgeml.demo.acme
 Infiller = Callable[[str, str], str]
+FimOrder = Literal["psm", "spm"]
 
 
 def parse_infill_prompt(text: str) -> tuple[str, str]:
@@ -50,8 +51,12 @@ def _encode(tok: Tokenizer, text: str) -> list[int]:
         tok.encode_special_tokens = before
 
 
-def fim_prompt_ids(tok: Tokenizer, prefix: str, suffix: str, budget: int) -> list[int]:
-    """`<PRE> prefix <SUF> suffix <MID>` in at most `budget` tokens.
+def fim_prompt_ids(
+    tok: Tokenizer, prefix: str, suffix: str, budget: int, order: FimOrder = "psm"
+) -> list[int]:
+    """PSM `<PRE> prefix <SUF> suffix <MID>` or SPM `<PRE> <SUF> suffix <MID> prefix` in at
+    most `budget` tokens: exactly how `forgeml.data.fim.fim_assemble` lays out training
+    examples, so the middle the model writes next is what it learned to write there.
 
     When too long, the prefix keeps its end and the suffix its start (the context nearest the
     gap); each side gets half the room plus whatever the other side does not use.
@@ -65,6 +70,8 @@ def fim_prompt_ids(tok: Tokenizer, prefix: str, suffix: str, budget: int) -> lis
         keep_suf = min(len(suf), max(room // 2, room - len(pre)))
         keep_pre = room - keep_suf
         pre, suf = pre[len(pre) - keep_pre :], suf[:keep_suf]
+    if order == "spm":
+        return [fim.prefix, fim.suffix, *suf, fim.middle, *pre]
     return [fim.prefix, *pre, fim.suffix, *suf, fim.middle]
 
 
@@ -86,8 +93,10 @@ def infill(
     top_p: float | None = None,
     seed: int = 0,
     device: str = "cpu",
+    order: FimOrder = "psm",
 ) -> str:
-    """The text a FIM-trained model puts between `prefix` and `suffix` (greedy by default).
+    """The text a FIM-trained model puts between `prefix` and `suffix` (greedy by default),
+    prompted in the order it was trained with (`fim.spm_rate`: SPM when most examples were).
 
     Generation stops at EOS (the end of a middle in training), `<|end|>` or any FIM sentinel.
     """
@@ -96,7 +105,7 @@ def infill(
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else load_tokenizer(tokenizer)
     context = model.cfg.max_seq_len
     new_tokens = max(1, min(max_new_tokens, context // 2))
-    ids = fim_prompt_ids(tok, prefix, suffix, context - new_tokens)
+    ids = fim_prompt_ids(tok, prefix, suffix, context - new_tokens, order)
     out = generate(
         model, ids, max_new_tokens=new_tokens, temperature=temperature, top_k=top_k,
         top_p=top_p, stop_ids=_stop_ids(tok), seed=seed, device=device,
@@ -104,7 +113,9 @@ def infill(
     return tok.decode(out, skip_special_tokens=True)
 
 
-def infill_text(model_dir: str | Path, prompt: str, cfg: GenerateConfig) -> str:
+def infill_text(
+    model_dir: str | Path, prompt: str, cfg: GenerateConfig, order: FimOrder = "psm"
+) -> str:
     """`forgeml generate MODEL --infill "a<FILL>b"`: load a model folder and fill the gap."""
     from forgeml.core.runtime import pick_device
     from forgeml.models.hf_io import load_model
@@ -118,7 +129,7 @@ def infill_text(model_dir: str | Path, prompt: str, cfg: GenerateConfig) -> str:
     text = infill(
         model, model_dir, prefix, suffix, max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, seed=cfg.seed,
-        device=device,
+        device=device, order=order,
     )  # fmt: skip
     for stop in cfg.stop:
         if stop and stop in text:
@@ -205,6 +216,7 @@ def evaluate_infill(
     max_examples: int | None = None,
     max_new_tokens: int = 16,
     device: str = "cpu",
+    order: FimOrder = "psm",
 ) -> dict[str, Any]:
     """Restore the gaps of the ACME damaged documents; exact-match scores and every output.
 
@@ -219,7 +231,10 @@ def evaluate_infill(
         model.eval()
 
         def fill(prefix: str, suffix: str) -> str:
-            return infill(model, tok, prefix, suffix, max_new_tokens=max_new_tokens, device=device)
+            return infill(
+                model, tok, prefix, suffix, max_new_tokens=max_new_tokens, device=device,
+                order=order,
+            )  # fmt: skip
     else:
         fill = model
     with torch.inference_mode():
@@ -234,6 +249,7 @@ def infill_eval_stage(
     *,
     max_examples: int | None = 200,
     max_new_tokens: int = 16,
+    order: FimOrder = "psm",
     force: bool = False,
     notify: Callable[[str], None] | None = None,
 ):
@@ -253,7 +269,7 @@ def infill_eval_stage(
         raise NotFoundError(f"no answers.json in {damaged_dir}", hint="pass the damaged/ folder")
     config = {
         "suite": "infill", "answers_sha256": sha256_file(key_file),
-        "max_examples": max_examples, "max_new_tokens": max_new_tokens,
+        "max_examples": max_examples, "max_new_tokens": max_new_tokens, "order": order,
     }  # fmt: skip
 
     def body(work: Path):
@@ -261,7 +277,7 @@ def infill_eval_stage(
         model = load_model(asset.path, device=device)
         result = evaluate_infill(
             model, asset.path, damaged_dir, max_examples=max_examples,
-            max_new_tokens=max_new_tokens, device=device,
+            max_new_tokens=max_new_tokens, device=device, order=order,
         )  # fmt: skip
         out = work / "eval"
         out.mkdir(parents=True, exist_ok=True)

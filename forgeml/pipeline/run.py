@@ -145,6 +145,7 @@ def run_pipeline(
                 model.output,
                 damaged,
                 max_examples=recipe.eval.infill_examples,
+                order="spm" if recipe.fim.spm_rate > 0.5 else "psm",  # as the model trained
                 force=force,
                 notify=notify,
             )  # fmt: skip
