@@ -89,7 +89,7 @@ def test_auth_paths_401_403_without_leaking(env, workspace) -> None:
     assert c.get("/healthz").status_code == 200
     events = [e["event"] for e in _audit(workspace)]
     assert events.count("control_auth_denied") == 6 and "control_forbidden" in events
-    assert not any(keys["bot"].split("_")[2] in json.dumps(e) for e in _audit(workspace))
+    assert not any(keys["bot"].split("_", 2)[2] in json.dumps(e) for e in _audit(workspace))
 
 
 def test_browse_assets_lineage_runs_evals(env) -> None:
