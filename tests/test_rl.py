@@ -156,16 +156,24 @@ def test_batched_group_sampling_is_the_kv_cache_sampler(tiny):
     ids = tok.encode("the lab alice", add_special_tokens=False).ids
     greedy = generate(model, ids, max_new_tokens=12, temperature=0, stop_ids={eos})
     rows = rl.sample_group(
-        model, ids, 4, max_new_tokens=12, eos_id=eos, temperature=1e-6, top_k=None, top_p=None,
+        model, ids, 4, max_new_tokens=12, stop_ids={eos}, temperature=1e-6, top_k=None, top_p=None,
         generator=torch.Generator().manual_seed(0), device="cpu", dtype="fp32",
     )  # fmt: skip
     for row in rows:
         assert [t for t in row if t != eos] == greedy
     many = rl.sample_group(
-        model, ids, 16, max_new_tokens=12, eos_id=eos, temperature=3.0, top_k=None, top_p=None,
+        model, ids, 16, max_new_tokens=12, stop_ids={eos}, temperature=3.0, top_k=None, top_p=None,
         generator=torch.Generator().manual_seed(0), device="cpu", dtype="fp32",
     )  # fmt: skip
     assert len({tuple(r) for r in many}) > 1  # rows are sampled independently
+    # Any stop id ends a row, kept as its last token (a chat reply's <|end|>, say).
+    cut = rl.sample_group(
+        model, ids, 2, max_new_tokens=12, stop_ids={eos, greedy[2]}, temperature=1e-6,
+        top_k=None, top_p=None, generator=torch.Generator().manual_seed(0), device="cpu",
+        dtype="fp32",
+    )  # fmt: skip
+    first = greedy.index(greedy[2])
+    assert cut == [greedy[: first + 1]] * 2
 
 
 def test_prompts_file_errors_name_the_line(tmp_path):

@@ -37,7 +37,7 @@ __all__ = [
     "generate_sft_data",
 ]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 GAP = "[...]"  # marks an illegible passage in damaged/*.txt
 
 FIRST_NAMES = (
@@ -2625,11 +2625,15 @@ def build_corpus(seed: int = 0, scale: float = 1.0) -> tuple[dict[str, bytes], d
     pairs = generate_programs(rng_for("programs"), counts["programs"])
     texts: dict[str, str] = {}
     for p in pairs:
+        # The Python of the translation task's held-out programs is an answer key: it lives
+        # under heldout/ (recipes exclude it), so a model trained on the corpus has seen the
+        # ACME-CL listing but never its translation.
+        python = f"{'heldout/' if translation_is_heldout(p['slug']) else ''}programs/{p['slug']}.py"
         texts[f"programs/{p['slug']}.acl"] = p["acl"]
-        texts[f"programs/{p['slug']}.py"] = p["python"]
+        texts[python] = p["python"]
         test = {
             "program": f"programs/{p['slug']}.acl",
-            "python": f"programs/{p['slug']}.py",
+            "python": python,
             "purpose": p["purpose"],
             "cases": p["cases"],
         }
@@ -2684,7 +2688,12 @@ def build_corpus(seed: int = 0, scale: float = 1.0) -> tuple[dict[str, bytes], d
             "qa": "qa/policy_qa.json",
             "redaction": "records/planted.json",
         },
-        "answer_keys": ["damaged/answers.json", "qa/policy_qa.json", "records/planted.json"],
+        "answer_keys": [
+            "damaged/answers.json",
+            "qa/policy_qa.json",
+            "records/planted.json",
+            "heldout/",
+        ],
     }
     files["manifest.json"] = (json.dumps(manifest, indent=1) + "\n").encode("utf-8")
     return files, manifest
@@ -2810,6 +2819,12 @@ def _sft_is_heldout(key: str) -> bool:
     """Deterministic ~10% held-out split by a hash of the item's key."""
     digest = hashlib.sha256(f"acme-sft-heldout:{key}".encode()).hexdigest()
     return int(digest[:8], 16) % 100 < SFT_HELDOUT_PERCENT
+
+
+def translation_is_heldout(slug: str) -> bool:
+    """Whether program `slug` is held out of the translation task (SFT, DPO, RL and the
+    corpus's Python files alike)."""
+    return _sft_is_heldout(f"translate-{slug}")
 
 
 def _call(call_id: str, name: str, arguments: dict) -> dict:

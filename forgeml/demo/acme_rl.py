@@ -9,7 +9,6 @@ prints; `evaluate_translation` measures the execution-verified pass rate of a mo
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from forgeml.core.errors import DataError, NotFoundError
 from forgeml.core.io import atomic_write_text
+from forgeml.demo.acme import translation_is_heldout
 from forgeml.demo.acme_cl import AcmeError, run_acme
 from forgeml.eval.sandbox import SandboxLimits, score_io_cases
 from forgeml.train.rewards import compiles, extract_code
@@ -25,14 +25,13 @@ from forgeml.train.rewards import compiles, extract_code
 # starts from what SFT taught and the held-out programs are the same for both stages.
 SYSTEM = "You are the ACME Corp internal assistant. Answer briefly and exactly."
 ASK = "Translate this ACME-CL program to Python:"
-HELDOUT_PERCENT = 10
 LIMITS = SandboxLimits(timeout_s=2.0, memory_mb=512)  # the programs run in milliseconds
 
 
 def is_heldout(slug: str) -> bool:
-    """The SFT data's deterministic ~10% split of translation items (key translate-<slug>)."""
-    digest = hashlib.sha256(f"acme-sft-heldout:translate-{slug}".encode()).hexdigest()
-    return int(digest[:8], 16) % 100 < HELDOUT_PERCENT
+    """The SFT data's deterministic ~10% split of translation items (key translate-<slug>);
+    the corpus keeps these programs' Python out of the training folders too."""
+    return translation_is_heldout(slug)
 
 
 def translation_messages(acl: str) -> list[dict[str, str]]:
@@ -133,13 +132,13 @@ def evaluate_translation(
     cases pass, pass@1) and `mean_score` (share of cases), over `n` prompts."""
     from forgeml.models.hf_io import load_model
     from forgeml.models.sampling import generate
-    from forgeml.tokenizer.chat import EOS
+    from forgeml.tokenizer.chat import END, EOS
     from forgeml.tokenizer.train import load_tokenizer
     from forgeml.train.rl_data import load_prompts
 
     model = load_model(model_dir, device=device).eval()
     tok = load_tokenizer(model_dir)
-    eos = tok.token_to_id(EOS)
+    stops = {tok.token_to_id(EOS), tok.token_to_id(END)} - {None}  # plain or chat replies
     records = load_prompts(prompts)[:limit]
     scores = []
     for rec in records:
@@ -150,7 +149,7 @@ def evaluate_translation(
             continue
         new = generate(
             model, ids, max_new_tokens=min(max_new_tokens, room), temperature=0,
-            stop_ids={eos}, device=device,
+            stop_ids=stops, device=device,
         )  # fmt: skip
         scores.append(translation_reward(rec.text, tok.decode(new), rec.metadata))
     n = len(scores)

@@ -26,7 +26,7 @@ from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.sampling import filter_logits
-from forgeml.tokenizer.chat import EOS
+from forgeml.tokenizer.chat import END, EOS
 from forgeml.tokenizer.train import load_tokenizer
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from forgeml.train.metrics import MetricsLogger
@@ -54,12 +54,13 @@ def _decode_threads(device: str) -> Iterator[None]:
 
 @torch.inference_mode()
 def sample_group(
-    model: nn.Module, prompt_ids: list[int], n: int, *, max_new_tokens: int, eos_id: int,
+    model: nn.Module, prompt_ids: list[int], n: int, *, max_new_tokens: int, stop_ids: set[int],
     temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator,
     device: str, dtype: str,
 ) -> list[list[int]]:  # fmt: skip
     """`n` sampled completions of one prompt, decoded together as one batch with the kv cache
-    (prefill once, then one token per step for all rows). Each keeps its EOS when it made one."""
+    (prefill once, then one token per step for all rows). Each ends at its first stop token
+    (kept) when it made one."""
     steps = min(max_new_tokens, model.cfg.max_seq_len - len(prompt_ids))
     if steps < 1:
         raise DataError(
@@ -70,6 +71,7 @@ def sample_group(
     cache = model.new_kv_cache(n, len(prompt_ids) + steps, device=device)
     out = torch.empty(n, steps, dtype=torch.long, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
+    stops = torch.tensor(sorted(stop_ids), device=device)
     with autocast(device, dtype), _decode_threads(device):
         idx = torch.tensor([prompt_ids] * n, device=device)
         logits = model(idx, kv_cache=cache, start_pos=0)[:, -1]
@@ -81,13 +83,14 @@ def sample_group(
                 )
             token = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
             out[:, t] = token
-            done |= token == eos_id
+            done |= torch.isin(token, stops)
             if bool(done.all()) or t + 1 == steps:
                 break
             logits = model(token[:, None], kv_cache=cache, start_pos=len(prompt_ids) + t)[:, -1]
     rows = []
     for row in out[:, : t + 1].tolist():
-        rows.append(row[: row.index(eos_id) + 1] if eos_id in row else row)
+        end = next((j for j, t in enumerate(row) if t in stop_ids), len(row) - 1)
+        rows.append(row[: end + 1])
     return rows
 
 
@@ -151,6 +154,8 @@ def _train_rl(
     eos_id = tok.token_to_id(EOS)
     if eos_id is None:
         raise DataError(f"{base_model}: the tokenizer has no {EOS}", hint="use a forgeml tokenizer")
+    # A reply to a chat prompt ends with the template's end of turn, plain text with EOS.
+    stop_ids = {eos_id, tok.token_to_id(END)} - {None}
     records = load_prompts(prompts_path, rcfg.prompt_format)
     encoded = [tok.encode(p.text, add_special_tokens=False).ids for p in records]
     run_config = results_config(recipe)
@@ -204,14 +209,14 @@ def _train_rl(
         prompt_lens, sequences, completions, texts, metas = [], [], [], [], []
         for i in chosen:
             group_ids = sample_group(
-                model, encoded[i], G, max_new_tokens=rcfg.max_new_tokens, eos_id=eos_id,
+                model, encoded[i], G, max_new_tokens=rcfg.max_new_tokens, stop_ids=stop_ids,
                 temperature=rcfg.temperature, top_k=rcfg.top_k, top_p=rcfg.top_p,
                 generator=gen, device=device, dtype=tcfg.dtype,
             )  # fmt: skip
             for ids in group_ids:
                 prompt_lens.append(len(encoded[i]))
                 sequences.append(encoded[i] + ids)
-                completions.append(tok.decode([t for t in ids if t != eos_id]))
+                completions.append(tok.decode([t for t in ids if t not in stop_ids]))
                 texts.append(records[i].text)
                 metas.append(records[i].metadata)
         t_sample = time.perf_counter() - t_step
