@@ -29,6 +29,12 @@ def hpo_cmd(
     external_workers: Annotated[
         bool, typer.Option(help="With --parallel: only queue the trial jobs for `forgeml worker`s.")
     ] = False,
+    executor: Annotated[
+        str, typer.Option(help="local (this process or job workers) or ray (Ray tasks).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="With --executor ray: cluster address; default: local.")
+    ] = None,
     data: Annotated[str | None, typer.Option(help="Dataset asset (default: the recipe's).")] = None,
     tokenizer: Annotated[str | None, typer.Option(help="Tokenizer asset.")] = None,
     study: Annotated[
@@ -44,7 +50,8 @@ def hpo_cmd(
 
     result = run_hpo(
         _ws(), load_recipe(recipe, overrides or []), load_space(space), trials=trials,
-        parallel=parallel, start_workers=not external_workers, data=data, tokenizer=tokenizer,
+        parallel=parallel, start_workers=not external_workers, executor=executor,
+        ray_address=ray_address, data=data, tokenizer=tokenizer,
         study_name=study, baseline=baseline, out=out, force=force, notify=_notify,
     )  # fmt: skip
     table = Table(title=f"study {result.study}" + (" (cached)" if result.cached else ""))

@@ -315,6 +315,17 @@ class CurateConfig(_Section):
     prose_types: list[str] = Field(
         default_factory=lambda: ["text", "markdown", "html", "pdf", "docx", "records"]
     )
+    executor: Literal["local", "ray"] = Field(
+        "local", description="ray: the per-record work as Ray tasks (forgeml[ray]); same output"
+    )
+    ray_address: str | None = Field(
+        None, description="ray: cluster address (host:port); None: a local cluster on 127.0.0.1"
+    )
+
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that decide the curated output: all but where it runs, so a Ray run
+        and a local run share their config hash and the stage cache."""
+        return self.model_dump(mode="json", exclude={"executor", "ray_address"})
 
 
 class RewardConfig(_Section):

@@ -21,6 +21,9 @@ OFFLINE_ENV = {
     "DISABLE_TELEMETRY": "1",
     "DO_NOT_TRACK": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+    # under `uv run`, Ray would give its workers a uv environment resolved from an index
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "WANDB_MODE": "disabled",
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "GRADIO_ANALYTICS_ENABLED": "False",

@@ -1,12 +1,13 @@
 """Curation: raw documents -> boilerplate removal -> filters -> redaction -> dedup -> Parquet.
 
 Second stage of the data pipeline (`forgeml data curate`). Pass one streams the raw Parquet
-in batches, drops records by the first filter that rejects them and redacts PII and
-secrets, writing survivors, their normalised-text hashes and MinHash signatures to work
-files on disk; then exact and near duplicates are grouped out of core (forgeml.data.dedup)
-and pass two writes the curated Parquet with per-record provenance. Memory holds batches,
-partitions and the duplicates found, not the corpus. The report accounts for every input:
-kept + dropped (by reason) + failed.
+in batches (here, or as Ray tasks with `curate.executor: ray`), drops records by the first
+filter that rejects them and redacts PII and secrets, writing survivors, their
+normalised-text hashes and MinHash signatures to work files on disk; then exact and near
+duplicates are grouped out of core (forgeml.data.dedup) and pass two writes the curated
+Parquet with per-record provenance. Memory holds batches, partitions and the duplicates
+found, not the corpus. The report accounts for every input: kept + dropped (by reason) +
+failed.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import bisect
 import hashlib
 import json
 import tempfile
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,11 @@ from forgeml.data.dedup import (
     MinHasher,
     SignatureSpill,
     exact_groups_spilled,
+    exact_hash,
     near_duplicate_clusters_spilled,
 )
 from forgeml.data.filters import (
+    Filter,
     UserFilterError,
     boilerplate_remover,
     build_filters,
@@ -122,12 +125,6 @@ def _bin(length: int) -> int:
     return bisect.bisect_right(LENGTH_EDGES, length) - 1
 
 
-def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
-    pfile = pq.ParquetFile(path)
-    for batch in pfile.iter_batches(batch_size=_BATCH):
-        yield from batch.to_pylist()
-
-
 def curate_documents(
     in_path: str | Path,
     out_path: str | Path,
@@ -141,6 +138,12 @@ def curate_documents(
     (secrets always; PII by policy), then exact and near-duplicate removal keeping the
     first record of each cluster. Raises `DataError` when the input is not a documents
     Parquet; the input is never modified.
+
+    With `cfg.executor == "ray"` the per-record work of pass one (boilerplate, language,
+    filters, redaction, dedup hashes and MinHash signatures) runs as one Ray task per batch
+    of records, on the cluster at `cfg.ray_address` or on a local one on 127.0.0.1; the
+    batches are merged in input order and dedup and the writing stay here, so the curated
+    Parquet and the report are the same as with the local executor.
     """
     cfg = cfg or CurateConfig()
     in_path, out_path = Path(in_path), Path(out_path)
@@ -154,12 +157,8 @@ def curate_documents(
     if "text" not in names:
         raise DataError(f"{in_path} has no 'text' column", "pass a raw documents dataset")
 
-    report = CurateReport(str(in_path), str(out_path), config_hash(cfg))
-    filters = build_filters(cfg)
-    strip_boilerplate = boilerplate_remover(cfg.boilerplate)
-    boiler_types = set(cfg.boilerplate.apply_to) if cfg.boilerplate.enabled else set()
-    prose = set(cfg.prose_types)
-    safe = text_redactor(cfg.redact)
+    report = CurateReport(str(in_path), str(out_path), config_hash(cfg.output_settings()))
+    steps = _RecordSteps.build(cfg)  # here too with Ray: a bad user filter fails at once
     dropped: Counter[str] = Counter()
     failed: Counter[str] = Counter()
     hist_in = [0] * len(LENGTH_EDGES)
@@ -167,9 +166,7 @@ def curate_documents(
     code_in: Counter[str] = Counter()
     redaction_totals: Counter[str] = Counter()
     stage_counts = {"filters": 0, "redaction": 0, "dedup_exact": 0, "dedup_near": 0}
-    hasher = MinHasher(cfg.dedup.num_perm, cfg.dedup.shingle_words, cfg.dedup.seed)
     n_survivors = 0  # records past filters and redaction: rows of the work file
-    pending: list[str] = []
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".curate-", dir=out_path.parent) as tmp:
@@ -177,94 +174,30 @@ def curate_documents(
         writer = pq.ParquetWriter(work_path, _WORK_SCHEMA, compression="zstd")
         hashes = ExactHashSpill(Path(tmp) / "exact.bin")
         signatures = SignatureSpill(Path(tmp) / "signatures.bin", cfg.dedup.num_perm)
-        rows: list[dict[str, Any]] = []
-        for raw_row, record in enumerate(_progress(_iter_records(in_path), progress, in_path)):
-            report.input += 1
-            text = record.get("text") or ""
-            doc_type = record.get("type") or "text"
-            report.chars["input"] += len(text)
-            hist_in[_bin(len(text))] += 1
-            removed = 0
-            if doc_type in boiler_types:
-                text, removed = strip_boilerplate(text)
-            record["natural_language"], record["language_score"] = None, None
-            if doc_type in prose and cfg.language.enabled:
-                lang, score = detect_language(text, cfg.language, cfg.seed)
-                record["natural_language"], record["language_score"] = lang, score
-                langs_in[lang] += 1
-            elif doc_type == "code":
-                code_in[record.get("language") or "unknown"] += 1
-            passed: list[str] = []
-            reason = None
-            try:
-                for flt in filters:
-                    if flt.applies(record):
-                        reason = flt.check(text, record)
-                        if reason:
-                            break
-                        passed.append(flt.name)
-            except UserFilterError as err:
-                failed[safe(str(err))] += 1
-                continue
-            if reason:
-                dropped[safe(reason)] += 1
-                stage_counts["filters"] += 1
-                continue
-            language = record.get("language")
-            in_code = doc_type == "code" and language not in CONFIG_LANGUAGES
-            red = redact_text(text, cfg.redact, in_code=in_code)
-            if red.drop:
-                dropped[red.drop] += 1
-                stage_counts["redaction"] += 1
-                for kind, n in red.counts.items():
-                    redaction_totals[kind] += n
-                continue
-            text = red.text
-            for kind, n in red.counts.items():
-                redaction_totals[kind] += n
-            report.records_redacted += bool(red.counts)
-            metadata = record.get("metadata")
-            if metadata:
-                meta_red = redact_text(metadata, cfg.redact.model_copy(update={"secret": "redact"}))
-                metadata = meta_red.text
-            if cfg.dedup.exact:
-                hashes.add(text, n_survivors)
-            n_survivors += 1
-            rows.append(
-                {
-                    "doc_id": _sha256(text),
-                    "text": text,
-                    "path": record.get("path"),
-                    "source": record.get("source"),
-                    "sha256": record.get("sha256"),
-                    "bytes": record.get("bytes"),
-                    "type": doc_type,
-                    "language": language,
-                    "locator": record.get("locator") or "",
-                    "metadata": metadata,
-                    "raw_doc_id": record.get("doc_id"),
-                    "raw_row": raw_row,
-                    "natural_language": record["natural_language"],
-                    "language_score": record["language_score"],
-                    "chars": len(text),
-                    "filters_passed": passed,
-                    "boilerplate_lines_removed": removed,
-                    "redactions": {k: red.counts.get(k, 0) for k in KINDS},
-                }
-            )
-            if cfg.dedup.near:
-                pending.append(text)
-                if len(pending) >= _BATCH:
-                    signatures.append(hasher.signatures(pending))
-                    pending = []
-            if len(rows) >= _BATCH:
-                writer.write_table(pa.Table.from_pylist(rows, schema=_WORK_SCHEMA))
-                rows = []
-        if rows:
-            writer.write_table(pa.Table.from_pylist(rows, schema=_WORK_SCHEMA))
+        if cfg.executor == "ray":
+            outcomes = _curate_batches_on_ray(_raw_batches(in_path), cfg)
+        else:
+            outcomes = (curate_batch(b, row, cfg, steps) for row, b in _raw_batches(in_path))
+        for out in _progress(outcomes, progress, in_path):
+            report.input += out.input
+            report.chars["input"] += out.chars_input
+            hist_in = [a + b for a, b in zip(hist_in, out.hist_input, strict=True)]
+            langs_in.update(out.languages)
+            code_in.update(out.code_languages)
+            dropped.update(out.dropped)
+            failed.update(out.failed)
+            stage_counts["filters"] += out.dropped_by_filters
+            stage_counts["redaction"] += out.dropped_by_redaction
+            redaction_totals.update(out.redactions)
+            report.records_redacted += out.records_redacted
+            for i, digest in enumerate(out.exact_hashes):
+                hashes.add_hash(digest, n_survivors + i)
+            if out.signatures is not None:
+                signatures.append(out.signatures)
+            if out.survivors.num_rows:
+                writer.write_table(out.survivors)
+            n_survivors += out.survivors.num_rows
         writer.close()
-        if pending:
-            signatures.append(hasher.signatures(pending))
         hashes.close()
 
         dedup = _find_duplicates(cfg, hashes, signatures, Path(tmp))
@@ -302,6 +235,187 @@ def curate_documents(
     report.redactions = {k: redaction_totals.get(k, 0) for k in KINDS}
     report.duplicates = kept_stats["duplicates"]
     return report
+
+
+def _raw_batches(path: Path) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """(raw row of the first record, batch) over the raw Parquet, in order."""
+    row = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH):
+        yield row, batch
+        row += batch.num_rows
+
+
+@dataclass
+class _RecordSteps:
+    """The per-record pieces of pass one, built from the config once per process."""
+
+    filters: list[Filter]
+    strip_boilerplate: Callable[[str], tuple[str, int]]
+    boiler_types: set[str]
+    prose: set[str]
+    safe: Callable[[str], str]
+    hasher: MinHasher
+
+    @classmethod
+    def build(cls, cfg: CurateConfig) -> _RecordSteps:
+        return cls(
+            filters=build_filters(cfg),
+            strip_boilerplate=boilerplate_remover(cfg.boilerplate),
+            boiler_types=set(cfg.boilerplate.apply_to) if cfg.boilerplate.enabled else set(),
+            prose=set(cfg.prose_types),
+            safe=text_redactor(cfg.redact),
+            hasher=MinHasher(cfg.dedup.num_perm, cfg.dedup.shingle_words, cfg.dedup.seed),
+        )
+
+
+_STEPS_BY_CONFIG: dict[str, _RecordSteps] = {}  # in a Ray worker: reused across its tasks
+
+
+@dataclass
+class BatchOutcome:
+    """Pass one over one batch of raw records: the survivors as work-file rows, their dedup
+    hashes and signatures, and the counts for the report. Batches are independent; merged
+    in input order they give the same work files and report whichever executor ran them."""
+
+    survivors: pa.Table
+    exact_hashes: list[str]
+    signatures: np.ndarray | None
+    input: int
+    chars_input: int
+    hist_input: list[int]
+    languages: Counter[str]
+    code_languages: Counter[str]
+    dropped: Counter[str]
+    failed: Counter[str]
+    dropped_by_filters: int
+    dropped_by_redaction: int
+    redactions: Counter[str]
+    records_redacted: int
+
+
+def curate_batch(
+    batch: pa.RecordBatch, first_row: int, cfg: CurateConfig, steps: _RecordSteps | None = None
+) -> BatchOutcome:
+    """Boilerplate, language, filters and redaction of each record of `batch` (raw rows
+    from `first_row`), then the survivors' exact hashes and MinHash signatures; the work
+    of one Ray task under the ray executor."""
+    if steps is None:
+        key = config_hash(cfg.output_settings())
+        if key not in _STEPS_BY_CONFIG:
+            _STEPS_BY_CONFIG[key] = _RecordSteps.build(cfg)
+        steps = _STEPS_BY_CONFIG[key]
+    dropped: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    langs_in: Counter[str] = Counter()
+    code_in: Counter[str] = Counter()
+    redaction_totals: Counter[str] = Counter()
+    hist_in = [0] * len(LENGTH_EDGES)
+    chars_in = by_filters = by_redaction = records_redacted = 0
+    rows: list[dict[str, Any]] = []
+    for raw_row, record in enumerate(batch.to_pylist(), start=first_row):
+        text = record.get("text") or ""
+        doc_type = record.get("type") or "text"
+        chars_in += len(text)
+        hist_in[_bin(len(text))] += 1
+        removed = 0
+        if doc_type in steps.boiler_types:
+            text, removed = steps.strip_boilerplate(text)
+        record["natural_language"], record["language_score"] = None, None
+        if doc_type in steps.prose and cfg.language.enabled:
+            lang, score = detect_language(text, cfg.language, cfg.seed)
+            record["natural_language"], record["language_score"] = lang, score
+            langs_in[lang] += 1
+        elif doc_type == "code":
+            code_in[record.get("language") or "unknown"] += 1
+        passed: list[str] = []
+        reason = None
+        try:
+            for flt in steps.filters:
+                if flt.applies(record):
+                    reason = flt.check(text, record)
+                    if reason:
+                        break
+                    passed.append(flt.name)
+        except UserFilterError as err:
+            failed[steps.safe(str(err))] += 1
+            continue
+        if reason:
+            dropped[steps.safe(reason)] += 1
+            by_filters += 1
+            continue
+        language = record.get("language")
+        in_code = doc_type == "code" and language not in CONFIG_LANGUAGES
+        red = redact_text(text, cfg.redact, in_code=in_code)
+        redaction_totals.update(red.counts)
+        if red.drop:
+            dropped[red.drop] += 1
+            by_redaction += 1
+            continue
+        text = red.text
+        records_redacted += bool(red.counts)
+        metadata = record.get("metadata")
+        if metadata:
+            meta_red = redact_text(metadata, cfg.redact.model_copy(update={"secret": "redact"}))
+            metadata = meta_red.text
+        rows.append(
+            {
+                "doc_id": _sha256(text),
+                "text": text,
+                "path": record.get("path"),
+                "source": record.get("source"),
+                "sha256": record.get("sha256"),
+                "bytes": record.get("bytes"),
+                "type": doc_type,
+                "language": language,
+                "locator": record.get("locator") or "",
+                "metadata": metadata,
+                "raw_doc_id": record.get("doc_id"),
+                "raw_row": raw_row,
+                "natural_language": record["natural_language"],
+                "language_score": record["language_score"],
+                "chars": len(text),
+                "filters_passed": passed,
+                "boilerplate_lines_removed": removed,
+                "redactions": {k: red.counts.get(k, 0) for k in KINDS},
+            }
+        )
+    texts = [r["text"] for r in rows]
+    return BatchOutcome(
+        survivors=pa.Table.from_pylist(rows, schema=_WORK_SCHEMA),
+        exact_hashes=[exact_hash(t) for t in texts] if cfg.dedup.exact else [],
+        signatures=steps.hasher.signatures(texts) if cfg.dedup.near and texts else None,
+        input=batch.num_rows,
+        chars_input=chars_in,
+        hist_input=hist_in,
+        languages=langs_in,
+        code_languages=code_in,
+        dropped=dropped,
+        failed=failed,
+        dropped_by_filters=by_filters,
+        dropped_by_redaction=by_redaction,
+        redactions=redaction_totals,
+        records_redacted=records_redacted,
+    )
+
+
+def _curate_batches_on_ray(
+    batches: Iterator[tuple[int, pa.RecordBatch]], cfg: CurateConfig
+) -> Iterator[BatchOutcome]:
+    """`curate_batch` as Ray tasks, a bounded window of them in flight (memory holds that
+    many batches, not the corpus); outcomes come back in input order."""
+    from forgeml.core.ray_cluster import ray_cluster
+
+    with ray_cluster(cfg.ray_address) as ray:
+        task = ray.remote(curate_batch)
+        cfg_ref = ray.put(cfg)
+        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
+        in_flight: deque[Any] = deque()
+        for first_row, batch in batches:
+            in_flight.append(task.remote(batch, first_row, cfg_ref))
+            if len(in_flight) >= window:
+                yield ray.get(in_flight.popleft())
+        while in_flight:
+            yield ray.get(in_flight.popleft())
 
 
 @dataclass
@@ -420,18 +534,20 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _progress(records: Iterator[dict], enabled: bool, path: Path) -> Iterator[dict]:
+def _progress(
+    outcomes: Iterator[BatchOutcome], enabled: bool, path: Path
+) -> Iterator[BatchOutcome]:
     if not enabled:
-        yield from records
+        yield from outcomes
         return
     from rich.progress import Progress
 
     total = pq.ParquetFile(path).metadata.num_rows
     with Progress(transient=True) as bar:
         task = bar.add_task("curate", total=total)
-        for record in records:
-            yield record
-            bar.advance(task)
+        for out in outcomes:
+            yield out
+            bar.advance(task, out.input)
 
 
 def save_report(report: CurateReport, out_dir: str | Path) -> tuple[Path, Path]:

@@ -364,7 +364,11 @@ class ExactHashSpill:
         self._buffer = buffer
 
     def add(self, text: str, idx: int) -> None:
-        self._buf.append(bytes.fromhex(exact_hash(text)) + idx.to_bytes(8, "little"))
+        self.add_hash(exact_hash(text), idx)
+
+    def add_hash(self, digest: str, idx: int) -> None:
+        """Add the entry of a text whose `exact_hash` was taken elsewhere (a Ray task)."""
+        self._buf.append(bytes.fromhex(digest) + idx.to_bytes(8, "little"))
         self.n += 1
         if len(self._buf) >= self._buffer:
             self.flush()

@@ -2,8 +2,9 @@
 
 Every trial is a registered pre-training run (lineage to its data and tokenizer, the study and
 trial number in its config) that reports its held-out losses to Optuna as it trains, so a
-trial that falls behind is stopped early. Trials run in this process or as jobs of the job
-queue; the study lives in the registry database, and the best trial's recipe is written out.
+trial that falls behind is stopped early. Trials run in this process, as jobs of the job
+queue or as Ray tasks (optional extra); the study lives in the registry database, and the best
+trial's recipe is written out.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import TrialState
@@ -216,6 +217,8 @@ def run_hpo(
     baseline: bool = True,
     first_trials: list[dict[str, Any]] | None = None,
     start_workers: bool = True,
+    executor: Literal["local", "ray"] = "local",
+    ray_address: str | None = None,
     out: Path | None = None,
     force: bool = False,
     progress: bool = False,
@@ -227,10 +230,15 @@ def run_hpo(
     The study is named after the recipe, space and data, so running the same search again
     continues it. `parallel` > 1 queues the trials as jobs (`forgeml hpo-trial STUDY`) and,
     with `start_workers`, starts that many local `forgeml worker` processes to run them.
+    `executor="ray"` runs `parallel` trials at a time as Ray tasks instead, on the cluster at
+    `ray_address` (its nodes share this workspace's folder and registry database) or on a
+    local cluster on 127.0.0.1; they share the study through the registry database as jobs do.
     `first_trials` are parameter sets evaluated before the sampler's own (warm start).
     """
     if trials < 1 or parallel < 1:
         raise ConfigError("--trials and --parallel must be at least 1")
+    if executor not in ("local", "ray"):
+        raise ConfigError(f"unknown executor '{executor}'", hint="use 'local' or 'ray'")
     check_space(space, recipe)
     shards, tok = prepare_data(ws, recipe, data=data, tokenizer=tokenizer, notify=notify)
     space_raw = space.model_dump(mode="json")
@@ -266,7 +274,9 @@ def run_hpo(
             )  # fmt: skip
             baseline_value = base["value"]
         todo = max(0, trials - done)
-        if parallel == 1:
+        if executor == "ray" and todo:
+            _run_on_ray(ws, name, todo, parallel, ray_address, notify)
+        elif parallel == 1:
             for _ in range(todo):
                 outcome = run_one_trial(ws, name, progress=progress)
                 if notify:
@@ -335,6 +345,27 @@ def _run_as_jobs(
     failed = [j for j, s in zip(jobs, states, strict=True) if s != "succeeded"]
     if failed and notify:
         notify(f"hpo {name}: {len(failed)} trial job(s) did not succeed: {', '.join(failed)}")
+
+
+def _run_on_ray(
+    ws: Workspace, name: str, todo: int, parallel: int, address: str | None,
+    notify: Notify | None,
+) -> None:  # fmt: skip
+    """Run the trials as Ray tasks, `parallel` at a time; each asks the stored study for its
+    trial (seeded by its offset, as a queued job is) and tells the outcome to it."""
+    from forgeml.core.ray_cluster import ray_cluster
+
+    with ray_cluster(address, num_cpus=parallel) as ray:
+        # no retries: a retried task would ask the study for another trial
+        task = ray.remote(num_cpus=1, max_retries=0)(run_one_trial)
+        offsets, in_flight = list(range(1, todo + 1)), []
+        while offsets or in_flight:
+            while offsets and len(in_flight) < parallel:
+                in_flight.append(task.remote(ws, name, offset=offsets.pop(0)))
+            finished, in_flight = ray.wait(in_flight, num_returns=1)
+            outcome = ray.get(finished[0])
+            if notify:
+                notify(f"hpo {name}: trial {outcome['trial']} {_describe(outcome)} (ray)")
 
 
 def _trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:

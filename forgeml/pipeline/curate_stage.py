@@ -39,7 +39,8 @@ def curate_stage(
     raw = open_registry(ws).get_asset(dataset_ref)
     parquet = _documents_parquet(raw)
     out_name = name or f"{raw.name}-curated"
-    config = {"curate": cfg.model_dump(mode="json"), "name": out_name}
+    # where it runs (curate.executor: local | ray) is not part of the cache key: same output
+    config = {"curate": cfg.output_settings(), "name": out_name}
 
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
         out = work / "dataset"
