@@ -757,6 +757,7 @@ def print_pipeline_summary(ws, result) -> None:
         stage_metrics.setdefault(s.stage, {}).update(s.metrics)
     rows = [
         ("documents kept / found", _pair(stage_metrics.get("ingest", {}), "kept", "found")),
+        ("curated kept / read", _pair(stage_metrics.get("curate", {}), "kept", "input")),
         ("tokenizer vocab", stage_metrics.get("tokenizer", {}).get("vocab_size")),
         ("train tokens", stage_metrics.get("pack", {}).get("train_tokens")),
         ("held-out tokens", stage_metrics.get("pack", {}).get("heldout_tokens")),
@@ -775,6 +776,14 @@ def print_pipeline_summary(ws, result) -> None:
         if value is not None:
             metrics.add_row(name, _fmt(value))
     console.print(metrics)
+    if result.lifts:
+        lift = Table(title="post-training, measured on held-out data")
+        for col, justify in (("stage", "left"), ("metric", "left"), ("before", "right"),
+                             ("after", "right"), ("n", "right")):  # fmt: skip
+            lift.add_column(col, justify=justify)
+        for row in result.lifts:
+            lift.add_row(row.stage, row.metric, _fmt(row.before), _fmt(row.after), str(row.n))
+        console.print(lift)
     for prompt, completion in result.samples:
         console.print("[bold]sample[/]", highlight=False)
         console.print(f"{prompt}⟦{completion}⟧", markup=False, highlight=False)

@@ -452,6 +452,39 @@ class SFTConfig(_Section):
     train: TrainConfig = TrainConfig(max_steps=200, eval_every=50, checkpoint_every=50)
 
 
+class PreferenceStageConfig(_Section):
+    """`pipeline run`: DPO (the recipe's `dpo` section) from the SFT model on these pairs,
+    with its own optimiser and loop settings; measured by sampled win-rate vs the SFT model."""
+
+    data: str = Field(description="preference JSONL ({messages|prompt, chosen, rejected})")
+    judge: str | None = Field(
+        None,
+        description="'pkg.module:function' (prompt, completion, metadata) -> float ranking both "
+        "models' samples on the held-out prompts; None: no win-rate",
+    )
+    optim: OptimConfig = OptimConfig(lr=5e-5, warmup_steps=5, weight_decay=0.0)
+    train: TrainConfig = TrainConfig(max_steps=40, micro_batch_size=4, eval_every=0)
+
+
+class RLStageConfig(_Section):
+    """`pipeline run`: GRPO (the recipe's `rl` section) from the last post-trained model,
+    measured by greedy reward on held-out prompts before and after."""
+
+    prompts: str = Field(description="training prompts JSONL ({messages|prompt, ...metadata})")
+    heldout: str | None = Field(None, description="held-out prompts JSONL for the before/after")
+    optim: OptimConfig = OptimConfig(lr=1e-5, warmup_steps=5, schedule="constant", weight_decay=0.0)
+    train: TrainConfig = TrainConfig(max_steps=20, checkpoint_every=10, log_every=1)
+
+
+class PostTrainConfig(_Section):
+    """Stages `pipeline run` adds after SFT, each measured on held-out data before and after:
+    SFT by answer exact match on `sft.heldout`, DPO by win-rate, RL by held-out reward."""
+
+    eval_limit: int = Field(60, gt=0, description="held-out examples per before/after eval")
+    dpo: PreferenceStageConfig | None = None
+    rl: RLStageConfig | None = None
+
+
 class Recipe(_Section):
     """A whole factory run: every stage's settings."""
 
@@ -471,6 +504,7 @@ class Recipe(_Section):
     reward_model: RewardModelConfig = RewardModelConfig()
     rl: RLConfig = RLConfig()
     sft: SFTConfig | None = None
+    posttrain: PostTrainConfig | None = None
 
 
 def canonical_json(obj: Any) -> str:

@@ -1,4 +1,5 @@
-"""`forgeml pipeline run RECIPE`: ingest → tokenizer → pack → pretrain → eval → generate.
+"""`forgeml pipeline run RECIPE`: ingest → (curate) → tokenizer → pack → pretrain → eval →
+(SFT → DPO → RL, each measured before/after) → generate.
 
 Each stage is a cached run (see stages.py), so running the same recipe twice repeats
 nothing and changing one field re-runs only the stages downstream of it.
@@ -15,6 +16,7 @@ from typing import Any
 from forgeml.core.config import Recipe
 from forgeml.core.errors import ConfigError
 from forgeml.core.workspace import Workspace
+from forgeml.pipeline.posttrain_stage import Lift
 from forgeml.pipeline.stages import (
     Notify,
     StageResult,
@@ -32,6 +34,7 @@ from forgeml.pipeline.stages import (
 class PipelineResult:
     stages: list[StageResult] = field(default_factory=list)
     samples: list[tuple[str, str]] = field(default_factory=list)
+    lifts: list[Lift] = field(default_factory=list)  # post-training before/after numbers
     seconds: float = 0.0
 
     def stage(self, name: str) -> StageResult:
@@ -45,6 +48,7 @@ class PipelineResult:
             ],
             "metrics": {s.stage: s.metrics for s in self.stages},
             "samples": [{"prompt": p, "completion": c} for p, c in self.samples],
+            "lift": [lift.as_dict() for lift in self.lifts],
             "seconds": self.seconds,
         }
 
@@ -150,12 +154,25 @@ def run_pipeline(
                 notify=notify,
             )  # fmt: skip
         )
+    sft_model = None
     if recipe.sft is not None:  # chat fine-tuning of the pre-trained model (sft_stage.py)
-        from forgeml.pipeline.sft_stage import sft_stage
+        from forgeml.pipeline.sft_stage import merge_adapter_stage, sft_stage
 
-        out.stages.append(
-            sft_stage(ws, recipe, model.output, force=force, progress=progress, notify=notify)
+        sft = sft_stage(ws, recipe, model.output, force=force, progress=progress, notify=notify)
+        out.stages.append(sft)
+        sft_model = sft.output
+        if recipe.posttrain is not None and sft_model.startswith("adapter-"):
+            merged = merge_adapter_stage(ws, sft_model, force=force, notify=notify)
+            out.stages.append(merged)  # DPO, RL and the evals start from a whole model
+            sft_model = merged.output
+    if recipe.posttrain is not None:  # DPO and RL, each measured before/after
+        from forgeml.pipeline.posttrain_stage import posttrain_stages
+
+        stages, lifts = posttrain_stages(
+            ws, recipe, model.output, sft_model, force=force, progress=progress, notify=notify
         )
+        out.stages += stages
+        out.lifts += lifts
     for prompt in recipe.generate.prompts:
         out.samples.append((prompt, generate_text(ws, model.output, prompt, recipe.generate)))
     out.seconds = time.perf_counter() - start

@@ -1,0 +1,137 @@
+"""Held-out answer match of a chat model: what SFT should raise.
+
+Every chat record whose `metadata.answer` is set (OpenAI `messages`, tools allowed; short
+answers, not long generations) is rendered through the chat template up to its last assistant
+turn, the model replies greedily, and the reply is compared with that reference turn: exact
+(whitespace-trimmed) and normalised (case and runs of whitespace ignored), and whether the
+answer itself appears in the reply. Tool-use records keep their tool calls and results in the prompt, so they
+measure whether the model answers from what the tool returned.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from forgeml.core.errors import DataError, ForgeError, NotFoundError
+from forgeml.tokenizer.chat import END, EOS, render_chat
+
+
+def _normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def load_answer_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """Records of a chat JSONL file that end in an assistant turn with a `metadata.answer`."""
+    if not Path(path).is_file():
+        raise NotFoundError(f"chat data not found: {path}", hint="pass a chat .jsonl file")
+    out = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        messages = record.get("messages") or []
+        answer = (record.get("metadata") or {}).get("answer")
+        if answer is None or not messages or messages[-1].get("role") != "assistant":
+            continue
+        out.append(record)
+    if not out:
+        raise DataError(
+            f"{path} has no records with metadata.answer and a final assistant turn",
+            hint="the ACME SFT data has them: forgeml demo acme-sft --out DIR",
+        )
+    return out[:limit]
+
+
+def evaluate_chat_answers(
+    model: nn.Module, tokenizer: Any, records: list[dict[str, Any]], *,
+    max_new_tokens: int = 48, device: str = "cpu",
+) -> dict[str, Any]:  # fmt: skip
+    """Greedy replies to each record's conversation (its last assistant turn removed), scored
+    against `metadata.answer`; overall and per `metadata.task` numbers plus the examples."""
+    from forgeml.models.sampling import generate
+
+    stops = {tokenizer.token_to_id(END), tokenizer.token_to_id(EOS)} - {None}
+    if not stops:
+        raise ForgeError("the tokenizer has no end-of-turn token", hint="use a forgeml tokenizer")
+    examples = []
+    for rec in records:
+        prompt = render_chat(
+            rec["messages"][:-1], add_generation_prompt=True, tools=rec.get("tools")
+        )
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids
+        room = model.cfg.max_seq_len - len(ids)
+        reply = ""
+        if room >= 1:  # a prompt that does not fit the context counts as a miss
+            new = generate(
+                model, ids, max_new_tokens=min(max_new_tokens, room), temperature=0,
+                stop_ids=stops, device=device,
+            )  # fmt: skip
+            reply = tokenizer.decode(new, skip_special_tokens=True)
+        answer = str(rec["metadata"]["answer"])
+        target = str(rec["messages"][-1].get("content") or "")
+        examples.append({
+            "id": rec.get("id"), "task": rec["metadata"].get("task", "chat"), "target": target,
+            "answer": answer, "reply": reply, "exact": reply.strip() == target.strip(),
+            "normalised": _normalise(reply) == _normalise(target),
+            "answer_found": _normalise(answer) in _normalise(reply), "fits": room >= 1,
+        })  # fmt: skip
+    by_task: dict[str, dict[str, float]] = {}
+    for task in sorted({e["task"] for e in examples}):
+        rows = [e for e in examples if e["task"] == task]
+        by_task[task] = {"n": len(rows), "exact_match": sum(e["exact"] for e in rows) / len(rows)}
+    n = len(examples)
+    return {
+        "n": n,
+        "exact_match": sum(e["exact"] for e in examples) / n if n else 0.0,
+        "normalised_match": sum(e["normalised"] for e in examples) / n if n else 0.0,
+        "answer_found": sum(e["answer_found"] for e in examples) / n if n else 0.0,
+        "by_task": by_task,
+        "examples": examples,
+    }
+
+
+def chat_answers_eval_stage(
+    ws, model_ref: str, records_path: str | Path, *, limit: int | None = 60,
+    max_new_tokens: int = 48, force: bool = False, notify=None,
+):  # fmt: skip
+    """A cached, registered eval run of `evaluate_chat_answers` → eval asset (eval.json)."""
+    from forgeml.core.io import atomic_write_text, sha256_file
+    from forgeml.core.runtime import pick_device
+    from forgeml.models.hf_io import load_model
+    from forgeml.pipeline.stages import Output, open_registry, run_stage
+    from forgeml.tokenizer.train import load_tokenizer
+
+    reg = open_registry(ws)
+    asset = reg.get_asset(model_ref)
+    if asset.kind != "model":
+        raise ForgeError(f"{asset.id} is a {asset.kind}, not a model")
+    records_path = Path(records_path).expanduser().resolve()
+    records = load_answer_records(records_path, limit)
+    config = {
+        "suite": "chat-answers", "data_sha256": sha256_file(records_path), "limit": limit,
+        "max_new_tokens": max_new_tokens,
+    }  # fmt: skip
+
+    def body(work: Path):
+        device = pick_device()
+        model = load_model(asset.path, device=device).eval()
+        result = evaluate_chat_answers(
+            model, load_tokenizer(asset.path), records, max_new_tokens=max_new_tokens,
+            device=device,
+        )  # fmt: skip
+        out = work / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "eval.json", json.dumps({"model": asset.id, **result}, indent=1))
+        metrics = {k: result[k] for k in ("n", "exact_match", "normalised_match", "answer_found")}
+        meta = {"suite": "chat-answers", "model": asset.id, **metrics}
+        return [Output("eval", f"{asset.name}-chat", out, meta, parents=[asset.id])], metrics
+
+    return run_stage(ws, "eval", config, [asset.id], body, force=force, notify=notify)

@@ -1,0 +1,245 @@
+"""Post-training in `pipeline run`, each stage measured on held-out data before and after.
+
+After pre-training (and SFT, sft_stage.py) a recipe's `posttrain` section adds:
+- the SFT lift: held-out answer exact match of the pre-trained vs the SFT model;
+- DPO from the SFT model (`dpo` section, `posttrain.dpo` data and loop) and its sampled
+  win-rate against the SFT model on the held-out prompts, ranked by a judge function;
+- GRPO from the last model (`rl` section, `posttrain.rl` prompts and loop) and the greedy
+  reward of the model before and after on the held-out prompts.
+Every eval is a cached, registered run with an eval asset, like every other stage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from forgeml.core.config import Recipe, RLConfig
+from forgeml.core.errors import ConfigError, ForgeError
+from forgeml.core.io import atomic_write_text, sha256_file
+from forgeml.core.workspace import Workspace
+from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+
+
+@dataclass
+class Lift:
+    """One before/after number of a post-training stage (a row of the pipeline summary)."""
+
+    stage: str
+    metric: str
+    before: float
+    after: float
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "metric": self.metric, "before": self.before,
+                "after": self.after, "n": self.n}  # fmt: skip
+
+
+def _model(reg, ref: str):
+    asset = reg.get_asset(ref)
+    if asset.kind != "model":
+        raise ForgeError(f"{asset.id} is a {asset.kind}, not a model", hint="pass a model asset")
+    return asset
+
+
+def evaluate_greedy_rewards(
+    model, tokenizer, prompts: list, plugins: list, *, max_new_tokens: int, device: str = "cpu"
+) -> dict[str, Any]:
+    """Greedy completions of `prompts` (RLPrompt records) scored by the reward plugins: the
+    mean weighted reward, each plugin's mean, and `solved` (share where the first plugin
+    gives its full reward of 1, e.g. every test case passed)."""
+    from forgeml.models.sampling import generate
+    from forgeml.tokenizer.chat import END, EOS
+    from forgeml.train.rewards import score_completions
+
+    stops = {tokenizer.token_to_id(END), tokenizer.token_to_id(EOS)} - {None}
+    completions = []
+    for rec in prompts:
+        ids = tokenizer.encode(rec.text, add_special_tokens=False).ids
+        room = model.cfg.max_seq_len - len(ids)
+        new = []
+        if room >= 1:  # a prompt that does not fit the context is scored as an empty reply
+            new = generate(
+                model, ids, max_new_tokens=min(max_new_tokens, room), temperature=0,
+                stop_ids=stops, device=device,
+            )  # fmt: skip
+        completions.append(tokenizer.decode(new, skip_special_tokens=True))
+    total, each = score_completions(
+        plugins, [p.text for p in prompts], completions, [p.metadata for p in prompts]
+    )
+    n = len(prompts)
+    first = each[plugins[0].name]
+    return {
+        "n": n,
+        "mean_reward": sum(total) / n,
+        "solved": sum(v >= 1.0 for v in first) / n,
+        **{f"mean_{name}": sum(v) / n for name, v in each.items()},
+        "examples": [
+            {"completion": c, "reward": r, **{k: v[i] for k, v in each.items()}}
+            for i, (c, r) in enumerate(zip(completions, total, strict=True))
+        ],
+    }
+
+
+def reward_eval_stage(
+    ws: Workspace, model_ref: str, prompts_path: str | Path, rl: RLConfig, *,
+    limit: int | None = None, force: bool = False, notify: Notify | None = None,
+) -> StageResult:  # fmt: skip
+    """Registered eval run of `evaluate_greedy_rewards` on a prompts JSONL file."""
+    from forgeml.core.runtime import pick_device
+    from forgeml.models.hf_io import load_model
+    from forgeml.pipeline.rl_stage import reward_fingerprints
+    from forgeml.tokenizer.train import load_tokenizer
+    from forgeml.train.rewards import build_rewards
+    from forgeml.train.rl_data import load_prompts
+
+    asset = _model(open_registry(ws), model_ref)
+    prompts_path = Path(prompts_path).expanduser().resolve()
+    plugins = build_rewards(rl.rewards, ws)
+    prompts = load_prompts(prompts_path, rl.prompt_format)[:limit]
+    config = {
+        "suite": "greedy-reward", "prompts_sha256": sha256_file(prompts_path), "limit": limit,
+        "rewards": [r.model_dump(mode="json") for r in rl.rewards],
+        "reward_sources": reward_fingerprints(list(rl.rewards)),
+        "max_new_tokens": rl.max_new_tokens, "prompt_format": rl.prompt_format,
+    }  # fmt: skip
+
+    def body(work: Path):
+        device = pick_device()
+        model = load_model(asset.path, device=device).eval()
+        result = evaluate_greedy_rewards(
+            model, load_tokenizer(asset.path), prompts, plugins,
+            max_new_tokens=rl.max_new_tokens, device=device,
+        )  # fmt: skip
+        out = work / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "eval.json", json.dumps({"model": asset.id, **result}, indent=1))
+        metrics = {k: v for k, v in result.items() if k != "examples"}
+        meta = {"suite": "greedy-reward", "model": asset.id, **metrics}
+        return [Output("eval", f"{asset.name}-reward", out, meta, parents=[asset.id])], metrics
+
+    return run_stage(ws, "eval", config, [asset.id], body, force=force, notify=notify)
+
+
+def win_rate_stage(
+    ws: Workspace, recipe: Recipe, policy_ref: str, baseline_ref: str, pairs_path: str | Path,
+    judge: str, *, limit: int | None = None, force: bool = False, notify: Notify | None = None,
+) -> StageResult:  # fmt: skip
+    """Registered eval run: sampled win-rate of `policy_ref` over `baseline_ref` on the held-out
+    prompts of a preference file (`dpo.samples_per_prompt` seeded samples each), ranked by
+    the judge function 'pkg.module:function'."""
+    from forgeml.core.runtime import pick_device
+    from forgeml.models.hf_io import load_model
+    from forgeml.tokenizer.chat import END
+    from forgeml.tokenizer.train import load_tokenizer
+    from forgeml.train.online_dpo import _prompt_split, load_reward_function, sampled_win_rate
+    from forgeml.train.preference_data import (
+        parse_prompt_record,
+        prompt_text,
+        read_preference_records,
+    )
+
+    reg = open_registry(ws)
+    policy, baseline = _model(reg, policy_ref), _model(reg, baseline_ref)
+    pairs_path = Path(pairs_path).expanduser().resolve()
+    fn = load_reward_function(judge)
+    dcfg = recipe.dpo
+    records = read_preference_records(pairs_path, parse_prompt_record)
+    _, heldout = _prompt_split(records, dcfg.heldout_fraction)
+    if not heldout:
+        raise ConfigError(
+            f"{pairs_path} has no held-out prompts to compare the models on",
+            hint="mark some records metadata.split=heldout or set dpo.heldout_fraction",
+        )
+    heldout = heldout[:limit]
+    config = {
+        "suite": "win-rate", "pairs_sha256": sha256_file(pairs_path), "judge": judge,
+        "limit": limit, "samples_per_prompt": dcfg.samples_per_prompt,
+        "max_new_tokens": dcfg.max_new_tokens, "temperature": dcfg.temperature,
+        "top_k": dcfg.top_k, "seed": recipe.train.seed,
+    }  # fmt: skip
+
+    def body(work: Path):
+        device = pick_device()
+        tok = load_tokenizer(policy.path)
+        prompts = [
+            (r, tok.encode(prompt_text(r.messages), add_special_tokens=False).ids) for r in heldout
+        ]
+        result = sampled_win_rate(
+            load_model(policy.path, device=device), load_model(baseline.path, device=device),
+            prompts, lambda ps, cs, ms: [float(fn(p, c, m)) for p, c, m in zip(ps, cs, ms, strict=True)],
+            lambda ids: tok.decode(ids, skip_special_tokens=True), dcfg,
+            stop_id=tok.token_to_id(END), seed=recipe.train.seed, device=device,
+        )  # fmt: skip
+        out = work / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = {"n": len(prompts) * dcfg.samples_per_prompt, **result}
+        body = {"policy": policy.id, "baseline": baseline.id, "judge": judge, **metrics}
+        atomic_write_text(out / "eval.json", json.dumps(body, indent=1))
+        meta = {"suite": "win-rate", "model": policy.id, "baseline": baseline.id, **metrics}
+        name = f"{policy.name}-vs-{baseline.name}"
+        return [Output("eval", name, out, meta, parents=[policy.id, baseline.id])], metrics
+
+    inputs = [policy.id, baseline.id]
+    return run_stage(ws, "eval", config, inputs, body, force=force, notify=notify)
+
+
+def posttrain_stages(
+    ws: Workspace, recipe: Recipe, pretrained_ref: str, sft_ref: str | None, *,
+    force: bool = False, progress: bool = True, notify: Notify | None = None,
+) -> tuple[list[StageResult], list[Lift]]:  # fmt: skip
+    """The `posttrain` stages after SFT, in order, with their before/after numbers."""
+    from forgeml.eval.chat_answers import chat_answers_eval_stage
+    from forgeml.pipeline.preference_stage import dpo_stage
+    from forgeml.pipeline.rl_stage import rl_stage
+
+    cfg = recipe.posttrain
+    stages: list[StageResult] = []
+    lifts: list[Lift] = []
+    if cfg is None:
+        return stages, lifts
+    current = sft_ref or pretrained_ref
+    if sft_ref is not None and recipe.sft is not None and recipe.sft.heldout:
+        before, after = (
+            chat_answers_eval_stage(
+                ws, ref, recipe.sft.heldout, limit=cfg.eval_limit, force=force, notify=notify
+            )  # fmt: skip
+            for ref in (pretrained_ref, sft_ref)
+        )
+        stages += [before, after]
+        lifts.append(Lift("sft", "held-out answer exact match", before.metrics["exact_match"],
+                          after.metrics["exact_match"], after.metrics["n"]))  # fmt: skip
+    if cfg.dpo is not None:
+        sub = recipe.model_copy(update={"optim": cfg.dpo.optim, "train": cfg.dpo.train})
+        dpo = dpo_stage(ws, sub, current, cfg.dpo.data, force=force, progress=progress,
+                        notify=notify)  # fmt: skip
+        stages.append(dpo)
+        if cfg.dpo.judge:
+            wr = win_rate_stage(ws, sub, dpo.output, current, cfg.dpo.data, cfg.dpo.judge,
+                                limit=cfg.eval_limit, force=force, notify=notify)  # fmt: skip
+            stages.append(wr)
+            lifts.append(Lift("dpo", "held-out win-rate vs its start (0.5 = tie)", 0.5,
+                              wr.metrics["win_rate"], wr.metrics["n"]))  # fmt: skip
+        current = dpo.output
+    if cfg.rl is not None:
+        sub = recipe.model_copy(update={"optim": cfg.rl.optim, "train": cfg.rl.train})
+        before = None
+        if cfg.rl.heldout:
+            before = reward_eval_stage(ws, current, cfg.rl.heldout, recipe.rl,
+                                       limit=cfg.eval_limit, force=force, notify=notify)  # fmt: skip
+            stages.append(before)
+        rl = rl_stage(ws, sub, current, cfg.rl.prompts, force=force, progress=progress,
+                      notify=notify)  # fmt: skip
+        stages.append(rl)
+        if before is not None:
+            after = reward_eval_stage(ws, rl.output, cfg.rl.heldout, recipe.rl,
+                                      limit=cfg.eval_limit, force=force, notify=notify)  # fmt: skip
+            stages.append(after)
+            for key, label in (("solved", "held-out solved (reward 1)"),
+                               ("mean_reward", "held-out mean reward")):  # fmt: skip
+                lifts.append(Lift("rl", label, before.metrics[key], after.metrics[key],
+                                  after.metrics["n"]))  # fmt: skip
+    return stages, lifts

@@ -1,0 +1,145 @@
+"""Post-training in `pipeline run`: SFT → DPO → RL with before/after evals on held-out data,
+each a registered, cached run with lineage; and the scorers those evals use."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+
+from forgeml.core.config import validate_recipe
+from forgeml.demo.acme import build_sft_records
+from forgeml.eval import chat_answers
+from forgeml.eval.chat_answers import evaluate_chat_answers, load_answer_records
+from forgeml.pipeline.posttrain_stage import evaluate_greedy_rewards
+from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
+from forgeml.train.rewards import build_rewards
+from forgeml.train.rl_data import load_prompts
+
+
+class _Ctx:  # what the evals read of a model: its context length
+    class cfg:  # noqa: N801
+        max_seq_len = 4096
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory) -> Tokenizer:
+    texts = ["the answer is 42 and the policy says seven days", "print(1)", "yes no maybe"] * 50
+    out = tmp_path_factory.mktemp("tok")
+    return load_tokenizer(train_bpe_tokenizer(texts, vocab_size=300, out_dir=out))
+
+
+def _jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def _oracle(monkeypatch, tok: Tokenizer, replies: list[str]) -> None:
+    """`generate` answers each call with the next reply (a model that says exactly that)."""
+    it = iter(replies)
+    monkeypatch.setattr(
+        "forgeml.models.sampling.generate",
+        lambda *a, **k: tok.encode(next(it), add_special_tokens=False).ids,
+    )
+
+
+def test_chat_answers_score_the_reference_turn(tmp_path, tok, monkeypatch) -> None:
+    records = [r for r in build_sft_records(seed=0, scale=0.05) if "answer" in r["metadata"]]
+    records = load_answer_records(_jsonl(tmp_path / "h.jsonl", records), limit=6)
+    targets = [r["messages"][-1]["content"] for r in records]
+    _oracle(monkeypatch, tok, targets)
+    right = evaluate_chat_answers(_Ctx(), tok, records)
+    assert right["n"] == 6 and right["exact_match"] == 1.0 and right["answer_found"] == 1.0
+    _oracle(monkeypatch, tok, [t.upper() + "  " for t in targets[:3]] + ["no"] * 3)
+    half = evaluate_chat_answers(_Ctx(), tok, records)
+    assert half["normalised_match"] == 0.5
+    assert half["exact_match"] == sum(t == t.upper() for t in targets[:3]) / 6
+    # Records without an answer or a final assistant turn are not scored; none at all: error.
+    with pytest.raises(Exception, match="no records with metadata.answer"):
+        load_answer_records(_jsonl(tmp_path / "x.jsonl", [{"messages": []}]))
+    assert chat_answers._normalise(" A  b\n") == "a b"
+
+
+def test_greedy_rewards_mean_and_solved(tmp_path, tok, monkeypatch) -> None:
+    prompts = load_prompts(_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(4)]))
+    plugins = build_rewards(
+        validate_recipe(
+            {
+                "rl": {
+                    "rewards": [
+                        {"kind": "regex", "pattern": "yes", "name": "says_yes"},
+                        {"kind": "regex", "pattern": "maybe", "name": "hedges", "weight": 0.5},
+                    ]
+                }
+            }
+        ).rl.rewards  # fmt: skip
+    )
+    _oracle(monkeypatch, tok, ["yes", "yes maybe", "no", "maybe"])
+    got = evaluate_greedy_rewards(_Ctx(), tok, prompts, plugins, max_new_tokens=8)
+    assert got["n"] == 4 and got["solved"] == 0.5
+    assert got["mean_says_yes"] == 0.5 and got["mean_hedges"] == 0.5
+    assert got["mean_reward"] == pytest.approx((1 + 1.5 + 0 + 0.5) / 4)
+
+
+def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path) -> None:
+    from forgeml.pipeline.run import run_pipeline
+    from forgeml.pipeline.stages import open_registry
+
+    qa = [r for r in build_sft_records(seed=0, scale=0.05) if r["metadata"]["task"] == "policy_qa"]
+    chat = _jsonl(tmp_path / "qa.jsonl", qa)
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"Is {w} ok?", "chosen": "yes", "rejected": "no",
+         "metadata": {"split": "heldout" if i % 4 == 0 else "train"}}
+        for i, w in enumerate("the quick brown fox jumps over lazy dog".split())
+    ])  # fmt: skip
+    prompts = _jsonl(tmp_path / "rl.jsonl", [{"prompt": f"Note {i}:"} for i in range(6)])
+    tiny_train = {"micro_batch_size": 2, "checkpoint_every": 0, "eval_every": 0, "dtype": "fp32"}
+    recipe = validate_recipe({
+        "data": {"sources": [str(text_folder)], "heldout_fraction": 0.1},
+        "tokenizer": {"vocab_size": 400},
+        "model": {"dim": 32, "n_layers": 1, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64,
+                  "max_seq_len": 160},
+        "train": {"max_steps": 5, "micro_batch_size": 4, "seq_len": 64, "eval_every": 0,
+                  "checkpoint_every": 0, "dtype": "fp32"},
+        "eval": {"max_batches": 1},
+        "sft": {"data": str(chat), "heldout": str(chat),
+                "train": {**tiny_train, "max_steps": 3, "seq_len": 128}},
+        "dpo": {"samples_per_prompt": 2, "max_new_tokens": 4},
+        "rl": {"rewards": [{"kind": "regex", "pattern": "e"}], "max_new_tokens": 6,
+               "prompts_per_step": 3, "group_size": 4},
+        "posttrain": {
+            "eval_limit": 4,
+            "dpo": {"data": str(pairs), "judge": "forgeml.demo.acme_rl:python_compiles",
+                    "train": {**tiny_train, "max_steps": 2}},
+            "rl": {"prompts": str(prompts), "heldout": str(prompts), "optim": {"lr": 0.05},
+                   "train": {**tiny_train, "max_steps": 2}},
+        },
+    })  # fmt: skip
+    result = run_pipeline(workspace, recipe, progress=False)
+    stages = [s.stage for s in result.stages]
+    assert stages[stages.index("sft") :] == [
+        "sft",
+        "eval",
+        "eval",
+        "dpo",
+        "eval",
+        "eval",
+        "rl",
+        "eval",
+    ]
+    reg = open_registry(workspace)
+    sft, dpo, rl = (result.stage(name).output for name in ("sft", "dpo", "rl"))
+    assert reg.get_asset(dpo).metadata["base_model"] == sft
+    assert reg.get_asset(rl).metadata["base_model"] == dpo and len({sft, dpo, rl}) == 3
+    lifts = {(lift.stage, lift.metric): lift for lift in result.lifts}
+    assert [k[0] for k in lifts] == ["sft", "dpo", "rl", "rl"]
+    for lift in result.lifts:
+        assert 0.0 <= lift.before <= 1.5 and 0.0 <= lift.after <= 1.5 and lift.n > 0
+    assert lifts[("sft", "held-out answer exact match")].n == 4
+    summary = result.summary()
+    assert [row["stage"] for row in summary["lift"]] == ["sft", "dpo", "rl", "rl"]
+    again = run_pipeline(workspace, recipe, progress=False)
+    assert all(s.cached for s in again.stages)
+    assert [lift.as_dict() for lift in again.lifts] == summary["lift"]
