@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 
 quickstart: $(STAMP)
 	$(BIN)/python examples/acme/generate.py --out build/acme-corpus --seed 0
+	$(BIN)/forgeml demo acme-sft --out build/acme-sft --seed 0
+	$(BIN)/forgeml demo acme-prefs --out build/acme-prefs.jsonl --count 80 --seed 0
+	$(BIN)/forgeml demo acme-rl build/acme-corpus --out build/acme-rl --max-chars 700
 	$(BIN)/forgeml init $(QS)
 	$(BIN)/forgeml -w $(QS) pipeline run recipes/quickstart.yaml --json $(QS)/summary.json
 
@@ -41,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean-quickstart:
-	rm -rf $(QS) build/acme-corpus
+	rm -rf $(QS) build/acme-corpus build/acme-sft build/acme-prefs.jsonl build/acme-rl

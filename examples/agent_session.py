@@ -145,6 +145,9 @@ def setup(ws_root: Path, max_steps: int) -> tuple[list[str], str, subprocess.Pop
     recipe = yaml.safe_load((REPO / "recipes" / "quickstart.yaml").read_text())
     for section, values in TINY.items():
         recipe[section] = {**recipe.get(section, {}), **values}
+    for section in ("sft", "posttrain"):  # the toy run pre-trains only
+        recipe.pop(section, None)
+    recipe["data"]["curate"] = False
     recipe["name"] = "acme-tiny"
     recipe["data"]["sources"] = [str(corpus)]
     recipe["train"]["max_steps"] = max_steps

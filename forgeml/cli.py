@@ -754,6 +754,8 @@ def print_pipeline_summary(ws, result) -> None:
     metrics.add_column("value", justify="right")
     stage_metrics: dict[str, dict] = {}
     for s in result.stages:  # both evals (perplexity, infill) are "eval" runs; keys differ
+        if s.stage == "sft":  # post-training has its own before/after table below
+            break
         stage_metrics.setdefault(s.stage, {}).update(s.metrics)
     rows = [
         ("documents kept / found", _pair(stage_metrics.get("ingest", {}), "kept", "found")),

@@ -105,6 +105,9 @@ def test_killed_worker_job_is_retried_and_resumes(workspace, tmp_path: Path) -> 
         "train.dtype=fp32",
         "eval.max_batches=2",
         "generate.prompts=[]",
+        "data.curate=false",
+        "sft=null",
+        "posttrain=null",
         "--auto-resume",
     ]
     job = submit_job(reg, args)

@@ -118,7 +118,7 @@ TINY = [
     "model.n_layers=1", "model.ffn_hidden=64", "train.max_steps=5", "train.seq_len=32",
     "train.micro_batch_size=2", "train.eval_every=0", "train.checkpoint_every=0",
     "train.dtype=fp32", "eval.max_batches=1", "eval.infill_examples=2", "generate.prompts=[]",
-    "fim.rate=0",
+    "fim.rate=0", "data.curate=false", "sft=null", "posttrain=null",  # pre-training only
 ]  # fmt: skip
 
 

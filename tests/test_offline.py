@@ -44,7 +44,8 @@ def test_reduced_pipeline_without_network(tmp_path: Path) -> None:
         f"{sys.executable} -m forgeml.cli -q -w {ws} pipeline run recipes/quickstart.yaml "
         f"data.sources=[{corpus}] tokenizer.vocab_size=400 model.dim=64 model.n_heads=4 "
         "model.n_layers=1 model.ffn_hidden=128 train.max_steps=5 train.seq_len=64 "
-        "train.micro_batch_size=4 eval.max_batches=2 generate.max_new_tokens=4\n"
+        "train.micro_batch_size=4 eval.max_batches=2 generate.max_new_tokens=4 "
+        "sft=null posttrain=null\n"
     )
     repo = Path(__file__).resolve().parents[1]
     res = subprocess.run(

@@ -4,6 +4,7 @@ each a registered, cached run with lineage; and the scorers those evals use."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
         "posttrain": {
             "eval_limit": 4,
             "dpo": {"data": str(pairs), "judge": "forgeml.demo.acme_rl:python_compiles",
-                    "train": {**tiny_train, "max_steps": 2}},
+                    "optim": {"lr": 0.01}, "train": {**tiny_train, "max_steps": 4}},
             "rl": {"prompts": str(prompts), "heldout": str(prompts), "optim": {"lr": 0.05},
                    "train": {**tiny_train, "max_steps": 2}},
         },
@@ -134,12 +135,16 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
     assert reg.get_asset(dpo).metadata["base_model"] == sft
     assert reg.get_asset(rl).metadata["base_model"] == dpo and len({sft, dpo, rl}) == 3
     lifts = {(lift.stage, lift.metric): lift for lift in result.lifts}
-    assert [k[0] for k in lifts] == ["sft", "dpo", "rl", "rl"]
+    assert [k[0] for k in lifts] == ["sft", "dpo", "dpo", "dpo", "rl", "rl"]
     for lift in result.lifts:
-        assert 0.0 <= lift.before <= 1.5 and 0.0 <= lift.after <= 1.5 and lift.n > 0
+        assert lift.n > 0 and math.isfinite(lift.before) and math.isfinite(lift.after)
+        if "margin (" not in lift.metric:
+            assert 0.0 <= lift.before <= 1.5 and 0.0 <= lift.after <= 1.5
+    margin = lifts[("dpo", "held-out reward margin (chosen - rejected)")]
+    assert margin.after > margin.before  # DPO pushed chosen above rejected on unseen pairs
     assert lifts[("sft", "held-out answer exact match")].n == 4
     summary = result.summary()
-    assert [row["stage"] for row in summary["lift"]] == ["sft", "dpo", "rl", "rl"]
+    assert [row["stage"] for row in summary["lift"]] == ["sft", "dpo", "dpo", "dpo", "rl", "rl"]
     again = run_pipeline(workspace, recipe, progress=False)
     assert all(s.cached for s in again.stages)
     assert [lift.as_dict() for lift in again.lifts] == summary["lift"]

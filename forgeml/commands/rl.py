@@ -68,3 +68,22 @@ def demo_acme_rl(
 
     counts = write_rl_prompts(corpus, out, max_chars=max_chars)
     console.print(f"{counts['train']} train and {counts['heldout']} held-out prompts in {out}")
+
+
+@demo_app.command("acme-prefs")
+def demo_acme_prefs(
+    out: Annotated[Path, typer.Option(help="Preference JSONL file to write.")],
+    count: Annotated[int, typer.Option(help="How many ACME programs to make pairs of.")] = 80,
+    seed: Annotated[int, typer.Option(help="Corpus seed (the same programs as the corpus).")] = 0,
+) -> None:
+    """Preference pairs for DPO: an ACME-CL → Python translation request, the reference
+    translation (chosen) and a mutation of it that fails a test case (rejected), both checked
+    by running them; held-out programs are those the SFT and RL data hold out."""
+    from forgeml.demo.acme_prefs import write_translation_preferences
+
+    report = write_translation_preferences(out, seed=seed, count=count)
+    console.print(
+        f"{report['pairs']} pairs from {report['programs']} programs in {out} "
+        f"(skipped: {report['skipped']})",
+        highlight=False,
+    )

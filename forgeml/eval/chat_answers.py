@@ -29,14 +29,14 @@ def load_answer_records(path: Path, limit: int | None = None) -> list[dict[str, 
     """Records of a chat JSONL file that end in an assistant turn with a `metadata.answer`."""
     if not Path(path).is_file():
         raise NotFoundError(f"chat data not found: {path}", hint="pass a chat .jsonl file")
+    from forgeml.train.chat_data import iter_jsonl
+
     out = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for n, record, error in iter_jsonl(Path(path)):
+        if error is not None:
+            raise DataError(f"{path}:{n}: {error}")
+        if not isinstance(record, dict):
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
         messages = record.get("messages") or []
         answer = (record.get("metadata") or {}).get("answer")
         if answer is None or not messages or messages[-1].get("role") != "assistant":

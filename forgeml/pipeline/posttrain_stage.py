@@ -217,6 +217,14 @@ def posttrain_stages(
         dpo = dpo_stage(ws, sub, current, cfg.dpo.data, force=force, progress=progress,
                         notify=notify)  # fmt: skip
         stages.append(dpo)
+        m = dpo.metrics  # DPO's own held-out numbers: the start model is the reference
+        if "heldout_rewards_accuracies" in m and "heldout_rewards_margins_before" in m:
+            lifts.append(Lift("dpo", "held-out pairs ranked right (margin > 0)",
+                              m["heldout_rewards_accuracies_before"],
+                              m["heldout_rewards_accuracies"], m["heldout_pairs"]))  # fmt: skip
+            lifts.append(Lift("dpo", "held-out reward margin (chosen - rejected)",
+                              m["heldout_rewards_margins_before"], m["heldout_rewards_margins"],
+                              m["heldout_pairs"]))  # fmt: skip
         if cfg.dpo.judge:
             wr = win_rate_stage(ws, sub, dpo.output, current, cfg.dpo.data, cfg.dpo.judge,
                                 limit=cfg.eval_limit, force=force, notify=notify)  # fmt: skip
