@@ -292,7 +292,7 @@ def preflight(
 
 _MEASURE = textwrap.dedent(
     """
-    import json, os, resource, sys
+    import json, os, sys
     import torch
     from forgeml.core.config import ModelConfig, OptimConfig, TrainConfig
     from forgeml.core.runtime import autocast
@@ -327,7 +327,11 @@ _MEASURE = textwrap.dedent(
         opt.step()
         opt.zero_grad(set_to_none=True)
     if device == "cpu":
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # VmHWM is this address space's own high-water mark; ru_maxrss is not: exec keeps
+        # the launching process's peak in it (with vfork, the whole parent's RSS).
+        with open("/proc/self/status") as fh:
+            hwm = next(line for line in fh if line.startswith("VmHWM:"))
+        peak = int(hwm.split()[1]) * 1024
     else:
         peak = torch.cuda.max_memory_allocated()
     print(json.dumps({"peak_bytes": peak - base}))
