@@ -760,6 +760,9 @@ def print_pipeline_summary(ws, result) -> None:
     rows = [
         ("documents kept / found", _pair(stage_metrics.get("ingest", {}), "kept", "found")),
         ("curated kept / read", _pair(stage_metrics.get("curate", {}), "kept", "input")),
+        ("duplicates removed", stage_metrics.get("curate", {}).get("duplicates_removed")),
+        ("PII values redacted", stage_metrics.get("curate", {}).get("pii_redacted")),
+        ("secrets redacted", stage_metrics.get("curate", {}).get("secrets_redacted")),
         ("tokenizer vocab", stage_metrics.get("tokenizer", {}).get("vocab_size")),
         ("train tokens", stage_metrics.get("pack", {}).get("train_tokens")),
         ("held-out tokens", stage_metrics.get("pack", {}).get("heldout_tokens")),

@@ -54,6 +54,10 @@ def curate_stage(
         meta.update(format="curated-documents-parquet", raw_dataset=raw.id)
         metrics = {k: summary[k] for k in ("input", "kept", "dropped", "failed")}
         metrics["chars_kept"] = summary["chars"]["kept"]
+        reasons, redactions = summary["dropped_by_reason"], summary["redactions"]
+        metrics["duplicates_removed"] = sum(v for k, v in reasons.items() if k.startswith("dedup:"))
+        metrics["secrets_redacted"] = redactions.get("secret", 0)
+        metrics["pii_redacted"] = sum(v for k, v in redactions.items() if k != "secret")
         return [Output("dataset", out_name, out, meta, parents=[raw.id])], metrics
 
     return run_stage(ws, "curate", config, [raw.id], body, force=force, notify=notify)
