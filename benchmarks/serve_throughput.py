@@ -137,7 +137,12 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=32, help="prompt tokens")
     ap.add_argument("--new", type=int, default=128, help="generated tokens per request")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of both (default: HF all, the engine its own default, 1 on CPU)",
+    )
     ap.add_argument("--record", action="store_true", help="add a result row to BENCHMARKS.md")
     args = ap.parse_args()
     if args.quick:
@@ -160,11 +165,14 @@ def main() -> None:
         ).eval()
     model = model.to(dtype).eval()
     # Both would stop at EOS; exactly --new tokens each keeps the work identical.
-    engine = Engine(model, tok, max_batch=args.concurrent, max_queue=4 * args.concurrent)
+    engine = Engine(
+        model, tok, max_batch=args.concurrent, max_queue=4 * args.concurrent, threads=args.threads
+    )
     prompts = make_prompts(tok, texts, args.concurrent, args.prompt)
     print(
         f"model {model.num_params() / 1e6:.1f}M params, {args.dtype}, prompts {args.prompt} "
-        f"tokens, {args.new} new each, N={args.concurrent}, {torch.get_num_threads()} threads"
+        f"tokens, {args.new} new each, N={args.concurrent}, HF {torch.get_num_threads()} threads, "
+        f"engine {engine.threads} thread(s)"
     )
     agree = check_same_tokens(engine, hf, prompts[:2], min(args.new, 32))
     print(f"greedy tokens identical to HF (agreeing prefix): {agree:.0%}")

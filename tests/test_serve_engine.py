@@ -114,6 +114,33 @@ def test_batched_equals_alone(engine):
     assert len({tuple(a.token_ids) for a in alone}) > 5
 
 
+def test_prompts_admitted_together_equal_alone(engine):
+    """Prompts of different lengths prefilled in one padded batch each equal their solo run."""
+    params = [SamplingParams(max_tokens=12, temperature=0.9, seed=i) for i in range(3)]
+    params.append(SamplingParams(max_tokens=12, temperature=0))
+    alone = [engine.generate(p, sp) for p, sp in zip(PROMPTS, params, strict=True)]
+    # Holding the engine's lock while submitting makes the worker admit all four at once.
+    with engine._cond:
+        handles = [engine.submit(p, sp) for p, sp in zip(PROMPTS, params, strict=True)]
+    assert [h.result().token_ids for h in handles] == [a.token_ids for a in alone]
+
+
+def test_padded_prefill_logits_equal_each_prompt_alone(tiny):
+    """`logits_at` on right-padded prompts gives each prompt's last logits, and decoding after
+    the padding (left in the cache past each prompt) equals the full forward."""
+    model, _ = tiny
+    prompts = [[4, 5, 6, 7, 8, 9], [20, 21], [30, 31, 32]]
+    idx = torch.tensor([p + [0] * (6 - len(p)) for p in prompts])
+    cache = model.new_kv_cache(3, 32)
+    with torch.inference_mode():
+        last = model(idx, kv_cache=cache, start_pos=0, logits_at=torch.tensor([5, 1, 2]))
+        nxt = model.decode_rows(torch.tensor([50, 60, 70]), cache, torch.tensor([6, 2, 3]))
+        for i, (p, t) in enumerate(zip(prompts, [50, 60, 70], strict=True)):
+            full = model(torch.tensor([p + [t]]))[0]
+            torch.testing.assert_close(last[i], full[-2], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(nxt[i], full[-1], atol=1e-4, rtol=1e-4)
+
+
 def test_decode_rows_matches_forward_per_row(tiny):
     """Two rows at different positions decoded together equal each decoded alone."""
     model, _ = tiny

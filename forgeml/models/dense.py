@@ -307,13 +307,15 @@ class Transformer(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         doc_ids: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, V] (fp32), or the mean cross-entropy if `targets` given.
 
         With `kv_cache`, idx holds positions start_pos..start_pos+T-1 and their keys/values
         are written into the cache; earlier positions are read from it. `doc_ids` [B, T]
         marks packed documents: each attends only within itself, from position 0
-        (`packed_rope_and_mask`).
+        (`packed_rope_and_mask`). `logits_at` [B] picks one position per row: the logits are
+        then [B, V], of that position only (a batched prefill needs each prompt's last).
         """
         seq = idx.shape[1]
         end = start_pos + seq
@@ -337,6 +339,8 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
             h = layer(h, cos, sin, mask, cache, start_pos)
+        if logits_at is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), logits_at]
         h = self.norm(h)
         if targets is None:
             return self.output(h).float()

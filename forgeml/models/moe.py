@@ -337,9 +337,11 @@ class MoETransformer(nn.Module):
         kv_cache: KVCache | None = None,
         start_pos: int = 0,
         doc_ids: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, V] (fp32), or the mean loss if `targets` given;
-        `doc_ids` [B, T] marks packed documents, as in the dense model."""
+        `doc_ids` [B, T] marks packed documents and `logits_at` [B] picks one position per row
+        (logits [B, V]), as in the dense model."""
         seq = idx.shape[1]
         end = start_pos + seq
         if kv_cache is not None and end > kv_cache.max_len:
@@ -372,6 +374,8 @@ class MoETransformer(nn.Module):
             "z_loss": z.detach(),
             "load": (counts.float() / counts.sum(dim=1, keepdim=True)).detach(),
         }
+        if logits_at is not None:
+            h = h[torch.arange(h.shape[0], device=h.device), logits_at]
         h = self.norm(h)
         if targets is None:
             return self.output(h).float()
