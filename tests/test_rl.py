@@ -226,18 +226,22 @@ def acme_prompts(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_acme_translation_reward_runs_python_against_the_interpreter(acme_prompts):
-    from forgeml.demo.acme_rl import python_compiles, translation_reward
+    from forgeml.demo.acme_rl import python_compiles, python_runs, translation_reward
 
     corpus, splits = acme_prompts
     records = splits["train"] + splits["heldout"]
     assert len(records) == 21 and splits["heldout"]
-    for rec in records[:3]:
-        reference = (corpus / "programs" / f"{rec['slug']}.py").read_text()
+    for rec in [*splits["train"][:2], splits["heldout"][0]]:
+        test = json.loads((corpus / "programs" / "tests" / f"{rec['slug']}.json").read_text())
+        reference = (corpus / test["python"]).read_text()  # held-out ones live under heldout/
         meta = {k: v for k, v in rec.items() if k != "messages"}
         assert translation_reward("p", f"```python\n{reference}```", meta) == 1.0
-        # One wrong line in every output: no case passes.
+        # One wrong line in every output: no case passes, but the program still runs.
         wrong = reference.replace("def main() -> None:\n", "def main() -> None:\n    print('x')\n")
         assert translation_reward("p", wrong, meta) == 0.0
+        assert python_runs("p", wrong, meta) == 1.0 == python_runs("p", reference, meta)
+        undefined = reference.replace("def main() -> None:\n", "def main() -> None:\n    nope\n")
+        assert python_runs("p", undefined, meta) == 0.0
         assert python_compiles("p", reference, meta) == 1.0
         assert python_compiles("p", "def (:", meta) == 0.0
 

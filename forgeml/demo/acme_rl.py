@@ -18,7 +18,7 @@ from forgeml.core.errors import DataError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.demo.acme import translation_is_heldout
 from forgeml.demo.acme_cl import AcmeError, run_acme
-from forgeml.eval.sandbox import SandboxLimits, score_io_cases
+from forgeml.eval.sandbox import SandboxLimits, run_python, score_io_cases
 from forgeml.train.rewards import compiles, extract_code
 
 # The chat format and the held-out rule of the ACME SFT data (forgeml.demo.acme), so RL
@@ -116,6 +116,20 @@ def translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -
             hint="build the prompts with `forgeml demo acme-rl`",
         )
     return translation_score(metadata["acl"], metadata["inputs"], extract_code(completion))
+
+
+def python_runs(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
+    """Shaping reward `forgeml.demo.acme_rl:python_runs`: the share of the test inputs on
+    which the translation runs to completion in the sandbox (exit 0 in time), whatever it
+    prints. Denser than `translation_reward`: a program that reads an undefined name earns
+    nothing, one that only prints wrong numbers earns this. Runs are cached, so next to
+    `translation_reward` on the same completion it costs no new process."""
+    python = extract_code(completion)
+    inputs = metadata.get("inputs") or []
+    if not inputs or not compiles(python):
+        return 0.0
+    stdins = ["".join(f"{v}\n" for v in case) for case in inputs]
+    return sum(run_python(python, s, limits=LIMITS).passed for s in stdins) / len(stdins)
 
 
 def python_compiles(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
