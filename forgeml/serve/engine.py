@@ -197,9 +197,10 @@ class Engine:
         self.max_queue = max_queue
         self.max_len = model.cfg.max_seq_len
         self.stop_ids = frozenset(stop_ids)
-        # A decode step of a small model is hundreds of tiny ops: on CPU one intra-op thread
-        # beats two (the 2-core box, 16 rows of the 6.8M benchmark model: 6.6 ms vs 8.5 ms a
-        # step when quiet, and 10x slower with two when another job holds the other core).
+        # A decode step of a small model is hundreds of tiny ops: on CPU a second intra-op
+        # thread buys nothing and costs a lot when the core is shared (the 2-core box, 16 rows
+        # of the 6.8M benchmark model: as fast with one thread as with two when quiet; 6-10 ms
+        # a step with one vs 55-130 ms with two while other jobs held the other core).
         self.threads = threads or (1 if self.device.type == "cpu" else None)
         self.cache = model.new_kv_cache(max_batch, self.max_len, device=self.device)
         self._slots: list[_Slot | None] = [None] * max_batch
