@@ -12,6 +12,7 @@ import math
 import numbers
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,10 +167,12 @@ def extract_code(completion: str) -> str:
 
 def compiles(code: str) -> bool:
     """True when `code` is valid Python syntax (compiled in-process, never run)."""
-    try:
-        compile(code, "<completion>", "exec")
-    except (SyntaxError, ValueError):
-        return False
+    with warnings.catch_warnings():  # a sample's SyntaxWarnings are not the user's business
+        warnings.simplefilter("ignore")
+        try:
+            compile(code, "<completion>", "exec")
+        except (SyntaxError, ValueError):
+            return False
     return True
 
 
