@@ -145,27 +145,20 @@ def evaluate_translation(
     """Greedy translations of the prompts by a model, scored by execution: `pass_rate` (all
     cases pass, pass@1) and `mean_score` (share of cases), over `n` prompts."""
     from forgeml.models.hf_io import load_model
-    from forgeml.models.sampling import generate
-    from forgeml.tokenizer.chat import END, EOS
+    from forgeml.models.sampling import greedy_replies
     from forgeml.tokenizer.train import load_tokenizer
     from forgeml.train.rl_data import load_prompts
 
     model = load_model(model_dir, device=device).eval()
-    tok = load_tokenizer(model_dir)
-    stops = {tok.token_to_id(EOS), tok.token_to_id(END)} - {None}  # plain or chat replies
     records = load_prompts(prompts)[:limit]
-    scores = []
-    for rec in records:
-        ids = tok.encode(rec.text, add_special_tokens=False).ids
-        room = model.cfg.max_seq_len - len(ids)
-        if room < 1:
-            scores.append(0.0)  # does not fit the context: counts as failed
-            continue
-        new = generate(
-            model, ids, max_new_tokens=min(max_new_tokens, room), temperature=0,
-            stop_ids=stops, device=device,
-        )  # fmt: skip
-        scores.append(translation_reward(rec.text, tok.decode(new), rec.metadata))
+    replies = greedy_replies(
+        model, load_tokenizer(model_dir), [rec.text for rec in records],
+        max_new_tokens=max_new_tokens, device=device, skip_special_tokens=False,
+    )  # fmt: skip
+    scores = [
+        0.0 if reply is None else translation_reward(rec.text, reply, rec.metadata)
+        for rec, reply in zip(records, replies, strict=True)
+    ]  # a prompt that does not fit the context counts as failed
     n = len(scores)
     return {
         "n": n,

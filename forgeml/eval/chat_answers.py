@@ -56,32 +56,27 @@ def evaluate_chat_answers(
 ) -> dict[str, Any]:  # fmt: skip
     """Greedy replies to each record's conversation (its last assistant turn removed), scored
     against `metadata.answer`; overall and per `metadata.task` numbers plus the examples."""
-    from forgeml.models.sampling import generate
+    from forgeml.models.sampling import greedy_replies
 
-    stops = {tokenizer.token_to_id(END), tokenizer.token_to_id(EOS)} - {None}
-    if not stops:
+    if tokenizer.token_to_id(END) is None and tokenizer.token_to_id(EOS) is None:
         raise ForgeError("the tokenizer has no end-of-turn token", hint="use a forgeml tokenizer")
+    prompts = [
+        render_chat(rec["messages"][:-1], add_generation_prompt=True, tools=rec.get("tools"))
+        for rec in records
+    ]
+    replies = greedy_replies(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, device=device
+    )
     examples = []
-    for rec in records:
-        prompt = render_chat(
-            rec["messages"][:-1], add_generation_prompt=True, tools=rec.get("tools")
-        )
-        ids = tokenizer.encode(prompt, add_special_tokens=False).ids
-        room = model.cfg.max_seq_len - len(ids)
-        reply = ""
-        if room >= 1:  # a prompt that does not fit the context counts as a miss
-            new = generate(
-                model, ids, max_new_tokens=min(max_new_tokens, room), temperature=0,
-                stop_ids=stops, device=device,
-            )  # fmt: skip
-            reply = tokenizer.decode(new, skip_special_tokens=True)
+    for rec, generated in zip(records, replies, strict=True):
+        reply = generated or ""  # a prompt that does not fit the context counts as a miss
         answer = str(rec["metadata"]["answer"])
         target = str(rec["messages"][-1].get("content") or "")
         examples.append({
             "id": rec.get("id"), "task": rec["metadata"].get("task", "chat"), "target": target,
             "answer": answer, "reply": reply, "exact": reply.strip() == target.strip(),
             "normalised": _normalise(reply) == _normalise(target),
-            "answer_found": _normalise(answer) in _normalise(reply), "fits": room >= 1,
+            "answer_found": _normalise(answer) in _normalise(reply), "fits": generated is not None,
         })  # fmt: skip
     by_task: dict[str, dict[str, float]] = {}
     for task in sorted({e["task"] for e in examples}):

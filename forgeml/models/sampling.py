@@ -6,7 +6,8 @@ nucleus (top-p, Holtzman et al., arXiv:1904.09751) sampling with a local seeded 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -120,3 +121,28 @@ def generate(
             device=device,
         )
     )
+
+
+def greedy_replies(
+    model: Transformer, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int,
+    device: str | torch.device = "cpu", skip_special_tokens: bool = True,
+) -> list[str | None]:  # fmt: skip
+    """The greedy continuation of each prompt text, stopped at the chat template's end of turn
+    or at EOS (plain and chat prompts alike) and decoded; None for a prompt that leaves no
+    room in the model's context. What the held-out evals of post-training compare."""
+    from forgeml.tokenizer.chat import END, EOS
+
+    stops = {tokenizer.token_to_id(END), tokenizer.token_to_id(EOS)} - {None}
+    replies: list[str | None] = []
+    for text in prompts:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        room = model.cfg.max_seq_len - len(ids)
+        if room < 1:
+            replies.append(None)
+            continue
+        new = generate(
+            model, ids, max_new_tokens=min(max_new_tokens, room), temperature=0,
+            stop_ids=stops, device=device,
+        )  # fmt: skip
+        replies.append(tokenizer.decode(new, skip_special_tokens=skip_special_tokens))
+    return replies

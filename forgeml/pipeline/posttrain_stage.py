@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from forgeml.core.config import Recipe, RLConfig
-from forgeml.core.errors import ConfigError, ForgeError
+from forgeml.core.errors import ConfigError
 from forgeml.core.io import atomic_write_text, sha256_file
 from forgeml.core.workspace import Workspace
+from forgeml.pipeline.preference_stage import _model_asset
 from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
 
 
@@ -38,35 +39,20 @@ class Lift:
                 "after": self.after, "n": self.n}  # fmt: skip
 
 
-def _model(reg, ref: str):
-    asset = reg.get_asset(ref)
-    if asset.kind != "model":
-        raise ForgeError(f"{asset.id} is a {asset.kind}, not a model", hint="pass a model asset")
-    return asset
-
-
 def evaluate_greedy_rewards(
     model, tokenizer, prompts: list, plugins: list, *, max_new_tokens: int, device: str = "cpu"
 ) -> dict[str, Any]:
     """Greedy completions of `prompts` (RLPrompt records) scored by the reward plugins: the
     mean weighted reward, each plugin's mean, and `solved` (share where the first plugin
     gives its full reward of 1, e.g. every test case passed)."""
-    from forgeml.models.sampling import generate
-    from forgeml.tokenizer.chat import END, EOS
+    from forgeml.models.sampling import greedy_replies
     from forgeml.train.rewards import score_completions
 
-    stops = {tokenizer.token_to_id(END), tokenizer.token_to_id(EOS)} - {None}
-    completions = []
-    for rec in prompts:
-        ids = tokenizer.encode(rec.text, add_special_tokens=False).ids
-        room = model.cfg.max_seq_len - len(ids)
-        new = []
-        if room >= 1:  # a prompt that does not fit the context is scored as an empty reply
-            new = generate(
-                model, ids, max_new_tokens=min(max_new_tokens, room), temperature=0,
-                stop_ids=stops, device=device,
-            )  # fmt: skip
-        completions.append(tokenizer.decode(new, skip_special_tokens=True))
+    replies = greedy_replies(
+        model, tokenizer, [p.text for p in prompts], max_new_tokens=max_new_tokens, device=device
+    )
+    # a prompt that does not fit the context is scored as an empty reply
+    completions = [reply or "" for reply in replies]
     total, each = score_completions(
         plugins, [p.text for p in prompts], completions, [p.metadata for p in prompts]
     )
@@ -96,7 +82,7 @@ def reward_eval_stage(
     from forgeml.train.rewards import build_rewards
     from forgeml.train.rl_data import load_prompts
 
-    asset = _model(open_registry(ws), model_ref)
+    asset = _model_asset(open_registry(ws), model_ref, "model")
     prompts_path = Path(prompts_path).expanduser().resolve()
     plugins = build_rewards(rl.rewards, ws)
     prompts = load_prompts(prompts_path, rl.prompt_format)[:limit]
@@ -135,7 +121,7 @@ def win_rate_stage(
     from forgeml.models.hf_io import load_model
     from forgeml.tokenizer.chat import END
     from forgeml.tokenizer.train import load_tokenizer
-    from forgeml.train.online_dpo import _prompt_split, load_reward_function, sampled_win_rate
+    from forgeml.train.online_dpo import _prompt_split, build_ranker, sampled_win_rate
     from forgeml.train.preference_data import (
         parse_prompt_record,
         prompt_text,
@@ -143,10 +129,11 @@ def win_rate_stage(
     )
 
     reg = open_registry(ws)
-    policy, baseline = _model(reg, policy_ref), _model(reg, baseline_ref)
+    policy = _model_asset(reg, policy_ref, "policy")
+    baseline = _model_asset(reg, baseline_ref, "baseline")
     pairs_path = Path(pairs_path).expanduser().resolve()
-    fn = load_reward_function(judge)
     dcfg = recipe.dpo
+    ranker = build_ranker(dcfg.model_copy(update={"reward_function": judge, "reward_model": None}))
     records = read_preference_records(pairs_path, parse_prompt_record)
     _, heldout = _prompt_split(records, dcfg.heldout_fraction)
     if not heldout:
@@ -170,7 +157,7 @@ def win_rate_stage(
         ]
         result = sampled_win_rate(
             load_model(policy.path, device=device), load_model(baseline.path, device=device),
-            prompts, lambda ps, cs, ms: [float(fn(p, c, m)) for p, c, m in zip(ps, cs, ms, strict=True)],
+            prompts, ranker,
             lambda ids: tok.decode(ids, skip_special_tokens=True), dcfg,
             stop_id=tok.token_to_id(END), seed=recipe.train.seed, device=device,
         )  # fmt: skip
