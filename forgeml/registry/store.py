@@ -10,6 +10,7 @@ import contextlib
 import importlib.metadata
 import platform
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -188,15 +189,34 @@ class _MigrationLock:
             yield
 
 
+_SQLITE_BUSY_MS = 30_000
+
+
+def _switch_to_wal(cur: Any) -> None:
+    """WAL mode, which persists in the file. Switching a fresh file needs an exclusive lock,
+    and SQLite answers "database is locked" at once (without its busy handler) when another
+    process opens the file at the same moment, so the switch is retried until the timeout."""
+    deadline = time.monotonic() + _SQLITE_BUSY_MS / 1000
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:
         # SQLAlchemy emits BEGIN itself (below) so writers can take the lock up front.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        # busy_timeout first: switching to WAL needs a brief write lock on a fresh file.
-        cur.execute("PRAGMA busy_timeout = 30000")
-        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute(f"PRAGMA busy_timeout = {_SQLITE_BUSY_MS}")
+        _switch_to_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 

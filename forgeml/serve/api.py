@@ -900,6 +900,33 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             finish, usage, completion = None, None, []
             status = 200
+            recorded = False
+
+            def finish_record() -> None:
+                # Recorded before `[DONE]` is sent, so a client that has read the whole stream
+                # finds it in the audit log; still recorded once when the client goes away.
+                nonlocal recorded
+                if recorded:
+                    return
+                recorded = True
+                call.decisions += out.decisions
+                if usage and call.principal.tokens_per_minute is not None:
+                    # Locally the prompt was counted before generating; an upstream reports both.
+                    counted = "total_tokens" if call.model.upstream else "completion_tokens"
+                    limiter.add_tokens(call.principal, usage[counted])
+                record(
+                    call,
+                    call.principal,
+                    call.endpoint,
+                    call.model,
+                    status,
+                    request,
+                    call.decisions,
+                    usage=usage,
+                    finish_reason=finish,
+                    completion="".join(completion),
+                )
+
             try:
                 if first is not None:
                     yield sse(first)
@@ -929,28 +956,13 @@ def create_app(
                     yield sse(chunk(None, finish))
                     if call.include_usage and usage:
                         yield sse(usage_chunk(usage))
+                finish_record()
                 yield "data: [DONE]\n\n"
             finally:
                 if handle is not None:
                     handle.cancel()
                 await source.aclose()
-                call.decisions += out.decisions
-                if usage and call.principal.tokens_per_minute is not None:
-                    # Locally the prompt was counted before generating; an upstream reports both.
-                    counted = "total_tokens" if call.model.upstream else "completion_tokens"
-                    limiter.add_tokens(call.principal, usage[counted])
-                record(
-                    call,
-                    call.principal,
-                    call.endpoint,
-                    call.model,
-                    status,
-                    request,
-                    call.decisions,
-                    usage=usage,
-                    finish_reason=finish,
-                    completion="".join(completion),
-                )
+                finish_record()
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
