@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -69,27 +68,24 @@ def test_tools_have_descriptions_and_schemas(workspace) -> None:
         control.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_streamable_http_needs_a_key(workspace) -> None:
     key, _ = create_api_key(workspace.root, "bot", roles=["agent"])
     control = ControlPlane(workspace)
     set_budget(control.reg, "bot", cpu_hours=2.0)
-    port = _free_port()
+    # Port 0: the OS picks a free port as the server binds, so no other process can take it
+    # between choosing and binding.
     server = uvicorn.Server(
-        uvicorn.Config(mcp_http_app(control), host="127.0.0.1", port=port, log_level="warning")
+        uvicorn.Config(mcp_http_app(control), host="127.0.0.1", port=0, log_level="warning")
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}/mcp"
     try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not server.started:
+            assert thread.is_alive(), "the MCP server failed to start"
+            assert time.monotonic() < deadline, "the MCP server did not start"
             time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/mcp"
         for headers in ({}, {"Authorization": "Bearer fml_x_y"}, {"Authorization": key}):
             r = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, headers=headers)
             assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"

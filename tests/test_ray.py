@@ -137,9 +137,33 @@ def test_ray_executor_without_ray_says_how_to_install(monkeypatch):
         import_ray()
 
 
+def _warm_two_workers(ray, gate: Path) -> None:
+    """Have two Ray workers up at once with the trial code imported, so two trials start
+    together rather than racing two cold worker start-ups (torch imports that end seconds
+    apart on a busy machine, longer than a tiny trial takes)."""
+    gate.mkdir()
+
+    @ray.remote(num_cpus=1)
+    def warm(folder: str) -> int:
+        import os
+        import time
+        from pathlib import Path
+
+        import forgeml.hpo.study
+        import forgeml.train.pretrain  # noqa: F401
+
+        Path(folder, str(os.getpid())).touch()
+        deadline = time.monotonic() + 120
+        while len(os.listdir(folder)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # each waits for the other: two workers, not one used twice
+        return os.getpid()
+
+    assert len(set(ray.get([warm.remote(str(gate)), warm.remote(str(gate))]))) == 2
+
+
 @pytest.mark.slow
 @needs_ray
-def test_hpo_trials_run_as_ray_tasks(ray_local, workspace, text_folder):
+def test_hpo_trials_run_as_ray_tasks(ray_local, workspace, text_folder, tmp_path):
     import optuna
     from test_hpo import LR_SPACE, tiny_recipe
 
@@ -149,6 +173,7 @@ def test_hpo_trials_run_as_ray_tasks(ray_local, workspace, text_folder):
     from forgeml.pipeline.stages import open_registry
 
     recipe = tiny_recipe(text_folder, max_steps=12)
+    _warm_two_workers(ray_local, tmp_path / "warm")
     result = run_hpo(
         workspace, recipe, parse_space(LR_SPACE), trials=2, parallel=2, baseline=False,
         executor="ray",

@@ -268,6 +268,39 @@ def test_acme_heldout_split_is_the_sft_split(acme_prompts):
         assert is_heldout(rec["slug"]) == sft_rule(f"translate-{rec['slug']}")
 
 
+def test_acme_snippets_translate_exactly_and_split_as_the_sft_data(tmp_path):
+    """The short programs: each kind's Python prints what the interpreter prints on every
+    test case, a branch's cases take both ways, and the RL prompts are the SFT data's."""
+    import random
+
+    from forgeml.demo.acme import build_sft_records, generate_snippets
+    from forgeml.demo.acme_rl import translation_reward, write_rl_prompts
+
+    pairs = generate_snippets(random.Random("t"), 60)
+    assert len({p["acl"] for p in pairs}) > 40  # varied, not one template
+    seen = set()
+    for p in pairs:
+        kind = (p["acl"].count("ACCEPT"), "IF " in p["acl"], "VALUE" in p["acl"])
+        if kind in seen:
+            continue
+        seen.add(kind)
+        meta = {"acl": p["acl"], "inputs": [c["inputs"] for c in p["cases"]]}
+        assert translation_reward("p", f"```python\n{p['python']}```", meta) == 1.0
+        assert translation_reward("p", p["python"].replace("print(", "print(1, "), meta) == 0
+        if "IF " in p["acl"]:
+            assert len({tuple(c["expected"]) for c in p["cases"]}) == 2
+    assert len(seen) >= 4
+    counts = write_rl_prompts(None, tmp_path / "rl", snippets=True)
+    held = [json.loads(x) for x in (tmp_path / "rl" / "heldout.jsonl").read_text().splitlines()]
+    sft = {
+        r["metadata"]["slug"]: r["metadata"]["split"]
+        for r in build_sft_records(seed=0)
+        if r["metadata"]["task"] == "translate_snippet"
+    }
+    assert counts["train"] + counts["heldout"] == len(sft) and held
+    assert all(sft[r["slug"]] == "heldout" for r in held)
+
+
 REWARD_MODULE = """
 def share_of_e(prompt, completion, metadata):
     return completion.count("e") / max(len(completion), 1)

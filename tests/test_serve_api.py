@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -25,23 +24,20 @@ from forgeml.serve.engine import SamplingParams
 from forgeml.serve.keys import KeyStore
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def running_server(app):
-    """Serve `app` on a free loopback port in a thread; yields the base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    """Serve `app` in a thread on a loopback port the OS picks as the server binds (port 0:
+    no window between choosing a free port and binding it for another process to take it);
+    yields the base URL."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.time() + 20
+    deadline = time.monotonic() + 60
     while not server.started:
-        assert time.time() < deadline, "server did not start"
+        assert thread.is_alive(), "server failed to start"
+        assert time.monotonic() < deadline, "server did not start"
         time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -162,6 +158,8 @@ def test_stop_sequence(client):
 
 
 def test_models_health_metrics(client, server):
+    # Its own chat request, so the counter below does not rest on what earlier tests sent.
+    client.chat.completions.create(model="champion", messages=MESSAGES, max_tokens=2)
     assert [m.id for m in client.models.list().data] == ["champion"]
     assert httpx.get(server["url"] + "/healthz").json() == {"status": "ok"}
     metrics = httpx.get(

@@ -210,6 +210,9 @@ def test_gateway_audit_chain_and_no_upstream_key(env):
 # -- upstream failures --------------------------------------------------------------------
 
 SECRET = "sk-upstream-secret-0123456789"
+# The gateway's read timeout on the misbehaving upstream: what every answer but `slow`'s must
+# beat, on loopback but on a busy machine too (the servers share this process and its GIL).
+UPSTREAM_TIMEOUT_S = 3.0
 
 
 def misbehaving_upstream() -> FastAPI:
@@ -226,7 +229,12 @@ def misbehaving_upstream() -> FastAPI:
         body = await request.json()
         model = body["model"]
         if model == "slow":
-            await asyncio.sleep(5)
+            # Far past the gateway's timeout, and over as soon as the gateway gives up (so a
+            # stopping server does not wait for it).
+            for _ in range(600):
+                if await request.is_disconnected():
+                    break
+                await asyncio.sleep(0.05)
         if model == "boom":
             return JSONResponse({"error": {"message": "CUDA out of memory"}}, 500)
         if model == "echo":
@@ -265,7 +273,7 @@ def bad(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     policy = Policy(PolicyConfig.model_validate({"default": {"output": {"redact": ["email"]}}}))
     with running_server(misbehaving_upstream()) as up_url:
-        upstream = Upstream(upstream_base_url(up_url), SECRET, timeout=1.0)
+        upstream = Upstream(upstream_base_url(up_url), SECRET, timeout=UPSTREAM_TIMEOUT_S)
         audit = AuditLog(root / "audit.jsonl", fsync=False)
         app = create_app(
             upstream_served_models(upstream, None), keys=None, policy=policy, audit=audit
@@ -312,7 +320,7 @@ def test_upstream_broken_mid_stream_and_unreachable(bad):
     assert '"code": "bad_upstream"' in resp.text and resp.text.endswith("data: [DONE]\n\n")
     assert read_audit(bad["audit"])[-1]["status"] == 502
     with running_server(misbehaving_upstream()) as up_url:
-        upstream = Upstream(upstream_base_url(up_url), SECRET, timeout=1.0)
+        upstream = Upstream(upstream_base_url(up_url), SECRET, timeout=UPSTREAM_TIMEOUT_S)
         models = upstream_served_models(upstream, ["boom"])
         with pytest.raises(ConfigError, match="does not serve"):
             upstream_served_models(upstream, ["nothing"])

@@ -198,7 +198,9 @@ def test_acme_sft_data_is_deterministic_valid_and_split(tmp_path):
     for name in ("train.jsonl", "heldout.jsonl", "tools.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     assert a == b and a["records"]["heldout"] > 0
-    assert set(a["by_task"]) == {"policy_qa", "tool_policy", "translate", "tool_run", "tool_status"}
+    assert set(a["by_task"]) == {
+        "policy_qa", "tool_policy", "translate", "translate_snippet", "tool_run", "tool_status"
+    }  # fmt: skip
     train = [json.loads(x) for x in (tmp_path / "a" / "train.jsonl").read_text().splitlines()]
     held = [json.loads(x) for x in (tmp_path / "a" / "heldout.jsonl").read_text().splitlines()]
     assert not {r["id"] for r in train} & {r["id"] for r in held}

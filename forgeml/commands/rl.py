@@ -53,20 +53,26 @@ except ImportError:
 
 @demo_app.command("acme-rl")
 def demo_acme_rl(
-    corpus: Annotated[
-        Path, typer.Argument(help="An ACME corpus folder (examples/acme/generate.py).")
-    ],
     out: Annotated[Path, typer.Option(help="Folder for train.jsonl and heldout.jsonl.")],
+    corpus: Annotated[
+        Path | None,
+        typer.Argument(help="An ACME corpus folder (examples/acme/generate.py)."),
+    ] = None,
     max_chars: Annotated[
         int | None, typer.Option(help="Leave out programs longer than this (small contexts).")
     ] = None,
+    snippets: Annotated[
+        bool,
+        typer.Option(help="The SFT data's short programs (2-4 statements), not the corpus's."),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="SFT data seed, with --snippets.")] = 0,
 ) -> None:
     """RL prompts for ACME-CL → Python translation: the program and its test inputs ride
     along as metadata for the execution reward (forgeml.demo.acme_rl:translation_reward);
     held-out programs are those the ACME SFT data holds out."""
     from forgeml.demo.acme_rl import write_rl_prompts
 
-    counts = write_rl_prompts(corpus, out, max_chars=max_chars)
+    counts = write_rl_prompts(corpus, out, max_chars=max_chars, snippets=snippets, seed=seed)
     console.print(f"{counts['train']} train and {counts['heldout']} held-out prompts in {out}")
 
 

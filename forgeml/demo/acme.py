@@ -37,7 +37,7 @@ __all__ = [
     "generate_sft_data",
 ]
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 GAP = "[...]"  # marks an illegible passage in damaged/*.txt
 
 FIRST_NAMES = (
@@ -893,6 +893,98 @@ def generate_programs(rng: random.Random, count: int) -> list[dict]:
             {"slug": slug, "acl": acl, "python": py, "cases": cases, "purpose": spec.purpose}
         )
     return pairs
+
+
+# Short programs ("snippets"): two to four statements, the first rung of the translation task.
+# A small model learns to translate these long before whole listings; the RL demo starts here.
+_SNIPPET_NUMBERS = ("QTY", "UNITS", "HOURS", "PRICE", "COUNT", "STOCK", "DAYS", "LOAD")
+_SNIPPET_TEXTS = ("NAME", "CITY", "CODE", "WHO")
+_SNIPPET_LABELS = ("TOTAL", "RESULT", "ANSWER", "VALUE", "SUM", "OUT")
+
+
+def _snippet_body(rng: random.Random) -> tuple[list[Stmt], Callable[[random.Random], list]]:
+    """One short statement list and how to draw its inputs (a value per ACCEPT, in order)."""
+    a, b = rng.sample(_SNIPPET_NUMBERS, 2)
+    label = rng.choice(_SNIPPET_LABELS)
+    op = rng.choice(("+", "-", "*"))
+    n = rng.randint(2, 12)
+    kind = rng.choice(("scale", "two", "update", "branch", "text", "fixed"))
+    if kind == "scale":  # read one number, print it combined with a constant
+        body: list[Stmt] = [
+            ("declare", a, "NUMBER", None),
+            ("accept", a),
+            ("display", [text(f"{label}: "), binop(op, var(a), num(n))]),
+        ]
+        return body, lambda r: [r.randint(0, 99)]
+    if kind == "two":  # read two numbers, print an expression of both
+        body = [
+            ("declare", a, "NUMBER", None),
+            ("accept", a),
+            ("declare", b, "NUMBER", None),
+            ("accept", b),
+            ("display", [text(f"{label} = "), binop(op, var(a), var(b))]),
+        ]
+        return body, lambda r: [r.randint(0, 99), r.randint(0, 99)]
+    if kind == "update":  # a verb statement changes a variable in place
+        verb = rng.choice((("add", num(n), a), ("sub", num(n), a), ("mul", a, num(n))))
+        body = [("declare", a, "NUMBER", None), ("accept", a), verb, ("display", [var(a)])]
+        return body, lambda r: [r.randint(0, 99)]
+    if kind == "branch":  # one IF/ELSE on a read number
+        high, low = rng.choice((("HIGH", "LOW"), ("OVER", "UNDER"), ("YES", "NO")))
+        limit = n * 5
+        body = [
+            ("declare", a, "NUMBER", None),
+            ("accept", a),
+            (
+                "if",
+                cmp(rng.choice((">", "<", ">=")), var(a), num(limit)),
+                [("display", [text(high)])],
+                [("display", [text(low)])],
+            ),
+        ]
+        return body, lambda r: [r.randint(max(0, limit - 9), limit + 9)]
+    if kind == "text":  # a text value through UPPER/LOWER/LENGTH
+        who = rng.choice(_SNIPPET_TEXTS)
+        fn = rng.choice(("UPPER", "LOWER", "LENGTH"))
+        greet = rng.choice(("HELLO, ", "CODE ", "TAG "))
+        body = [
+            ("declare", who, "TEXT", None),
+            ("accept", who),
+            ("display", [text(greet), call(fn, var(who))]),
+        ]
+        names = ("ada", "Bertram", "clara", "DMITRI", "edith", "Farid")
+        return body, lambda r: [r.choice(names)]
+    body = [  # fixed: declared values, no input
+        ("declare", a, "NUMBER", num(n)),
+        ("declare", b, "NUMBER", num(rng.randint(1, 9))),
+        ("display", [text(f"{label} "), binop(op, var(a), var(b))]),
+    ]
+    return body, lambda r: []
+
+
+def generate_snippets(rng: random.Random, count: int) -> list[dict]:
+    """`count` short program pairs (slug `snip_NNNN`) with up to 3 test cases each, in the
+    format of `generate_programs`: the ACME-CL listing, its Python translation (`main()`,
+    as for whole programs, without the docstring) and the expected output per case."""
+    pairs = []
+    for number in range(1, count + 1):
+        body, sample = _snippet_body(rng)
+        name = f"SNIP-{number:03d}"
+        acl = "\n".join([f"PROGRAM {name}.", *emit_acl(body), "END-PROGRAM.", ""])
+        py = "\n".join([
+            "def main() -> None:", *emit_python(body), "", "",
+            'if __name__ == "__main__":', "    main()", "",
+        ])  # fmt: skip
+        candidates = [sample(rng) for _ in range(8)]
+        k = 1 if not candidates[0] else 3
+        cases = pick_test_cases(acl, candidates, k)
+        pairs.append({"slug": f"snip_{number:04d}", "acl": acl, "python": py, "cases": cases})
+    return pairs
+
+
+def snippet_pairs(seed: int = 0, scale: float = 1.0) -> list[dict]:
+    """The snippets of the ACME SFT data for `seed` and `scale` (the RL prompts use the same)."""
+    return generate_snippets(random.Random(f"acme:{seed}:snippets"), _counts(scale)["snippets"])
 
 
 # =======================================================================================
@@ -2592,6 +2684,7 @@ def _counts(scale: float) -> dict[str, int]:
         "policies": n(96),
         "memos": n(480),
         "damaged": n(150),
+        "snippets": n(400),
     }
 
 
@@ -2857,6 +2950,7 @@ def build_sft_records(seed: int = 0, scale: float = 1.0) -> list[dict]:
 
     - policy_qa: a policy question answered directly (metadata.answer: the exact answer);
     - translate: an ACME-CL program to translate (metadata.tests: execution test cases);
+    - translate_snippet: the same for a short program of two to four statements;
     - tool_*: the assistant picks one of ACME's internal tools (`SFT_TOOLS`), reads its
       result and answers: running a program, searching a policy, a system's status.
     The same seed and scale draw the same programs and policies as `build_corpus`.
@@ -2918,6 +3012,12 @@ def build_sft_records(seed: int = 0, scale: float = 1.0) -> list[dict]:
             _tool_result(call, {"program": name, "output": case["expected"]}),
             {"role": "assistant", "content": f"{name} prints:\n{output}"},
         ], tools=True, answer=output, tool="run_acme_program")  # fmt: skip
+    for p in snippet_pairs(seed, scale):
+        ask = rng.choice(_TRANSLATE_ASKS)
+        add(f"translate-{p['slug']}", "translate_snippet", [
+            {"role": "user", "content": f"{ask}\n\n```acme-cl\n{p['acl']}```"},
+            {"role": "assistant", "content": f"```python\n{p['python']}```"},
+        ], slug=p["slug"], tests=p["cases"])  # fmt: skip
     for i in range(max(4, round(60 * scale))):
         sys_name = SYSTEMS[i % len(SYSTEMS)]
         status = rng.choice(("up", "up", "degraded", "maintenance"))

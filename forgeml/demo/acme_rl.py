@@ -8,6 +8,7 @@ prints; `evaluate_translation` measures the execution-verified pass rate of a mo
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 from collections.abc import Sequence
@@ -16,16 +17,16 @@ from typing import Any
 
 from forgeml.core.errors import DataError, NotFoundError
 from forgeml.core.io import atomic_write_text
-from forgeml.demo.acme import translation_is_heldout
+from forgeml.demo.acme import snippet_pairs, translation_is_heldout
 from forgeml.demo.acme_cl import AcmeError, run_acme
-from forgeml.eval.sandbox import SandboxLimits, run_python, score_io_cases
+from forgeml.eval.sandbox import CaseResult, SandboxLimits, run_python, score_io_cases
 from forgeml.train.rewards import compiles, extract_code
 
 # The chat format and the held-out rule of the ACME SFT data (forgeml.demo.acme), so RL
 # starts from what SFT taught and the held-out programs are the same for both stages.
 SYSTEM = "You are the ACME Corp internal assistant. Answer briefly and exactly."
 ASK = "Translate this ACME-CL program to Python:"
-LIMITS = SandboxLimits(timeout_s=2.0, memory_mb=512)  # the programs run in milliseconds
+LIMITS = SandboxLimits(timeout_s=4.0, memory_mb=512)  # wall clock, Python start-up included
 
 
 def is_heldout(slug: str) -> bool:
@@ -69,11 +70,33 @@ def build_rl_prompts(corpus: Path, *, max_chars: int | None = None) -> dict[str,
     return out
 
 
+def build_snippet_prompts(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
+    """Prompt records, as `build_rl_prompts`, for the short programs of the ACME SFT data
+    (`translate_snippet`), split as the SFT data splits them."""
+    out: dict[str, list[dict]] = {"train": [], "heldout": []}
+    for pair in snippet_pairs(seed, scale):
+        record = {
+            "messages": translation_messages(pair["acl"]),
+            "slug": pair["slug"],
+            "acl": pair["acl"],
+            "inputs": [case["inputs"] for case in pair["cases"]],
+        }
+        out["heldout" if is_heldout(pair["slug"]) else "train"].append(record)
+    return out
+
+
 def write_rl_prompts(
-    corpus: Path, out_dir: Path, *, max_chars: int | None = None
-) -> dict[str, int]:
-    """Write `train.jsonl` and `heldout.jsonl` under `out_dir`; return the counts."""
-    splits = build_rl_prompts(corpus, max_chars=max_chars)
+    corpus: Path | None, out_dir: Path, *, max_chars: int | None = None,
+    snippets: bool = False, seed: int = 0,
+) -> dict[str, int]:  # fmt: skip
+    """Write `train.jsonl` and `heldout.jsonl` under `out_dir` (the corpus's programs, or
+    with `snippets` the SFT data's short programs for `seed`); return the counts."""
+    if snippets:
+        splits = build_snippet_prompts(seed)
+    elif corpus is None:
+        raise DataError("no ACME corpus given", hint="pass the corpus folder, or --snippets")
+    else:
+        splits = build_rl_prompts(corpus, max_chars=max_chars)
     for name, records in splits.items():
         body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
         atomic_write_text(Path(out_dir) / f"{name}.jsonl", body)
@@ -92,19 +115,29 @@ def _reference_outputs(acl: str, inputs_json: str) -> tuple[tuple[str, ...] | No
     return tuple(outputs)
 
 
-def translation_score(acl: str, inputs: Sequence[Sequence[Any]], python: str) -> float:
-    """Share of test cases on which `python`, run in the sandbox (own process, time and memory
-    limits, no network, empty temp folder), prints exactly what the ACME-CL program prints."""
-    expected = _reference_outputs(acl, json.dumps([list(c) for c in inputs]))
+@functools.lru_cache(maxsize=2048)
+def _case_runs(acl: str, inputs_json: str, python: str) -> tuple[tuple[list[str], CaseResult], ...]:
+    """Each test case's expected lines and the sandboxed run of `python` on its inputs (one
+    own process per case); cached, so several rewards of one completion share the runs.
+    Cases the ACME-CL program itself fails on are left out."""
+    inputs = json.loads(inputs_json)
+    expected = _reference_outputs(acl, inputs_json)
     cases = [
         {"inputs": list(case), "expected": list(lines)}
         for case, lines in zip(inputs, expected, strict=True)
         if lines is not None
     ]
     if not cases or not compiles(python):
-        return 0.0
-    passed = score_io_cases(python, cases, limits=LIMITS, stop_after_timeout=True)[0]
-    return passed * len(cases) / len(inputs)
+        return ()
+    results = score_io_cases(python, cases, limits=LIMITS, stop_after_timeout=True)[1]
+    return tuple((case["expected"], res) for case, res in zip(cases, results, strict=True))
+
+
+def translation_score(acl: str, inputs: Sequence[Sequence[Any]], python: str) -> float:
+    """Share of test cases on which `python`, run in the sandbox (own process, time and memory
+    limits, no network, empty temp folder), prints exactly what the ACME-CL program prints."""
+    runs = _case_runs(acl, json.dumps([list(c) for c in inputs]), python)
+    return sum(res.passed for _, res in runs) / len(inputs) if inputs else 0.0
 
 
 def translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
@@ -116,6 +149,27 @@ def translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -
             hint="build the prompts with `forgeml demo acme-rl`",
         )
     return translation_score(metadata["acl"], metadata["inputs"], extract_code(completion))
+
+
+def output_similarity(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
+    """Shaping reward `forgeml.demo.acme_rl:output_similarity`: how close what the translation
+    prints is to what the ACME-CL program prints, per test case (difflib's ratio of the two
+    outputs, 0..1), averaged. Partial credit for a near miss (`SUM: 62` for `TOTAL: 61`) that
+    `translation_reward` scores 0; the same sandboxed runs, not new ones."""
+    if "acl" not in metadata or "inputs" not in metadata:
+        raise DataError(
+            "ACME translation prompt without 'acl' and 'inputs'",
+            hint="build the prompts with `forgeml demo acme-rl`",
+        )
+    inputs = metadata["inputs"]
+    runs = _case_runs(
+        metadata["acl"], json.dumps([list(c) for c in inputs]), extract_code(completion)
+    )
+    ratios = [
+        difflib.SequenceMatcher(None, res.stdout, "".join(f"{x}\n" for x in want)).ratio()
+        for want, res in runs
+    ]
+    return sum(ratios) / len(inputs) if inputs else 0.0
 
 
 def python_runs(prompt: str, completion: str, metadata: dict[str, Any]) -> float:

@@ -74,7 +74,8 @@ def per_row_rope_and_mask(
     """RoPE tables [B, 1, 1, D] and mask [B, 1, 1, K] for one token per row at `positions` [B].
 
     The mask covers the first K = max(positions) + 1 cache keys: causal per row, and within
-    the sliding window if the model has one.
+    the sliding window if the model has one. It is additive (0 or -inf, in the cache's dtype):
+    SDPA turns a boolean mask into exactly that on every call, here it is built once per step.
     """
     kv_len = int(positions.max()) + 1
     if kv_len > kv_cache.max_len:
@@ -84,7 +85,11 @@ def per_row_rope_and_mask(
     mask = keys <= positions[:, None]
     if cfg.sliding_window is not None:
         mask = mask & (keys > positions[:, None] - cfg.sliding_window)
-    return cos[:, None, None, :], sin[:, None, None, :], mask[:, None, None, :]
+    dtype = kv_cache.k.dtype if kv_cache.k.is_floating_point() else torch.float32
+    additive = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf")
+    )
+    return cos[:, None, None, :], sin[:, None, None, :], additive[:, None, None, :]
 
 
 def attention_mask(
@@ -167,6 +172,8 @@ class Attention(nn.Module):
             cache_k[rows, :, start_pos] = k[:, :, 0].to(cache_k.dtype)
             cache_v[rows, :, start_pos] = v[:, :, 0].to(cache_v.dtype)
             first, end = 0, mask.shape[-1]
+            if mask.is_floating_point() and mask.dtype != q.dtype:  # autocast: q in another dtype
+                mask = mask.to(q.dtype)
         elif cache is not None:
             cache_k, cache_v = cache
             end = start_pos + seq

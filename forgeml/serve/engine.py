@@ -24,6 +24,7 @@ from torch import nn
 
 from forgeml.models.dense import KVCache
 from forgeml.models.sampling import filter_logits
+from forgeml.serve.prepack import prepack_linears
 
 # Byte-level BPE can end a step in the middle of a UTF-8 character; decode shows it as U+FFFD.
 _PARTIAL_CHAR = "\ufffd"
@@ -177,6 +178,8 @@ class Engine:
     beyond that gets `EngineBusy` at once (bounded memory, HTTP 429 upstream). The model is
     any registry-built class with `new_kv_cache` and `decode_rows` (dense and MoE).
     `threads` is the worker thread's intra-op thread count (default: 1 on CPU).
+    `prepack_weights` (CPU) keeps a oneDNN-packed copy of each linear's weight for the
+    decode step where that gives bitwise the same outputs (bf16; see `prepack_linears`).
     """
 
     def __init__(
@@ -189,10 +192,13 @@ class Engine:
         device: str | torch.device = "cpu",
         stop_ids: frozenset[int] = frozenset(),
         threads: int | None = None,
+        prepack_weights: bool = True,
     ) -> None:
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.device = torch.device(device)
+        if prepack_weights and self.device.type == "cpu":
+            prepack_linears(self.model, max_rows=max_batch)
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.max_len = model.cfg.max_seq_len
@@ -375,7 +381,8 @@ class Engine:
         tokens = [0] * len(slots)
         if greedy:
             picked = logits if len(greedy) == len(slots) else logits[greedy]
-            for i, token in zip(greedy, picked.argmax(dim=-1).tolist(), strict=True):
+            # max's indices are argmax's (the first maximum), in under half its time on CPU.
+            for i, token in zip(greedy, picked.max(dim=-1).indices.tolist(), strict=True):
                 tokens[i] = token
         for i, slot in enumerate(slots):
             if slot.handle.params.temperature >= GREEDY_BELOW:
