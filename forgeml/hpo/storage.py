@@ -14,7 +14,19 @@ from typing import Any
 
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend
-from sqlalchemy import BigInteger, Column, MetaData, Table, Text, func, insert, select, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    MetaData,
+    Table,
+    Text,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.exc import DBAPIError
 
 from forgeml.core.workspace import Workspace
 from forgeml.registry import Registry
@@ -35,7 +47,13 @@ class RegistryJournalBackend(BaseJournalBackend):
 
     def __init__(self, reg: Registry) -> None:
         self.reg = reg
-        JOURNAL.create(reg.engine, checkfirst=True)
+        try:
+            JOURNAL.create(reg.engine, checkfirst=True)
+        except DBAPIError:
+            # Another process created it between the check and the CREATE (PostgreSQL then
+            # reports a duplicate type or table): fine when the table is there now.
+            if not inspect(reg.engine).has_table(JOURNAL.name):
+                raise
 
     def read_logs(self, log_number_from: int) -> Iterable[dict[str, Any]]:
         with self.reg.transaction() as s:
