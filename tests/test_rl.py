@@ -274,7 +274,7 @@ def test_acme_snippets_translate_exactly_and_split_as_the_sft_data(tmp_path):
     import random
 
     from forgeml.demo.acme import build_sft_records, generate_snippets
-    from forgeml.demo.acme_rl import translation_reward, write_rl_prompts
+    from forgeml.demo.acme_rl import output_similarity, translation_reward, write_rl_prompts
 
     pairs = generate_snippets(random.Random("t"), 60)
     assert len({p["acl"] for p in pairs}) > 40  # varied, not one template
@@ -286,7 +286,12 @@ def test_acme_snippets_translate_exactly_and_split_as_the_sft_data(tmp_path):
         seen.add(kind)
         meta = {"acl": p["acl"], "inputs": [c["inputs"] for c in p["cases"]]}
         assert translation_reward("p", f"```python\n{p['python']}```", meta) == 1.0
-        assert translation_reward("p", p["python"].replace("print(", "print(1, "), meta) == 0
+        near_miss = p["python"].replace("print(", "print(1, ")
+        assert translation_reward("p", near_miss, meta) == 0
+        # the shaping reward gives a near miss partial credit, an exact translation full
+        assert 0 < output_similarity("p", near_miss, meta) < 1
+        assert output_similarity("p", p["python"], meta) == 1.0
+        assert output_similarity("p", "print(", meta) == 0.0  # does not compile
         if "IF " in p["acl"]:
             assert len({tuple(c["expected"]) for c in p["cases"]}) == 2
     assert len(seen) >= 4

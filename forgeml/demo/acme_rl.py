@@ -19,7 +19,7 @@ from forgeml.core.errors import DataError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.demo.acme import snippet_pairs, translation_is_heldout
 from forgeml.demo.acme_cl import AcmeError, run_acme
-from forgeml.eval.sandbox import CaseResult, SandboxLimits, run_python, score_io_cases
+from forgeml.eval.sandbox import CaseResult, SandboxLimits, score_io_cases
 from forgeml.train.rewards import compiles, extract_code
 
 # The chat format and the held-out rule of the ACME SFT data (forgeml.demo.acme), so RL
@@ -60,14 +60,19 @@ def build_rl_prompts(corpus: Path, *, max_chars: int | None = None) -> dict[str,
         if max_chars is not None and len(acl) > max_chars:
             continue
         slug = path.stem
-        record = {
-            "messages": translation_messages(acl),
-            "slug": slug,
-            "acl": acl,
-            "inputs": [case["inputs"] for case in test["cases"]],
-        }
-        out["heldout" if is_heldout(slug) else "train"].append(record)
+        out["heldout" if is_heldout(slug) else "train"].append(
+            _prompt_record(slug, acl, test["cases"])
+        )
     return out
+
+
+def _prompt_record(slug: str, acl: str, cases: list[dict]) -> dict:
+    return {
+        "messages": translation_messages(acl),
+        "slug": slug,
+        "acl": acl,
+        "inputs": [case["inputs"] for case in cases],
+    }
 
 
 def build_snippet_prompts(seed: int = 0, scale: float = 1.0) -> dict[str, list[dict]]:
@@ -75,13 +80,9 @@ def build_snippet_prompts(seed: int = 0, scale: float = 1.0) -> dict[str, list[d
     (`translate_snippet`), split as the SFT data splits them."""
     out: dict[str, list[dict]] = {"train": [], "heldout": []}
     for pair in snippet_pairs(seed, scale):
-        record = {
-            "messages": translation_messages(pair["acl"]),
-            "slug": pair["slug"],
-            "acl": pair["acl"],
-            "inputs": [case["inputs"] for case in pair["cases"]],
-        }
-        out["heldout" if is_heldout(pair["slug"]) else "train"].append(record)
+        out["heldout" if is_heldout(pair["slug"]) else "train"].append(
+            _prompt_record(pair["slug"], pair["acl"], pair["cases"])
+        )
     return out
 
 
@@ -91,6 +92,11 @@ def write_rl_prompts(
 ) -> dict[str, int]:  # fmt: skip
     """Write `train.jsonl` and `heldout.jsonl` under `out_dir` (the corpus's programs, or
     with `snippets` the SFT data's short programs for `seed`); return the counts."""
+    if snippets and corpus is not None:
+        raise DataError(
+            "both an ACME corpus and --snippets given",
+            hint="the snippets come from the SFT data, not a corpus: pass one of the two",
+        )
     if snippets:
         splits = build_snippet_prompts(seed)
     elif corpus is None:
@@ -140,14 +146,25 @@ def translation_score(acl: str, inputs: Sequence[Sequence[Any]], python: str) ->
     return sum(res.passed for _, res in runs) / len(inputs) if inputs else 0.0
 
 
-def translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
-    """Reward plugin `forgeml.demo.acme_rl:translation_reward` (prompt, completion, metadata)
-    -> the execution-verified share of test cases passed (metadata: acl, inputs)."""
+def _require_tests(metadata: dict[str, Any]) -> None:
     if "acl" not in metadata or "inputs" not in metadata:
         raise DataError(
             "ACME translation prompt without 'acl' and 'inputs'",
             hint="build the prompts with `forgeml demo acme-rl`",
         )
+
+
+def _completion_runs(completion: str, metadata: dict[str, Any]) -> tuple:
+    """The cached sandboxed runs (`_case_runs`) of a completion's code on a prompt's tests."""
+    _require_tests(metadata)
+    inputs = json.dumps([list(c) for c in metadata["inputs"]])
+    return _case_runs(metadata["acl"], inputs, extract_code(completion))
+
+
+def translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
+    """Reward plugin `forgeml.demo.acme_rl:translation_reward` (prompt, completion, metadata)
+    -> the execution-verified share of test cases passed (metadata: acl, inputs)."""
+    _require_tests(metadata)
     return translation_score(metadata["acl"], metadata["inputs"], extract_code(completion))
 
 
@@ -156,34 +173,21 @@ def output_similarity(prompt: str, completion: str, metadata: dict[str, Any]) ->
     prints is to what the ACME-CL program prints, per test case (difflib's ratio of the two
     outputs, 0..1), averaged. Partial credit for a near miss (`SUM: 62` for `TOTAL: 61`) that
     `translation_reward` scores 0; the same sandboxed runs, not new ones."""
-    if "acl" not in metadata or "inputs" not in metadata:
-        raise DataError(
-            "ACME translation prompt without 'acl' and 'inputs'",
-            hint="build the prompts with `forgeml demo acme-rl`",
-        )
-    inputs = metadata["inputs"]
-    runs = _case_runs(
-        metadata["acl"], json.dumps([list(c) for c in inputs]), extract_code(completion)
-    )
     ratios = [
         difflib.SequenceMatcher(None, res.stdout, "".join(f"{x}\n" for x in want)).ratio()
-        for want, res in runs
+        for want, res in _completion_runs(completion, metadata)
     ]
-    return sum(ratios) / len(inputs) if inputs else 0.0
+    return sum(ratios) / len(metadata["inputs"]) if ratios else 0.0
 
 
 def python_runs(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
     """Shaping reward `forgeml.demo.acme_rl:python_runs`: the share of the test inputs on
     which the translation runs to completion in the sandbox (exit 0 in time), whatever it
     prints. Denser than `translation_reward`: a program that reads an undefined name earns
-    nothing, one that only prints wrong numbers earns this. Runs are cached, so next to
-    `translation_reward` on the same completion it costs no new process."""
-    python = extract_code(completion)
-    inputs = metadata.get("inputs") or []
-    if not inputs or not compiles(python):
-        return 0.0
-    stdins = ["".join(f"{v}\n" for v in case) for case in inputs]
-    return sum(run_python(python, s, limits=LIMITS).passed for s in stdins) / len(stdins)
+    nothing, one that only prints wrong numbers earns this. The same cached runs as
+    `translation_reward`, so next to it on the same completion it costs no new process."""
+    runs = _completion_runs(completion, metadata)
+    return sum(res.error is None for _, res in runs) / len(metadata["inputs"]) if runs else 0.0
 
 
 def python_compiles(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
