@@ -5,9 +5,11 @@ planted near-duplicates removed, provenance columns, lineage, show and diff."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from forgeml.core.config import CurateConfig
 from forgeml.data.curate import SCHEMA, curate_documents
@@ -174,3 +176,56 @@ def test_mix_weights_upsampling_and_seed(tmp_path):
     mix_datasets(srcs, tmp_path / "again.parquet", seed=3, total_chars=4000)
     assert first.equals(pq.read_table(tmp_path / "again.parquet"))
     assert sorted(set(first.column("mix_source").to_pylist())) == ["domain", "replay"]
+
+
+def test_curation_in_worker_processes_is_identical_to_local(workspace, tmp_path, monkeypatch):
+    """`curate.executor: processes`: the per-record work in two spawned processes, merged in
+    input order: the same curated Parquet and the same report as one process."""
+    from test_ray import _raw_acme
+
+    from forgeml.data import curate
+
+    raw = _raw_acme(workspace, tmp_path)
+    monkeypatch.setattr(curate, "_BATCH", 32)  # many batches, so their order matters
+    base = {"gopher_repetition": {"enabled": False}, "dedup": {"threshold": 0.7}}
+    local = curate_documents(raw, tmp_path / "local.parquet", CurateConfig.model_validate(base))
+    cfg = CurateConfig.model_validate({**base, "executor": "processes", "workers": 2})
+    assert cfg.output_settings() == CurateConfig.model_validate(base).output_settings()
+    procs = curate_documents(raw, tmp_path / "procs.parquet", cfg)
+
+    assert local.input > 5 * 32 and local.kept and local.dropped
+    assert local.duplicates["near_clusters"] and local.redactions["email"]
+    assert pq.read_table(tmp_path / "local.parquet").equals(
+        pq.read_table(tmp_path / "procs.parquet")
+    )
+    report_a, report_b = local.to_dict(), procs.to_dict()
+    assert report_a.pop("out_path") != report_b.pop("out_path")
+    assert json.dumps(report_a) == json.dumps(report_b)
+
+
+def die_in_filter(text: str, record: dict) -> str | None:
+    os._exit(1)  # a worker killed mid-batch (as by the OOM killer)
+
+
+def test_a_dead_curation_worker_is_a_clear_error(tmp_path):
+    import pyarrow as pa
+
+    from forgeml.core.errors import DataError
+    from forgeml.data.ingest import SCHEMA as RAW
+
+    texts = ["a plain sentence of some words for the test"] * 4
+    rows = {f.name: [None] * len(texts) for f in RAW}
+    rows.update(text=texts, doc_id=[f"d{i}" for i in range(4)], type=["text"] * 4)
+    raw = tmp_path / "raw.parquet"
+    pq.write_table(pa.table(rows, schema=RAW), raw)
+    cfg = CurateConfig.model_validate(
+        {
+            **NO_GOPHER,
+            "executor": "processes",
+            "workers": 1,
+            "user_filters": ["test_curate:die_in_filter"],
+        }
+    )
+    with pytest.raises(DataError, match="worker process died"):
+        curate_documents(raw, tmp_path / "out.parquet", cfg)
+    assert not (tmp_path / "out.parquet").exists()

@@ -315,17 +315,22 @@ class CurateConfig(_Section):
     prose_types: list[str] = Field(
         default_factory=lambda: ["text", "markdown", "html", "pdf", "docx", "records"]
     )
-    executor: Literal["local", "ray"] = Field(
-        "local", description="ray: the per-record work as Ray tasks (forgeml[ray]); same output"
+    executor: Literal["local", "processes", "ray"] = Field(
+        "local",
+        description="processes: the per-record work in `workers` processes on this machine; "
+        "ray: as Ray tasks (forgeml[ray]); same output",
+    )
+    workers: int | None = Field(
+        None, ge=1, description="processes: how many; None: one per CPU core"
     )
     ray_address: str | None = Field(
         None, description="ray: cluster address (host:port); None: a local cluster on 127.0.0.1"
     )
 
     def output_settings(self) -> dict[str, Any]:
-        """The settings that decide the curated output: all but where it runs, so a Ray run
-        and a local run share their config hash and the stage cache."""
-        return self.model_dump(mode="json", exclude={"executor", "ray_address"})
+        """The settings that decide the curated output: all but where it runs, so a Ray run,
+        a multi-process run and a local run share their config hash and the stage cache."""
+        return self.model_dump(mode="json", exclude={"executor", "workers", "ray_address"})
 
 
 class RewardConfig(_Section):

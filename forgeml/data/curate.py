@@ -1,7 +1,8 @@
 """Curation: raw documents -> boilerplate removal -> filters -> redaction -> dedup -> Parquet.
 
 Second stage of the data pipeline (`forgeml data curate`). Pass one streams the raw Parquet
-in batches (here, or as Ray tasks with `curate.executor: ray`), drops records by the first
+in batches (here, in worker processes with `curate.executor: processes`, or as Ray tasks
+with `curate.executor: ray`), drops records by the first
 filter that rejects them and redacts PII and secrets, writing survivors, their
 normalised-text hashes and MinHash signatures to work files on disk; then exact and near
 duplicates are grouped out of core (forgeml.data.dedup) and pass two writes the curated
@@ -15,9 +16,13 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
+import multiprocessing
+import os
 import tempfile
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,10 +144,10 @@ def curate_documents(
     first record of each cluster. Raises `DataError` when the input is not a documents
     Parquet; the input is never modified.
 
-    With `cfg.executor == "ray"` the per-record work of pass one (boilerplate, language,
+    With `cfg.executor == "processes"` (or `"ray"`) the per-record work of pass one (boilerplate, language,
     filters, redaction, dedup hashes and MinHash signatures) runs as one Ray task per batch
-    of records, on the cluster at `cfg.ray_address` or on a local one on 127.0.0.1; the
-    batches are merged in input order and dedup and the writing stay here, so the curated
+    of records, in `cfg.workers` processes here (or on the Ray cluster at `cfg.ray_address`,
+    or a local one on 127.0.0.1); the batches are merged in input order and dedup and the writing stay here, so the curated
     Parquet and the report are the same as with the local executor.
     """
     cfg = cfg or CurateConfig()
@@ -176,6 +181,8 @@ def curate_documents(
         signatures = SignatureSpill(Path(tmp) / "signatures.bin", cfg.dedup.num_perm)
         if cfg.executor == "ray":
             outcomes = _curate_batches_on_ray(_raw_batches(in_path), cfg)
+        elif cfg.executor == "processes":
+            outcomes = _curate_batches_in_processes(_raw_batches(in_path), cfg)
         else:
             outcomes = (curate_batch(b, row, cfg, steps) for row, b in _raw_batches(in_path))
         for out in _progress(outcomes, progress, in_path):
@@ -416,6 +423,32 @@ def _curate_batches_on_ray(
                 yield ray.get(in_flight.popleft())
         while in_flight:
             yield ray.get(in_flight.popleft())
+
+
+def _curate_batches_in_processes(
+    batches: Iterator[tuple[int, pa.RecordBatch]], cfg: CurateConfig
+) -> Iterator[BatchOutcome]:
+    """`curate_batch` in a pool of `cfg.workers` processes (spawned: no state forked from
+    a parent that may hold threads), a bounded window in flight; in input order."""
+    workers = cfg.workers or os.cpu_count() or 1
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        in_flight: deque[Future[BatchOutcome]] = deque()
+        try:
+            for first_row, batch in batches:
+                in_flight.append(pool.submit(curate_batch, batch, first_row, cfg))
+                if len(in_flight) >= 2 * workers:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        except BrokenProcessPool:
+            raise DataError(
+                "a curation worker process died (out of memory or killed)",
+                "run again with fewer `curate.workers` or `curate.executor=local`",
+            ) from None
+        finally:
+            for future in in_flight:
+                future.cancel()
 
 
 @dataclass

@@ -184,6 +184,10 @@ def boilerplate_remover(cfg: BoilerplateConfig) -> Callable[[str], tuple[str, in
     patterns = [re.compile(p, re.MULTILINE) for p in cfg.patterns]
 
     def remove(text: str) -> tuple[str, int]:
+        # A line that matches alone also matches within the text (MULTILINE): most texts
+        # have none, and one search over the text is cheaper than one per line.
+        if not any(p.search(text) for p in patterns):
+            return text, 0
         kept, removed = [], 0
         for line in text.split("\n"):
             if line.strip() and any(p.search(line) for p in patterns):

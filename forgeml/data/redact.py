@@ -69,9 +69,10 @@ _SECRET_NAME = (
     r"|private[_-]?key|client[_-]?secret|auth[_-]?key|credentials?"
 )
 _NAMED_SECRET = re.compile(
-    r"(?i)\b[\w.-]*(?:" + _SECRET_NAME + r")[\w.-]*[\"']?\s*(?::=|=>|[:=])\s*"
+    r"(?i)(?:" + _SECRET_NAME + r")[\w.-]*[\"']?\s*(?::=|=>|[:=])\s*"
     r"(?P<q>[\"']?)(?P<v>[^\s\"',;]+)"
 )
+_SECRET_NAME_FOLDED = re.compile(_SECRET_NAME)  # case-sensitive: ~10x faster than (?i)
 _PLACEHOLDER_VALUES = frozenset(
     "none null nil true false undefined required optional string str bytes int password "
     "secret token xxx yyy changeme redacted".split()
@@ -117,14 +118,30 @@ def _named_value_is_secret(value: str, quoted: bool, in_code: bool) -> bool:
     return not (in_code and not quoted and _IDENTIFIER_PATH.match(value))
 
 
+def _named_secret_matches(text: str) -> Iterator[re.Match[str]]:
+    """`_NAMED_SECRET.finditer(text)`, fast: a case-sensitive scan of the case-folded text
+    finds where a name starts, and the full pattern is tried only there. Where a character
+    folds to several (the positions would shift) it scans the slow way."""
+    folded = text.casefold().replace("\u0131", "i")  # dotless i: (?i) matches it to "i"
+    if len(folded) != len(text):
+        yield from _NAMED_SECRET.finditer(text)
+        return
+    pos = 0
+    while hit := _SECRET_NAME_FOLDED.search(folded, pos):
+        m = _NAMED_SECRET.match(text, hit.start())
+        if m:
+            yield m
+        pos = m.end() if m else hit.start() + 1
+
+
 def _secret_spans(text: str, cfg: RedactConfig, in_code: bool) -> Iterator[Span]:
     for m in _PRIVATE_KEY.finditer(text):
         yield Span(m.start(), m.end(), "secret")
-    for m in _CONNECTION_PASSWORD.finditer(text):
+    for m in _CONNECTION_PASSWORD.finditer(text) if "://" in text else ():
         yield Span(m.start("v"), m.end("v"), "secret")
     for m in _KNOWN_KEYS.finditer(text):
         yield Span(m.start(), m.end(), "secret")
-    for m in _NAMED_SECRET.finditer(text):
+    for m in _named_secret_matches(text):
         if _named_value_is_secret(m.group("v"), bool(m.group("q")), in_code):
             yield Span(m.start("v"), m.end("v"), "secret")
     for m in _TOKEN.finditer(text):
@@ -146,8 +163,10 @@ _EMAIL = re.compile(
     r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 )
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
-_IPV4 = re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])")
+# Digit-led patterns check the character before their first digit after matching it: a
+# leading lookbehind would hide the first digit from the scanner (5x slower).
+_CARD = re.compile(r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?![\d-])")
+_IPV4 = re.compile(r"\d(?<![\d.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?|\d{1,4}[\s.-])(?:\d{2,4}[\s.-]){0,3}"
@@ -183,7 +202,7 @@ def _card_plausible(digits: str) -> bool:
 
 
 def _pii_spans(text: str) -> Iterator[Span]:
-    for m in _EMAIL.finditer(text):
+    for m in _EMAIL.finditer(text) if "@" in text else ():
         yield Span(m.start(), m.end(), "email")
     for m in _IBAN.finditer(text):
         if iban_valid(m.group()):
@@ -196,7 +215,7 @@ def _pii_spans(text: str) -> Iterator[Span]:
         octets = [int(o) for o in m.group().split(".")]
         if max(octets) <= 255 and octets[0] not in (0, 127, 255):
             yield Span(m.start(), m.end(), "ip")
-    for m in _IPV6.finditer(text):
+    for m in _IPV6.finditer(text) if ":" in text else ():
         if m.group().count(":") >= 3:
             try:
                 ipaddress.IPv6Address(m.group())

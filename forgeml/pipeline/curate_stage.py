@@ -39,7 +39,7 @@ def curate_stage(
     raw = open_registry(ws).get_asset(dataset_ref)
     parquet = _documents_parquet(raw)
     out_name = name or f"{raw.name}-curated"
-    # where it runs (curate.executor: local | ray) is not part of the cache key: same output
+    # where it runs (curate.executor: local | processes | ray) is not part of the cache key: same output
     config = {"curate": cfg.output_settings(), "name": out_name}
 
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
