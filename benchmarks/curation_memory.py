@@ -6,6 +6,10 @@ memory), curated (filters, redaction, exact + near dedup, Parquet out), and the 
 peak RSS (ru_maxrss) is reported with the throughput and the planted-copy recall.
 
     .venv/bin/python benchmarks/curation_memory.py [--mb 64 256 2048] [--record]
+        [--executor processes [--workers N]]
+
+With `--executor processes` pass one runs in worker processes; their peak RSS (the largest
+worker's, ru_maxrss of the children) is reported beside the curating process's.
 """
 
 from __future__ import annotations
@@ -76,7 +80,7 @@ def write_synthetic_raw(path: Path, target_mb: float, seed: int = 0) -> dict[str
     return stats
 
 
-def curate_config():
+def curate_config(executor: str = "local", workers: int | None = None):
     from forgeml.core.config import CurateConfig
 
     # Prose of random words: language id and Gopher rules would reject it; dedup and
@@ -86,11 +90,15 @@ def curate_config():
             "language": {"enabled": False},
             "gopher_quality": {"enabled": False},
             "gopher_repetition": {"enabled": False},
+            "executor": executor,
+            "workers": workers,
         }
     )
 
 
-def run_one(target_mb: float, work: Path) -> dict:
+def run_one(
+    target_mb: float, work: Path, executor: str = "local", workers: int | None = None
+) -> dict:
     from forgeml.data.curate import curate_documents
 
     raw = work / "raw.parquet"
@@ -99,7 +107,7 @@ def run_one(target_mb: float, work: Path) -> dict:
     generated = time.perf_counter() - t0
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    report = curate_documents(raw, work / "curated.parquet", curate_config())
+    report = curate_documents(raw, work / "curated.parquet", curate_config(executor, workers))
     seconds = time.perf_counter() - t0
     dropped = report.dropped_by_reason
     return {
@@ -113,23 +121,32 @@ def run_one(target_mb: float, work: Path) -> dict:
         "near_recall": round(dropped.get("dedup:near", 0) / stats["near"], 4),
         "peak_rss_mb_generate": round(rss_before / 1024, 1),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "executor": executor,
+        "peak_rss_mb_worker": round(
+            resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
+        ),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=float, nargs="+", default=[64, 256])
+    parser.add_argument("--executor", choices=["local", "processes"], default="local")
+    parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--record", action="store_true", help="append to BENCHMARKS.md")
     args = parser.parse_args()
     if args.child is not None:
         with tempfile.TemporaryDirectory(prefix="curation-memory-") as tmp:
-            print(json.dumps(run_one(args.child, Path(tmp))))
+            print(json.dumps(run_one(args.child, Path(tmp), args.executor, args.workers)))
         return
     results = []
     for mb in args.mb:
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(mb)], capture_output=True, text=True
+            [sys.executable, __file__, "--child", str(mb), "--executor", args.executor]
+            + (["--workers", str(args.workers)] if args.workers else []),
+            capture_output=True,
+            text=True,
         )
         if out.returncode != 0:
             raise SystemExit(out.stderr)
@@ -140,15 +157,18 @@ def main() -> None:
             "",
             "## Curation memory (bounded-memory dedup)",
             "",
-            f"`.venv/bin/python benchmarks/curation_memory.py --mb {' '.join(map(str, args.mb))}`",
+            f"`.venv/bin/python benchmarks/curation_memory.py --mb {' '.join(map(str, args.mb))}"
+            f" --executor {args.executor}`",
             "",
-            "| corpus MB | docs | curate s | MB/s | exact recall | near recall | peak RSS MB |",
-            "|---|---|---|---|---|---|---|",
+            "| corpus MB | docs | curate s | MB/s | exact recall | near recall | peak RSS MB "
+            "| worker peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in results:
             lines.append(
                 f"| {r['mb']} | {r['docs']} | {r['curate_s']} | {r['mb_per_s']} | "
-                f"{r['exact_recall']} | {r['near_recall']} | {r['peak_rss_mb']} |"
+                f"{r['exact_recall']} | {r['near_recall']} | {r['peak_rss_mb']} | "
+                f"{r['peak_rss_mb_worker'] if r['executor'] != 'local' else '-'} |"
             )
         bench = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
         with bench.open("a") as fh:

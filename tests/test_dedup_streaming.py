@@ -210,3 +210,26 @@ def test_curate_memory_does_not_grow_with_corpus(tmp_path, monkeypatch):
     # The in-memory path held ~1.5 kB per surviving document (signature, sample, hashes):
     # +1.1 MB here. The spilled path grows by the duplicates found only.
     assert large < small + 300_000, (small, large)
+
+
+def test_parquet_batches_memory_stays_at_one_row_group(tmp_path):
+    """Curation reads its Parquet files through `parquet_batches`: the memory Arrow holds
+    while streaming a file of 120 row groups stays near one row group (~0.3 MB here)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from forgeml.core.io import parquet_batches
+
+    rng = random.Random(0)
+    words = ["".join(rng.choice("abcdefghij") for _ in range(6)) for _ in range(3000)]
+    texts = [" ".join(rng.choice(words) for _ in range(300)) for _ in range(128)]
+    path = tmp_path / "many_groups.parquet"
+    with pq.ParquetWriter(path, pa.schema([("text", pa.string())]), compression="zstd") as w:
+        for _ in range(120):
+            w.write_table(pa.table({"text": texts}))
+    peak = rows = 0
+    for batch in parquet_batches(pq.ParquetFile(path), 64):
+        rows += batch.num_rows
+        peak = max(peak, pa.total_allocated_bytes())
+    assert rows == 120 * 128
+    assert peak < 4 * 2**20, f"Arrow held {peak / 2**20:.1f} MB"

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from forgeml.core.config import CurateConfig, config_hash
 from forgeml.core.errors import DataError
-from forgeml.core.io import atomic_open
+from forgeml.core.io import atomic_open, parquet_batches
 from forgeml.data.dedup import (
     ExactHashSpill,
     MinHasher,
@@ -247,7 +247,7 @@ def curate_documents(
 def _raw_batches(path: Path) -> Iterator[tuple[int, pa.RecordBatch]]:
     """(raw row of the first record, batch) over the raw Parquet, in order."""
     row = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH):
+    for batch in parquet_batches(pq.ParquetFile(path), _BATCH):
         yield row, batch
         row += batch.num_rows
 
@@ -510,7 +510,7 @@ def _write_curated(
     with atomic_open(out_path, "wb") as fh:
         out = pq.ParquetWriter(fh, SCHEMA, compression="zstd")
         index = 0
-        for batch in pq.ParquetFile(work_path).iter_batches(batch_size=_BATCH):
+        for batch in parquet_batches(pq.ParquetFile(work_path), _BATCH):
             n = batch.num_rows
             rows = np.arange(index, index + n)
             keep = ~np.isin(rows, drop, assume_unique=True)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
+from forgeml.core.io import parquet_batches
+
 BINARY_SNIFF_BYTES = 8192
 
 
@@ -355,7 +357,7 @@ def read_parquet_parts(data: bytes, options: ReadOptions) -> Iterator[Part]:
         raise SkipDocument("no text field", f"no text column among {len(columns)} columns")
     row = 0
     try:
-        for batch in pfile.iter_batches(batch_size=1024):
+        for batch in parquet_batches(pfile, 1024):
             for record in batch.to_pylist():
                 yield _record_part(record, fields, f"row {row}")
                 row += 1

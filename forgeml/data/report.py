@@ -15,6 +15,8 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from forgeml.core.io import parquet_batches
+
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
@@ -164,7 +166,7 @@ def dataset_stats(path: str | Path) -> dict[str, Any]:
     chars, lengths = 0, []
     counters: dict[str, Counter] = {c: Counter() for c in cols if c not in ("text", "path")}
     files: set[str] = set()
-    for batch in pfile.iter_batches(columns=cols, batch_size=4096):
+    for batch in parquet_batches(pfile, 4096, cols):
         lens = pc.utf8_length(batch.column("text")).to_numpy(zero_copy_only=False)
         chars += int(lens.sum())
         lengths.extend(lens.tolist())

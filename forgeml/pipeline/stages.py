@@ -26,7 +26,7 @@ from forgeml.core.config import (
     config_hash,
 )
 from forgeml.core.errors import DataError, ForgeError, NotFoundError
-from forgeml.core.io import atomic_write_text
+from forgeml.core.io import atomic_write_text, parquet_batches
 from forgeml.core.workspace import Workspace
 from forgeml.registry import Registry
 
@@ -193,7 +193,7 @@ def heldout_doc_ids(parquet: Path, fraction: float) -> set[str]:
 
 
 def _iter_texts(parquet: Path, skip: set[str]):
-    for batch in pq.ParquetFile(parquet).iter_batches(columns=["doc_id", "text"], batch_size=1024):
+    for batch in parquet_batches(pq.ParquetFile(parquet), 1024, ["doc_id", "text"]):
         for doc_id, text in zip(
             batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True
         ):

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tokenizers import Tokenizer
 
 from forgeml.core.errors import DataError, ForgeError, NotFoundError
-from forgeml.core.io import fsync_dir, sha256_file
+from forgeml.core.io import fsync_dir, parquet_batches, sha256_file
 from forgeml.tokenizer.chat import BOS, EOS
 from forgeml.tokenizer.train import load_tokenizer
 
@@ -128,7 +128,7 @@ def _text_batches(
             raise DataError(f"column {text_column!r} of {file} is {field.type}, not text")
         # The filter sees whole rows (it may route on an id or split column); else read only text.
         columns = None if row_filter is not None else [text_column]
-        for batch in pf.iter_batches(batch_size=batch_docs, columns=columns):
+        for batch in parquet_batches(pf, batch_docs, columns):
             col = batch.column(text_column)
             if row_filter is not None:
                 keep = pa.array([bool(row_filter(row)) for row in batch.to_pylist()], pa.bool_())
