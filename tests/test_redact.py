@@ -46,6 +46,7 @@ def test_acme_planted_recall():
         ('password: "hunter2hunter2"', "secret"),
         ("token ghp_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", "secret"),
         ("blob kJ8sD2mQ9xZ4vB7nL1pR5tY3wE6uI0oA in a line", "secret"),
+        ("url https://x.io/u/kJ8sD2mQ9xZ4vB7nL1pR5tY3wE6uI0oA/profile", "secret"),
     ],
 )
 def test_detectors(text, kind):
@@ -63,10 +64,17 @@ def test_detectors(text, kind):
         "commit 3f786850e387550fdab836ed7e6dc881de23001b is hex",
         "path docs/reference/while_loops_2024.md stays",
         "password = args.password",
+        "GIT v1.5.0.1 Release Notes, fixes since v1.5.0.3",
+        "return encoded, [errors.InvalidBase64LengthDefect()]",
+        "    token_type = 'encoded-word'",
+        "password_min_length = 12345678",
+        "see https://github.com/nodejs/node/commit/67a1f0c52e0708e2596f3f2134b8386d6112561e",
+        "tools/security/EmptyPassword.java: Java Keystore",
+        "token = self[1]",
     ],
 )
 def test_look_alikes_are_kept(text):
-    in_code = text.startswith("password")
+    in_code = text.lstrip().startswith(("password", "return", "token"))
     assert find_sensitive(text, in_code=in_code) == [], text
 
 

@@ -69,7 +69,7 @@ _SECRET_NAME = (
     r"|private[_-]?key|client[_-]?secret|auth[_-]?key|credentials?"
 )
 _NAMED_SECRET = re.compile(
-    r"(?i)(?:" + _SECRET_NAME + r")[\w.-]*[\"']?\s*(?::=|=>|[:=])\s*"
+    r"(?i)(?:" + _SECRET_NAME + r")(?P<k>[\w.-]*)[\"']?\s*(?::=|=>|[:=])\s*"
     r"(?P<q>[\"']?)(?P<v>[^\s\"',;]+)"
 )
 _SECRET_NAME_FOLDED = re.compile(_SECRET_NAME)  # case-sensitive: ~10x faster than (?i)
@@ -78,7 +78,15 @@ _PLACEHOLDER_VALUES = frozenset(
     "secret token xxx yyy changeme redacted".split()
 )
 _TOKEN = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/_=-]{16,}(?![\w+/=-])")
-_WORD = re.compile(r"[a-z]+\d*|[A-Z]+\d*|[A-Z][a-z]+\d*")
+_CAMEL_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+# A key named for a secret but holding something about it (`token_type = 'bearer'`,
+# `password_min_length = 12`, `api_key_header = 'X-Api-Key'`), not the secret itself.
+_ABOUT_A_SECRET = frozenset(
+    "type types kind name names field header length len min max count format prefix "
+    "pattern regex url uri path file dir env var expiry expires ttl policy label hint "
+    "class scope method endpoint algorithm algo mode size "
+    "java py js ts txt md html xml json yaml yml cfg ini conf c h cc cpp go rs rb sh".split()
+)
 _IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*$")
 
 
@@ -100,19 +108,19 @@ def _class_changes(token: str) -> float:
 
 
 def _wordy(token: str) -> bool:
-    """Paths and identifiers (`Modules/_blake2/impl/round`): most characters sit in
-    separator-delimited segments that are plain words (all lower, all upper, Capitalised)."""
-    segments = [seg for seg in re.split(r"[/_.+=-]", token) if seg]
-    if len(segments) < 2:
-        return False
-    words = sum(len(seg) for seg in segments if len(seg) >= 3 and _WORD.fullmatch(seg))
-    return words >= 0.6 * sum(map(len, segments))
+    """Paths and identifiers (`Modules/_blake2/impl/round`, `InvalidBase64LengthDefect`):
+    most characters sit in plain words of three letters or more (all lower, all upper,
+    Capitalised), split at separators and at camel-case humps. Random keys
+    (`kJ8sD2mQ9xZ4vB7n`) break into runs of one or two."""
+    segments = _CAMEL_PARTS.findall(token)
+    words = sum(len(seg) for seg in segments if len(seg) >= 3 and not seg[0].isdigit())
+    return len(segments) >= 2 and words >= 0.6 * sum(map(len, segments))
 
 
 def _named_value_is_secret(value: str, quoted: bool, in_code: bool) -> bool:
     if len(value) < 4 or value.lower().strip("<>[]{}()*") in _PLACEHOLDER_VALUES:
         return False
-    if value[0] in "$%<{[(" or "(" in value or set(value) <= set("*xX.-_"):
+    if value[0] in "$%<{[(" or "(" in value or "[" in value or set(value) <= set("*xX.-_"):
         return False  # an expression, template or mask, not a literal
     # In code an unquoted name (`password = args.password`) is a variable, not a value.
     return not (in_code and not quoted and _IDENTIFIER_PATH.match(value))
@@ -142,18 +150,26 @@ def _secret_spans(text: str, cfg: RedactConfig, in_code: bool) -> Iterator[Span]
     for m in _KNOWN_KEYS.finditer(text):
         yield Span(m.start(), m.end(), "secret")
     for m in _named_secret_matches(text):
+        about = re.split(r"[_.-]", m.group("k"))[-1].lower()
+        if about in _ABOUT_A_SECRET:
+            continue
         if _named_value_is_secret(m.group("v"), bool(m.group("q")), in_code):
             yield Span(m.start("v"), m.end("v"), "secret")
     for m in _TOKEN.finditer(text):
-        token = m.group()
-        if len(token) < cfg.min_token_length or re.fullmatch(r"[0-9a-fA-F-]+", token):
-            continue  # hex: commit ids and digests, which are everywhere and not secret
-        if not (re.search(r"\d", token) and re.search(r"[A-Za-z]", token)):
-            continue
-        if _wordy(token):
-            continue
-        if shannon_entropy(token) >= cfg.min_entropy and _class_changes(token) >= 0.2:
+        # A path (`node/commit/67a1f0c5...`) is a secret when one of its parts is; the
+        # whole token is redacted then.
+        if any(_random_key(part, cfg) for part in m.group().split("/")):
             yield Span(m.start(), m.end(), "secret")
+
+
+def _random_key(token: str, cfg: RedactConfig) -> bool:
+    """An unnamed token that looks like a generated key: long, letters and digits, high
+    entropy, frequent class changes, and not hex or made of words."""
+    if len(token) < cfg.min_token_length or re.fullmatch(r"[0-9a-fA-F-]+", token):
+        return False  # hex: commit ids and digests, which are everywhere and not secret
+    if not (re.search(r"\d", token) and re.search(r"[A-Za-z]", token)) or _wordy(token):
+        return False
+    return shannon_entropy(token) >= cfg.min_entropy and _class_changes(token) >= 0.2
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,7 +182,8 @@ _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b
 # Digit-led patterns check the character before their first digit after matching it: a
 # leading lookbehind would hide the first digit from the scanner (5x slower).
 _CARD = re.compile(r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?![\d-])")
-_IPV4 = re.compile(r"\d(?<![\d.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\d.])")
+# Not after a letter: `v1.5.0.1` is a version, not an address.
+_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\d.])")
 _IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
 _PHONE = re.compile(
     r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?|\d{1,4}[\s.-])(?:\d{2,4}[\s.-]){0,3}"
