@@ -303,6 +303,8 @@ def main() -> None:
 
     say()
     say("== a human reviews the pending promotion ==")
+    create_api_key(ws_root, "alice", roles=["approver"])  # approvers are known principals
+    human("forgeml keys create --principal alice --role approver")
     approve = [*FORGEML, "-w", str(ws_root), "approvals", "approve", approval, "--as", "alice"]
     human(f"forgeml approvals approve {approval} --as alice")
     done = subprocess.run(approve, capture_output=True, text=True, cwd=REPO, timeout=120)

@@ -491,30 +491,48 @@ def eval_report(
     console.print(f"report: {write_report(out, html)}", highlight=False)
 
 
-@app.command("drift")
-def drift_cmd(
+drift_app = typer.Typer(help="Drift on logged serving traffic.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
+
+
+@drift_app.command("report")
+def drift_report_cmd(
     reference: Annotated[
         Path | None, typer.Option(help="Reference traffic (JSONL file or folder).")
     ] = None,
     current: Annotated[Path | None, typer.Option(help="Current traffic to compare.")] = None,
     log: Annotated[
-        Path | None, typer.Option(help="One traffic log, split in time instead.")
+        Path | None,
+        typer.Option(help="One log (e.g. the audit log), split in time instead."),
     ] = None,
     split: Annotated[float, typer.Option(help="With --log: share used as reference.")] = 0.5,
     model: Annotated[
         str | None, typer.Option(help="Also compare the model's own loss on prompts.")
     ] = None,
+    reward_model: Annotated[
+        str | None,
+        typer.Option(help="Also compare reward-model scores of prompt + completion as served."),
+    ] = None,
     psi: Annotated[float, typer.Option(help="PSI threshold.")] = 0.2,
     p_value: Annotated[float, typer.Option(help="Significance level.")] = 0.01,
+    reward_effect: Annotated[
+        float, typer.Option(help="Reward-score shift (Cohen's d) also needed.")
+    ] = 0.2,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Drift report on logged traffic: length, n-gram and output-proxy shifts; exit 1 on drift."""
+    """Drift report on logged traffic: length, n-gram and output-proxy shifts; exit 1 on drift.
+
+    Reads plain traffic records or the serving audit log (`forgeml serve --log-bodies`)."""
+    from collections import Counter
+
     from forgeml.eval.drift import DriftThresholds, drift_report, load_traffic, split_by_time
 
     if log is not None:
-        ref, cur = split_by_time(load_traffic(log), split)
+        logs = [load_traffic(log)]
+        ref, cur = split_by_time(logs[0].records, split)
     elif reference is not None and current is not None:
-        ref, cur = load_traffic(reference), load_traffic(current)
+        logs = [load_traffic(reference), load_traffic(current)]
+        ref, cur = logs[0].records, logs[1].records
     else:
         raise ForgeError("give --reference and --current, or --log", hint="see --help")
     kwargs = {}
@@ -524,7 +542,14 @@ def drift_cmd(
 
         lm = EvalModel.from_dir(open_registry(_ws()).get_asset(model).path)
         kwargs = {"tokenize": lm.encode, "prompt_nll": lm.rolling_nll}
-    report = drift_report(ref, cur, thresholds=DriftThresholds(psi=psi, p_value=p_value), **kwargs)
+    if reward_model:
+        from forgeml.train.reward_model import RewardScorer
+
+        # Logged prompts are what the model saw (chat ones already through the template).
+        kwargs["reward"] = RewardScorer(_ws(), reward_model, prompt_format="raw")
+    thresholds = DriftThresholds(psi=psi, p_value=p_value, reward_effect=reward_effect)
+    skipped = sum((Counter(t.skipped) for t in logs), Counter())
+    report = drift_report(ref, cur, thresholds=thresholds, skipped=dict(skipped), **kwargs)
     if json_out:
         console.print_json(json.dumps(report.to_dict(), default=str))
     else:
@@ -643,18 +668,29 @@ def promote_cmd(
     ] = False,
     reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "",
 ) -> None:
-    """Point an alias at a model if it passes the gate against the alias's current model."""
-    from forgeml.pipeline.eval_suite_stage import GateFailed, promote
+    """Point an alias at a model if it passes the gate against the alias's current model.
 
+    Every move is written to the audit log, a forced one with its reason."""
+    from forgeml.control.ops import cli_principal
+    from forgeml.pipeline.eval_suite_stage import GateFailed, promote
+    from forgeml.serve.audit import AuditLog, audit_log_path
+
+    ws, actor = _ws(), cli_principal()
     try:
         res = promote(
-            _ws(), model, alias, suite_path=suite, data_root=data_root, force=force,
-            reason=reason, notify=_notify,
+            ws, model, alias, suite_path=suite, data_root=data_root, force=force,
+            reason=reason, actor=actor, notify=_notify,
         )  # fmt: skip
     except GateFailed as exc:
         console.print(exc.report.table(), markup=False, highlight=False)
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    # The event and fields the control plane writes for the same move (ControlPlane.promote).
+    AuditLog(audit_log_path(ws.root)).append(
+        "alias_promoted", principal=actor, alias=res.alias, asset_id=res.asset_id,
+        previous=res.previous, forced=res.forced, reason=reason,
+        gate=None if res.gate is None else ("passed" if res.gate.report.passed else "failed"),
+    )  # fmt: skip
     if res.gate is not None:
         console.print(res.gate.report.table(), markup=False, highlight=False)
     console.print(f"{alias} -> {res.asset_id}" + (" (forced)" if res.forced else ""))
@@ -665,10 +701,17 @@ def rollback_cmd(
     alias: Annotated[str, typer.Argument(help="Alias to move back to its previous target.")],
     reason: Annotated[str, typer.Option(help="Why (kept in the alias history).")] = "",
 ) -> None:
-    """Move an alias back to its previous target in one command."""
+    """Move an alias back to its previous target in one command (audited)."""
+    from forgeml.control.ops import cli_principal
     from forgeml.pipeline.eval_suite_stage import rollback
+    from forgeml.serve.audit import AuditLog, audit_log_path
 
-    console.print(f"{alias} -> {rollback(_ws(), alias, reason=reason)}")
+    ws, actor = _ws(), cli_principal()
+    target = rollback(ws, alias, reason=reason, actor=actor)
+    AuditLog(audit_log_path(ws.root)).append(
+        "alias_rolled_back", principal=actor, alias=alias, asset_id=target, reason=reason
+    )
+    console.print(f"{alias} -> {target}")
 
 
 @app.command("aliases")
@@ -808,14 +851,33 @@ def jobs_submit(
     args: Annotated[list[str], typer.Argument(help="The forgeml command to run, after `--`.")],
     max_attempts: Annotated[int, typer.Option(help="Attempts before a job is failed.")] = 3,
 ) -> None:
-    """Queue a command, e.g. `forgeml jobs submit -- pipeline run r.yaml --auto-resume`."""
-    from forgeml.control.jobs import submit_job
-    from forgeml.control.ops import absolute_job_args
+    """Queue a command, e.g. `forgeml jobs submit -- pipeline run r.yaml --auto-resume`. Its
+    dry-run plan is printed and stored with it; your budget (`forgeml budgets set
+    cli:USER ...`), if you have one, can refuse it."""
+    from forgeml.control.ops import (
+        BudgetExceeded,
+        Submitter,
+        absolute_job_args,
+        admit_job,
+        cli_principal,
+    )
     from forgeml.pipeline.stages import open_registry
+    from forgeml.serve.audit import AuditLog, audit_log_path
 
+    ws = _ws()
     # Workers may run in another folder: make paths that exist here absolute.
     args = absolute_job_args(args)
-    job = submit_job(open_registry(_ws()), args, max_attempts=max_attempts)
+    who = Submitter(cli_principal(), is_admin=True)
+    try:
+        job, plan = admit_job(
+            ws, open_registry(ws), AuditLog(audit_log_path(ws.root)), args, who,
+            max_attempts=max_attempts,
+        )  # fmt: skip
+    except BudgetExceeded as exc:
+        err.print(exc.plan.summary(), markup=False, highlight=False)
+        raise
+    if not state.quiet:
+        err.print(plan.summary(), markup=False, highlight=False)
     console.print(job.id)
 
 

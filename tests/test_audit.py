@@ -94,3 +94,16 @@ def test_appends_continue_the_chain_across_instances_and_threads(log_path):
         t.join()
     assert len(lines(log_path)) == 46
     assert verify_audit_log(log_path) == (True, None)
+
+
+def test_appends_past_the_tail_window_with_any_text(tmp_path):
+    """The next index is read from the last 64 KiB, a window that here starts inside a
+    two-byte character; entries also hold characters str.splitlines breaks lines at."""
+    log = AuditLog(tmp_path / "audit.jsonl", fsync=False)
+    odd = "\u2028 \x85 \u2029"  # left unescaped by json.dumps(ensure_ascii=False)
+    for i in range(80):
+        log.append("request", completion="é" * (1000 + i) + odd)
+    entries = [json.loads(x) for x in log.path.read_bytes().split(b"\n") if x]
+    assert [e["index"] for e in entries] == list(range(80))
+    assert entries[-1]["completion"].endswith(odd)
+    assert verify_audit_log(log.path) == (True, None)

@@ -124,7 +124,7 @@ def test_usage_charges_estimates_then_measured_hours(workspace) -> None:
 def test_cli_budgets_plan_and_human_approval(workspace, recipe, tmp_path) -> None:
     from forgeml.control.ops import ControlPlane
     from forgeml.serve.audit import audit_log_path, verify_audit_log
-    from forgeml.serve.keys import Principal
+    from forgeml.serve.keys import Principal, create_api_key
 
     runner = CliRunner()
     w = ["-w", str(workspace.root)]
@@ -147,12 +147,17 @@ def test_cli_budgets_plan_and_human_approval(workspace, recipe, tmp_path) -> Non
     listed = runner.invoke(app, [*w, "approvals", "list", "--status", "pending"]).output
     assert pending in listed
     r = runner.invoke(app, [*w, "approvals", "approve", pending, "--as", "alice"])
+    assert isinstance(r.exception, ForgeError) and "not a known principal" in str(r.exception)
+    create_api_key(workspace.root, "alice", roles=["approver"])
+    r = runner.invoke(app, [*w, "approvals", "approve", pending, "--as", "alice"])
     assert r.exit_code == 0 and "executed" in r.output, r.output
     assert control.reg.resolve_alias("champion") == model.id
     r = runner.invoke(app, [*w, "approvals", "deny", pending])
     assert isinstance(r.exception, ForgeError) and "already executed" in str(r.exception)
     second = control.promote(bot, "m", "prod")["approval"]["id"]
-    assert runner.invoke(app, [*w, "approvals", "deny", second, "--reason", "no"]).exit_code == 0
+    deny = [*w, "approvals", "deny", second, "--reason", "no"]
+    assert "not a known principal" in str(runner.invoke(app, deny).exception)  # --as: who?
+    assert runner.invoke(app, [*deny, "--as", "alice"]).exit_code == 0
     assert control.reg.resolve_alias("prod") is None
     events = [json.loads(x) for x in audit_log_path(workspace.root).read_text().splitlines()]
     kinds = [e["event"] for e in events]
@@ -160,3 +165,123 @@ def test_cli_budgets_plan_and_human_approval(workspace, recipe, tmp_path) -> Non
     assert {e["principal"] for e in events if e["event"] == "approval_approved"} == {"alice"}
     assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
     control.close()
+
+
+def _labelled(reg, tmp_path: Path, name: str, label: str | None, **kw):
+    folder = tmp_path / f"{name}-files"
+    folder.mkdir()
+    (folder / "part.txt").write_text(name)
+    meta = {"classification": label} if label else {}
+    return reg.add_asset("dataset", name, folder, metadata=meta, **kw)
+
+
+def test_an_agent_is_refused_a_recipe_that_reads_a_classified_dataset(
+    workspace, recipe, tmp_path, text_folder
+) -> None:
+    """Clearance covers what the recipe reads, not only dataset ids on the command line."""
+    from forgeml.control.ops import BudgetExceeded, ControlPlane
+    from forgeml.serve.keys import Principal
+
+    control = ControlPlane(workspace)
+    reg = control.reg
+    hr = _labelled(reg, tmp_path, "hr-records", "restricted")
+    set_budget(reg, "bot", cpu_hours=1, data_clearance="internal")
+    bot = Principal("bot", "k", roles=("agent",))
+    raw = yaml.safe_load(recipe.read_text())
+    sft = tmp_path / "sft.yaml"
+    sft.write_text(yaml.safe_dump({**raw, "sft": {"data": "hr-records"}}))
+
+    with pytest.raises(BudgetExceeded) as exc:
+        control.submit_job(bot, ["pipeline", "run", str(sft)])
+    (reason,) = exc.value.plan.refusals
+    assert hr.id in reason and "sft.data" in reason and "restricted" in reason
+    assert jobs_mod.list_jobs(reg) == []
+    # The same dataset named by an override, or by a stage that takes the recipe as a file.
+    over = _plan(workspace, ["pipeline", "run", recipe, "sft.data=hr-records"]).refusals
+    assert len(over) == 1 and hr.id in over[0] and "sft.data" in over[0]
+    assert hr.id in _plan(workspace, ["train", "sft", sft, "--base", "m"]).refusals[0]
+    set_budget(reg, "bot", cpu_hours=1, data_clearance="restricted")
+    assert control.submit_job(bot, ["pipeline", "run", str(sft)])["plan"]["ok"]
+    control.close()
+
+
+def test_raw_sources_carry_the_label_of_what_was_ingested_from_them(
+    workspace, recipe, tmp_path, text_folder
+) -> None:
+    reg = open_registry(workspace)
+    set_budget(reg, "bot", cpu_hours=1, data_clearance="internal")
+    args = ["pipeline", "run", recipe]  # data.sources: [text_folder]
+    assert _plan(workspace, args).ok
+    run = reg.start_run("ingest", {"sources": [str(text_folder.resolve())]})
+    docs = _labelled(reg, tmp_path, "docs", "confidential", run_id=run.id)
+    reg.finish_run(run.id, status="succeeded", outputs=[docs.id])
+    (reason,) = _plan(workspace, args).refusals
+    assert docs.id in reason and "recipe.data.sources[0]" in reason and "confidential" in reason
+    # A sub-folder of an ingested source holds the same files.
+    sub = tmp_path / "sub.yaml"
+    sub.write_text(recipe.read_text().replace(str(text_folder), str(text_folder / "src")))
+    assert docs.id in _plan(workspace, ["pipeline", "run", sub]).refusals[0]
+    # A dataset made from a confidential one is confidential, whatever its own label says.
+    derived = _labelled(reg, tmp_path, "curated", "public", parents=[docs.id])
+    (reason,) = _plan(workspace, ["tokenizer", "train", "curated"]).refusals
+    assert derived.id in reason and f"from upstream {docs.id}" in reason
+    # Pointing the recipe at the artifact store reads the stored dataset.
+    stored = tmp_path / "stored.yaml"
+    stored.write_text(recipe.read_text().replace(str(text_folder), str(docs.path)))
+    assert docs.id in _plan(workspace, ["pipeline", "run", stored]).refusals[0]
+
+
+def test_cli_jobs_submit_prints_stores_and_charges_the_plan(workspace) -> None:
+    from forgeml.control.budgets import job_plan
+    from forgeml.control.ops import BudgetExceeded, cli_principal
+    from forgeml.serve.audit import audit_log_path
+
+    runner, w = CliRunner(), ["-w", str(workspace.root)]
+    r = runner.invoke(app, [*w, "jobs", "submit", "--", "eval", "run", "m1"])
+    assert r.exit_code == 0, r.output
+    job_id = r.stdout.strip()
+    assert "plan for `forgeml eval run m1`" in r.stderr and "ok: within budget" in r.stderr
+    reg = open_registry(workspace)
+    stored = job_plan(reg, job_id)
+    assert stored["principal"] == cli_principal() and stored["stages"][0]["name"] == "eval run"
+    assert jobs_mod.get_job(reg, job_id).submitted_by == cli_principal()
+    budget = set_budget(reg, cli_principal(), cpu_hours=10, max_concurrent_jobs=1)
+    assert usage(reg, cli_principal(), budget.since).active_jobs == 1
+    r = runner.invoke(app, [*w, "jobs", "submit", "--", "eval", "run", "m1"])
+    assert isinstance(r.exception, BudgetExceeded) and "at most 1 at once" in str(r.exception)
+    assert "REFUSED" in r.stderr and len(jobs_mod.list_jobs(reg)) == 1
+    events = [
+        json.loads(x)["event"] for x in audit_log_path(workspace.root).read_text().splitlines()
+    ]
+    assert events == ["job_submitted", "job_refused"]
+
+
+def test_approvers_must_be_human_principals_with_the_approver_role(workspace, tmp_path) -> None:
+    from forgeml.control import approvals
+    from forgeml.serve.audit import AuditLog, audit_log_path
+    from forgeml.serve.keys import create_api_key, revoke_api_key
+
+    reg = open_registry(workspace)
+    audit = AuditLog(audit_log_path(workspace.root))
+    create_api_key(workspace.root, "bot", roles=["agent", "approver"])  # an agent all the same
+    create_api_key(workspace.root, "viewer-1", roles=["viewer"])
+    _, alice = create_api_key(workspace.root, "alice", roles=["approver"])
+    create_api_key(workspace.root, "root", roles=["admin"])
+    folder = tmp_path / "out"
+    pending = approvals.request_approval(
+        reg, audit, "export", {"model": "m", "out": str(folder)}, requested_by="bot"
+    )
+    for name, why in [("mallory", "not a known principal"), ("bot", "cannot approve"),
+                      ("viewer-1", "neither the approver nor the admin role")]:  # fmt: skip
+        with pytest.raises(ForgeError, match=why):
+            approvals.approve(workspace, reg, audit, pending.id, decided_by=name)
+        with pytest.raises(ForgeError, match=why):
+            approvals.deny(reg, audit, pending.id, decided_by=name)
+    other = approvals.request_approval(reg, audit, "delete", {"asset": "x"}, requested_by="root")
+    with pytest.raises(ForgeError, match="holds an agent key"):
+        approvals.deny(reg, audit, other.id, decided_by="bot")
+    revoke_api_key(workspace.root, alice.id)
+    with pytest.raises(ForgeError, match="not a known principal"):
+        approvals.deny(reg, audit, pending.id, decided_by="alice")
+    assert approvals.get_approval(reg, pending.id).status == approvals.PENDING
+    assert approvals.deny(reg, audit, pending.id, decided_by="root").status == approvals.DENIED

@@ -21,10 +21,13 @@ COMMANDS = [
     ["assets", "list"],
     ["assets", "show"],
     ["assets", "lineage"],
+    ["assets", "delete"],
+    ["approvals", "approve"],
     ["pipeline", "run"],
     ["eval", "gate"],
     ["eval", "report"],
     ["drift"],
+    ["drift", "report"],
     ["serve"],
     ["keys", "create"],
     ["keys", "list"],
@@ -127,6 +130,13 @@ def test_ingest_reports_binary_and_non_utf8(tmp_path: Path, text_folder: Path) -
     assert "50 kept, 2 skipped, 0 failed of 52 files" in res.stdout
     again = forgeml("-w", str(ws), "-q", "data", "ingest", str(text_folder), "--name", "docs")
     assert "(cached)" in again.stdout
+
+
+def test_drift_report_on_a_malformed_log_is_one_line(tmp_path: Path) -> None:
+    log = tmp_path / "audit.jsonl"
+    log.write_text('{"event": "server_started"}\n{"event": "request", "prompt": {"x": 1}}\n')
+    res = forgeml("drift", "report", "--log", str(log))
+    _assert_one_line_error(res, "audit.jsonl:2", "text 'prompt'")
 
 
 def test_debug_shows_traceback(tmp_path: Path) -> None:

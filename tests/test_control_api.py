@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from forgeml.control.api import create_control_app
 from forgeml.control.budgets import set_budget
 from forgeml.control.ops import ControlPlane
+from forgeml.pipeline.stages import open_registry
 from forgeml.serve.audit import audit_log_path, verify_audit_log
 from forgeml.serve.keys import create_api_key, revoke_api_key
 
@@ -44,12 +45,16 @@ def env(workspace, tmp_path):
             "bot": ["agent", "aliases:write", "exports:write"],
             "reader": ["assets:read"],
             "other": ["agent"],
+            "cleaner": ["agent", "assets:delete"],
         }.items()
     }
     set_budget(reg, "bot", cpu_hours=1.0, max_concurrent_jobs=2)
     set_budget(reg, "other", cpu_hours=1.0, max_concurrent_jobs=2)
     client = TestClient(create_control_app(control))
-    yield {"client": client, "keys": keys, "m1": m1, "m2": m2, "ev": ev, "data": data}
+    yield {
+        "client": client, "keys": keys, "m1": m1, "m2": m2, "ev": ev, "data": data,
+        "m2_src": tmp_path / "m2",
+    }  # fmt: skip
     control.close()
 
 
@@ -187,7 +192,9 @@ def test_promote_production_alias_waits_for_approval(env, workspace) -> None:
     body = {"model": "m2", "force": True, "reason": "manual"}
     assert c.post("/v1/aliases/candidate/promote", json=body, headers=hb).json()["status"] == "done"
     assert c.post("/v1/aliases/candidate/rollback", json={}, headers=hb).json()["asset_id"] == m1
-    assert m2 != m1
+    assert c.get("/v1/aliases", headers=hb).json()["candidate"] == m1
+    moves = [(h["action"], h["asset_id"]) for h in control_history(workspace, "candidate")]
+    assert moves == [("set", m1), ("set", m2), ("rollback", m1)]
     history = control_history(workspace, "champion")
     assert [h["actor"] for h in history] == ["bot (approved by admin)"]
     events = [e["event"] for e in _audit(workspace)]
@@ -198,8 +205,6 @@ def test_promote_production_alias_waits_for_approval(env, workspace) -> None:
 
 
 def control_history(workspace, alias: str) -> list[dict]:
-    from forgeml.pipeline.stages import open_registry
-
     return open_registry(workspace).alias_history(alias)
 
 
@@ -214,3 +219,66 @@ def test_export_outside_workspace_needs_approval(env, workspace, tmp_path) -> No
         headers=_h(env["keys"]["admin"]),
     ).json()
     assert denied["status"] == "denied" and not (tmp_path / "out").exists()
+
+
+def test_delete_asset_waits_for_a_human_and_refuses_what_others_depend_on(env, workspace) -> None:
+    c, keys = env["client"], env["keys"]
+    hc, ha = _h(keys["cleaner"]), _h(keys["admin"])
+    m1, m2 = env["m1"].id, env["m2"].id
+    r = c.delete("/v1/assets/m2", headers=_h(keys["bot"]))
+    assert r.status_code == 403 and "assets:delete" in r.json()["error"]["message"]
+    r = c.delete("/v1/assets/m1", headers=hc)  # its eval was made from it
+    assert r.status_code == 400 and env["ev"].id in r.json()["error"]["message"]
+    c.post("/v1/aliases/candidate/promote", json={"model": "m2", "force": True, "reason": "x"},
+           headers=ha)  # fmt: skip
+    r = c.delete("/v1/assets/m2", headers=hc)
+    assert r.status_code == 400 and "point at it: candidate" in r.json()["error"]["message"]
+    c.post("/v1/aliases/candidate/promote", json={"model": "m1", "force": True, "reason": "x"},
+           headers=ha)  # fmt: skip
+
+    r = c.delete("/v1/assets/m2?reason=duplicate", headers=hc).json()
+    pending = r["approval"]
+    assert r["status"] == "pending_approval" and pending["action"] == "delete"
+    assert c.get(f"/v1/assets/{m2}", headers=hc).status_code == 200  # nothing deleted yet
+    assert c.post(f"/v1/approvals/{pending['id']}/approve", headers=hc).status_code == 403
+    done = c.post(f"/v1/approvals/{pending['id']}/approve", headers=ha).json()
+    assert done["status"] == "executed" and done["result"]["asset"] == m2
+    gone = c.get(f"/v1/assets/{m2}", headers=hc)
+    assert gone.status_code == 404 and "was deleted" in gone.json()["error"]["message"]
+    assert not env["m2"].path.exists() and (env["m2_src"] / "w").read_text() == "2"
+    assert m2 not in {a["id"] for a in c.get("/v1/assets", headers=hc).json()}
+    assert c.get(f"/v1/assets/{m1}", headers=hc).status_code == 200
+    events = [(e["event"], e.get("action")) for e in _audit(workspace)]
+    assert ("approval_requested", "delete") in events and ("approval_executed", "delete") in events
+    assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
+
+
+def test_eval_html_report_route_is_scoped(env, workspace, tmp_path) -> None:
+    import shutil
+
+    from test_eval_report import SUITE, ScriptedLM
+
+    from forgeml.pipeline.eval_suite_stage import eval_suite_stage
+
+    c, keys = env["client"], env["keys"]
+    hb = _h(keys["bot"])
+    reg = open_registry(workspace)
+    suite_eval = reg.get_asset(eval_suite_stage(workspace, "m2", SUITE, lm=ScriptedLM(15)).output)
+    r = c.get(f"/v1/evals/{suite_eval.id}/report", headers=hb)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert r.text == (suite_eval.path / "report.html").read_text() and "0.7500" in r.text
+    # An eval folder without a stored report is drawn from its results.
+    bare = tmp_path / "bare"
+    shutil.copytree(suite_eval.path, bare)
+    (bare / "report.html").chmod(0o644)
+    (bare / "report.html").unlink()
+    drawn = reg.add_asset("eval", "bare", bare)
+    r = c.get(f"/v1/evals/{drawn.id}/report", headers=hb)
+    assert r.status_code == 200 and r.text.startswith("<!DOCTYPE html>") and "0.7500" in r.text
+    assert c.get(f"/v1/evals/{drawn.id}/report").status_code == 401
+    assert c.get(f"/v1/evals/{drawn.id}/report", headers=_h(keys["reader"])).status_code == 403
+    r = c.get(f"/v1/evals/{env['ev'].id}/report", headers=hb)  # a perplexity eval: no report
+    assert r.status_code == 404 and "no HTML report" in r.json()["error"]["message"]
+    r = c.get("/v1/evals/m1/report", headers=hb)
+    assert r.status_code == 400 and "not an eval" in r.json()["error"]["message"]
+    assert "/v1/evals/{ref}/report" in c.get("/openapi.json").json()["paths"]

@@ -419,3 +419,79 @@ def test_eval_suite_stage_registers_eval_asset(workspace, tiny_dir, tmp_path):
     assert again.cached and again.output == res.output
     (data / "qa.json").write_text(json.dumps(QA[:3]))  # the data changed: not cached
     assert not eval_suite_stage(workspace, "tiny", load_suite(path), dtype="fp32").cached
+
+
+PROBE_KPIS = '''
+from forgeml.eval.sandbox import score_io_cases
+from forgeml.eval.tasks import GenerationRequest
+
+
+def echo_length(completion, record, task):
+    """A program made from the model's output: only a real sandbox run prints its length."""
+    cases = [{"expected": [str(len(completion))]}, {"expected": ["-1"]}]
+    return score_io_cases(f"print(len({completion!r}))", cases, timeout_s=task.timeout_s)[0]
+
+
+def short_answers(lm, records, task):
+    outs = lm.generate([GenerationRequest(r["q"], task.max_new_tokens) for r in records])
+    return [
+        {"id": r["id"], "scores": {"short": float(len(o) < 12)}, "output": o}
+        for r, o in zip(records, outs)
+    ]
+'''
+
+
+def test_code_exec_and_custom_kinds_on_the_tiny_model(
+    workspace, tiny_dir, lm, tmp_path, monkeypatch
+):
+    from forgeml.eval.sandbox import score_io_cases
+    from forgeml.pipeline.eval_suite_stage import eval_suite_stage
+    from forgeml.pipeline.stages import open_registry
+
+    (tmp_path / "probe_kpis.py").write_text(PROBE_KPIS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = [
+        {"id": f"c{i}", "prompt": p, "cases": [{"inputs": [2], "expected": ["4"]}]}
+        for i, p in enumerate(["def pay(hours, rate):", "DISPLAY", "SET PAY TO"])
+    ]
+    asks = [{"id": f"k{i}", "q": q} for i, q in enumerate(["Policy POL-100", "ACCEPT", "def"])]
+    gen = {"max_new_tokens": 8, "stop": []}
+    suite = suite_from_dict({"name": "exec", "batch_size": 2, "tasks": [
+        {"name": "code", "kind": "code_exec", "checker": "io_cases", "data": {"inline": code},
+         **gen},
+        {"name": "probe", "kind": "code_exec", "checker": "probe_kpis:echo_length",
+         "data": {"inline": code}, **gen},
+        {"name": "mine", "kind": "custom", "function": "probe_kpis:short_answers",
+         "data": {"inline": asks}, "max_new_tokens": 6},
+    ]})  # fmt: skip
+    reg = open_registry(workspace)
+    reg.add_asset("model", "tiny", tiny_dir)
+    asset = reg.get_asset(eval_suite_stage(workspace, "tiny", suite, dtype="fp32").output)
+    results = json.loads((asset.path / "results.json").read_text())["tasks"]
+
+    def stored(task: str) -> list[dict]:
+        lines = (asset.path / "examples" / f"{task}.jsonl").read_text().splitlines()
+        return [json.loads(x) for x in lines]
+
+    greedy = lm.generate([GenerationRequest(r["prompt"], max_new_tokens=8) for r in code])
+    for task in ("code", "probe", "mine"):
+        examples, records = stored(task), asks if task == "mine" else code
+        assert [e["id"] for e in examples] == [r["id"] for r in records]
+        assert results[task]["metrics"]["n"] == len(records)
+        assert all(0.0 <= v <= 1.0 for e in examples for v in e["scores"].values())
+        assert all(0.0 <= v <= 1.0 for k, v in results[task]["metrics"].items() if k != "n")
+    # the sandbox ran the real model's completions: their stored scores are those runs' ...
+    assert [e["output"] for e in stored("code")] == greedy
+    assert [e["scores"]["pass_rate"] for e in stored("code")] == [
+        score_io_cases(out, rec["cases"])[0] for out, rec in zip(greedy, code, strict=True)
+    ]
+    # ... and a program printing len(completion) passed its one right case of two
+    assert [e["output"] for e in stored("probe")] == greedy
+    assert all(e["scores"] == {"pass": 0.0, "pass_rate": 0.5} for e in stored("probe"))
+    # the custom function got the served model: its outputs are the tiny model's own
+    mine = stored("mine")
+    assert [e["output"] for e in mine] == lm.generate(
+        [GenerationRequest(r["q"], max_new_tokens=6) for r in asks]
+    )
+    assert results["mine"]["primary"] == "short"
+    assert results["mine"]["metrics"]["short"] == sum(len(e["output"]) < 12 for e in mine) / 3

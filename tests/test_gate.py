@@ -1,10 +1,15 @@
 """Regression gate, promotion and rollback: a planted regression fails the gate and blocks
-promotion; forcing needs a reason and is audited; rollback restores the previous model."""
+promotion; forcing needs a reason and is audited (from the CLI too); rollback restores the
+previous model; lineage walks from an alias to the documents that trained its model."""
 
 from __future__ import annotations
 
-import pytest
+import json
 
+import pytest
+from typer.testing import CliRunner
+
+from forgeml.cli import app
 from forgeml.core.errors import ForgeError
 from forgeml.eval.gate import check_kpi
 from forgeml.eval.suite import suite_from_dict
@@ -138,3 +143,59 @@ def test_promote_gated_forced_and_rollback_round_trip(workspace, models):
     assert "gate passed" in reg.alias_history("champion")[-1]["reason"]
     assert [e["action"] for e in reg.alias_history("champion")] == ["set", "set", "rollback", "set"]
     assert rollback(workspace, "champion") == ids["champ"]
+
+
+def test_cli_promotions_are_audited_forced_ones_with_their_reason(workspace, models):
+    from forgeml.serve.audit import audit_log_path, verify_audit_log
+
+    ids, _ = models
+    runner, w = CliRunner(), ["-w", str(workspace.root)]
+    first = runner.invoke(app, [*w, "promote", ids["champ"], "--alias", "champion"])
+    assert first.exit_code == 0, first.output
+    ungated = runner.invoke(app, [*w, "promote", ids["worse"], "--alias", "champion"])
+    assert isinstance(ungated.exception, ForgeError)  # needs a gate; nothing moved
+    forced = runner.invoke(
+        app, [*w, "promote", ids["worse"], "-a", "champion", "--force", "--reason", "incident 42"]
+    )
+    assert forced.exit_code == 0 and "(forced)" in forced.output, forced.output
+    back = runner.invoke(app, [*w, "rollback", "champion", "--reason", "bad numbers"])
+    assert back.exit_code == 0, back.output
+
+    log = audit_log_path(workspace.root)
+    entries = [json.loads(x) for x in log.read_text().splitlines()]
+    moves = [e for e in entries if e["event"] in ("alias_promoted", "alias_rolled_back")]
+    assert [(e["event"], e["asset_id"], e.get("forced")) for e in moves] == [
+        ("alias_promoted", ids["champ"], False),
+        ("alias_promoted", ids["worse"], True),
+        ("alias_rolled_back", ids["champ"], None),
+    ]
+    assert moves[1]["reason"] == "incident 42" and moves[1]["previous"] == ids["champ"]
+    assert moves[1]["alias"] == "champion" and moves[1]["principal"].startswith("cli:")
+    # the alias history names the same actor the audit log does
+    history = open_registry(workspace).alias_history("champion")
+    assert history[1]["actor"] == moves[1]["principal"]
+    assert history[1]["reason"] == "FORCED: incident 42"
+    assert verify_audit_log(log) == (True, None)
+    assert runner.invoke(app, [*w, "audit", "verify"]).exit_code == 0
+
+
+def test_cli_lineage_walks_from_an_alias_to_its_documents(workspace, text_folder):
+    from test_pipeline import tiny_recipe
+
+    from forgeml.pipeline.run import run_pipeline
+
+    recipe = tiny_recipe(text_folder, train={"max_steps": 2, "log_every": 1})
+    res = run_pipeline(workspace, recipe, progress=False)
+    model, docs = res.stage("pretrain").output, res.stage("ingest").output
+    assert open_registry(workspace).get_asset(docs).metadata["format"] == "documents-parquet"
+    runner, w = CliRunner(), ["-w", str(workspace.root)]
+    assert runner.invoke(app, [*w, "promote", model, "--alias", "champion"]).exit_code == 0
+    walk = runner.invoke(app, [*w, "assets", "lineage", "champion", "--up"])
+    assert walk.exit_code == 0, walk.output
+    lines = walk.output.splitlines()
+    assert lines[0].startswith(f"{model}  [model]")  # the walk starts at the alias's model
+    found = [line for line in lines if line.strip().startswith(docs)]
+    assert found and "[dataset]" in found[0], walk.output
+    # not a direct parent: reached through the pretrain run and the token shards it read
+    assert len(found[0]) - len(found[0].lstrip()) >= 3 * 2, walk.output
+    assert any("(pretrain, succeeded)" in line for line in lines[1:2]), walk.output

@@ -228,3 +228,61 @@ def test_hyperband_pruner_runs_with_tpe(workspace, text_folder):
     assert isinstance(space.pruner_for(recipe), optuna.pruners.HyperbandPruner)
     result = run_hpo(workspace, recipe, space, trials=2, baseline=False)
     assert result.n_complete + result.n_pruned == 2 and result.n_complete >= 1
+
+
+def test_parallel_trial_jobs_are_planned_and_charged_to_who_started_the_search(
+    workspace, text_folder, tmp_path, monkeypatch
+):
+    from forgeml.control.budgets import job_plan, set_budget, usage
+    from forgeml.control.jobs import JOB_ENV, get_job
+    from forgeml.control.ops import BudgetExceeded, ControlPlane
+    from forgeml.hpo.study import queue_trial_jobs
+    from forgeml.serve.keys import Principal
+
+    control = ControlPlane(workspace)
+    reg = control.reg
+    for name in ("shards", "bpe"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "f").write_text(name)
+    shards = reg.add_asset("dataset", "shards", tmp_path / "shards",
+                           metadata={"classification": "confidential"})  # fmt: skip
+    tok = reg.add_asset("tokenizer", "bpe", tmp_path / "bpe")
+    recipe = tiny_recipe(text_folder)
+    study = optuna.create_study(study_name="s1", storage=study_storage(workspace))
+    attrs = {"recipe": recipe.model_dump(mode="json"), "space": LR_SPACE, "shards": shards.id,
+             "tokenizer": tok.id}  # fmt: skip
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    recipe_path, space_path = tmp_path / "r.yaml", tmp_path / "space.yaml"
+    recipe_path.write_text(yaml.safe_dump(recipe.model_dump(mode="json")))
+    space_path.write_text(yaml.safe_dump(LR_SPACE))
+    set_budget(reg, "bot", cpu_hours=1, max_concurrent_jobs=10, data_clearance="confidential")
+    bot = Principal("bot", "k", roles=("agent",))
+    args = ["hpo", str(recipe_path), "--space", str(space_path), "--trials", "3", "--parallel", "2"]
+    parent = control.submit_job(bot, args)
+    stages = {s["name"]: s for s in parent["plan"]["stages"]}
+    assert "trial jobs" in stages and "× 3 trials" not in stages["pretrain"]["note"]
+    monkeypatch.setenv(JOB_ENV, parent["job"]["id"])  # as the worker runs the hpo job
+
+    trials = queue_trial_jobs(workspace, "s1", 3, None)
+    assert len(trials) == 3
+    plans = [job_plan(reg, j) for j in trials]
+    assert all(get_job(reg, j).submitted_by == "bot" for j in trials)
+    assert all(p["principal"] == "bot" and not p["is_admin"] for p in plans)
+    assert [s["name"] for s in plans[0]["stages"]] == ["pretrain"]
+    used = usage(reg, "bot")
+    hours = plans[0]["estimated_hours"]
+    assert used.active_jobs == 4 and used.cpu_hours == pytest.approx(
+        parent["plan"]["estimated_hours"] + 3 * hours
+    )
+    # The budget runs out after one more trial: that one is queued, the rest are not.
+    set_budget(reg, "bot", cpu_hours=used.cpu_hours + 1.5 * hours, max_concurrent_jobs=10,
+               data_clearance="confidential")  # fmt: skip
+    said: list[str] = []
+    assert len(queue_trial_jobs(workspace, "s1", 3, said.append)) == 1
+    assert any("2 trial job(s) not queued" in m and "hours" in m for m in said)
+    # The trials read the study's shards: the clearance check sees them (the hpo job could not).
+    set_budget(reg, "bot", cpu_hours=10, max_concurrent_jobs=10, data_clearance="internal")
+    with pytest.raises(BudgetExceeded, match=f"{shards.id} .*confidential"):
+        queue_trial_jobs(workspace, "s1", 3, None)
+    control.close()

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOOLS = {
     "list_assets", "show_asset", "lineage", "list_runs", "read_eval", "plan", "submit_job",
     "list_jobs", "job_status", "job_logs", "cancel_job", "promote", "rollback", "export_model",
-    "list_approvals", "my_budget",
+    "delete_asset", "list_approvals", "my_budget",
 }  # fmt: skip
 
 
@@ -64,6 +64,41 @@ def test_tools_have_descriptions_and_schemas(workspace) -> None:
 
     try:
         asyncio.run(session())
+    finally:
+        control.close()
+
+
+def test_delete_asset_tool_asks_a_human(workspace, tmp_path) -> None:
+    from forgeml.control.approvals import approve, list_approvals
+
+    control = ControlPlane(workspace)
+    reg = control.reg
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.txt").write_text("x")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "w").write_text("1")
+    data = reg.add_asset("dataset", "docs", tmp_path / "d")
+    model = reg.add_asset("model", "m", tmp_path / "m", parents=[data.id])
+    bot = Principal("bot", "k", roles=("agent", "assets:delete"))
+
+    async def session() -> str:
+        async with mcp.Client(build_mcp_server(control, bot)) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            assert tools["delete_asset"].annotations.destructive_hint
+            refused = await client.call_tool("delete_asset", {"ref": "docs"})
+            assert refused.is_error and model.id in refused.content[0].text
+            asked = _data(await client.call_tool("delete_asset", {"ref": "m", "reason": "old"}))
+            assert asked["status"] == "pending_approval"
+            return asked["approval"]["id"]
+
+    try:
+        approval = asyncio.run(session())
+        assert reg.verify_asset(model.id)  # nothing deleted before a human approved
+        create_api_key(workspace.root, "alice", roles=["approver"])
+        audit = control.audit
+        assert approve(workspace, reg, audit, approval, decided_by="alice").status == "executed"
+        assert [a.action for a in list_approvals(reg)] == ["delete"]
+        assert [a.id for a in reg.list_assets()] == [data.id]
     finally:
         control.close()
 
@@ -187,9 +222,10 @@ def test_agent_session_over_stdio_trains_evaluates_and_asks_to_promote(workspace
     assert reg.resolve_alias("champion") is None  # nothing moved before a human approved
     from forgeml.serve.audit import AuditLog
 
+    create_api_key(workspace.root, "alice", roles=["approver"])
     done = approve(
         workspace, reg, AuditLog(audit_log_path(workspace.root)), out["approval"],
-        decided_by="cli:human",
+        decided_by="alice",
     )  # fmt: skip
     assert done.status == "executed" and reg.resolve_alias("champion") == out["model"]
     assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)

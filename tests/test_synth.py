@@ -99,7 +99,16 @@ def test_definitions_and_dedup_rules() -> None:
     defs = {r.source["term"]: r for r in recs if r.task == "qa-definition"}
     assert defs["Ledger run"].completion.startswith("the nightly batch")
     assert defs["freeze window"].prompt == "What does freeze window mean?"
-    assert recs[0].task == "qa-heading" or defs
+    # The title is not a section, so there is no heading question: the definitions only.
+    assert [(r.task, r.source["term"]) for r in recs] == [
+        ("qa-definition", "Ledger run"),
+        ("qa-definition", "freeze window"),
+    ]
+    guide = {**doc, "text": "# Guide\n\n## Backups\n\nBackups run every night at two.\n"}
+    (heading,) = qa_records(guide)
+    assert heading.task == "qa-heading" and heading.source["heading"] == "Backups"
+    assert heading.prompt == 'In "Guide", what does the section "Backups" say?'
+    assert heading.completion == "Backups run every night at two."
 
     a = SynthRecord("a", "t", "Explain the ledger run", "It posts the day's entries at night.")
     b = SynthRecord("b", "t", "Explain the ledger run", "It posts the day's entries at night.")

@@ -1,16 +1,16 @@
 """CLI commands for the control plane (registered on the apps of forgeml.cli): `control serve`,
-`mcp`, `approvals {list,approve,deny}`, `budgets {set,show,list,remove}` and `plan`."""
+`mcp`, `approvals {list,approve,deny}`, `budgets {set,show,list,remove}`, `plan` and
+`assets delete`."""
 
 from __future__ import annotations
 
-import getpass
 import json
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from forgeml.cli import _ws, app, console
+from forgeml.cli import _ws, app, assets_app, console
 
 control_app = typer.Typer(help="The REST control plane for agents.", no_args_is_help=True)
 approvals_app = typer.Typer(
@@ -23,7 +23,9 @@ app.add_typer(budgets_app, name="budgets")
 
 
 def _human(name: str | None) -> str:
-    return name or f"cli:{getpass.getuser()}"
+    from forgeml.control.ops import cli_principal
+
+    return name or cli_principal()
 
 
 @control_app.command("serve")
@@ -100,9 +102,12 @@ def approvals_list(
 @approvals_app.command("approve")
 def approvals_approve(
     ref: Annotated[str, typer.Argument(help="Approval id (or unique prefix).")],
-    as_name: Annotated[str | None, typer.Option("--as", help="Approver (default: you).")] = None,
+    as_name: Annotated[
+        str | None, typer.Option("--as", help="Approver: a principal with the approver role.")
+    ] = None,
 ) -> None:
-    """Approve a pending action and execute it now."""
+    """Approve a pending action and execute it now (as a principal holding the approver or
+    admin role, not the one who asked)."""
     from forgeml.control.approvals import approve
     from forgeml.pipeline.stages import open_registry
     from forgeml.serve.audit import AuditLog, audit_log_path
@@ -123,7 +128,9 @@ def approvals_approve(
 def approvals_deny(
     ref: Annotated[str, typer.Argument(help="Approval id (or unique prefix).")],
     reason: Annotated[str, typer.Option(help="Why (audited).")] = "",
-    as_name: Annotated[str | None, typer.Option("--as", help="Who denies (default: you).")] = None,
+    as_name: Annotated[
+        str | None, typer.Option("--as", help="Who denies: a principal with the approver role.")
+    ] = None,
 ) -> None:
     """Deny a pending action; it is never executed."""
     from forgeml.control.approvals import deny
@@ -212,3 +219,30 @@ def budgets_remove(principal: Annotated[str, typer.Argument(help="Key principal.
         "budget_removed", principal=_human(None), budget_of=principal
     )
     console.print(f"removed the budget of {principal}")
+
+
+@assets_app.command("delete")
+def assets_delete(
+    ref: Annotated[str, typer.Argument(help="Asset id, unique prefix, name or alias.")],
+    reason: Annotated[str, typer.Option(help="Why (audited).")] = "",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an asset: its stored files go, its registry row stays marked deleted (lineage
+    still names it). Refused while other assets were made from it or an alias points at it;
+    the files it was registered from are never touched. Agents ask through the control plane
+    and wait for `forgeml approvals approve`."""
+    from forgeml.pipeline.stages import open_registry
+    from forgeml.serve.audit import AuditLog, audit_log_path
+
+    ws = _ws()
+    reg = open_registry(ws)
+    asset = reg.check_deletable(ref)
+    if not yes:
+        typer.confirm(f"delete {asset.id} ({asset.kind} {asset.name})?", abort=True)
+    actor = _human(None)
+    gone = reg.delete_asset(asset.id, actor=actor, reason=reason)
+    AuditLog(audit_log_path(ws.root)).append(
+        "asset_deleted", principal=actor, asset=gone.id, kind=gone.kind, name=gone.name,
+        sha256=gone.sha256, reason=reason,
+    )  # fmt: skip
+    console.print(f"deleted {gone.id} ({gone.kind} {gone.name})", highlight=False)

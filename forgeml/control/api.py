@@ -1,8 +1,9 @@
 """`forgeml control serve`: the REST control plane (FastAPI; schema at /openapi.json).
 
 Jobs (plan, submit, list, show, logs, cancel), assets and lineage, runs and metrics, eval
-reports, alias moves, exports and approvals — each route one `ControlPlane` method, behind
-the serving API keys (`Authorization: Bearer fml_...`) and their scopes.
+numbers and HTML reports, alias moves, asset deletion, exports and approvals — each route one
+`ControlPlane` method, behind the serving API keys (`Authorization: Bearer fml_...`) and their
+scopes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
@@ -134,6 +135,12 @@ def create_control_app(control: ControlPlane) -> FastAPI:
     def asset(ref: str, who: Principal = Who) -> dict[str, Any]:
         return control.show_asset(who, ref)
 
+    @app.delete(
+        "/v1/assets/{ref}", tags=["assets"], summary="Ask to delete an asset (needs approval)"
+    )
+    def delete_asset(ref: str, reason: str = "", who: Principal = Who) -> dict[str, Any]:
+        return control.delete_asset(who, ref, reason)
+
     @app.get("/v1/assets/{ref}/lineage", tags=["assets"])
     def lineage(
         ref: str, direction: str = "up", depth: int | None = None, who: Principal = Who
@@ -153,6 +160,13 @@ def create_control_app(control: ControlPlane) -> FastAPI:
     @app.get("/v1/evals/{ref}", tags=["evals"], summary="An eval's numbers (or a model's evals)")
     def read_eval(ref: str, who: Principal = Who) -> dict[str, Any]:
         return control.read_eval(who, ref)
+
+    @app.get(
+        "/v1/evals/{ref}/report", tags=["evals"], response_class=HTMLResponse,
+        summary="An eval's HTML report",
+    )  # fmt: skip
+    def eval_report(ref: str, who: Principal = Who) -> str:
+        return control.eval_report(who, ref)
 
     @app.get("/v1/aliases", tags=["aliases"])
     def aliases(who: Principal = Who) -> dict[str, str]:

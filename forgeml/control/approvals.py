@@ -1,9 +1,10 @@
 """Human approval of sensitive control-plane actions.
 
-An agent asking to move a production alias or to export a model outside the workspace gets
-a pending approval instead of the action; a human runs `forgeml approvals approve ID` (or
-`deny`), and only then is the action executed, as the requester, with the approver recorded.
-Every step goes to the hash-chained audit log.
+An agent asking to move a production alias, to delete an asset or to export a model outside
+the workspace gets a pending approval instead of the action; a human principal holding the
+`approver` (or `admin`) role runs `forgeml approvals approve ID` (or `deny`), and only then is
+the action executed, as the requester, with the approver recorded. Every step goes to the
+hash-chained audit log.
 """
 
 from __future__ import annotations
@@ -23,10 +24,14 @@ from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.core.workspace import Workspace
 from forgeml.registry import Registry
 from forgeml.serve.audit import AuditLog
+from forgeml.serve.keys import ADMIN_ROLE, KeyStore
 
 PENDING, EXECUTED, FAILED, DENIED = "pending", "executed", "failed", "denied"
 # Aliases that serve production traffic: moving one is a sensitive action.
 PRODUCTION_ALIASES = frozenset({"champion", "production", "prod"})
+APPROVER_ROLE = "approver"
+DECIDING_ROLES = frozenset({APPROVER_ROLE, ADMIN_ROLE})
+AGENT_ROLE = "agent"
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,18 @@ def _export(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
     return {"path": str(export_model(ws, p["model"], Path(p["out"])))}
 
 
+def _delete(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
+    from forgeml.pipeline.stages import open_registry
+
+    gone = open_registry(ws).delete_asset(p["asset"], actor=actor, reason=p.get("reason", ""))
+    return {"asset": gone.id, "kind": gone.kind, "name": gone.name, "sha256": gone.sha256}
+
+
 # What an approved action runs: (workspace, params, actor) -> JSON-able result.
 EXECUTORS: dict[str, Callable[[Workspace, dict[str, Any], str], dict[str, Any]]] = {
     "promote": _promote,
     "export": _export,
+    "delete": _delete,
 }
 
 
@@ -129,6 +142,30 @@ def list_approvals(reg: Registry, status: str | None = None) -> list[Approval]:
         return [Approval(**r) for r in s.execute(q).mappings().all()]
 
 
+def check_approver(reg: Registry, name: str, pending: Approval) -> None:
+    """Refuse a decision on `pending` unless `name` is a human principal (it holds an
+    unrevoked key, none with the agent role) with the approver or admin role, other than the
+    one who asked."""
+    if name == pending.requested_by:
+        raise ForgeError(
+            f"{name} requested {pending.id} and cannot approve or deny it",
+            hint="another person must decide",
+        )
+    roles = KeyStore(reg.engine).roles_of(name)
+    hint = (
+        "approvals are decided by a person holding a key with the approver role: "
+        f"`forgeml keys create --principal NAME --role {APPROVER_ROLE}`, then `--as NAME`"
+    )
+    if not roles:
+        raise ForgeError(f"'{name}' is not a known principal (no API key)", hint=hint)
+    if AGENT_ROLE in roles:
+        raise ForgeError(f"'{name}' holds an agent key; approvals need a person", hint=hint)
+    if not roles & DECIDING_ROLES:
+        raise ForgeError(
+            f"'{name}' has neither the {APPROVER_ROLE} nor the {ADMIN_ROLE} role", hint=hint
+        )
+
+
 def _claim(reg: Registry, ref: str, status: str, decided_by: str) -> Approval:
     """Move a pending approval to `status` exactly once (two approvers cannot both run it)."""
     target = get_approval(reg, ref)
@@ -146,13 +183,11 @@ def _claim(reg: Registry, ref: str, status: str, decided_by: str) -> Approval:
 def approve(
     ws: Workspace, reg: Registry, audit: AuditLog, ref: str, *, decided_by: str
 ) -> Approval:
-    """Approve and execute a pending action (as its requester, approver recorded)."""
+    """Approve and execute a pending action (as its requester, approver recorded); the
+    approver must pass `check_approver`."""
     pending = get_approval(reg, ref)
-    if pending.status == PENDING and decided_by == pending.requested_by:
-        raise ForgeError(
-            f"{decided_by} requested {pending.id} and cannot approve it",
-            hint="another person must approve",
-        )
+    if pending.status == PENDING:
+        check_approver(reg, decided_by, pending)
     claimed = _claim(reg, ref, "approving", decided_by)
     audit.append(
         "approval_approved",
@@ -186,7 +221,10 @@ def approve(
 def deny(
     reg: Registry, audit: AuditLog, ref: str, *, decided_by: str, reason: str = ""
 ) -> Approval:
-    """Deny a pending action; it is never executed."""
+    """Deny a pending action; it is never executed. The same people may deny as approve."""
+    pending = get_approval(reg, ref)
+    if pending.status == PENDING:
+        check_approver(reg, decided_by, pending)
     denied = _claim(reg, ref, DENIED, decided_by)
     audit.append(
         "approval_denied",

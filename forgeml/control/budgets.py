@@ -184,10 +184,14 @@ def usage(reg: Registry, principal: str, since: datetime | None = None) -> Usage
     return Usage(cpu_hours=hours["cpu"], gpu_hours=hours["gpu"], active_jobs=active)
 
 
+def sensitivity(label: str | None) -> int:
+    """Rank of a dataset label among LEVELS (no label: internal; unknown: the most sensitive)."""
+    label = label or UNLABELED
+    return LEVELS.index(label) if label in LEVELS else len(LEVELS) - 1
+
+
 def clearance_allows(clearance: str | None, label: str | None) -> bool:
     """True if data labelled `label` may be used with `clearance` (unknown label: the most
     sensitive; no or unknown clearance: the least, as in the serving policy)."""
-    label = label or UNLABELED
     have = LEVELS.index(clearance) if clearance in LEVELS else 0
-    need = LEVELS.index(label) if label in LEVELS else len(LEVELS) - 1
-    return need <= have
+    return sensitivity(label) <= have

@@ -23,6 +23,7 @@ from forgeml.registry.schema import JobRow
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 RETRYABLE, CANCELLED = "failed-retryable", "cancelled"
 FINISHED = {SUCCEEDED, FAILED, RETRYABLE, CANCELLED}
+JOB_ENV = "FORGEML_JOB"  # the id of the job a worker's child process runs
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ where things stand; plan a job (a forgeml command such as
 ["pipeline", "run", "/abs/recipe.yaml", "train.max_steps=200"]) to see its stages, cost and
 whether your budget allows it; submit_job; poll job_status (job_logs on failure; a finished
 pipeline job's `summary` lists the assets each stage made); read_eval of the new model; promote it (moving a production alias such as `champion` waits for a human's
-approval: the result says so). You only see your own jobs."""
+approval: the result says so; so does every delete_asset). You only see your own jobs."""
 
 T = TypeVar("T")
 READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
@@ -192,6 +192,14 @@ def build_mcp_server(control: ControlPlane, principal: Principal | None = None) 
     ) -> dict[str, Any]:
         """Write a model in HF format; outside the workspace it waits for a human's approval."""
         return run(lambda: control.export(caller(ctx), model, out, reason))
+
+    @mcp.tool(annotations=ToolAnnotations(destructive_hint=True, open_world_hint=False))
+    def delete_asset(ctx: Context, ref: Ref, reason: str = "") -> dict[str, Any]:
+        """Ask to delete an asset (its stored files; the registry keeps a deleted record). It
+        is refused at once, with the reason, while other assets were made from it or an alias
+        points at it; otherwise a pending approval is returned, executed when a human approves
+        it. The files it was registered from are never touched."""
+        return run(lambda: control.delete_asset(caller(ctx), ref, reason))
 
     @mcp.tool(annotations=READ)
     def list_approvals(

@@ -3,13 +3,15 @@ server (and, for the plain reads, by the CLI): every call names its principal, i
 against the principal's scopes, and every change is written to the audit log.
 
 Scopes travel as roles on the serving API keys (`forgeml keys create --role jobs:submit`);
-the `admin` role holds every scope, `agent` and `viewer` are bundles.
+the `admin` role holds every scope, `agent`, `viewer` and `approver` are bundles.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,16 @@ from forgeml.serve.keys import KeyStore, Principal
 
 SCOPES = (
     "jobs:submit", "jobs:read", "jobs:cancel", "assets:read", "runs:read", "evals:read",
-    "aliases:write", "exports:write", "approvals:read", "approvals:decide",
+    "aliases:write", "exports:write", "assets:delete", "approvals:read", "approvals:decide",
 )  # fmt: skip
 ROLE_SCOPES = {
     "agent": {"jobs:submit", "jobs:read", "jobs:cancel", "assets:read", "runs:read", "evals:read"},
     "viewer": {"jobs:read", "assets:read", "runs:read", "evals:read", "approvals:read"},
-}
+    approvals_mod.APPROVER_ROLE: {
+        "jobs:read", "assets:read", "runs:read", "evals:read", "approvals:read",
+        "approvals:decide",
+    },
+}  # fmt: skip
 
 
 class Forbidden(ForgeError):
@@ -44,6 +50,65 @@ class BudgetExceeded(ForgeError):
     def __init__(self, plan: JobPlan) -> None:
         super().__init__("job refused: " + "; ".join(plan.refusals))
         self.plan = plan
+
+
+def cli_principal() -> str:
+    """Who a command typed at the CLI acts as (audited, charged to): the OS user."""
+    return f"cli:{getpass.getuser()}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitter:
+    """Whom a job is admitted for: a principal, whether it is an operator, its key's
+    data clearance."""
+
+    principal: str
+    is_admin: bool = False
+    clearance: str | None = None
+
+
+def current_submitter(reg: Registry) -> Submitter:
+    """Whom the jobs this process queues are charged to: the submitter of the job it runs in
+    ($FORGEML_JOB, set by the worker), as that job was admitted; else the person at the CLI."""
+    job_id = os.environ.get(jobs_mod.JOB_ENV)
+    if not job_id:
+        return Submitter(cli_principal(), is_admin=True)
+    job = jobs_mod.get_job(reg, job_id)
+    admitted = job_plan(reg, job.id) or {}
+    return Submitter(job.submitted_by, bool(admitted.get("is_admin")), admitted.get("clearance"))
+
+
+def admit_job(
+    ws: Workspace,
+    reg: Registry,
+    audit: AuditLog,
+    args: list[str],
+    who: Submitter,
+    *,
+    key_id: str | None = None,
+    max_attempts: int = 3,
+) -> tuple[jobs_mod.Job, JobPlan]:
+    """The one way into the job queue: make the dry-run plan, refuse the job (BudgetExceeded,
+    audited) if the plan says so, else queue it with its plan stored and charged to `who`."""
+    args = absolute_job_args(list(args), ws.root)
+    plan = plan_job(
+        ws, reg, args, principal=who.principal, is_admin=who.is_admin, clearance=who.clearance
+    )
+    if not plan.ok:
+        audit.append(
+            "job_refused", principal=who.principal, key_id=key_id, args=plan.args,
+            refusals=plan.refusals,
+        )  # fmt: skip
+        raise BudgetExceeded(plan)
+    job = jobs_mod.submit_job(reg, plan.args, submitted_by=who.principal, max_attempts=max_attempts)
+    record_plan(
+        reg, job.id, who.principal, plan.device, plan.estimated_hours, _jsonable(plan.to_dict())
+    )
+    audit.append(
+        "job_submitted", principal=who.principal, key_id=key_id, job=job.id, args=plan.args,
+        hours=plan.estimated_hours,
+    )  # fmt: skip
+    return job, plan
 
 
 def scopes_of(principal: Principal) -> set[str]:
@@ -115,7 +180,7 @@ def eval_record(reg: Registry, ref: str) -> dict[str, Any]:
     asset = reg.get_asset(ref)
     if asset.kind != "eval":
         down = reg.lineage(asset.id, "down", max_depth=2)
-        evals = [n["id"] for n in down.nodes if n.get("kind") == "eval"]
+        evals = [n["id"] for n in down.nodes if n.get("kind") == "eval" and not n.get("deleted")]
         if not evals:
             raise NotFoundError(f"{asset.id} has no eval yet", hint="run `forgeml eval run`")
         return {"model": asset.id, "evals": [eval_record(reg, e) for e in evals]}
@@ -176,17 +241,12 @@ class ControlPlane:
 
     def submit_job(self, who: Principal, args: list[str], max_attempts: int = 3) -> dict[str, Any]:
         """Plan, refuse if over budget, else queue; the plan is stored and charged."""
-        plan = self.plan(who, self._with_summary(args))
-        if not plan.ok:
-            self._audit("job_refused", who, args=plan.args, refusals=plan.refusals)
-            raise BudgetExceeded(plan)
-        job = jobs_mod.submit_job(
-            self.reg, plan.args, submitted_by=who.name, max_attempts=max_attempts
-        )
-        record_plan(
-            self.reg, job.id, who.name, plan.device, plan.estimated_hours, _jsonable(plan.to_dict())
-        )
-        self._audit("job_submitted", who, job=job.id, args=plan.args, hours=plan.estimated_hours)
+        self.require(who, "jobs:submit")
+        job, plan = admit_job(
+            self.ws, self.reg, self.audit, self._with_summary(args),
+            Submitter(who.name, who.is_admin, who.clearance), key_id=who.key_id,
+            max_attempts=max_attempts,
+        )  # fmt: skip
         return {"job": self._job_dict(job), "plan": plan.to_dict()}
 
     def _with_summary(self, args: list[str]) -> list[str]:
@@ -286,6 +346,41 @@ class ControlPlane:
     def read_eval(self, who: Principal, ref: str) -> dict[str, Any]:
         self.require(who, "evals:read")
         return _jsonable(eval_record(self.reg, ref))
+
+    def eval_report(self, who: Principal, ref: str) -> str:
+        """An eval's HTML report: the one its stage wrote, else drawn from its results."""
+        from forgeml.eval.gate import load_eval_record
+        from forgeml.eval.report import eval_report_html
+
+        self.require(who, "evals:read")
+        asset = self.reg.get_asset(ref)
+        if asset.kind != "eval":
+            raise ForgeError(
+                f"{asset.id} is a {asset.kind}, not an eval", hint="pass an eval asset id"
+            )
+        stored = Path(asset.path) / "report.html"
+        if stored.is_file():
+            return stored.read_text()
+        results = Path(asset.path) / "results.json"
+        if not results.is_file() or "tasks" not in json.loads(results.read_text()):
+            raise NotFoundError(
+                f"{asset.id} has no HTML report (not a KPI-suite eval)",
+                hint=f"read its numbers from /v1/evals/{asset.id}",
+            )
+        return eval_report_html(load_eval_record(asset.path))
+
+    # -- deletion (always waits for a human) --------------------------------------------
+
+    def delete_asset(self, who: Principal, ref: str, reason: str = "") -> dict[str, Any]:
+        """Ask to delete an asset: checked now (nothing made from it, no alias on it), done
+        only when a human approves; its stored files go, the registry keeps its row."""
+        self.require(who, "assets:delete")
+        asset = self.reg.check_deletable(ref)
+        params = {"asset": asset.id, "kind": asset.kind, "name": asset.name, "reason": reason}
+        pending = approvals_mod.request_approval(
+            self.reg, self.audit, "delete", params, requested_by=who.name, reason=reason
+        )
+        return {"status": "pending_approval", "approval": _jsonable(pending.to_dict())}
 
     # -- alias moves and exports (sensitive ones wait for a human) ----------------------
 

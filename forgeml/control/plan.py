@@ -4,6 +4,11 @@
 each stage's time and the training memory (the preflight of forgeml.train.preflight), and
 checks it against the submitter's budget. A plan with refusals is not queued.
 
+Data clearance covers every dataset the job will read: registered datasets named on its
+command line or anywhere in its recipe (and other YAML files it is given), and the datasets
+ingested from, or stored in, the folders it reads; each carries the most sensitive label on
+it or upstream of it in the lineage (a dataset made from restricted data is restricted).
+
 Time is a rough model, stated so it can be checked: training costs ~6·N FLOPs per token
 plus 12·L·d·T for attention (Kaplan et al., "Scaling Laws for Neural Language Models",
 arXiv:2001.08361), evaluation 2·N per token, at an assumed sustained rate per device; data
@@ -13,15 +18,25 @@ stages scale with the bytes of their sources.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forgeml.control.budgets import Budget, Usage, clearance_allows, get_budget, usage
+import yaml
+
+from forgeml.control.budgets import (
+    Budget,
+    Usage,
+    clearance_allows,
+    get_budget,
+    sensitivity,
+    usage,
+)
 from forgeml.core.config import Recipe, load_recipe
-from forgeml.core.errors import ForgeError, NotFoundError
+from forgeml.core.errors import ForgeError
 from forgeml.core.workspace import Workspace
-from forgeml.registry import Registry
+from forgeml.registry import Asset, Registry
 
 # Sustained training/eval FLOP/s assumed per device kind. CPU: the quickstart's 2.4M-parameter
 # model trains at 3,300-4,900 tokens/s on 2 AMX cores (README), i.e. 5.5-8e10 FLOP/s by the
@@ -35,13 +50,18 @@ UNKNOWN_STAGE_S = 60.0  # a command this planner does not model
 
 # Commands an agent may queue; the rest (keys, budgets, approvals, promote, export, serve,
 # workers, ...) are the operator's, or go through the approval flow.
-AGENT_COMMANDS = {"data", "tokenizer", "train", "eval", "pipeline", "generate", "hpo", "synth"}
+AGENT_COMMANDS = {
+    "data", "tokenizer", "train", "eval", "pipeline", "generate", "hpo", "hpo-trial", "synth",
+}  # fmt: skip
 RECIPE_COMMANDS = {("pipeline", "run"), ("train", "pretrain"), ("train", "cpt"), ("hpo",)}
 VALUE_OPTIONS = {
     "--data", "--tokenizer", "--from", "--replay", "--json", "--out", "--suite", "--data-root",
     "--trials", "--space", "--name", "--recipe", "--against", "--max-attempts", "--teacher",
+    "--parallel", "--offset", "--executor", "--study", "--base",
 }  # fmt: skip
 OUTPUT_OPTIONS = {"--json", "--out"}
+# Recipe and YAML fields that label things rather than name what a job reads.
+LABEL_FIELDS = {"name", "description"}
 
 
 @dataclass
@@ -58,6 +78,8 @@ class JobPlan:
 
     args: list[str]
     principal: str
+    is_admin: bool = False
+    clearance: str | None = None  # the key's; a budget's data_clearance takes precedence
     device: str = "cpu"
     stages: list[StagePlan] = field(default_factory=list)
     estimated_hours: float = 0.0
@@ -132,8 +154,11 @@ def _source_bytes(sources: list[str], cap: int = 100_000) -> int:
     return total
 
 
-def _recipe_stages(rec: Recipe, command: tuple[str, ...], trials: int, plan: JobPlan) -> None:
-    """Stages, time and memory of a recipe-driven command."""
+def _recipe_stages(
+    rec: Recipe, command: tuple[str, ...], trials: int, plan: JobPlan, trial_jobs: int = 0
+) -> None:
+    """Stages, time and memory of a recipe-driven command (`trials` trainings in this job,
+    `trial_jobs` more queued as jobs of their own)."""
     from forgeml.core.runtime import pick_device
     from forgeml.train.preflight import available_memory, check_fits, estimate_memory
 
@@ -170,9 +195,14 @@ def _recipe_stages(rec: Recipe, command: tuple[str, ...], trials: int, plan: Job
     train_s = (tokens * per_token + eval_tokens * 2 * est.params) / flops + STAGE_OVERHEAD_S
     name = "cpt" if command == ("train", "cpt") else "pretrain"
     note = f"{tokens:,} tokens, {est.params:,} params"
-    plan.stages.append(
-        StagePlan(name, train_s * trials, note + (f" × {trials} trials" if trials > 1 else ""))
-    )
+    if trials:
+        plan.stages.append(
+            StagePlan(name, train_s * trials, note + (f" × {trials} trials" if trials > 1 else ""))
+        )
+    if trial_jobs:
+        plan.stages.append(
+            StagePlan("trial jobs", 0.0, f"{trial_jobs} trials, each planned when it is queued")
+        )
     if command == ("pipeline", "run"):
         e = rec.eval
         eval_s = e.max_batches * e.batch_size * (e.seq_len or t.seq_len) * 2 * est.params / flops
@@ -185,20 +215,135 @@ def _recipe_stages(rec: Recipe, command: tuple[str, ...], trials: int, plan: Job
             plan.stages.append(StagePlan("generate", STAGE_OVERHEAD_S + gen))
 
 
-def _referenced_datasets(reg: Registry, tokens: list[str]) -> list[dict[str, Any]]:
-    """Dataset assets named anywhere on the command line, with their classification."""
-    found: dict[str, dict[str, Any]] = {}
-    for tok in tokens:
-        if not tok or "/" in tok or "=" in tok or tok.startswith("-"):
-            continue
+def _strings(node: Any, where: str) -> Iterator[tuple[str, str]]:
+    """(field, value) of every string in a recipe or YAML tree, but for LABEL_FIELDS."""
+    if isinstance(node, str):
+        yield where, node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if key not in LABEL_FIELDS:
+                yield from _strings(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _strings(value, f"{where}[{i}]")
+
+
+def _yaml_strings(file: Path) -> list[tuple[str, str]]:
+    """The strings of a YAML file (none if it is not one: its own command reports that)."""
+    try:
+        return list(_strings(yaml.safe_load(file.read_text()), file.name))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+
+
+def _dataset_named(reg: Registry, text: str) -> Asset | None:
+    """The dataset asset `text` names (id, name, alias or id prefix past `dataset-`)."""
+    if not text or len(text) > 255 or "/" in text or "=" in text or text.startswith("-"):
+        return None
+    try:
+        asset = reg.get_asset(text)
+    except ForgeError:
+        return None
+    if asset.kind != "dataset":
+        return None
+    if text != asset.name and asset.id.startswith(text) and len(text) <= len("dataset-"):
+        return None  # a word such as "d" or "data" that only prefixes every dataset id
+    return asset
+
+
+def _paths(text: str, bases: list[Path]) -> list[Path]:
+    """The existing files or folders `text` names, absolute or relative to one of `bases`."""
+    if not text or len(text) > 4096 or "\n" in text or "\0" in text:
+        return []
+    path = Path(text).expanduser()
+    found = []
+    for candidate in [path] if path.is_absolute() else [b / path for b in bases]:
         try:
-            asset = reg.get_asset(tok)
-        except (NotFoundError, ForgeError):
+            if candidate.exists():
+                found.append(candidate.resolve())
+        except OSError:
             continue
-        if asset.kind == "dataset":
-            label = asset.metadata.get("classification")
-            found[asset.id] = {"id": asset.id, "name": asset.name, "classification": label}
-    return list(found.values())
+    return found
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
+class _DatasetsRead:
+    """The registered datasets a job reads, each with its effective classification."""
+
+    def __init__(self, reg: Registry) -> None:
+        self.reg = reg
+        self.found: dict[str, dict[str, Any]] = {}
+        self._ingests: list[tuple[list[Path], list[str]]] | None = None
+        self._stored: list[Asset] | None = None
+
+    def add(self, where: str, text: str, bases: list[Path]) -> None:
+        """Take one string of the job: a dataset reference, or a path that reads datasets."""
+        named = _dataset_named(self.reg, text)
+        if named is not None:
+            self._record(named, where)
+        for path in _paths(text, bases):
+            for asset in self._at(path):
+                self._record(asset, where)
+
+    def _at(self, path: Path) -> Iterator[Asset]:
+        """Datasets stored under `path` (or holding it), and datasets ingested from folders
+        that overlap it: their classification applies to the raw files too."""
+        if self._stored is None:
+            self._stored = self.reg.list_assets("dataset")
+            self._ingests = [
+                ([Path(s) for s in run.config.get("sources", [])], run.outputs)
+                for run in self.reg.list_runs(stage="ingest", status="succeeded")
+            ]
+        yield from (a for a in self._stored if _overlap(Path(a.path).resolve(), path))
+        for sources, outputs in self._ingests or []:
+            if any(_overlap(path, s) for s in sources):
+                for asset_id in outputs:
+                    try:
+                        asset = self.reg.get_asset(asset_id)
+                    except ForgeError:
+                        continue  # deleted since
+                    if asset.kind == "dataset":
+                        yield asset
+
+    def _record(self, asset: Asset, where: str) -> None:
+        if asset.id in self.found:
+            return
+        label, source = asset.metadata.get("classification"), asset.id
+        for node in self.reg.lineage(asset.id, "up").nodes[1:]:
+            if node.get("kind") != "dataset":
+                continue
+            up = self.reg.get_asset(node["id"], deleted_ok=True).metadata.get("classification")
+            if up is not None and (label is None or sensitivity(up) > sensitivity(label)):
+                label, source = up, node["id"]
+        self.found[asset.id] = {
+            "id": asset.id, "name": asset.name, "classification": label, "read_via": where,
+            "labelled_by": source if label is not None and source != asset.id else None,
+        }  # fmt: skip
+
+
+def _datasets_read(
+    ws: Workspace, reg: Registry, tokens: list[str], overrides: list[str], rec: Recipe | None
+) -> list[dict[str, Any]]:
+    """Every registered dataset a job reads: named or given as a path in its recipe, on its
+    command line, in the YAML files it is given (recipe, suite, space) or its overrides."""
+    here = [ws.root, Path.cwd()]
+    reads = _DatasetsRead(reg)
+    if rec is not None:
+        for where, text in _strings(rec.model_dump(mode="json"), "recipe"):
+            reads.add(where, text, here)
+    for tok in tokens:
+        reads.add("command line", tok, here)
+        if tok.endswith((".yaml", ".yml")):
+            for file in _paths(tok, here):
+                for where, text in _yaml_strings(file):
+                    reads.add(where, text, [file.parent, *here])
+    for item in overrides:
+        key, _, value = item.partition("=")
+        reads.add(key, value, here)
+    return list(reads.found.values())
 
 
 def plan_job(
@@ -212,7 +357,7 @@ def plan_job(
 ) -> JobPlan:
     """The dry run of `forgeml ARGS...` for `principal`, refusals included (never raises for
     an over-budget job: the caller decides; raises for a command that cannot be parsed)."""
-    plan = JobPlan(args=list(args), principal=principal)
+    plan = JobPlan(args=list(args), principal=principal, is_admin=is_admin, clearance=clearance)
     if not args:
         raise ForgeError("a job needs a command", hint="e.g. ['pipeline', 'run', 'recipe.yaml']")
     if not is_admin and args[0] not in AGENT_COMMANDS:
@@ -222,7 +367,8 @@ def plan_job(
         )
         return plan
     positional, overrides, options = _split_args(args)
-    command = (positional[0],) if positional[:1] == ["hpo"] else tuple(positional[:2])
+    hpo = positional[:1] in (["hpo"], ["hpo-trial"])
+    command = tuple(positional[:1]) if hpo else tuple(positional[:2])
     for opt in OUTPUT_OPTIONS & options.keys():
         out = Path(options[opt]).expanduser()
         out = (out if out.is_absolute() else ws.root / out).resolve()
@@ -231,17 +377,32 @@ def plan_job(
                 f"{opt} {options[opt]} writes outside the workspace; "
                 "exports outside it need a human's approval (use the export action)"
             )
+    rec: Recipe | None = None
+    study_inputs: list[str] = []
     if command in RECIPE_COMMANDS:
         recipe = positional[1] if command == ("hpo",) else (positional[2:3] or [""])[0]
         if not recipe:
             raise ForgeError(f"`{' '.join(command)}` needs a recipe", hint="pass a recipe YAML")
         rec = load_recipe(recipe, overrides)
-        trials = int(options.get("--trials") or 10) if command == ("hpo",) else 1
-        _recipe_stages(rec, command, trials, plan)
+        trials, trial_jobs = 1, 0
+        if command == ("hpo",):
+            trials = int(options.get("--trials") or 10)
+            if int(options.get("--parallel") or 1) > 1 and options.get("--executor") != "ray":
+                # the trials become jobs of their own, each planned and charged when queued
+                trials, trial_jobs = int("--no-baseline" not in options), trials
+        _recipe_stages(rec, command, trials, plan, trial_jobs)
+    elif command == ("hpo-trial",) and len(positional) > 1:
+        from forgeml.hpo.study import study_context
+
+        _, rec, _, shards, tokenizer = study_context(ws, positional[1])
+        study_inputs = [shards, tokenizer]
+        _recipe_stages(rec, command, 1, plan)
     else:
         plan.stages.append(StagePlan(" ".join(command), UNKNOWN_STAGE_S, "not modelled: default"))
     plan.estimated_hours = sum(s.seconds for s in plan.stages) / 3600
-    plan.datasets = _referenced_datasets(reg, positional[1:] + list(options.values()))
+    plan.datasets = _datasets_read(
+        ws, reg, positional[1:] + list(options.values()) + study_inputs, overrides, rec
+    )
 
     budget = get_budget(reg, principal)
     if budget is None and not is_admin:
@@ -281,7 +442,9 @@ def _check_budget(plan: JobPlan, budget: Budget, used: Usage, key_clearance: str
     clearance = budget.data_clearance or key_clearance
     for ds in plan.datasets:
         if not clearance_allows(clearance, ds["classification"]):
+            label = ds["classification"] or "unlabelled (internal)"
+            upstream = f", from upstream {ds['labelled_by']}" if ds["labelled_by"] else ""
             plan.refusals.append(
-                f"dataset {ds['id']} is {ds['classification'] or 'unlabelled (internal)'}; "
+                f"dataset {ds['id']} (read via {ds['read_via']}) is {label}{upstream}; "
                 f"clearance {clearance or 'none'} does not cover it"
             )

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from forgeml.control.jobs import (
+    JOB_ENV,
     Job,
     claim_next_job,
     finish_job,
@@ -54,6 +55,7 @@ def run_job(
         out.flush()
         proc = subprocess.Popen(
             cmd,
+            env={**os.environ, JOB_ENV: job.id},  # jobs it queues are charged to its submitter
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -1,9 +1,10 @@
 """Drift detection on logged serving traffic: a current window against a reference window.
 
-Inputs are JSONL records `{"prompt", "completion", "ts"?}` (what opt-in serving logs
-hold). Checks: prompt/completion length shift (population stability index and two-sample
-Kolmogorov-Smirnov), n-gram distribution shift (Jensen-Shannon divergence with a
-permutation p-value), output proxies (refusal rate, completion length) and, given a
+Inputs are JSONL records `{"prompt", "completion", "ts"?}`, or the serving audit log itself
+(its request entries carry these bodies under `forgeml serve --log-bodies`). Checks:
+prompt/completion length shift (population stability index and two-sample Kolmogorov-Smirnov),
+n-gram distribution shift (Jensen-Shannon divergence with a permutation p-value), output
+proxies (refusal rate, completion length, and given a reward model its scores) and, given a
 model, the model's own per-token loss on the prompts (inputs it finds surprising).
 """
 
@@ -16,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -36,7 +38,8 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 
 class DriftThresholds(BaseModel):
     """When a check is flagged. PSI bands follow credit-scoring practice (Siddiqi 2006):
-    < 0.1 stable, 0.1-0.25 moderate, > 0.25 major shift."""
+    < 0.1 stable, 0.1-0.25 moderate, > 0.25 major shift; a PSI must also be above what
+    chance gives at the windows' sizes (`psi_chance_level`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -50,28 +53,101 @@ class DriftThresholds(BaseModel):
     )
     min_effect_jsd: float = Field(0.02, ge=0, description="n-gram JSD (bits) also needed")
     refusal_rate_delta: float = Field(0.05, ge=0, description="absolute change also needed")
+    reward_effect: float = Field(
+        0.2,
+        ge=0,
+        description="reward-model score: standardized mean change (Cohen's d) also needed",
+    )
     min_examples: int = Field(30, gt=0)
 
 
-def load_traffic(path: str | Path) -> list[dict[str, Any]]:
-    """Records of a JSONL traffic log (or every *.jsonl in a folder, in name order)."""
+# What a request entry of the audit log contributes to a traffic record.
+_REQUEST_FIELDS = ("prompt", "completion", "ts", "endpoint", "model", "status")
+
+
+@dataclass(frozen=True)
+class TrafficLog:
+    """Traffic records read from logs, and what was passed over: an audit log also holds
+    server, key and approval entries and requests logged without bodies (reason -> count)."""
+
+    records: list[dict[str, Any]]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def _skip_reason(entry: dict[str, Any], where: str) -> str | None:
+    """Why an audit-log entry gives no traffic record, or None when it gives one."""
+    if entry["event"] != "request":
+        return str(entry["event"])
+    if "prompt" not in entry:  # denied before a body was read, or bodies not logged
+        return "request (no body)"
+    prompt, completion = entry["prompt"], entry.get("completion")
+    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+        return "request (token-id prompt)"
+    if not isinstance(prompt, str) or not (completion is None or isinstance(completion, str)):
+        raise DataError(
+            f"{where}: a request entry needs a text 'prompt' and a text or null 'completion'",
+            hint="is this a forgeml audit log?",
+        )
+    return None
+
+
+def load_traffic(path: str | Path) -> TrafficLog:
+    """Traffic records of a JSONL log, or of every *.jsonl in a folder (in name order).
+
+    A line is a plain record `{"prompt", "completion"?, "ts"?}` or an entry of the serving
+    audit log (forgeml.serve.audit): its `request` entries with bodies become records,
+    every other entry is skipped and counted. The hash chain is not checked here
+    (`forgeml audit verify` does that)."""
     path = Path(path)
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     if not files or not all(f.is_file() for f in files):
         raise DataError(f"no traffic log at {path}", hint="pass a .jsonl file or a folder of them")
-    records = []
+    records: list[dict[str, Any]] = []
+    skipped: Counter = Counter()
     for f in files:
-        for n, line in enumerate(f.read_text(encoding="utf-8").splitlines(), 1):
+        # Lines end at "\n" only: str.splitlines would also break at U+2028 and U+0085,
+        # which JSON leaves unescaped inside completions.
+        for n, line in enumerate(f.read_text(encoding="utf-8").split("\n"), 1):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"{f}:{n}: not valid JSON ({exc.msg})") from None
-            if "prompt" not in rec:
-                raise DataError(f"{f}:{n}: a traffic record needs a 'prompt'")
+            if not isinstance(rec, dict):
+                raise DataError(f"{f}:{n}: expected a JSON object, got {type(rec).__name__}")
+            if "event" in rec:
+                reason = _skip_reason(rec, f"{f}:{n}")
+                if reason is not None:
+                    skipped[reason] += 1
+                    continue
+                rec = {k: rec[k] for k in _REQUEST_FIELDS if k in rec}
+            elif not isinstance(rec.get("prompt"), str):
+                raise DataError(f"{f}:{n}: a traffic record needs a 'prompt' string")
             records.append(rec)
-    return records
+    if not records:
+        hint = (
+            "serve with --log-bodies to log prompts and completions"
+            if skipped
+            else "a line is a JSON object with a 'prompt'"
+        )
+        seen = f" ({describe_skipped(skipped)})" if skipped else ""
+        raise DataError(f"no traffic records in {path}{seen}", hint=hint)
+    return TrafficLog(records, dict(skipped))
+
+
+def describe_skipped(skipped: dict[str, int]) -> str:
+    """`skipped 2 request (no body), 1 server_stopped` (most frequent first)."""
+    parts = [
+        f"{n} {reason}" for reason, n in sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+    ]
+    return "skipped " + ", ".join(parts) if parts else "skipped nothing"
+
+
+def quantile_edges(reference: Sequence[float], bins: int = 10) -> np.ndarray:
+    """Inner edges of the reference's `bins` quantile bins (ties merge bins)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    return np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
 
 
 def psi(reference: Sequence[float], current: Sequence[float], bins: int = 10) -> float:
@@ -79,12 +155,25 @@ def psi(reference: Sequence[float], current: Sequence[float], bins: int = 10) ->
     sum (c - r) * ln(c / r) with bin shares r, c (smoothed so empty bins stay finite)."""
     ref = np.asarray(reference, dtype=np.float64)
     cur = np.asarray(current, dtype=np.float64)
-    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    edges = quantile_edges(ref, bins)
     r = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1)
     c = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1)
     r = (r + 0.5) / (r.sum() + 0.5 * len(r))
     c = (c + 0.5) / (c.sum() + 0.5 * len(c))
     return float(((c - r) * np.log(c / r)).sum())
+
+
+def psi_chance_level(n_reference: int, n_current: int, n_bins: int, alpha: float) -> float:
+    """The PSI two samples of one distribution exceed with probability `alpha`.
+
+    PSI * nm / (n + m) is asymptotically chi-square with B - 1 degrees of freedom (Yurdakul
+    2018, "Statistical properties of the population stability index"): its mean by chance
+    alone, (B - 1)(1/n + 1/m), is 0.45 at 40 vs 40 records with 10 bins, far above the
+    usual bands. The chi-square quantile is the Wilson-Hilferty approximation."""
+    k = max(n_bins - 1, 1)
+    z = NormalDist().inv_cdf(1 - alpha)
+    chi2 = k * max(1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k)), 0.0) ** 3
+    return chi2 * (1 / n_reference + 1 / n_current)
 
 
 def ks_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
@@ -182,6 +271,16 @@ def refusal_rate(completions: Sequence[str]) -> float:
     return sum(bool(_REFUSAL.search(c)) for c in completions) / max(len(completions), 1)
 
 
+def standardized_mean_difference(a: Sequence[float], b: Sequence[float]) -> float:
+    """Cohen's d of b against a: (mean b - mean a) / pooled standard deviation."""
+    x, y = np.asarray(a, float), np.asarray(b, float)
+    diff = float(y.mean() - x.mean())
+    sd = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
+    if sd == 0:
+        return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+    return diff / sd
+
+
 def two_proportion_p(p1: float, n1: int, p2: float, n2: int) -> float:
     """Two-sided p-value of the pooled two-proportion z-test."""
     pooled = (p1 * n1 + p2 * n2) / (n1 + n2)
@@ -206,6 +305,7 @@ class DriftReport:
     n_reference: int
     n_current: int
     checks: list[DriftCheck] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
 
     @property
     def drifted(self) -> bool:
@@ -217,6 +317,7 @@ class DriftReport:
             "n_current": self.n_current,
             "drifted": self.drifted,
             "checks": [asdict(c) for c in self.checks],
+            "skipped": dict(self.skipped),
         }
 
     def table(self) -> str:
@@ -235,6 +336,8 @@ class DriftReport:
             f"drift: {'FOUND' if self.drifted else 'none'} "
             f"({self.n_reference} reference vs {self.n_current} current records)"
         )
+        if self.skipped:
+            lines.append(f"log entries that are not traffic: {describe_skipped(self.skipped)}")
         return "\n".join(lines)
 
 
@@ -242,14 +345,16 @@ def _length_checks(
     name: str, ref: list[float], cur: list[float], th: DriftThresholds, alpha: float
 ):
     value = psi(ref, cur)
+    chance = psi_chance_level(len(ref), len(cur), len(quantile_edges(ref)) + 1, alpha)
     yield DriftCheck(
         f"{name} length",
         "psi",
         value,
-        th.psi,
-        value > th.psi,
+        max(th.psi, chance),
+        value > max(th.psi, chance),
         float(np.mean(ref)),
         float(np.mean(cur)),
+        detail=f"chance level {chance:.3f}" if chance > th.psi else "",
     )
     d, p = ks_test(ref, cur)
     yield DriftCheck(
@@ -271,11 +376,15 @@ def drift_report(
     thresholds: DriftThresholds | None = None,
     tokenize: Callable[[str], list] | None = None,
     prompt_nll: Callable[[Sequence[str]], list[tuple[float, int]]] | None = None,
+    reward: Callable[[Sequence[str], Sequence[str]], list[float]] | None = None,
+    skipped: dict[str, int] | None = None,
     seed: int = 0,
 ) -> DriftReport:
     """Compare two windows of traffic records. `tokenize` (e.g. the model's tokenizer)
     measures lengths and n-grams in tokens, else in words; `prompt_nll` (e.g.
-    `EvalModel.rolling_nll`) adds a check on the model's per-token loss on the prompts."""
+    `EvalModel.rolling_nll`) adds a check on the model's per-token loss on the prompts;
+    `reward(prompts, completions)` (e.g. a `RewardScorer`) adds one on reward-model scores
+    of the completions. `skipped` (from `load_traffic`) is carried into the report."""
     th = thresholds or DriftThresholds()
     if min(len(reference), len(current)) < th.min_examples:
         raise DataError(
@@ -284,11 +393,19 @@ def drift_report(
             hint="widen the windows or lower min_examples",
         )
     tok = tokenize or words
-    report = DriftReport(len(reference), len(current))
-    ref_c = [str(r["completion"]) for r in reference if r.get("completion") is not None]
-    cur_c = [str(r["completion"]) for r in current if r.get("completion") is not None]
+    report = DriftReport(len(reference), len(current), skipped=dict(skipped or {}))
+    answered = [[r for r in w if r.get("completion") is not None] for w in (reference, current)]
+    ref_c, cur_c = ([str(r["completion"]) for r in w] for w in answered)
     with_outputs = min(len(ref_c), len(cur_c)) >= th.min_examples
-    alpha = th.p_value / (2 + 2 * with_outputs + (prompt_nll is not None))
+    if reward is not None and not with_outputs:
+        raise DataError(
+            f"the reward-model check needs at least {th.min_examples} completions per window "
+            f"(got {len(ref_c)} and {len(cur_c)})",
+            hint="serve with --log-bodies, or leave out the reward model",
+        )
+    # length PSI and KS and n-grams on prompts; the same lengths and refusals on completions
+    n_tests = 3 + 3 * with_outputs + (prompt_nll is not None) + (reward is not None)
+    alpha = th.p_value / n_tests
     ref_p = [tok(r["prompt"]) for r in reference]
     cur_p = [tok(r["prompt"]) for r in current]
     report.checks += _length_checks(
@@ -314,6 +431,23 @@ def drift_report(
         p = two_proportion_p(r1, len(ref_c), r2, len(cur_c))
         flagged = p < alpha and abs(r2 - r1) > th.refusal_rate_delta
         report.checks.append(DriftCheck("refusal rate", "z_p_value", p, alpha, flagged, r1, r2))
+    if reward is not None:
+        a = reward([r["prompt"] for r in answered[0]], ref_c)
+        b = reward([r["prompt"] for r in answered[1]], cur_c)
+        d, p = ks_test(a, b)
+        effect = standardized_mean_difference(a, b)
+        report.checks.append(
+            DriftCheck(
+                "reward-model score",
+                "ks_p_value",
+                p,
+                alpha,
+                p < alpha and abs(effect) > th.reward_effect,
+                float(np.mean(a)),
+                float(np.mean(b)),
+                detail=f"D={d:.3f}, d={effect:+.2f} sd",
+            )
+        )
     if prompt_nll is not None:
 
         def per_token(texts: list[str]) -> list[float]:

@@ -155,10 +155,19 @@ def train_trial(
     return {"run_id": res.run_id, "model": res.output, "value": res.metrics["final_eval_loss"]}
 
 
-def _study_context(study: optuna.Study) -> tuple[Recipe, SearchSpace, str, str]:
+def study_context(
+    ws: Workspace, study_name: str
+) -> tuple[optuna.Study, Recipe, SearchSpace, str, str]:
+    """A stored study with what its trials train: (study, recipe, space, shards, tokenizer)."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=study_storage(ws))
+    except KeyError:
+        raise NotFoundError(
+            f"no study '{study_name}' in this workspace", hint="start it with `forgeml hpo`"
+        ) from None
     attrs = study.user_attrs
     recipe = validate_recipe(attrs["recipe"], f"study {study.study_name}")
-    return recipe, parse_space(attrs["space"]), attrs["shards"], attrs["tokenizer"]
+    return study, recipe, parse_space(attrs["space"]), attrs["shards"], attrs["tokenizer"]
 
 
 def run_one_trial(
@@ -166,13 +175,7 @@ def run_one_trial(
 ) -> dict[str, Any]:
     """Ask the stored study for a trial, train it, tell the outcome (a job runs this)."""
     storage = study_storage(ws)
-    try:
-        stored = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise NotFoundError(
-            f"no study '{study_name}' in this workspace", hint="start it with `forgeml hpo`"
-        ) from None
-    recipe, space, shards, tok = _study_context(stored)
+    stored, recipe, space, shards, tok = study_context(ws, study_name)
     # A fresh seeded sampler per trial: seed it by the trial count (and the job's offset), or
     # every trial's random start-up draw would be the same.
     n_before = len(stored.get_trials(deepcopy=False))
@@ -308,17 +311,40 @@ def _describe(outcome: dict[str, Any]) -> str:
     return f"{outcome['state']}: {outcome.get('reason', '')}"
 
 
+def queue_trial_jobs(ws: Workspace, name: str, todo: int, notify: Notify | None) -> list[str]:
+    """Queue up to `todo` trial jobs, each planned and charged like any other job to whoever
+    started this search (the submitter of the job it runs in, or the person at the CLI).
+    Stops at the first trial the budget refuses; raises BudgetExceeded if that is the first."""
+    from forgeml.control.ops import BudgetExceeded, admit_job, current_submitter
+    from forgeml.serve.audit import AuditLog, audit_log_path
+
+    reg = open_registry(ws)
+    who, audit = current_submitter(reg), AuditLog(audit_log_path(ws.root))
+    jobs: list[str] = []
+    for i in range(todo):
+        try:
+            job, _ = admit_job(ws, reg, audit, ["hpo-trial", name, "--offset", str(i + 1)], who)
+        except BudgetExceeded as exc:
+            if not jobs:
+                raise
+            if notify:
+                notify(f"hpo {name}: {todo - len(jobs)} trial job(s) not queued: {exc}")
+            break
+        jobs.append(job.id)
+    if notify:
+        notify(f"hpo {name}: queued {len(jobs)} trial job(s) for {who.principal}")
+    return jobs
+
+
 def _run_as_jobs(
     ws: Workspace, name: str, todo: int, parallel: int, start_workers: bool,
     notify: Notify | None,
 ) -> None:  # fmt: skip
     """Queue one job per trial and wait for all of them (started local workers run them)."""
-    from forgeml.control.jobs import FINISHED, get_job, submit_job
+    from forgeml.control.jobs import FINISHED, get_job
 
     reg = open_registry(ws)
-    jobs = [submit_job(reg, ["hpo-trial", name, "--offset", str(i + 1)]).id for i in range(todo)]
-    if notify:
-        notify(f"hpo {name}: queued {todo} trial job(s)")
+    jobs = queue_trial_jobs(ws, name, todo, notify)
     workers = []
     if start_workers:
         cmd = [sys.executable, "-m", "forgeml.cli", "-q", "-w", str(ws.root), "worker",
@@ -415,4 +441,7 @@ def _finish(
     return [Output("run-output", f"{study.study_name}-hpo", out, meta, parents=parents)], metrics
 
 
-__all__ = ["HpoResult", "prepare_data", "run_hpo", "run_one_trial", "train_trial"]
+__all__ = [
+    "HpoResult", "prepare_data", "queue_trial_jobs", "run_hpo", "run_one_trial", "study_context",
+    "train_trial",
+]  # fmt: skip

@@ -129,6 +129,23 @@ class ArtifactStore:
     def remove(self, kind: str, asset_id: str) -> None:
         remove_tree(self.folder(kind, asset_id))
 
+    def detach(self, kind: str, asset_id: str) -> Path | None:
+        """Rename an asset's folder out of the store's namespace in one step (the registry
+        deletes it for good once the deletion is committed, or puts it back with `reattach`);
+        None when there is no folder."""
+        folder = self.folder(kind, asset_id)
+        if not folder.is_dir():
+            return None
+        detached = folder.parent / f".deleting-{asset_id}-{secrets.token_hex(4)}"
+        os.rename(folder, detached)
+        fsync_dir(folder.parent)
+        return detached
+
+    def reattach(self, kind: str, asset_id: str, detached: Path) -> None:
+        """Undo `detach` (the deletion it was for did not commit)."""
+        os.rename(detached, self.folder(kind, asset_id))
+        fsync_dir(detached.parent)
+
     def verify(self, kind: str, asset_id: str, sha256: str) -> bool:
         """Re-hash the stored folder and compare with the registered content hash."""
         folder = self.folder(kind, asset_id)

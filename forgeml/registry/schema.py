@@ -38,6 +38,10 @@ class AssetRow(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON)
     producer_run: Mapped[str | None] = mapped_column(String(64), nullable=True)
     path: Mapped[str] = mapped_column(Text)
+    # A deleted asset keeps its row (lineage and audit still name it) but not its files.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False), nullable=True)
+    deleted_by: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    delete_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class RunRow(Base):

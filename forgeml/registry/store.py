@@ -33,7 +33,7 @@ from sqlalchemy.pool import StaticPool
 import forgeml
 from forgeml.core.config import config_hash as compute_config_hash
 from forgeml.core.errors import ForgeError, NotFoundError
-from forgeml.registry.artifacts import ArtifactStore, tree_digest
+from forgeml.registry.artifacts import ArtifactStore, remove_tree, tree_digest
 from forgeml.registry.schema import (
     CONSUMES,
     PARENT,
@@ -68,6 +68,9 @@ class Asset:
     metadata: dict[str, Any]
     producer_run: str | None
     path: Path
+    deleted_at: datetime | None = None
+    deleted_by: str | None = None
+    delete_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -339,6 +342,9 @@ class Registry:
             metadata=dict(row.meta or {}),
             producer_run=row.producer_run,
             path=self.artifacts.root / row.path,
+            deleted_at=_aware(row.deleted_at),
+            deleted_by=row.deleted_by,
+            delete_reason=row.delete_reason,
         )
 
     @staticmethod
@@ -375,7 +381,16 @@ class Registry:
             rel = rel / src.name
 
         def register(session: Session) -> None:
-            if session.get(AssetRow, asset_id) is None:
+            existing = session.get(AssetRow, asset_id)
+            if existing is not None and existing.deleted_at is not None:
+                # The same content registered again after a deletion: the asset lives again,
+                # under its new name and provenance (a concurrent delete may have removed
+                # the files after `put` above, so they are put back inside this transaction).
+                self.artifacts.put(kind, asset_id, src)
+                existing.deleted_at = existing.deleted_by = existing.delete_reason = None
+                existing.name, existing.meta = name, dict(metadata or {})
+                existing.producer_run, existing.created_at = run_id, _utcnow()
+            elif existing is None:
                 session.add(
                     AssetRow(
                         id=asset_id,
@@ -399,6 +414,8 @@ class Registry:
     def _add_edges(
         self, session: Session, asset_id: str, run_id: str | None, parent_ids: list[str]
     ) -> None:
+        for parent_id in parent_ids:
+            self._resolve_asset_row(session, parent_id)  # deleted since it was looked up?
         wanted = [(p, asset_id, PARENT, i) for i, p in enumerate(parent_ids)]
         if run_id is not None:
             wanted.append((run_id, asset_id, PRODUCES, 0))
@@ -407,20 +424,31 @@ class Registry:
                 session.add(EdgeRow(src=src, dst=dst, relation=relation, position=position))
                 session.flush()
 
-    def _resolve_asset_row(self, session: Session, ref: str) -> AssetRow:
+    def _resolve_asset_row(
+        self, session: Session, ref: str, *, deleted_ok: bool = False
+    ) -> AssetRow:
+        """A live asset by id, alias, name or unique prefix; a deleted one only by its full id
+        and only with `deleted_ok` (else a NotFoundError that says when and by whom)."""
         if not ref:
             raise NotFoundError("empty asset reference", hint=_ASSET_HINT)
         row = session.get(AssetRow, ref)
         if row is not None:
+            if row.deleted_at is not None and not deleted_ok:
+                raise NotFoundError(
+                    f"asset {row.id} was deleted at {row.deleted_at:%Y-%m-%d %H:%M:%S} UTC "
+                    f"by {row.deleted_by}",
+                    hint="register its content again to bring it back",
+                )
             return row
+        live = AssetRow.deleted_at.is_(None)
         alias = session.get(AliasRow, ref)
         if alias is not None:
             row = session.get(AssetRow, alias.asset_id)
-            if row is not None:
+            if row is not None and row.deleted_at is None:
                 return row
         row = session.scalars(
             select(AssetRow)
-            .where(AssetRow.name == ref)
+            .where(AssetRow.name == ref, live)
             .order_by(AssetRow.created_at.desc(), AssetRow.id.desc())
             .limit(1)
         ).first()
@@ -430,7 +458,7 @@ class Registry:
         conds = [AssetRow.id.startswith(ref, autoescape=True)]
         if len(ref) >= 6 and all(c in "0123456789abcdef" for c in ref):
             conds.append(AssetRow.sha256.startswith(ref))
-        matches = session.scalars(select(AssetRow).where(or_(*conds)).limit(11)).all()
+        matches = session.scalars(select(AssetRow).where(or_(*conds), live).limit(11)).all()
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -442,14 +470,19 @@ class Registry:
             )
         raise NotFoundError(f"unknown asset '{ref}'", hint=_ASSET_HINT)
 
-    def get_asset(self, ref: str) -> Asset:
-        """An asset by full id, alias, name (latest with it) or unique id/hash prefix."""
+    def get_asset(self, ref: str, *, deleted_ok: bool = False) -> Asset:
+        """A live asset by full id, alias, name (latest with it) or unique id/hash prefix; a
+        deleted one (`deleted_at` set) by its full id when `deleted_ok`."""
         with self._reading() as session:
-            return self._to_asset(self._resolve_asset_row(session, ref))
+            return self._to_asset(self._resolve_asset_row(session, ref, deleted_ok=deleted_ok))
 
     def list_assets(self, kind: str | None = None) -> list[Asset]:
-        """Assets, newest first."""
-        stmt = select(AssetRow).order_by(AssetRow.created_at.desc(), AssetRow.id)
+        """Live assets, newest first."""
+        stmt = (
+            select(AssetRow)
+            .where(AssetRow.deleted_at.is_(None))
+            .order_by(AssetRow.created_at.desc(), AssetRow.id)
+        )
         if kind is not None:
             self._check_kind(kind)
             stmt = stmt.where(AssetRow.kind == kind)
@@ -464,6 +497,94 @@ class Registry:
         """Re-hash the stored files; False if they were changed or deleted."""
         asset = self.get_asset(ref)
         return self.artifacts.verify(asset.kind, asset.id, asset.sha256)
+
+    # -- deletion -----------------------------------------------------------------------
+
+    def _deletion_blockers(self, session: Session, row: AssetRow) -> list[str]:
+        """Why `row` may not be deleted now: live assets made from it (directly, or by a run
+        that read it), runs still reading it, aliases pointing at it."""
+        children: set[str] = set()
+        readers: list[str] = []
+        for dst, relation in session.execute(
+            select(EdgeRow.dst, EdgeRow.relation).where(
+                EdgeRow.src == row.id, EdgeRow.relation.in_((PARENT, CONSUMES))
+            )
+        ):
+            if relation == PARENT:
+                children.add(dst)
+                continue
+            run = session.get(RunRow, dst)
+            if run is not None and run.status == "running":
+                readers.append(run.id)
+            children.update(
+                session.scalars(
+                    select(EdgeRow.dst).where(EdgeRow.src == dst, EdgeRow.relation == PRODUCES)
+                )
+            )
+        children.discard(row.id)
+        live = sorted(
+            session.scalars(
+                select(AssetRow.id).where(
+                    AssetRow.id.in_(sorted(children)), AssetRow.deleted_at.is_(None)
+                )
+            )
+        )
+        aliases = sorted(session.scalars(select(AliasRow.name).where(AliasRow.asset_id == row.id)))
+        reasons = []
+        if live:
+            reasons.append(
+                f"{len(live)} asset(s) were made from it: {', '.join(live[:10])}"
+                + (", ..." if len(live) > 10 else "")
+                + " (delete those first)"
+            )
+        if readers:
+            reasons.append(f"running run(s) read it: {', '.join(sorted(readers))}")
+        if aliases:
+            reasons.append(
+                f"alias(es) point at it: {', '.join(aliases)} (move them with `forgeml promote` "
+                "or `forgeml rollback` first)"
+            )
+        return reasons
+
+    def _refuse_if_blocked(self, session: Session, row: AssetRow) -> None:
+        reasons = self._deletion_blockers(session, row)
+        if reasons:
+            raise ForgeError(
+                f"cannot delete {row.id} ({row.kind} {row.name}): " + "; ".join(reasons),
+                hint="see `forgeml assets lineage " + row.id + " --down`",
+            )
+
+    def check_deletable(self, ref: str) -> Asset:
+        """The live asset `ref` if it could be deleted now, else a ForgeError saying why."""
+        with self._reading() as session:
+            row = self._resolve_asset_row(session, ref)
+            self._refuse_if_blocked(session, row)
+            return self._to_asset(row)
+
+    def delete_asset(self, ref: str, *, actor: str = "user", reason: str = "") -> Asset:
+        """Mark an asset deleted and remove its stored files, or change nothing.
+
+        Refused while live assets were made from it, a running run reads it, or an alias
+        points at it. The row stays (lineage walks and the audit log still name it); the
+        files are the store's own copy (the folder belongs to this asset id alone), never the
+        files it was registered from. The folder is renamed away inside the write
+        transaction and removed only after the commit, or renamed back if it fails."""
+        detached: Path | None = None
+        try:
+            with self._writing() as session:
+                row = self._resolve_asset_row(session, ref)
+                self._refuse_if_blocked(session, row)
+                row.deleted_at, row.deleted_by, row.delete_reason = _utcnow(), actor, reason
+                session.flush()
+                deleted = self._to_asset(row)
+                detached = self.artifacts.detach(row.kind, row.id)
+        except BaseException:
+            if detached is not None:
+                self.artifacts.reattach(deleted.kind, deleted.id, detached)
+            raise
+        if detached is not None:
+            remove_tree(detached)
+        return deleted
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -650,7 +771,12 @@ class Registry:
                 if set(run.inputs) != wanted:
                     continue
                 assets = [session.get(AssetRow, a) for a in run.outputs]
-                if all(a is not None and (self.artifacts.root / a.path).exists() for a in assets):
+                if all(
+                    a is not None
+                    and a.deleted_at is None
+                    and (self.artifacts.root / a.path).exists()
+                    for a in assets
+                ):
                     return run
         return None
 
@@ -659,7 +785,8 @@ class Registry:
     def _node(self, session: Session, node_id: str) -> dict[str, Any]:
         asset = session.get(AssetRow, node_id)
         if asset is not None:
-            return {"id": asset.id, "type": "asset", "kind": asset.kind, "name": asset.name}
+            node = {"id": asset.id, "type": "asset", "kind": asset.kind, "name": asset.name}
+            return node if asset.deleted_at is None else {**node, "deleted": True}
         run = session.get(RunRow, node_id)
         if run is not None:
             return {
@@ -683,7 +810,7 @@ class Registry:
                 root = ref
             else:
                 try:
-                    root = self._resolve_asset_row(session, ref).id
+                    root = self._resolve_asset_row(session, ref, deleted_ok=True).id
                 except NotFoundError:
                     root = self._resolve_run_row(session, ref).id
             depth_of = {root: 0}
@@ -802,6 +929,7 @@ class Registry:
                     hint="point it at another asset first",
                 )
             target = stack[-2]
+            self._resolve_asset_row(session, target)  # refuses a target deleted since
             self._move_alias(session, name, target, "rollback", reason, actor)
             return target
 
@@ -821,7 +949,8 @@ def format_lineage(lin: Lineage) -> str:
     def label(node_id: str) -> str:
         n = info.get(node_id, {"type": "missing", "name": node_id})
         if n["type"] == "asset":
-            return f"{node_id}  [{n['kind']}] {n['name']}"
+            deleted = "  (deleted)" if n.get("deleted") else ""
+            return f"{node_id}  [{n['kind']}] {n['name']}{deleted}"
         if n["type"] == "run":
             return f"{node_id}  ({n['stage']}, {n['status']})"
         return f"{node_id}  (missing)"

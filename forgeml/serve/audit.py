@@ -52,7 +52,8 @@ class AuditLog:
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one entry: `event` (e.g. "request", "key_created") plus JSON-able fields."""
-        with self._lock, open(self.path, "a+", encoding="utf-8") as fh:
+        # Binary: the tail read starts at a byte offset, maybe inside a multi-byte character.
+        with self._lock, open(self.path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 index, prev = self._tail(fh)
@@ -65,7 +66,8 @@ class AuditLog:
                 }
                 entry["hash"] = _entry_hash(entry)
                 fh.seek(0, os.SEEK_END)
-                fh.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+                line = json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+                fh.write(line.encode("utf-8"))
                 fh.flush()
                 if self.fsync:
                     os.fsync(fh.fileno())
@@ -78,7 +80,8 @@ class AuditLog:
 
     @staticmethod
     def _tail(fh) -> tuple[int, str]:
-        """(next index, hash of the last entry), reading only the end of the file."""
+        """(next index, hash of the last entry), reading only the end of the file (whose
+        first line may be cut; the last one is whole)."""
         fh.seek(0, os.SEEK_END)
         size = fh.tell()
         if size == 0:

@@ -166,6 +166,14 @@ class KeyStore:
         with self.engine.connect() as conn:
             return [self._info(r) for r in conn.execute(query).mappings()]
 
+    def roles_of(self, principal: str) -> set[str]:
+        """Every role the principal's unrevoked keys hold (empty: no such principal)."""
+        query = select(api_keys.c.roles).where(
+            api_keys.c.principal == principal, api_keys.c.revoked_at.is_(None)
+        )
+        with self.engine.connect() as conn:
+            return {role for (roles,) in conn.execute(query) for role in roles}
+
     def authenticate(self, key: str | None) -> Principal | None:
         """The principal of a valid, unrevoked key, else None (the caller answers 401)."""
         parsed = self._parse(key or "")
