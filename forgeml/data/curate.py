@@ -86,6 +86,12 @@ SCHEMA = pa.schema(
     metadata={b"forgeml.kind": b"curated-documents", b"forgeml.schema_version": b"1"},
 )
 _WORK_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "duplicates_removed"])
+# Parquet min/max statistics of the text columns are whole documents, kept in the writer's
+# and every reader's memory for each row group (13 MB of footer at 3000 row groups in a
+# test): the curated file keeps statistics for the small columns only, the work file none.
+_STATS_COLUMNS = [
+    f.name for f in SCHEMA if f.name not in ("text", "metadata") and not pa.types.is_nested(f.type)
+]
 
 
 @dataclass
@@ -176,7 +182,9 @@ def curate_documents(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".curate-", dir=out_path.parent) as tmp:
         work_path = Path(tmp) / "survivors.parquet"
-        writer = pq.ParquetWriter(work_path, _WORK_SCHEMA, compression="zstd")
+        writer = pq.ParquetWriter(
+            work_path, _WORK_SCHEMA, compression="zstd", write_statistics=False
+        )
         hashes = ExactHashSpill(Path(tmp) / "exact.bin")
         signatures = SignatureSpill(Path(tmp) / "signatures.bin", cfg.dedup.num_perm)
         if cfg.executor == "ray":
@@ -508,7 +516,7 @@ def _write_curated(
     kept = chars = 0
     columns = ["raw_row", "path", "locator", "chars", "natural_language", "type", "language"]
     with atomic_open(out_path, "wb") as fh:
-        out = pq.ParquetWriter(fh, SCHEMA, compression="zstd")
+        out = pq.ParquetWriter(fh, SCHEMA, compression="zstd", write_statistics=_STATS_COLUMNS)
         index = 0
         for batch in parquet_batches(pq.ParquetFile(work_path), _BATCH):
             n = batch.num_rows

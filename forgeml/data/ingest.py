@@ -370,7 +370,9 @@ def ingest_files(
 
 def _write_batch(writer: pq.ParquetWriter | None, fh, batch: list[dict]) -> pq.ParquetWriter:
     if writer is None:
-        writer = pq.ParquetWriter(fh, SCHEMA, compression="zstd")
+        # No min/max statistics of whole texts in every row group's footer entry.
+        stats = [f.name for f in SCHEMA if f.name not in ("text", "metadata")]
+        writer = pq.ParquetWriter(fh, SCHEMA, compression="zstd", write_statistics=stats)
     writer.write_table(pa.Table.from_pylist(batch, schema=SCHEMA))
     return writer
 
