@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from forgeml.core.config import CurateConfig, config_hash
 from forgeml.core.errors import DataError
-from forgeml.core.io import atomic_open, parquet_batches
+from forgeml.core.io import RowGroupWriter, atomic_open, parquet_batches
 from forgeml.data.dedup import (
     ExactHashSpill,
     MinHasher,
@@ -182,8 +182,8 @@ def curate_documents(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".curate-", dir=out_path.parent) as tmp:
         work_path = Path(tmp) / "survivors.parquet"
-        writer = pq.ParquetWriter(
-            work_path, _WORK_SCHEMA, compression="zstd", write_statistics=False
+        writer = RowGroupWriter(
+            pq.ParquetWriter(work_path, _WORK_SCHEMA, compression="zstd", write_statistics=False)
         )
         hashes = ExactHashSpill(Path(tmp) / "exact.bin")
         signatures = SignatureSpill(Path(tmp) / "signatures.bin", cfg.dedup.num_perm)
@@ -516,7 +516,9 @@ def _write_curated(
     kept = chars = 0
     columns = ["raw_row", "path", "locator", "chars", "natural_language", "type", "language"]
     with atomic_open(out_path, "wb") as fh:
-        out = pq.ParquetWriter(fh, SCHEMA, compression="zstd", write_statistics=_STATS_COLUMNS)
+        out = RowGroupWriter(
+            pq.ParquetWriter(fh, SCHEMA, compression="zstd", write_statistics=_STATS_COLUMNS)
+        )
         index = 0
         for batch in parquet_batches(pq.ParquetFile(work_path), _BATCH):
             n = batch.num_rows

@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from forgeml.core.errors import DataError
-from forgeml.core.io import atomic_open
+from forgeml.core.io import RowGroupWriter, atomic_open
 from forgeml.data.readers import (
     ReadOptions,
     SkipDocument,
@@ -324,7 +324,7 @@ def ingest_files(
     report = IngestReport(out_path=str(out_path), sources=[str(s) for s in sources])
 
     with atomic_open(out_path, "wb") as fh, _ProgressBar(progress, len(entries)) as advance:
-        writer: pq.ParquetWriter | None = None
+        writer: RowGroupWriter | None = None
         batch: list[dict] = []
         batch_bytes = 0
         for entry in entries:
@@ -368,11 +368,13 @@ def ingest_files(
     return report
 
 
-def _write_batch(writer: pq.ParquetWriter | None, fh, batch: list[dict]) -> pq.ParquetWriter:
+def _write_batch(writer: RowGroupWriter | None, fh, batch: list[dict]) -> RowGroupWriter:
     if writer is None:
         # No min/max statistics of whole texts in every row group's footer entry.
         stats = [f.name for f in SCHEMA if f.name not in ("text", "metadata")]
-        writer = pq.ParquetWriter(fh, SCHEMA, compression="zstd", write_statistics=stats)
+        writer = RowGroupWriter(
+            pq.ParquetWriter(fh, SCHEMA, compression="zstd", write_statistics=stats)
+        )
     writer.write_table(pa.Table.from_pylist(batch, schema=SCHEMA))
     return writer
 
