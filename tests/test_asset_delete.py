@@ -175,3 +175,12 @@ def test_migration_0004_upgrades_in_place_and_downgrades(tmp_path) -> None:
     engine.dispose()
     assert "deleted_at" not in columns
     assert ids == {"dataset-aaa", live.id}  # a deleted asset would read as live at 0003
+
+
+def test_revived_content_keeps_its_classification(reg, tmp_path) -> None:
+    """Registering deleted content again without a label must not make it unlabelled."""
+    src = _folder(tmp_path / "d", "salaries")
+    data = reg.add_asset("dataset", "hr", src, metadata={"classification": "restricted"})
+    reg.delete_asset(data.id, actor="admin")
+    again = reg.add_asset("dataset", "hr-again", src)
+    assert again.id == data.id and again.metadata["classification"] == "restricted"

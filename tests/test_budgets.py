@@ -229,6 +229,11 @@ def test_raw_sources_carry_the_label_of_what_was_ingested_from_them(
     stored = tmp_path / "stored.yaml"
     stored.write_text(recipe.read_text().replace(str(text_folder), str(docs.path)))
     assert docs.id in _plan(workspace, ["pipeline", "run", stored]).refusals[0]
+    # Deleting what was ingested does not clear the folder it came from.
+    reg.delete_asset(derived.id, actor="admin")
+    reg.delete_asset(docs.id, actor="admin")
+    (reason,) = _plan(workspace, args).refusals
+    assert docs.id in reason and "confidential" in reason
 
 
 def test_cli_jobs_submit_prints_stores_and_charges_the_plan(workspace) -> None:

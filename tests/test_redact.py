@@ -47,6 +47,9 @@ def test_acme_planted_recall():
         ("token ghp_abcdefghijklmnopqrstuvwxyzABCDEFGHIJ", "secret"),
         ("blob kJ8sD2mQ9xZ4vB7nL1pR5tY3wE6uI0oA in a line", "secret"),
         ("url https://x.io/u/kJ8sD2mQ9xZ4vB7nL1pR5tY3wE6uI0oA/profile", "secret"),
+        ("aws wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY here", "secret"),
+        ("DB_PASSWORD=Xk9#[mQ2!pLs", "secret"),
+        ('password = "s3cr[et]Pass"', "secret"),
     ],
 )
 def test_detectors(text, kind):
@@ -96,3 +99,21 @@ def test_private_key_and_policies():
     assert dropped.drop == "redact:email" and dropped.text == ""
     kept = redact_text("mail a@b.io and acme_sk_0123456789abcdefghij", RedactConfig(email="keep"))
     assert kept.text == "mail a@b.io and <SECRET>"
+
+
+def test_random_keys_are_caught_whatever_their_alphabet():
+    """Unnamed generated keys (base62, base64 with `/` and `+`) of 32 characters: the
+    identifier and path exemptions must not let them through."""
+    import base64
+    import random
+    import string
+
+    rng = random.Random(0)
+    b62 = ["".join(rng.choice(string.ascii_letters + string.digits) for _ in range(32))
+           for _ in range(1000)]  # fmt: skip
+    b64 = [base64.b64encode(rng.randbytes(24)).decode() for _ in range(1000)]
+    for keys in (b62, b64):
+        caught = sum(
+            any(s.kind == "secret" for s in find_sensitive(f"value {k} end")) for k in keys
+        )
+        assert caught >= 990, caught

@@ -301,10 +301,10 @@ class _DatasetsRead:
         for sources, outputs in self._ingests or []:
             if any(_overlap(path, s) for s in sources):
                 for asset_id in outputs:
-                    try:
-                        asset = self.reg.get_asset(asset_id)
+                    try:  # a deleted output still says how sensitive its sources are
+                        asset = self.reg.get_asset(asset_id, deleted_ok=True)
                     except ForgeError:
-                        continue  # deleted since
+                        continue
                     if asset.kind == "dataset":
                         yield asset
 

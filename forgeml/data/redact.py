@@ -78,7 +78,10 @@ _PLACEHOLDER_VALUES = frozenset(
     "secret token xxx yyy changeme redacted".split()
 )
 _TOKEN = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/_=-]{16,}(?![\w+/=-])")
+_WORD = re.compile(r"[a-z]+\d*|[A-Z]+\d*|[A-Z][a-z]+\d*")
 _CAMEL_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
+_HUMP = re.compile(r"[A-Z]?[a-z]{3,}")  # a camel-case word of 4+ letters (all-caps runs not)
+_PLAIN_PART = re.compile(r"[0-9a-fA-F-]+|[a-z]+|[A-Z]+|[A-Z][a-z]+")
 # A key named for a secret but holding something about it (`token_type = 'bearer'`,
 # `password_min_length = 12`, `api_key_header = 'X-Api-Key'`), not the secret itself.
 _ABOUT_A_SECRET = frozenset(
@@ -87,7 +90,8 @@ _ABOUT_A_SECRET = frozenset(
     "class scope method endpoint algorithm algo mode size "
     "java py js ts txt md html xml json yaml yml cfg ini conf c h cc cpp go rs rb sh".split()
 )
-_IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*$")
+# `args.password`, `self.tokens[1]`: a variable, maybe subscripted, not a literal.
+_IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?:\[[\w.'\"-]*\])*$")
 
 
 def shannon_entropy(s: str) -> float:
@@ -108,19 +112,24 @@ def _class_changes(token: str) -> float:
 
 
 def _wordy(token: str) -> bool:
-    """Paths and identifiers (`Modules/_blake2/impl/round`, `InvalidBase64LengthDefect`):
-    most characters sit in plain words of three letters or more (all lower, all upper,
-    Capitalised), split at separators and at camel-case humps. Random keys
-    (`kJ8sD2mQ9xZ4vB7n`) break into runs of one or two."""
-    segments = _CAMEL_PARTS.findall(token)
-    words = sum(len(seg) for seg in segments if len(seg) >= 3 and not seg[0].isdigit())
-    return len(segments) >= 2 and words >= 0.6 * sum(map(len, segments))
+    """Paths and identifiers: most characters sit in plain words. Either separator-delimited
+    segments of three letters or more (`Modules/_blake2/impl/round`), or at least three
+    camel-case words of four letters or more (`InvalidBase64LengthDefect`; capitalised or
+    lower case, not all-caps runs), which a random key (`kJ8sD2mQ9xZ4vB7n`) seldom has."""
+    segments = [seg for seg in re.split(r"[/_.+=-]", token) if seg]
+    total = sum(map(len, segments))
+    if len(segments) >= 2:
+        words = sum(len(seg) for seg in segments if len(seg) >= 3 and _WORD.fullmatch(seg))
+        if words >= 0.6 * total:
+            return True
+    humps = [p for p in _CAMEL_PARTS.findall(token) if _HUMP.fullmatch(p)]
+    return len(humps) >= 3 and sum(map(len, humps)) >= 0.8 * total
 
 
 def _named_value_is_secret(value: str, quoted: bool, in_code: bool) -> bool:
     if len(value) < 4 or value.lower().strip("<>[]{}()*") in _PLACEHOLDER_VALUES:
         return False
-    if value[0] in "$%<{[(" or "(" in value or "[" in value or set(value) <= set("*xX.-_"):
+    if value[0] in "$%<{[(" or "(" in value or set(value) <= set("*xX.-_"):
         return False  # an expression, template or mask, not a literal
     # In code an unquoted name (`password = args.password`) is a variable, not a value.
     return not (in_code and not quoted and _IDENTIFIER_PATH.match(value))
@@ -156,9 +165,13 @@ def _secret_spans(text: str, cfg: RedactConfig, in_code: bool) -> Iterator[Span]
         if _named_value_is_secret(m.group("v"), bool(m.group("q")), in_code):
             yield Span(m.start("v"), m.end("v"), "secret")
     for m in _TOKEN.finditer(text):
-        # A path (`node/commit/67a1f0c5...`) is a secret when one of its parts is; the
-        # whole token is redacted then.
-        if any(_random_key(part, cfg) for part in m.group().split("/")):
+        # A path whose every part is hex, one plain word or words (`node/commit/67a1f0c5...`)
+        # is not a key; else the token, or any part of it, decides (base64 has `/`).
+        token = m.group()
+        parts = token.split("/")
+        if len(parts) > 1 and all(not p or _PLAIN_PART.fullmatch(p) or _wordy(p) for p in parts):
+            continue
+        if _random_key(token, cfg) or (len(parts) > 1 and any(_random_key(p, cfg) for p in parts)):
             yield Span(m.start(), m.end(), "secret")
 
 

@@ -388,7 +388,11 @@ class Registry:
                 # the files after `put` above, so they are put back inside this transaction).
                 self.artifacts.put(kind, asset_id, src)
                 existing.deleted_at = existing.deleted_by = existing.delete_reason = None
-                existing.name, existing.meta = name, dict(metadata or {})
+                meta = dict(metadata or {})
+                old_label = (existing.meta or {}).get("classification")
+                if old_label is not None and "classification" not in meta:
+                    meta["classification"] = old_label  # the content's label comes back too
+                existing.name, existing.meta = name, meta
                 existing.producer_run, existing.created_at = run_id, _utcnow()
             elif existing is None:
                 session.add(
