@@ -184,3 +184,29 @@ def test_revived_content_keeps_its_classification(reg, tmp_path) -> None:
     reg.delete_asset(data.id, actor="admin")
     again = reg.add_asset("dataset", "hr-again", src)
     assert again.id == data.id and again.metadata["classification"] == "restricted"
+
+
+def test_a_deletion_cut_off_before_its_commit_is_undone_or_finished(tmp_path) -> None:
+    """A process killed between moving the files aside and the commit: on the next open the
+    files of the still-live asset come back, those of a deleted one go."""
+    import os
+
+    def open_reg() -> Registry:
+        return Registry(f"sqlite:///{tmp_path / 'ws' / 'registry.db'}", tmp_path / "ws" / "art")
+
+    reg = open_reg()
+    live = reg.add_asset("dataset", "live", _folder(tmp_path / "a", "kept"))
+    gone = reg.add_asset("dataset", "gone", _folder(tmp_path / "b", "removed"))
+    moved_live = reg.artifacts.detach("dataset", live.id)  # killed before the commit
+    moved_gone = reg.artifacts.detach("dataset", gone.id)
+    reg.delete_asset(gone.id, actor="admin")  # its row was committed as deleted
+    fresh = reg.artifacts.detach(
+        "dataset", reg.add_asset("dataset", "x", _folder(tmp_path / "c", "x")).id
+    )
+    reg.close()
+    for path in (moved_live, moved_gone):
+        os.utime(path, (0, 0))  # detached long ago; `fresh` may still be committing
+    reg = open_reg()
+    assert reg.verify_asset(live.id)
+    assert not moved_live.exists() and not moved_gone.exists() and fresh.exists()
+    reg.close()

@@ -11,6 +11,8 @@ import os
 import secrets
 import shutil
 import stat
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,8 +140,22 @@ class ArtifactStore:
             return None
         detached = folder.parent / f".deleting-{asset_id}-{secrets.token_hex(4)}"
         os.rename(folder, detached)
+        os.utime(detached)  # its age is the time of the detach (see `interrupted_detaches`)
         fsync_dir(folder.parent)
         return detached
+
+    def interrupted_detaches(self, older_than_s: float) -> Iterator[tuple[str, str, Path]]:
+        """(kind, asset id, folder) of each folder detached more than `older_than_s` ago: a
+        deletion whose process died between the rename and its commit (a younger one may
+        still be committing)."""
+        if not self.root.is_dir():
+            return
+        now = time.time()
+        for kind_dir in self.root.iterdir():
+            for entry in kind_dir.glob(".deleting-*") if kind_dir.is_dir() else ():
+                if now - entry.stat().st_mtime > older_than_s:
+                    asset_id = entry.name.removeprefix(".deleting-").rsplit("-", 1)[0]
+                    yield kind_dir.name, asset_id, entry
 
     def reattach(self, kind: str, asset_id: str, detached: Path) -> None:
         """Undo `detach` (the deletion it was for did not commit)."""

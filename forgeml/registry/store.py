@@ -233,6 +233,10 @@ def _configure_sqlite(engine: Engine) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+# A detached asset folder older than this belongs to a deletion whose process died.
+_STALE_DETACH_S = 600.0
+
+
 class Registry:
     """Assets, runs, lineage and aliases. Open one per process (engines do not survive fork)."""
 
@@ -257,6 +261,22 @@ class Registry:
             self.engine.execution_options(forgeml_write=True), expire_on_commit=False
         )
         self._migrate(_MigrationLock(self.engine, sqlite_path))
+        self._recover_interrupted_deletes()
+
+    def _recover_interrupted_deletes(self) -> None:
+        """Finish or undo deletions whose process died between moving an asset's files aside
+        and the commit: the files of a deleted asset go, those of a live one come back."""
+        try:
+            for kind, asset_id, detached in self.artifacts.interrupted_detaches(_STALE_DETACH_S):
+                with self._reading() as session:
+                    row = session.get(AssetRow, asset_id)
+                    state = None if row is None else "live" if row.deleted_at is None else "gone"
+                if state == "gone":
+                    remove_tree(detached)
+                elif state == "live" and not self.artifacts.exists(kind, asset_id):
+                    self.artifacts.reattach(kind, asset_id, detached)
+        except OSError:
+            pass  # a store we cannot fix up now; opening the registry must still work
 
     @classmethod
     def open_workspace(cls, root: str | Path, url: str | None = None) -> Registry:
