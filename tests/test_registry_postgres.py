@@ -99,3 +99,56 @@ def test_concurrent_writers_on_fresh_postgres(pg_url: str, tmp_path: Path) -> No
     results = concurrency.run_writers(pg_url, tmp_path / "art", work, n_procs, n_ops)
     with Registry(pg_url, tmp_path / "art") as reg:
         concurrency.check_writes(reg, results, n_procs, n_ops)
+
+
+def test_a_deletion_and_a_new_child_never_both_commit(reg: Registry, tmp_path: Path) -> None:
+    """PostgreSQL runs writers at once: the deletion holds its asset FOR UPDATE and a new
+    child holds its parent FOR SHARE, so a live child of a deleted asset never appears
+    (started together from two threads, 8 times; exactly one of the two must succeed)."""
+    import threading
+
+    from forgeml.core.errors import ForgeError
+
+    outcomes = []
+    for i in range(8):
+        src = tmp_path / f"p{i}"
+        src.mkdir()
+        (src / "f.txt").write_text(f"parent {i}")
+        child_src = tmp_path / f"c{i}"
+        child_src.mkdir()
+        (child_src / "f.txt").write_text(f"child {i}")
+        parent = reg.add_asset("dataset", f"p{i}", src)
+        start = threading.Barrier(2)
+        result: dict[str, bool] = {}
+
+        def delete(
+            parent_id: str = parent.id, result: dict = result, start: threading.Barrier = start
+        ) -> None:
+            start.wait()
+            try:
+                reg.delete_asset(parent_id, actor="t")
+                result["deleted"] = True
+            except ForgeError:
+                result["deleted"] = False
+
+        def add_child(
+            parent_id: str = parent.id,
+            child_src: Path = child_src,
+            result: dict = result,
+            start: threading.Barrier = start,
+        ) -> None:
+            start.wait()
+            try:
+                reg.add_asset("tokenizer", "child", child_src, parents=[parent_id])
+                result["child"] = True
+            except ForgeError:
+                result["child"] = False
+
+        threads = [threading.Thread(target=delete), threading.Thread(target=add_child)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert result["deleted"] != result["child"], result  # exactly one of them wins
+        outcomes.append(result["deleted"])
+    print(f"deletion won {sum(outcomes)} of {len(outcomes)} races")

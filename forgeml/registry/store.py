@@ -438,6 +438,7 @@ class Registry:
     def _add_edges(
         self, session: Session, asset_id: str, run_id: str | None, parent_ids: list[str]
     ) -> None:
+        self._lock_assets(session, parent_ids, share=True)
         for parent_id in parent_ids:
             self._resolve_asset_row(session, parent_id)  # deleted since it was looked up?
         wanted = [(p, asset_id, PARENT, i) for i, p in enumerate(parent_ids)]
@@ -597,6 +598,8 @@ class Registry:
         try:
             with self._writing() as session:
                 row = self._resolve_asset_row(session, ref)
+                self._lock_assets(session, [row.id], share=False)
+                row = self._resolve_asset_row(session, row.id)  # deleted meanwhile?
                 self._refuse_if_blocked(session, row)
                 row.deleted_at, row.deleted_by, row.delete_reason = _utcnow(), actor, reason
                 session.flush()
@@ -677,6 +680,19 @@ class Registry:
             )
         raise NotFoundError(f"unknown run '{ref}'", hint=_RUN_HINT)
 
+    def _lock_assets(self, session: Session, ids: Sequence[str], *, share: bool) -> None:
+        """Row locks on PostgreSQL (SQLite runs one writer at a time already), the rows
+        re-read: a deletion holds its asset FOR UPDATE, and whatever makes a child of it or
+        starts a run reading it holds it FOR SHARE, so that the deletion's check for
+        dependants and a new dependant cannot both commit."""
+        if ids and self.engine.dialect.name == "postgresql":
+            session.execute(
+                select(AssetRow)
+                .where(AssetRow.id.in_(sorted(set(ids))))
+                .with_for_update(read=share)
+                .execution_options(populate_existing=True)
+            ).all()
+
     def _input_ids(self, session: Session, inputs: Sequence[str]) -> list[str]:
         ids: list[str] = []
         for ref in inputs:
@@ -714,6 +730,9 @@ class Registry:
         )
         with self._writing() as session:
             input_ids = self._input_ids(session, inputs)
+            self._lock_assets(session, input_ids, share=True)
+            for asset_id in input_ids:
+                self._resolve_asset_row(session, asset_id)  # deleted meanwhile?
             session.add(row)
             for i, asset_id in enumerate(input_ids):
                 session.add(EdgeRow(src=asset_id, dst=row.id, relation=CONSUMES, position=i))
