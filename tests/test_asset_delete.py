@@ -10,15 +10,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.orm import Session
+from test_migrations_0003 import _alembic
 from typer.testing import CliRunner
 
 from forgeml.cli import app
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.registry import Registry
-from forgeml.registry.store import MIGRATIONS_DIR
 
 
 @pytest.fixture
@@ -140,13 +139,6 @@ def test_cli_assets_delete(workspace, tmp_path) -> None:
     deleted = [(e["asset"], e["reason"]) for e in events if e["event"] == "asset_deleted"]
     assert deleted == [(model.id, "bad run"), (data.id, "")]
     assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
-
-
-def _alembic(url: str) -> AlembicConfig:
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", url)
-    return cfg
 
 
 def test_migration_0004_upgrades_in_place_and_downgrades(tmp_path) -> None:

@@ -413,50 +413,55 @@ def curate_batch(
     )
 
 
+def _in_input_order(
+    batches: Iterator[tuple[int, pa.RecordBatch]],
+    submit: Callable[[pa.RecordBatch, int], Any],
+    result: Callable[[Any], BatchOutcome],
+    window: int,
+) -> Iterator[BatchOutcome]:
+    """`result(submit(batch, first_row))` of every batch, `window` submitted ahead (memory
+    holds that many batches, not the corpus), in input order."""
+    in_flight: deque[Any] = deque()
+    for first_row, batch in batches:
+        in_flight.append(submit(batch, first_row))
+        if len(in_flight) >= window:
+            yield result(in_flight.popleft())
+    while in_flight:
+        yield result(in_flight.popleft())
+
+
 def _curate_batches_on_ray(
     batches: Iterator[tuple[int, pa.RecordBatch]], cfg: CurateConfig
 ) -> Iterator[BatchOutcome]:
-    """`curate_batch` as Ray tasks, a bounded window of them in flight (memory holds that
-    many batches, not the corpus); outcomes come back in input order."""
+    """`curate_batch` as Ray tasks, two per cluster CPU in flight; in input order."""
     from forgeml.core.ray_cluster import ray_cluster
 
     with ray_cluster(cfg.ray_address) as ray:
         task = ray.remote(curate_batch)
         cfg_ref = ray.put(cfg)
         window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        in_flight: deque[Any] = deque()
-        for first_row, batch in batches:
-            in_flight.append(task.remote(batch, first_row, cfg_ref))
-            if len(in_flight) >= window:
-                yield ray.get(in_flight.popleft())
-        while in_flight:
-            yield ray.get(in_flight.popleft())
+        submit = lambda batch, first_row: task.remote(batch, first_row, cfg_ref)  # noqa: E731
+        yield from _in_input_order(batches, submit, ray.get, window)
 
 
 def _curate_batches_in_processes(
     batches: Iterator[tuple[int, pa.RecordBatch]], cfg: CurateConfig
 ) -> Iterator[BatchOutcome]:
     """`curate_batch` in a pool of `cfg.workers` processes (spawned: no state forked from
-    a parent that may hold threads), a bounded window in flight; in input order."""
+    a parent that may hold threads), two per worker in flight; in input order."""
     workers = cfg.workers or os.cpu_count() or 1
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        in_flight: deque[Future[BatchOutcome]] = deque()
+        submit = lambda batch, first_row: pool.submit(curate_batch, batch, first_row, cfg)  # noqa: E731
         try:
-            for first_row, batch in batches:
-                in_flight.append(pool.submit(curate_batch, batch, first_row, cfg))
-                if len(in_flight) >= 2 * workers:
-                    yield in_flight.popleft().result()
-            while in_flight:
-                yield in_flight.popleft().result()
+            yield from _in_input_order(batches, submit, Future.result, 2 * workers)
         except BrokenProcessPool:
             raise DataError(
                 "a curation worker process died (out of memory or killed)",
                 "run again with fewer `curate.workers` or `curate.executor=local`",
             ) from None
         finally:
-            for future in in_flight:
-                future.cancel()
+            pool.shutdown(cancel_futures=True)  # work not yet started, when stopped early
 
 
 @dataclass
