@@ -8,13 +8,21 @@ transformers is timed with both of its expert kernels: its default `grouped_mm` 
 (the classic Python loop over experts). The dense model has the MoE's active FFN width
 (ffn_hidden = top_k x expert width), which gives the dense-vs-MoE active-parameter ratio.
 
+`--profile` also profiles one step of forgeml's MoE and of HF's `grouped_mm` Mixtral and
+prints the time each spends in matrix multiplies (`mm`, `addmm`, `bmm`, `_grouped_mm`, self
+time) and the ceiling they set: HF's step time over forgeml's GEMM time, the ratio forgeml
+would reach if everything but its GEMMs took no time at all. `--compile` adds forgeml's MoE
+under torch.compile as a contender.
+
     .venv/bin/python benchmarks/moe_throughput.py --dtype fp32 --record
+    .venv/bin/python benchmarks/moe_throughput.py --dtype fp32 --profile --compile
     .venv/bin/python benchmarks/moe_throughput.py --quick   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import statistics
 import sys
@@ -33,6 +41,7 @@ from forgeml.core.config import ModelConfig  # noqa: E402
 from forgeml.models.dense import Transformer  # noqa: E402
 from forgeml.models.hf_io import save_model  # noqa: E402
 from forgeml.models.moe import MoETransformer  # noqa: E402
+from forgeml.models.parallelize import parallelize  # noqa: E402
 
 # The PEERS.md tiny MoE: vocab 8192, hidden 256, 6 layers, 8 heads, 4 KV heads, 8 experts of
 # width 384, top-2.
@@ -87,6 +96,46 @@ def check_same_function(ours: MoETransformer, hf: torch.nn.Module, x: torch.Tens
         raise SystemExit("losses differ: the models are not the same computation")
 
 
+# The matrix-multiply kernels both implementations reach (self time, so a `linear` is counted
+# once, through the `addmm`/`mm` under it).
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_grouped_mm"}
+
+
+def gemm_profile(step, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+    """(step seconds, seconds of GEMM self time) of one profiled training step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        step(*batch)
+        total = time.perf_counter() - start
+    gemm_us = sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in GEMM_OPS)
+    return total, gemm_us / 1e6
+
+
+def report_gemm_ceiling(runs: dict, batches: list, repeats: int = 3) -> None:
+    """Profile forgeml's MoE and HF's grouped_mm Mixtral (median of `repeats` steps each, in
+    turn) and print the GEMM shares and the ceiling of forgeml's speed-up they imply."""
+    names = ["forgeml MoE", "HF grouped_mm"]
+    got: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names:
+            got[name].append(gemm_profile(runs[name], batches[i % len(batches)]))
+    med = {
+        name: tuple(statistics.median(x[k] for x in got[name]) for k in (0, 1)) for name in names
+    }
+    for name, (total, gemm) in med.items():
+        print(
+            f"profile {name:14s} step {total:6.3f} s  GEMMs {gemm:6.3f} s "
+            f"({100 * gemm / total:.0f}%)  rest {total - gemm:6.3f} s"
+        )
+    ceiling = med["HF grouped_mm"][0] / med["forgeml MoE"][1]
+    print(
+        f"ceiling: HF step / forgeml GEMMs = {ceiling:.2f}x (forgeml's ratio if all its "
+        "non-GEMM work took no time; the profiler's own overhead is in both step times)"
+    )
+
+
 def record(row: str) -> None:
     """Insert `row` after the last row of this benchmark's table in BENCHMARKS.md."""
     lines = BENCH_MD.read_text().splitlines() if BENCH_MD.is_file() else []
@@ -109,6 +158,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None, help="timed steps per model")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--record", action="store_true", help="add a result row to BENCHMARKS.md")
+    ap.add_argument("--profile", action="store_true", help="GEMM share and speed-up ceiling")
+    ap.add_argument("--compile", action="store_true", help="also time forgeml under compile")
     args = ap.parse_args()
     rounds = args.rounds or (3 if args.quick else 25)
     if args.threads:
@@ -127,6 +178,9 @@ def main() -> None:
     batches = [(d[:, :-1].contiguous(), d[:, 1:].contiguous()) for d in data]
     check_same_function(moe, theirs["HF grouped_mm"], data[0])
     runs = {"forgeml MoE": make_step(moe, forgeml_loss, args.dtype)}
+    if args.compile:
+        compiled = parallelize(copy.deepcopy(moe), compile=True, ddp=False, device="cpu")
+        runs["forgeml+compile"] = make_step(compiled, forgeml_loss, args.dtype)
     runs.update({name: make_step(hf, hf_loss, args.dtype) for name, hf in theirs.items()})
     runs["forgeml dense"] = make_step(dense, forgeml_loss, args.dtype)
     for name, step in runs.items():
@@ -134,6 +188,9 @@ def main() -> None:
         for i in range(2):
             step(*batches[i])
         print(f"warm-up {name:14s} {(time.perf_counter() - t0) / 2:6.2f} s/step")
+
+    if args.profile:
+        report_gemm_ceiling(runs, batches)
 
     tokens = args.batch * args.seq
     rates: dict[str, list[float]] = {name: [] for name in runs}

@@ -14,7 +14,7 @@ from forgeml.core.config import validate_recipe
 from forgeml.demo.acme import build_sft_records
 from forgeml.eval import chat_answers
 from forgeml.eval.chat_answers import evaluate_chat_answers, load_answer_records
-from forgeml.pipeline.posttrain_stage import evaluate_greedy_rewards
+from forgeml.pipeline.posttrain_stage import evaluate_greedy_rewards, evaluate_sampled_rewards
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
 from forgeml.train.rewards import build_rewards
 from forgeml.train.rl_data import load_prompts
@@ -84,6 +84,55 @@ def test_greedy_rewards_mean_and_solved(tmp_path, tok, monkeypatch) -> None:
     assert got["mean_reward"] == pytest.approx((1 + 1.5 + 0 + 0.5) / 4)
 
 
+def _regex_plugins(*specs: dict) -> list:
+    return build_rewards(validate_recipe({"rl": {"rewards": list(specs)}}).rl.rewards)
+
+
+def test_sampled_rewards_pass_at_1_and_pass_at_n(tmp_path, tok, monkeypatch) -> None:
+    prompts = load_prompts(_jsonl(tmp_path / "p.jsonl", [{"prompt": f"q{i}"} for i in range(3)]))
+    plugins = _regex_plugins({"kind": "regex", "pattern": "yes", "name": "says_yes"})
+    rl = validate_recipe({"rl": {"temperature": 0.7, "max_new_tokens": 8}}).rl
+    groups = iter([["yes", "no", "yes", "no"], ["no"] * 4, ["no", "no", "no", "yes"]])
+    seen = []
+
+    def fake_group(model, ids, n, **kw):
+        seen.append((n, kw["temperature"], kw["max_new_tokens"], kw["generator"].initial_seed()))
+        return [tok.encode(t, add_special_tokens=False).ids for t in next(groups)]
+
+    monkeypatch.setattr("forgeml.train.rl.sample_group", fake_group)
+    got = evaluate_sampled_rewards(_Ctx(), tok, prompts, plugins, rl, samples=4, seed=0)
+    assert got["sampled_solved"] == 3 / 12 and got["pass_at_n"] == 2 / 3
+    assert got["sampled_mean_reward"] == 3 / 12 and got["samples_per_prompt"] == 4
+    # GRPO's sampling settings, and one seed per prompt (so a prompt's samples do not depend
+    # on which prompts come before it)
+    assert [s[:3] for s in seen] == [(4, 0.7, 8)] * 3 and len({s[3] for s in seen}) == 3
+
+
+def test_sampled_rewards_on_a_real_model_are_seeded_and_near_greedy_when_cold(
+    tmp_path, tok
+) -> None:
+    import torch
+
+    from forgeml.core.config import ModelConfig
+    from forgeml.models.dense import Transformer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(dim=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn_hidden=64,
+                      vocab_size=tok.get_vocab_size(), max_seq_len=64)  # fmt: skip
+    model = Transformer(cfg).eval()
+    prompts = load_prompts(_jsonl(tmp_path / "p.jsonl", [{"prompt": f"the {w}"} for w in "abcdef"]))
+    plugins = _regex_plugins({"kind": "regex", "pattern": "e", "name": "has_e"})
+    hot = validate_recipe({"rl": {"temperature": 1.0, "max_new_tokens": 6}}).rl
+    a = evaluate_sampled_rewards(model, tok, prompts, plugins, hot, samples=3)
+    b = evaluate_sampled_rewards(model, tok, prompts, plugins, hot, samples=3)
+    assert a == b  # seeded
+    cold = hot.model_copy(update={"temperature": 1e-6})
+    sampled = evaluate_sampled_rewards(model, tok, prompts, plugins, cold, samples=2)
+    greedy = evaluate_greedy_rewards(model, tok, prompts, plugins, max_new_tokens=6)
+    # At a vanishing temperature every sample is the greedy reply.
+    assert sampled["sampled_solved"] == greedy["solved"] == sampled["pass_at_n"]
+
+
 def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path) -> None:
     from forgeml.pipeline.run import run_pipeline
     from forgeml.pipeline.stages import open_registry
@@ -115,7 +164,7 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
             "dpo": {"data": str(pairs), "judge": "forgeml.demo.acme_rl:python_compiles",
                     "optim": {"lr": 0.01}, "train": {**tiny_train, "max_steps": 4}},
             "rl": {"prompts": str(prompts), "heldout": str(prompts), "optim": {"lr": 0.05},
-                   "train": {**tiny_train, "max_steps": 2}},
+                   "eval_samples": 2, "train": {**tiny_train, "max_steps": 2}},
         },
     })  # fmt: skip
     result = run_pipeline(workspace, recipe, progress=False)
@@ -135,7 +184,8 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
     assert reg.get_asset(dpo).metadata["base_model"] == sft
     assert reg.get_asset(rl).metadata["base_model"] == dpo and len({sft, dpo, rl}) == 3
     lifts = {(lift.stage, lift.metric): lift for lift in result.lifts}
-    assert [k[0] for k in lifts] == ["sft", "dpo", "dpo", "dpo", "rl", "rl"]
+    assert [k[0] for k in lifts] == ["sft", "dpo", "dpo", "dpo", "rl", "rl", "rl", "rl"]
+    assert lifts[("rl", "held-out solved, sampled pass@1 (n=2)")].n == 8  # 4 prompts x 2
     for lift in result.lifts:
         assert lift.n > 0 and math.isfinite(lift.before) and math.isfinite(lift.after)
         if "margin (" not in lift.metric:
@@ -144,7 +194,7 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
     assert margin.after > margin.before  # DPO pushed chosen above rejected on unseen pairs
     assert lifts[("sft", "held-out answer exact match")].n == 4
     summary = result.summary()
-    assert [row["stage"] for row in summary["lift"]] == ["sft", "dpo", "dpo", "dpo", "rl", "rl"]
+    assert [row["stage"] for row in summary["lift"]] == ["sft"] + ["dpo"] * 3 + ["rl"] * 4
     again = run_pipeline(workspace, recipe, progress=False)
     assert all(s.cached for s in again.stages)
     assert [lift.as_dict() for lift in again.lifts] == summary["lift"]

@@ -54,6 +54,23 @@ def test_sandbox_runs_with_stdin_in_an_empty_temp_cwd():
     assert not Path(cwd).exists()  # removed afterwards
 
 
+def test_sandbox_program_runs_as_a_fresh_main_with_installed_packages():
+    # The launcher's own names do not leak into the program; installed packages import
+    # although the child starts without `site`; errors name the program's own line.
+    src = (
+        "import sys, resource, yaml\n"
+        "print(__name__, sys.modules['__main__'].__dict__ is globals())\n"
+        "print(sorted(k for k in globals() if not k.startswith('__')))\n"
+        "print(resource.getrlimit(resource.RLIMIT_AS)[0] >> 20)\n"
+        "def f():\n    raise ValueError('boom')\n"
+        "f()\n"
+    )
+    res = run_python(src, limits=SandboxLimits(memory_mb=300))
+    main, names, memory = res.stdout.splitlines()
+    assert main == "__main__ True" and names == "['resource', 'sys', 'yaml']"
+    assert memory == "300" and res.error == "ValueError: boom"
+
+
 def test_sandbox_kills_a_runaway_program_and_its_children():
     src = (
         "import subprocess, sys\n"

@@ -473,10 +473,16 @@ class PreferenceStageConfig(_Section):
 
 class RLStageConfig(_Section):
     """`pipeline run`: GRPO (the recipe's `rl` section) from the last post-trained model,
-    measured by greedy reward on held-out prompts before and after."""
+    measured by greedy (and optionally sampled) reward on held-out prompts before and after."""
 
     prompts: str = Field(description="training prompts JSONL ({messages|prompt, ...metadata})")
     heldout: str | None = Field(None, description="held-out prompts JSONL for the before/after")
+    eval_samples: int = Field(
+        0,
+        ge=0,
+        description="also sample this many completions per held-out prompt as GRPO "
+        "samples them (pass@1 from n samples, and pass@n); 0: greedy only",
+    )
     optim: OptimConfig = OptimConfig(lr=1e-5, warmup_steps=5, schedule="constant", weight_decay=0.0)
     train: TrainConfig = TrainConfig(max_steps=20, checkpoint_every=10, log_every=1)
 

@@ -4,8 +4,10 @@ After pre-training (and SFT, sft_stage.py) a recipe's `posttrain` section adds:
 - the SFT lift: held-out answer exact match of the pre-trained vs the SFT model;
 - DPO from the SFT model (`dpo` section, `posttrain.dpo` data and loop) and its sampled
   win-rate against the SFT model on the held-out prompts, ranked by a judge function;
-- GRPO from the last model (`rl` section, `posttrain.rl` prompts and loop) and the greedy
-  reward of the model before and after on the held-out prompts.
+- GRPO from the last model (`rl` section, `posttrain.rl` prompts and loop) and the reward of
+  the model before and after on the held-out prompts: greedy, and with
+  `posttrain.rl.eval_samples` also sampled (pass@1 estimated from n seeded samples per
+  prompt at the policy's temperature, as GRPO samples, and pass@n).
 Every eval is a cached, registered run with an eval asset, like every other stage.
 """
 
@@ -70,11 +72,58 @@ def evaluate_greedy_rewards(
     }
 
 
+def evaluate_sampled_rewards(
+    model, tokenizer, prompts: list, plugins: list, rl: RLConfig, *, samples: int,
+    seed: int = 0, device: str = "cpu",
+) -> dict[str, Any]:  # fmt: skip
+    """`samples` completions per prompt drawn as GRPO draws them (`rl`'s temperature, top-k,
+    top-p, max_new_tokens; one seeded generator per prompt), scored by the reward plugins:
+    `sampled_solved` is the share of all samples where the first plugin gives its full reward
+    (the unbiased pass@1 estimate from n samples, Chen et al. arXiv:2107.03374),
+    `pass_at_n` the share of prompts with at least one such sample, and the mean reward."""
+    import torch
+
+    from forgeml.tokenizer.chat import END, EOS
+    from forgeml.train.rewards import score_completions
+    from forgeml.train.rl import sample_group
+
+    stops = {tokenizer.token_to_id(END), tokenizer.token_to_id(EOS)} - {None}
+    texts, completions, metas, owner = [], [], [], []
+    for i, prompt in enumerate(prompts):
+        ids = tokenizer.encode(prompt.text, add_special_tokens=False).ids
+        if len(ids) >= model.cfg.max_seq_len:  # no room: scored as empty replies
+            rows: list[list[int]] = [[] for _ in range(samples)]
+        else:
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+            rows = sample_group(
+                model, ids, samples, max_new_tokens=rl.max_new_tokens, stop_ids=stops,
+                temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p, generator=gen,
+                device=device, dtype="fp32",
+            )  # fmt: skip
+        for row in rows:
+            texts.append(prompt.text)
+            completions.append(tokenizer.decode([t for t in row if t not in stops]))
+            metas.append(prompt.metadata)
+            owner.append(i)
+    total, each = score_completions(plugins, texts, completions, metas)
+    solved = [v >= 1.0 for v in each[plugins[0].name]]
+    n = len(prompts)
+    hit = {owner[j] for j, ok in enumerate(solved) if ok}
+    return {
+        "samples_per_prompt": samples,
+        "sampled_solved": sum(solved) / len(solved) if solved else 0.0,
+        "pass_at_n": len(hit) / n if n else 0.0,
+        "sampled_mean_reward": sum(total) / len(total) if total else 0.0,
+    }
+
+
 def reward_eval_stage(
     ws: Workspace, model_ref: str, prompts_path: str | Path, rl: RLConfig, *,
-    limit: int | None = None, force: bool = False, notify: Notify | None = None,
+    limit: int | None = None, samples: int = 0, force: bool = False,
+    notify: Notify | None = None,
 ) -> StageResult:  # fmt: skip
-    """Registered eval run of `evaluate_greedy_rewards` on a prompts JSONL file."""
+    """Registered eval run of `evaluate_greedy_rewards` on a prompts JSONL file, and of
+    `evaluate_sampled_rewards` with `samples` per prompt when that is above 0."""
     from forgeml.core.runtime import pick_device
     from forgeml.models.hf_io import load_model
     from forgeml.pipeline.rl_stage import reward_fingerprints
@@ -92,14 +141,21 @@ def reward_eval_stage(
         "reward_sources": reward_fingerprints(list(rl.rewards)),
         "max_new_tokens": rl.max_new_tokens, "prompt_format": rl.prompt_format,
     }  # fmt: skip
+    if samples:
+        config["sampling"] = {"samples": samples, "temperature": rl.temperature,
+                              "top_k": rl.top_k, "top_p": rl.top_p}  # fmt: skip
 
     def body(work: Path):
         device = pick_device()
         model = load_model(asset.path, device=device).eval()
+        tokenizer = load_tokenizer(asset.path)
         result = evaluate_greedy_rewards(
-            model, load_tokenizer(asset.path), prompts, plugins,
-            max_new_tokens=rl.max_new_tokens, device=device,
-        )  # fmt: skip
+            model, tokenizer, prompts, plugins, max_new_tokens=rl.max_new_tokens, device=device
+        )
+        if samples:
+            result.update(evaluate_sampled_rewards(
+                model, tokenizer, prompts, plugins, rl, samples=samples, device=device
+            ))  # fmt: skip
         out = work / "eval"
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "eval.json", json.dumps({"model": asset.id, **result}, indent=1))
@@ -224,17 +280,24 @@ def posttrain_stages(
         before = None
         if cfg.rl.heldout:
             before = reward_eval_stage(ws, current, cfg.rl.heldout, recipe.rl,
-                                       limit=cfg.eval_limit, force=force, notify=notify)  # fmt: skip
+                                       limit=cfg.eval_limit, samples=cfg.rl.eval_samples,
+                                       force=force, notify=notify)  # fmt: skip
             stages.append(before)
         rl = rl_stage(ws, sub, current, cfg.rl.prompts, force=force, progress=progress,
                       notify=notify)  # fmt: skip
         stages.append(rl)
         if before is not None:
             after = reward_eval_stage(ws, rl.output, cfg.rl.heldout, recipe.rl,
-                                      limit=cfg.eval_limit, force=force, notify=notify)  # fmt: skip
+                                      limit=cfg.eval_limit, samples=cfg.rl.eval_samples,
+                                      force=force, notify=notify)  # fmt: skip
             stages.append(after)
-            for key, label in (("solved", "held-out solved (reward 1)"),
-                               ("mean_reward", "held-out mean reward")):  # fmt: skip
+            rows = [("solved", "held-out solved, greedy (reward 1)", 1),
+                    ("mean_reward", "held-out mean reward, greedy", 1)]  # fmt: skip
+            if cfg.rl.eval_samples:
+                k = cfg.rl.eval_samples
+                rows += [("sampled_solved", f"held-out solved, sampled pass@1 (n={k})", k),
+                         ("pass_at_n", f"held-out pass@{k}", 1)]  # fmt: skip
+            for key, label, per in rows:
                 lifts.append(Lift("rl", label, before.metrics[key], after.metrics[key],
-                                  after.metrics["n"]))  # fmt: skip
+                                  after.metrics["n"] * per))  # fmt: skip
     return stages, lifts
