@@ -21,6 +21,7 @@ from forgeml.tokenizer.chat import EOS
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
 from forgeml.train.metrics import read_metrics
 from forgeml.train.rewards import RewardPlugin, per_sample
+from forgeml.train.rl_losses import group_advantages
 
 WORDS = "the factory builds models from documents alice bob carol ship parts to the lab".split()
 
@@ -97,6 +98,46 @@ def test_grpo_raises_a_learnable_reward_without_reference(tiny, tmp_path, monkey
     # The trained model is a loadable model folder with its tokenizer.
     assert load_model(summary["model_dir"]).cfg.vocab_size == load_model(base).cfg.vocab_size
     assert (Path(summary["model_dir"]) / "tokenizer.json").is_file()
+
+
+def e_share_on_half(prompt: str, completion: str, meta: dict) -> float:
+    """share_of_e on the prompts of the first half of WORDS; a flat 0.5 on the rest (a group
+    of those has equal rewards: no learning signal)."""
+    return share_of_e(prompt, completion, meta) if meta["w"] in WORDS[:7] else 0.5
+
+
+def test_dynamic_sampling_swaps_groups_without_signal(tiny, tmp_path, monkeypatch):
+    base, prompts = tiny
+    half = [RewardPlugin("e", 1.0, per_sample("e", e_share_on_half))]
+    trained: dict[str, list[torch.Tensor]] = {"off": [], "on": []}
+    runs = {}
+    for name, extra in (("off", 0), ("on", 8)):
+
+        def spy(rewards, group_size, scale, _name=name):
+            trained[_name].append(rewards.view(-1, group_size))
+            return group_advantages(rewards, group_size, scale)
+
+        monkeypatch.setattr(rl, "group_advantages", spy)
+        recipe = load_recipe(None, [
+            *FAST, "train.max_steps=4", "rl.kl_coef=0", "rl.prompts_per_step=4",
+            f"rl.dynamic_sampling={extra}",
+        ])  # fmt: skip
+        rl.train_rl(recipe, base_model=base, prompts=prompts, out_dir=tmp_path / name,
+                    rewards=half, progress=False)  # fmt: skip
+        runs[name] = read_metrics(tmp_path / name / "metrics.jsonl")
+    off, on = runs["off"], runs["on"]
+    assert all(r["groups_resampled"] == 0 for r in off)
+    assert sum(r["groups_resampled"] for r in on) > 0
+    assert all(r["groups_resampled"] <= 8 for r in on)
+    # Every step still trains on prompts_per_step groups; with swaps fewer of them are flat
+    # (a flat one is kept only when the step's spares ran out).
+    assert all(t.shape == (4, 8) for t in trained["off"] + trained["on"])
+
+    def flat(name: str) -> int:
+        return sum(int((t.max(1).values == t.min(1).values).sum()) for t in trained[name])
+
+    assert flat("off") > 0 and flat("on") < flat("off")
+    assert all(r["reward_mean_drawn"] == pytest.approx(r["reward_mean"]) for r in off)
 
 
 def test_kl_to_the_reference_starts_at_zero_and_grows(tiny, tmp_path, monkeypatch):

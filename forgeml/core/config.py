@@ -379,6 +379,13 @@ class RLConfig(_Section):
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group", description="divide advantages by the group's (or batch's) reward std"
     )
+    dynamic_sampling: int = Field(
+        0,
+        ge=0,
+        description="DAPO's dynamic sampling (arXiv:2503.14476): a group whose rewards "
+        "are all equal (no signal) is swapped for a fresh prompt's, up to this many per step; "
+        "0: off",
+    )
 
 
 class DPOConfig(_Section):

@@ -37,6 +37,7 @@ from forgeml.train.rl_data import load_prompts, prompts_for_step
 from forgeml.train.rl_losses import LOSSES, group_advantages, token_logps
 
 RESULT_NEUTRAL_RL_FIELDS = {"micro_batch_size"}
+SPARE_SEED = 7919  # the spare prompts of dynamic sampling: their own seeded order
 
 
 @contextlib.contextmanager
@@ -202,28 +203,57 @@ def _train_rl(
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        # 1. Sample G completions per prompt from the current policy (seeded per step).
+        # 1. Sample G completions per prompt from the current policy (seeded per step), and
+        # 2. score them. With dynamic sampling a group of equal rewards (no signal) is swapped
+        # for a group of a fresh prompt, while the step's spare prompts last.
         model.eval()
         gen = torch.Generator(device=device).manual_seed(tcfg.seed * 1_000_003 + step)
         chosen = prompts_for_step(len(records), step, rcfg.prompts_per_step, tcfg.seed)
-        prompt_lens, sequences, completions, texts, metas = [], [], [], [], []
-        for i in chosen:
-            group_ids = sample_group(
-                model, encoded[i], G, max_new_tokens=rcfg.max_new_tokens, stop_ids=stop_ids,
-                temperature=rcfg.temperature, top_k=rcfg.top_k, top_p=rcfg.top_p,
-                generator=gen, device=device, dtype=tcfg.dtype,
+        spare = iter(prompts_for_step(
+            len(records), step, rcfg.dynamic_sampling, tcfg.seed + SPARE_SEED
+        ))  # fmt: skip
+        kept: list[dict[str, Any]] = []
+        drawn: list[float] = []
+        resampled = 0
+        t_sample = t_score = 0.0
+        while chosen:
+            t0 = time.perf_counter()
+            groups = [
+                (i, sample_group(
+                    model, encoded[i], G, max_new_tokens=rcfg.max_new_tokens,
+                    stop_ids=stop_ids, temperature=rcfg.temperature, top_k=rcfg.top_k,
+                    top_p=rcfg.top_p, generator=gen, device=device, dtype=tcfg.dtype,
+                ))
+                for i in chosen
+            ]  # fmt: skip
+            t1 = time.perf_counter()
+            completions = [
+                tok.decode([t for t in ids if t not in stop_ids])
+                for _, rows in groups
+                for ids in rows
+            ]
+            total, each = score_completions(
+                rewards, [records[i].text for i, _ in groups for _ in range(G)], completions,
+                [records[i].metadata for i, _ in groups for _ in range(G)],
             )  # fmt: skip
-            for ids in group_ids:
-                prompt_lens.append(len(encoded[i]))
-                sequences.append(encoded[i] + ids)
-                completions.append(tok.decode([t for t in ids if t not in stop_ids]))
-                texts.append(records[i].text)
-                metas.append(records[i].metadata)
-        t_sample = time.perf_counter() - t_step
-
-        # 2. Score them, and turn rewards into group-normalised advantages.
-        reward_list, per_plugin = score_completions(rewards, texts, completions, metas)
-        t_score = time.perf_counter() - t_step - t_sample
+            t_sample += t1 - t0
+            t_score += time.perf_counter() - t1
+            drawn += total
+            chosen = []
+            for g, (i, rows) in enumerate(groups):
+                got = total[g * G : (g + 1) * G]
+                if max(got) == min(got) and (swap := next(spare, None)) is not None:
+                    chosen.append(swap)
+                    resampled += 1
+                    continue
+                kept.append({
+                    "prompt": i, "rows": rows, "rewards": got,
+                    "each": {k: v[g * G : (g + 1) * G] for k, v in each.items()},
+                })  # fmt: skip
+        prompt_lens = [len(encoded[k["prompt"]]) for k in kept for _ in range(G)]
+        sequences = [encoded[k["prompt"]] + ids for k in kept for ids in k["rows"]]
+        reward_list = [r for k in kept for r in k["rewards"]]
+        per_plugin = {name: [r for k in kept for r in k["each"][name]] for name in kept[0]["each"]}
         rewards_t = torch.tensor(reward_list)
         advantages = group_advantages(rewards_t, G, rcfg.scale_rewards).to(device)
 
@@ -264,6 +294,8 @@ def _train_rl(
         record = {
             "step": done, "loss": sums["loss"], "lr": lr, "grad_norm": grad_norm.item(),
             "reward_mean": rewards_t.mean().item(), "reward_std": rewards_t.std().item(),
+            # every group sampled this step, the swapped-out ones too: the policy's own rate
+            "reward_mean_drawn": sum(drawn) / len(drawn), "groups_resampled": resampled,
             **{f"reward/{k}": sum(v) / len(v) for k, v in per_plugin.items()},
             "kl": sums["kl"] if reference is not None else None,
             "clip_fraction": sums["clip_fraction"],
