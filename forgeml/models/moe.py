@@ -114,6 +114,10 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
+# Under torch.compile the expert MLP runs eagerly (a graph break on each side): inductor's
+# fake-tensor rule for `_grouped_mm` accepts only bf16 (torch 2.13), while the CPU kernel runs
+# fp32 too, and the sort/segment sizes are data-dependent anyway. The GEMMs are the same.
+@torch.compiler.disable
 def grouped_expert_mlp(
     x: torch.Tensor,
     experts: torch.Tensor,
