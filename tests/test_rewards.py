@@ -184,6 +184,28 @@ def test_broken_user_plugin_errors_name_it(plugin_module, fn, message):
     assert "reward plugin 'mine'" in str(info.value)
 
 
+def test_function_plugin_workers_score_at_once_in_order(plugin_module, monkeypatch):
+    import threading
+
+    together = {"barrier": threading.Barrier(2, timeout=10)}  # passes only if two calls overlap
+
+    def waits_for_a_partner(prompt: str, completion: str, meta: dict) -> float:
+        together["barrier"].wait()
+        if completion == "bad":
+            raise ValueError("no")
+        return float(len(completion))
+
+    monkeypatch.setattr(plugin_module, "partner", waits_for_a_partner, raising=False)
+    plugin = build_reward(RewardConfig(kind="rl_user_plugins:partner", workers=2))
+    assert plugin(["p"] * 4, ["a", "bbb", "cc", "dddd"], [{}] * 4) == [1.0, 3.0, 2.0, 4.0]
+    with pytest.raises(RewardError, match="raised ValueError on completion 1"):
+        plugin(["p"] * 2, ["ok", "bad"], [{}] * 2)
+    together["barrier"] = threading.Barrier(2, timeout=0.2)
+    serial = build_reward(RewardConfig(kind="rl_user_plugins:partner"))  # workers 1
+    with pytest.raises(RewardError, match="BrokenBarrierError"):  # one call at a time
+        serial(["p"] * 2, ["a", "b"], [{}] * 2)
+
+
 def test_bad_plugin_specs_are_config_errors(plugin_module):
     with pytest.raises(ConfigError, match="not callable"):
         build_reward(RewardConfig(kind="rl_user_plugins:not_callable"))

@@ -217,6 +217,41 @@ def test_batched_group_sampling_is_the_kv_cache_sampler(tiny):
     assert cut == [greedy[: first + 1]] * 2
 
 
+def test_groups_of_prompts_of_different_lengths_sample_as_each_alone(tiny):
+    base, _ = tiny
+    model = load_model(base).eval()
+    tok = load_tokenizer(base)
+    eos = tok.token_to_id(EOS)
+    with torch.no_grad():
+        for p in model.parameters():  # peaked distributions: greedy is well defined
+            p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(1)) * 0.3)
+    prompts = [
+        tok.encode(t, add_special_tokens=False).ids
+        for t in ("the lab", "alice wrote the lab report", "bob")
+    ]
+    assert len({len(p) for p in prompts}) == 3
+    budgets = [12, 5, 9]
+    # Stop ids early in some rows' greedy paths make rows leave the batch at different steps.
+    greedy = [generate(model, p, max_new_tokens=12, temperature=0, stop_ids={eos}) for p in prompts]
+    stop = {eos, greedy[0][3]}
+    for max_new in budgets:
+        together = rl.sample_groups(
+            model, prompts, 3, max_new_tokens=max_new, stop_ids=stop, temperature=1e-6,
+            top_k=None, top_p=None, generator=torch.Generator().manual_seed(0), device="cpu",
+            dtype="fp32",
+        )  # fmt: skip
+        for ids, rows in zip(prompts, together, strict=True):
+            alone = rl.sample_group(
+                model, ids, 1, max_new_tokens=max_new, stop_ids=stop, temperature=1e-6,
+                top_k=None, top_p=None, generator=torch.Generator().manual_seed(0),
+                device="cpu", dtype="fp32",
+            )[0]  # fmt: skip
+            assert rows == [alone] * 3
+            expect = generate(model, ids, max_new_tokens=max_new, temperature=0, stop_ids=stop)
+            assert [t for t in alone if t not in stop] == [t for t in expect if t not in stop]
+            assert len(alone) <= max_new
+
+
 def test_prompts_file_errors_name_the_line(tmp_path):
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')

@@ -342,6 +342,12 @@ class RewardConfig(_Section):
     name: str | None = Field(None, description="label in logs and errors; default: the kind")
     weight: float = Field(1.0, description="rewards of several plugins are summed with weights")
     function: str | None = Field(None, description="function: 'pkg.module:function'")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="function: completions scored at once in threads (for a function that "
+        "waits on child processes, as an execution check does); 1: one after another",
+    )
     pattern: str | None = Field(
         None, description="regex: searched in the completion; exact_match: group 1 is the answer"
     )

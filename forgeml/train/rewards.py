@@ -79,22 +79,29 @@ def _as_reward(name: str, index: int, value: Any) -> float:
     return value
 
 
-def per_sample(name: str, fn: SampleScorer) -> BatchScorer:
+def per_sample(name: str, fn: SampleScorer, workers: int = 1) -> BatchScorer:
     """Lift `(prompt, completion, metadata) -> float` to a batch scorer that names the failing
-    sample in its error."""
+    sample in its error. With `workers` > 1 that many threads score samples at once (for
+    functions that wait on child processes, as an execution check does); order is kept."""
+
+    def one(i: int, p: str, c: str, m: dict[str, Any]) -> Any:
+        try:
+            return fn(p, c, m)
+        except Exception as exc:
+            raise RewardError(
+                f"reward plugin '{name}' raised {type(exc).__name__} on completion {i} "
+                f"(prompt {p[:60]!r}): {exc}",
+                hint="fix the plugin; rerun with --debug for the traceback",
+            ) from exc
 
     def score(prompts: Prompts, completions: Completions, metadatas: Metadatas) -> list[Any]:
-        out = []
-        for i, (p, c, m) in enumerate(zip(prompts, completions, metadatas, strict=True)):
-            try:
-                out.append(fn(p, c, m))
-            except Exception as exc:
-                raise RewardError(
-                    f"reward plugin '{name}' raised {type(exc).__name__} on completion {i} "
-                    f"(prompt {p[:60]!r}): {exc}",
-                    hint="fix the plugin; rerun with --debug for the traceback",
-                ) from exc
-        return out
+        if len({len(prompts), len(completions), len(metadatas)}) != 1:
+            raise ValueError("prompts, completions and metadatas differ in length")
+        args = (range(len(completions)), prompts, completions, metadatas)
+        if workers == 1 or len(completions) < 2:
+            return list(map(one, *args))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(one, *args))
 
     return score
 
@@ -115,7 +122,7 @@ def _function(spec: RewardConfig, name: str, ws: Any) -> BatchScorer:
             f"reward plugin '{name}' (kind function) has no `function`",
             hint="set function: 'pkg.module:function' taking (prompt, completion, metadata)",
         )
-    return per_sample(name, _import_function(path, name))
+    return per_sample(name, _import_function(path, name), spec.workers)
 
 
 def _compile(spec: RewardConfig, name: str) -> re.Pattern[str]:

@@ -53,46 +53,80 @@ def _decode_threads(device: str) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-@torch.inference_mode()
 def sample_group(
     model: nn.Module, prompt_ids: list[int], n: int, *, max_new_tokens: int, stop_ids: set[int],
     temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator,
     device: str, dtype: str,
 ) -> list[list[int]]:  # fmt: skip
-    """`n` sampled completions of one prompt, decoded together as one batch with the kv cache
-    (prefill once, then one token per step for all rows). Each ends at its first stop token
-    (kept) when it made one."""
-    steps = min(max_new_tokens, model.cfg.max_seq_len - len(prompt_ids))
-    if steps < 1:
-        raise DataError(
-            f"a prompt of {len(prompt_ids)} tokens leaves no room in the model's context "
-            f"({model.cfg.max_seq_len})",
-            hint="shorten the prompts",
-        )
-    cache = model.new_kv_cache(n, len(prompt_ids) + steps, device=device)
-    out = torch.empty(n, steps, dtype=torch.long, device=device)
-    done = torch.zeros(n, dtype=torch.bool, device=device)
+    """`n` sampled completions of one prompt (`sample_groups` of one prompt)."""
+    return sample_groups(
+        model, [prompt_ids], n, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device,
+        dtype=dtype,
+    )[0]  # fmt: skip
+
+
+@torch.inference_mode()
+def sample_groups(
+    model: nn.Module, prompts: list[list[int]], n: int, *, max_new_tokens: int,
+    stop_ids: set[int], temperature: float, top_k: int | None, top_p: float | None,
+    generator: torch.Generator, device: str, dtype: str,
+) -> list[list[list[int]]]:  # fmt: skip
+    """`n` sampled completions of each prompt, all decoded together as one batch with the kv
+    cache: each prompt is prefilled once and its cache copied to its n rows, then every live
+    row takes one token per step at its own position (the model's `decode_rows`, as in
+    serving). A row ends at its first stop token (kept) or after its token budget, and leaves
+    the batch. Returns, per prompt, its n completions."""
+    budgets = []
+    for ids in prompts:
+        budget = min(max_new_tokens, model.cfg.max_seq_len - len(ids))
+        if budget < 1:
+            raise DataError(
+                f"a prompt of {len(ids)} tokens leaves no room in the model's context "
+                f"({model.cfg.max_seq_len})",
+                hint="shorten the prompts",
+            )
+        budgets.append(budget)
+    width = max(len(ids) + b for ids, b in zip(prompts, budgets, strict=True))
+    rows_total = len(prompts) * n
+    cache = model.new_kv_cache(rows_total, width, device=device)
+    out: list[list[int]] = [[] for _ in range(rows_total)]
     stops = torch.tensor(sorted(stop_ids), device=device)
     with autocast(device, dtype), _decode_threads(device):
-        idx = torch.tensor([prompt_ids] * n, device=device)
-        logits = model(idx, kv_cache=cache, start_pos=0)[:, -1]
-        for t in range(steps):
+        first = []
+        for p, ids in enumerate(prompts):
+            one = model.new_kv_cache(1, len(ids), device=device, dtype=cache.k.dtype)
+            logits = model(torch.tensor([ids], device=device), kv_cache=one, start_pos=0)[:, -1]
+            rows = slice(p * n, (p + 1) * n)
+            cache.k[:, rows, :, : len(ids)] = one.k
+            cache.v[:, rows, :, : len(ids)] = one.v
+            first.append(logits.expand(n, -1))
+        logits = torch.cat(first)
+        live = torch.arange(rows_total, device=device)  # the output row of each cache row
+        positions = torch.tensor(
+            [len(ids) for ids in prompts for _ in range(n)], device=device
+        )  # fmt: skip
+        left = torch.tensor([b for b in budgets for _ in range(n)], device=device)
+        while True:
             scaled = logits.float() / temperature
             if top_k is not None or top_p is not None:
                 scaled = torch.stack(
                     [filter_logits(row, top_k=top_k, top_p=top_p) for row in scaled]
                 )
             token = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
-            out[:, t] = token
-            done |= torch.isin(token, stops)
-            if bool(done.all()) or t + 1 == steps:
+            for r, t in zip(live.tolist(), token.tolist(), strict=True):
+                out[r].append(t)
+            left -= 1
+            keep = ~torch.isin(token, stops) & (left > 0)
+            if not bool(keep.any()):
                 break
-            logits = model(token[:, None], kv_cache=cache, start_pos=len(prompt_ids) + t)[:, -1]
-    rows = []
-    for row in out[:, : t + 1].tolist():
-        end = next((j for j, t in enumerate(row) if t in stop_ids), len(row) - 1)
-        rows.append(row[: end + 1])
-    return rows
+            if not bool(keep.all()):  # finished rows leave the batch and its cache
+                idx = keep.nonzero()[:, 0]
+                live, token, positions, left = live[idx], token[idx], positions[idx], left[idx]
+                cache = type(cache)(cache.k[:, idx], cache.v[:, idx])
+            logits = model.decode_rows(token, cache, positions)
+            positions = positions + 1
+    return [out[p * n : (p + 1) * n] for p in range(len(prompts))]
 
 
 def sequence_logps(
@@ -218,14 +252,11 @@ def _train_rl(
         t_sample = t_score = 0.0
         while chosen:
             t0 = time.perf_counter()
-            groups = [
-                (i, sample_group(
-                    model, encoded[i], G, max_new_tokens=rcfg.max_new_tokens,
-                    stop_ids=stop_ids, temperature=rcfg.temperature, top_k=rcfg.top_k,
-                    top_p=rcfg.top_p, generator=gen, device=device, dtype=tcfg.dtype,
-                ))
-                for i in chosen
-            ]  # fmt: skip
+            groups = list(zip(chosen, sample_groups(
+                model, [encoded[i] for i in chosen], G, max_new_tokens=rcfg.max_new_tokens,
+                stop_ids=stop_ids, temperature=rcfg.temperature, top_k=rcfg.top_k,
+                top_p=rcfg.top_p, generator=gen, device=device, dtype=tcfg.dtype,
+            ), strict=True))  # fmt: skip
             t1 = time.perf_counter()
             completions = [
                 tok.decode([t for t in ids if t not in stop_ids])
