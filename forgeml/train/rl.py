@@ -36,7 +36,8 @@ from forgeml.train.rewards import RewardPlugin, build_rewards, score_completions
 from forgeml.train.rl_data import load_prompts, prompts_for_step
 from forgeml.train.rl_losses import LOSSES, group_advantages, token_logps
 
-RESULT_NEUTRAL_RL_FIELDS = {"micro_batch_size"}
+# how the work is split, not what it computes: a resumed run may change them
+RESULT_NEUTRAL_RL_FIELDS = {"micro_batch_size": True, "rewards": {"__all__": {"workers"}}}
 SPARE_SEED = 7919  # the spare prompts of dynamic sampling: their own seeded order
 
 
