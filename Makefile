@@ -20,7 +20,7 @@ quickstart: $(STAMP)
 	$(BIN)/python examples/acme/generate.py --out build/acme-corpus --seed 0
 	$(BIN)/forgeml demo acme-sft --out build/acme-sft --seed 0
 	$(BIN)/forgeml demo acme-prefs --out build/acme-prefs.jsonl --count 80 --seed 0
-	$(BIN)/forgeml demo acme-rl build/acme-corpus --out build/acme-rl --max-chars 700
+	$(BIN)/forgeml demo acme-rl --out build/acme-rl --snippets
 	$(BIN)/forgeml init $(QS)
 	$(BIN)/forgeml -w $(QS) pipeline run recipes/quickstart.yaml --json $(QS)/summary.json
 

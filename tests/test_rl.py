@@ -186,14 +186,21 @@ def test_resume_equals_uninterrupted_run(tiny, tmp_path):
                     resume=True, progress=False)  # fmt: skip
 
 
-def test_batched_group_sampling_is_the_kv_cache_sampler(tiny):
+@pytest.fixture
+def peaked(tiny):
+    """The tiny model with peaked next-token distributions (greedy is well defined), its
+    tokenizer and EOS id."""
     base, _ = tiny
     model = load_model(base).eval()
     tok = load_tokenizer(base)
-    eos = tok.token_to_id(EOS)
     with torch.no_grad():
-        for p in model.parameters():  # peaked distributions: greedy is well defined
+        for p in model.parameters():
             p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(1)) * 0.3)
+    return model, tok, tok.token_to_id(EOS)
+
+
+def test_batched_group_sampling_is_the_kv_cache_sampler(peaked):
+    model, tok, eos = peaked
     ids = tok.encode("the lab alice", add_special_tokens=False).ids
     greedy = generate(model, ids, max_new_tokens=12, temperature=0, stop_ids={eos})
     rows = rl.sample_group(
@@ -217,14 +224,8 @@ def test_batched_group_sampling_is_the_kv_cache_sampler(tiny):
     assert cut == [greedy[: first + 1]] * 2
 
 
-def test_groups_of_prompts_of_different_lengths_sample_as_each_alone(tiny):
-    base, _ = tiny
-    model = load_model(base).eval()
-    tok = load_tokenizer(base)
-    eos = tok.token_to_id(EOS)
-    with torch.no_grad():
-        for p in model.parameters():  # peaked distributions: greedy is well defined
-            p.add_(torch.randn_like(p, generator=torch.Generator().manual_seed(1)) * 0.3)
+def test_groups_of_prompts_of_different_lengths_sample_as_each_alone(peaked):
+    model, tok, eos = peaked
     prompts = [
         tok.encode(t, add_special_tokens=False).ids
         for t in ("the lab", "alice wrote the lab report", "bob")
