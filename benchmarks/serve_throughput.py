@@ -13,6 +13,10 @@ order) so load bursts from other jobs hit all alike; the ratios are medians of p
 
     .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --record
     .venv/bin/python benchmarks/serve_throughput.py --quick   # smoke run
+
+`--profile` also times the decode step's matmuls alone (every linear of the model, the
+output head included, on 1 and on N rows, with the engine's thread count): no decoder of these
+weights can step faster, so HF's time per step over it is the most any engine could gain.
 """
 
 from __future__ import annotations
@@ -117,6 +121,40 @@ def check_same_tokens(engine: Engine, hf, prompts: list[list[int]], new: int) ->
     return same / total
 
 
+def gemm_floor(model: torch.nn.Module, rows: int, repeats: int = 50) -> float:
+    """Seconds of one decode step's matmuls alone at `rows` rows: every linear of `model`
+    applied once to random inputs of its width (median of `repeats` passes). With tied
+    embeddings the output head is a linear too."""
+    # Called as modules: the engine's prepacked linears (bf16) multiply as they do in decoding.
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = [torch.randn(rows, m.in_features, dtype=m.weight.dtype) for m in linears]
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 5):
+            start = time.perf_counter()
+            for x, linear in zip(inputs, linears, strict=True):
+                linear(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[5:])
+
+
+def report_ceiling(model: torch.nn.Module, threads: int | None, med: dict, n: int) -> None:
+    """Print HF's time per decode step over the matmul floor at 1 and at n rows."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        floors = {1: gemm_floor(model, 1), n: gemm_floor(model, n)}
+    finally:
+        torch.set_num_threads(before)
+    for rows, hf_rate in ((1, med["HF 1"]), (n, med["HF N"])):
+        hf_step = rows / hf_rate
+        print(
+            f"ceiling at {rows:2d} row(s): HF {hf_step * 1e3:6.2f} ms a step / matmuls alone "
+            f"{floors[rows] * 1e3:6.2f} ms = {hf_step / floors[rows]:.2f}x (an engine's ratio "
+            "to HF if everything but the matmuls took no time)"
+        )
+
+
 def record(row: str) -> None:
     """Insert `row` after the last row of this benchmark's table in BENCHMARKS.md."""
     lines = BENCH_MD.read_text().splitlines() if BENCH_MD.is_file() else []
@@ -144,6 +182,7 @@ def main() -> None:
         help="torch threads of both (default: HF all, the engine its own default, 1 on CPU)",
     )
     ap.add_argument("--record", action="store_true", help="add a result row to BENCHMARKS.md")
+    ap.add_argument("--profile", action="store_true", help="matmul floor and speed-up ceiling")
     args = ap.parse_args()
     if args.quick:
         args.new, args.rounds, args.concurrent = 16, 1, 4
@@ -212,6 +251,8 @@ def main() -> None:
         f"{args.concurrent} {med['HF N']:7.0f} tok/s   ratio {batched:.2f}x   vs HF one at a "
         f"time {serial:.2f}x"
     )
+    if args.profile:
+        report_ceiling(model, engine.threads, med, args.concurrent)
     if args.record:
         record(
             f"| {dt.date.today()} | {cpu_name()} | {torch.__version__} / "
