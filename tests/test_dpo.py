@@ -279,12 +279,13 @@ def test_cli_rm_then_online_dpo_with_the_reward_model_records_lineage(
 # ---- ACME preference data -----------------------------------------------------------------
 
 
-def test_acme_translation_pairs_are_execution_verified(tmp_path) -> None:
+@pytest.mark.parametrize("snippets", [False, True], ids=["corpus", "snippets"])
+def test_acme_translation_pairs_are_execution_verified(tmp_path, snippets: bool) -> None:
     from forgeml.demo.acme_prefs import write_translation_preferences
     from forgeml.demo.acme_rl import translation_reward
 
     path = tmp_path / "acme_prefs.jsonl"
-    report = write_translation_preferences(path, seed=0, count=6)
+    report = write_translation_preferences(path, seed=0, count=6, snippets=snippets)
     assert report["programs"] == 6 and report["pairs"] + sum(report["skipped"].values()) == 6
     records = read_preference_records(path)
     assert len(records) == report["pairs"] >= 5

@@ -16,6 +16,7 @@ from forgeml.train.losses import (
     bradley_terry_loss,
     dpo_sigmoid_loss,
     ipo_loss,
+    preference_loss,
     sequence_logps,
 )
 
@@ -128,7 +129,10 @@ def _pair_batch(n_pairs: int = 3, seq: int = 12):
     return ids, attn, comp
 
 
-def _trl_dpo_loss(model, ids, attn, comp, ref_c, ref_r, loss_type: str, beta: float) -> float:
+def _trl_dpo_loss(
+    model, ids, attn, comp, ref_c, ref_r, loss_type: str, beta: float, sft_weight: float = 0.0
+) -> float:
+    """TRL's DPOTrainer loss on the batch; with `sft_weight`, loss_type [loss_type, "sft"]."""
     from trl.trainer.dpo_trainer import DPOTrainer
     from trl.trainer.utils import add_fused_lm_head
 
@@ -139,8 +143,9 @@ def _trl_dpo_loss(model, ids, attn, comp, ref_c, ref_r, loss_type: str, beta: fl
     )
     trainer = SimpleNamespace(
         model=model, accelerator=acc, aux_loss_enabled=False, ld_alpha=None,
-        precompute_ref_logps=True, f_divergence_type="reverse_kl", loss_types=[loss_type],
-        loss_weights=[1.0], beta=beta, label_smoothing=0.0, use_weighting=False,
+        precompute_ref_logps=True, f_divergence_type="reverse_kl",
+        loss_types=[loss_type, "sft"] if sft_weight else [loss_type],
+        loss_weights=[1.0, sft_weight] if sft_weight else [1.0], beta=beta, label_smoothing=0.0, use_weighting=False,
         _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
         _total_train_tokens=0, _tp_size=1,
     )  # fmt: skip
@@ -166,6 +171,28 @@ def test_dpo_and_ipo_match_trl(tmp_path, loss_type: str, beta: float) -> None:
     lp = PairLogps(sums[:3], sums[3:], ref_c, ref_r, counts[:3], counts[3:])
     loss, _ = PREFERENCE_LOSSES[loss_type](lp, SimpleNamespace(beta=beta, label_smoothing=0.0))
     assert loss.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_rpo_nll_term_matches_trl_sft_loss_type(tmp_path, loss_type: str) -> None:
+    """dpo.sft_coef = TRL's loss_type [loss, "sft"] with loss_weights [1, sft_coef]."""
+    from forgeml.models.hf_io import load_model
+
+    hf = _tiny_hf_model(tmp_path)
+    ours = load_model(tmp_path / "hf")
+    ids, attn, comp = _pair_batch()
+    ref = torch.tensor([-40.0, -35.5, -50.0, -42.0, -37.0, -47.5])
+    want = _trl_dpo_loss(hf, ids, attn, comp, ref[:3], ref[3:], loss_type, 0.2, sft_weight=0.7)
+    with torch.no_grad():
+        sums, counts = sequence_logps(ours(ids), ids, comp)
+    lp = PairLogps(sums[:3], sums[3:], ref[:3], ref[3:], counts[:3], counts[3:])
+    cfg = SimpleNamespace(loss=loss_type, beta=0.2, label_smoothing=0.0, sft_coef=0.7)
+    loss, metrics = preference_loss(lp, cfg)
+    assert loss.item() == pytest.approx(want, rel=1e-5, abs=1e-6)
+    plain, _ = preference_loss(lp, SimpleNamespace(**{**vars(cfg), "sft_coef": 0.0}))
+    nll = -sums[:3].sum() / counts[:3].sum()
+    assert loss.item() - plain.item() == pytest.approx(0.7 * nll.item(), rel=1e-5)
+    assert metrics["nll/chosen"].item() == pytest.approx(nll.item(), rel=1e-6)
 
 
 def test_label_smoothing_matches_trl_sigmoid_on_flipped_pairs(tmp_path) -> None:

@@ -79,15 +79,26 @@ def demo_acme_rl(
 @demo_app.command("acme-prefs")
 def demo_acme_prefs(
     out: Annotated[Path, typer.Option(help="Preference JSONL file to write.")],
-    count: Annotated[int, typer.Option(help="How many ACME programs to make pairs of.")] = 80,
+    count: Annotated[
+        int | None,
+        typer.Option(help="How many ACME programs to make pairs of (default: 80; all snippets)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Corpus seed (the same programs as the corpus).")] = 0,
+    snippets: Annotated[
+        bool,
+        typer.Option(
+            help="The SFT data's short programs (as acme-rl --snippets), not the corpus's."
+        ),
+    ] = False,
 ) -> None:
     """Preference pairs for DPO: an ACME-CL → Python translation request, the reference
     translation (chosen) and a mutation of it that fails a test case (rejected), both checked
     by running them; held-out programs are those the SFT and RL data hold out."""
     from forgeml.demo.acme_prefs import write_translation_preferences
 
-    report = write_translation_preferences(out, seed=seed, count=count)
+    if count is None and not snippets:
+        count = 80
+    report = write_translation_preferences(out, seed=seed, count=count, snippets=snippets)
     console.print(
         f"{report['pairs']} pairs from {report['programs']} programs in {out} "
         f"(skipped: {report['skipped']})",

@@ -403,6 +403,9 @@ class DPOConfig(_Section):
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="sigmoid: assumed share of flipped labels (cDPO)"
     )
+    sft_coef: float = Field(
+        0.0, ge=0, description="weight of the chosen completions' NLL added to the loss (RPO)"
+    )
     max_length: int = Field(512, gt=1, description="prompt + completion tokens per sequence")
     over_length: Literal["drop", "truncate"] = Field(
         "drop", description="pairs longer than max_length: drop them, or cut the completions"

@@ -17,7 +17,7 @@ from typing import Any
 
 from forgeml.core.errors import DataError
 from forgeml.core.io import atomic_write_text
-from forgeml.demo.acme import generate_programs
+from forgeml.demo.acme import generate_programs, snippet_pairs
 from forgeml.demo.acme_rl import is_heldout, translation_messages, translation_score
 
 
@@ -80,18 +80,23 @@ def _inputs(cases: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def build_translation_preferences(
-    seed: int = 0, count: int = 40
+    seed: int = 0, count: int | None = 40, *, snippets: bool = False
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Preference records for the first `count` ACME programs of corpus seed `seed` (the same
-    programs `build_corpus` writes), and a report accounting for every program.
+    programs `build_corpus` writes) or, with `snippets`, for the short programs of the SFT
+    data of seed `seed` (those the snippet RL prompts use; `count` None: all of them), and a
+    report accounting for every program.
 
     Each record: messages (the SFT/RL translation request), chosen = the reference
     translation, rejected = a mutation of it that fails at least one test case, metadata =
     {slug, acl, inputs, mutation, split}. A reference that does not pass every test, or a
     program no mutation breaks, is skipped and counted.
     """
-    programs = generate_programs(random.Random(f"acme:{seed}:programs"), count)
-    rng = random.Random(f"acme:{seed}:preferences")
+    if snippets:
+        programs = snippet_pairs(seed)[:count]
+    else:
+        programs = generate_programs(random.Random(f"acme:{seed}:programs"), count or 40)
+    rng = random.Random(f"acme:{seed}:preferences" + (":snippets" if snippets else ""))
     records, skipped = [], {"reference_fails": 0, "no_breaking_mutation": 0}
     for p in programs:
         cases = _inputs(p["cases"])
@@ -120,11 +125,13 @@ def build_translation_preferences(
 
 
 def write_translation_preferences(
-    out_path: str | Path, seed: int = 0, count: int = 40
+    out_path: str | Path, seed: int = 0, count: int | None = 40, *, snippets: bool = False
 ) -> dict[str, Any]:
     """Write `build_translation_preferences` as JSONL (atomically); return its report."""
-    records, report = build_translation_preferences(seed, count)
+    records, report = build_translation_preferences(seed, count, snippets=snippets)
     if not records:
-        raise DataError(f"no preference pairs from {count} ACME programs ({report['skipped']})")
+        raise DataError(
+            f"no preference pairs from {report['programs']} ACME programs ({report['skipped']})"
+        )
     atomic_write_text(out_path, "".join(json.dumps(r) + "\n" for r in records))
     return report

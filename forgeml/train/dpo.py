@@ -26,7 +26,7 @@ from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from forgeml.train.losses import PREFERENCE_LOSSES, PairLogps, sequence_logps
+from forgeml.train.losses import PairLogps, preference_loss, sequence_logps
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer, lr_at
 from forgeml.train.preference_data import (
@@ -110,7 +110,7 @@ def evaluate_preferences(
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
         lp = _pair_logps_with_ref(policy, chunk, table, pad_id, device, dtype)
-        loss, m = PREFERENCE_LOSSES[cfg.loss](lp, cfg)
+        loss, m = preference_loss(lp, cfg)
         for key, value in {"loss": loss, **m}.items():
             totals[key] = totals.get(key, 0.0) + value.item() * len(chunk)
     policy.train(was_training)
@@ -167,7 +167,6 @@ def train_dpo(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
         resume_step=start_step if resume else None,
     )  # fmt: skip
-    loss_fn = PREFERENCE_LOSSES[dcfg.loss]
     accum, micro = tcfg.grad_accum_steps, tcfg.micro_batch_size
     t_start = t_log = time.perf_counter()
     tokens, step_metrics = 0, {}
@@ -181,7 +180,7 @@ def train_dpo(
         for i in range(accum):
             chunk = [train[j] for j in order[i * micro : (i + 1) * micro]]
             lp = _pair_logps_with_ref(policy, chunk, table, pad_id, device, tcfg.dtype)
-            loss, m = loss_fn(lp, dcfg)
+            loss, m = preference_loss(lp, dcfg)
             (loss / accum).backward()
             for key, value in {"loss": loss.detach(), **m}.items():
                 sums[key] = sums.get(key, 0.0) + value.item() / accum

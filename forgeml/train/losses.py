@@ -2,7 +2,8 @@
 and the Bradley-Terry reward-model loss, plus the masked sequence log-prob they all start from.
 
 Used by the offline/online DPO loop (forgeml.train.dpo) and reward-model training
-(forgeml.train.reward_model); `PREFERENCE_LOSSES` picks a DPO-family loss by name.
+(forgeml.train.reward_model); `PREFERENCE_LOSSES` picks a DPO-family loss by name and
+`preference_loss` adds the optional NLL term on the chosen completions (RPO).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ class PreferenceLossConfig(Protocol):
 
     beta: float
     label_smoothing: float
+    sft_coef: float
 
 
 @dataclass
@@ -136,4 +138,17 @@ def bradley_terry_loss(
             "margin": (chosen_rewards - rejected_rewards).mean(),
             "mean_reward": torch.cat([chosen_rewards, rejected_rewards]).mean(),
         }
+    return loss, metrics
+
+
+def preference_loss(logps: PairLogps, cfg: PreferenceLossConfig) -> tuple[torch.Tensor, Metrics]:
+    """The recipe's DPO-family loss (`cfg.loss`), plus `cfg.sft_coef` times the negative
+    log-likelihood per chosen completion token (mean over the batch's tokens) when that is
+    above 0: RPO (Pang et al., arXiv:2404.19733), TRL's `loss_type=["sigmoid", "sft"]`.
+    The NLL term keeps the chosen completions likely; plain DPO may lower both."""
+    loss, metrics = PREFERENCE_LOSSES[cfg.loss](logps, cfg)
+    if cfg.sft_coef > 0:
+        nll = -logps.policy_chosen.sum() / logps.chosen_tokens.sum().clamp(min=1)
+        loss = loss + cfg.sft_coef * nll
+        metrics["nll/chosen"] = nll.detach()
     return loss, metrics

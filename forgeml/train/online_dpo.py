@@ -31,7 +31,7 @@ from forgeml.tokenizer.chat import END
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from forgeml.train.dpo import pair_logps
-from forgeml.train.losses import PREFERENCE_LOSSES, PairLogps
+from forgeml.train.losses import PairLogps, preference_loss
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer, lr_at
 from forgeml.train.preference_data import (
@@ -187,7 +187,7 @@ def train_online_dpo(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
         resume_step=start_step if resume else None,
     )  # fmt: skip
-    loss_fn, k = PREFERENCE_LOSSES[dcfg.loss], dcfg.samples_per_prompt
+    k = dcfg.samples_per_prompt
     micro, accum = tcfg.micro_batch_size, tcfg.grad_accum_steps
     t_start = time.perf_counter()
     record: dict[str, Any] = {}
@@ -235,7 +235,7 @@ def train_online_dpo(
                 ref_sums, _ = pair_logps(ref, chunk, pad_id, device, tcfg.dtype)
             pol_sums, counts = pair_logps(policy, chunk, pad_id, device, tcfg.dtype)
             (pc, pr), (rc, rr), (nc, nr) = pol_sums.chunk(2), ref_sums.chunk(2), counts.chunk(2)
-            loss, m = loss_fn(PairLogps(pc, pr, rc, rr, nc, nr), dcfg)
+            loss, m = preference_loss(PairLogps(pc, pr, rc, rr, nc, nr), dcfg)
             (loss * len(chunk) / len(pairs)).backward()
             for key, value in {"loss": loss.detach(), **m}.items():
                 sums[key] = sums.get(key, 0.0) + value.item() * len(chunk) / len(pairs)
