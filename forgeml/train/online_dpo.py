@@ -26,7 +26,6 @@ from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import pick_device, seed_everything
 from forgeml.core.workspace import Workspace
 from forgeml.models.hf_io import load_model, save_model
-from forgeml.models.sampling import generate
 from forgeml.tokenizer.chat import END
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -43,6 +42,7 @@ from forgeml.train.preference_data import (
     prompt_text,
     read_preference_records,
 )
+from forgeml.train.rl import sample_groups
 
 # (prompts, completions, metadatas) -> one reward per completion.
 Ranker = Callable[[list[str], list[str], list[dict[str, Any]]], list[float]]
@@ -84,20 +84,21 @@ def build_ranker(cfg: DPOConfig, ws: Workspace | None = None) -> Ranker:
 
 
 def sample_completions(
-    policy: nn.Module, prompt_ids: list[int], k: int, cfg: DPOConfig, *, stop_id: int,
-    seed: int, device: str,
-) -> list[tuple[list[int], bool]]:  # fmt: skip
-    """k sampled completions of one prompt: (new token ids without the stop id, stopped?)."""
-    room = policy.cfg.max_seq_len - len(prompt_ids) - 2  # keep space for `<|end|>\n`
-    out = []
-    for j in range(k):
-        ids = generate(
-            policy, prompt_ids, max_new_tokens=min(cfg.max_new_tokens, room),
-            temperature=cfg.temperature, top_k=cfg.top_k, stop_ids={stop_id}, seed=seed + j,
-            device=device,
-        )  # fmt: skip
-        out.append((ids, len(ids) < min(cfg.max_new_tokens, room)))
-    return out
+    policy: nn.Module, prompts: list[list[int]], k: int, cfg: DPOConfig, *, stop_id: int,
+    seed: int, device: str, dtype: str = "fp32",
+) -> list[list[tuple[list[int], bool]]]:  # fmt: skip
+    """k sampled completions of each prompt, decoded together as one kv-cache batch
+    (`sample_groups`, as GRPO): per prompt, k (new token ids without the stop id, stopped?)."""
+    groups = sample_groups(
+        policy, prompts, k, max_new_tokens=cfg.max_new_tokens, stop_ids={stop_id},
+        temperature=cfg.temperature, top_k=cfg.top_k, top_p=None,
+        generator=torch.Generator(device=device).manual_seed(seed), device=device, dtype=dtype,
+        reserve=2,  # keep space for `<|end|>\n`
+    )  # fmt: skip
+    return [
+        [(ids[:-1], True) if ids and ids[-1] == stop_id else (ids, False) for ids in group]
+        for group in groups
+    ]
 
 
 def _prompt_split(records: list[PreferenceRecord], fraction: float) -> tuple[list, list]:
@@ -118,18 +119,32 @@ def _prompt_split(records: list[PreferenceRecord], fraction: float) -> tuple[lis
 def mean_sampled_reward(
     policy: nn.Module, prompts: Sequence[tuple[PreferenceRecord, list[int]]], ranker: Ranker,
     decode: Callable[[list[int]], str], cfg: DPOConfig, *, stop_id: int, seed: int, device: str,
+    dtype: str = "fp32",
 ) -> float:  # fmt: skip
     """Mean reward of `samples_per_prompt` seeded samples per prompt (the before/after metric)."""
-    texts, recs = [], []
-    for i, (rec, ids) in enumerate(prompts):
-        for gen, _ in sample_completions(
-            policy, ids, cfg.samples_per_prompt, cfg, stop_id=stop_id, seed=seed + 1000 * i,
-            device=device,
-        ):  # fmt: skip
-            texts.append(decode(gen))
-            recs.append(rec)
+    texts, recs = _sample_texts(policy, prompts, decode, cfg, stop_id=stop_id, seed=seed, device=device, dtype=dtype)  # fmt: skip
     rewards = ranker([r.prompt for r in recs], texts, [r.metadata for r in recs])
     return sum(rewards) / max(len(rewards), 1)
+
+
+def _sample_texts(
+    model: nn.Module, prompts: Sequence[tuple[PreferenceRecord, list[int]]],
+    decode: Callable[[list[int]], str], cfg: DPOConfig, *, stop_id: int, seed: int, device: str,
+    dtype: str, chunk: int = 16,
+) -> tuple[list[str], list[PreferenceRecord]]:  # fmt: skip
+    """`samples_per_prompt` decoded samples per prompt (batched `chunk` prompts at a time, each
+    chunk seeded from `seed`), with the record of each sample."""
+    texts, recs = [], []
+    for start in range(0, len(prompts), chunk):
+        part = prompts[start : start + chunk]
+        groups = sample_completions(
+            model, [ids for _, ids in part], cfg.samples_per_prompt, cfg, stop_id=stop_id,
+            seed=seed + 1000 * start, device=device, dtype=dtype,
+        )  # fmt: skip
+        for (rec, _), group in zip(part, groups, strict=True):
+            texts += [decode(gen) for gen, _ in group]
+            recs += [rec] * len(group)
+    return texts, recs
 
 
 def train_online_dpo(
@@ -169,7 +184,7 @@ def train_online_dpo(
     ids_of = {id(r): ids for r, ids in usable}
     train = [(r, ids_of[id(r)]) for r in train_recs]
     evaluation = [(r, ids_of[id(r)]) for r in held_recs] or train[:8]
-    eval_kw = dict(stop_id=stop_id, seed=tcfg.seed + 7_000_000, device=device)
+    eval_kw = dict(stop_id=stop_id, seed=tcfg.seed + 7_000_000, device=device, dtype=tcfg.dtype)
     reward_before = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
     optimizer = build_optimizer(policy, ocfg, device)
     ckpt_dir = out_dir / "checkpoints"
@@ -198,18 +213,10 @@ def train_online_dpo(
         # 1. Sample k completions per prompt from the current policy and rank them.
         policy.eval()
         batch = [train[i] for i in batch_indices(len(train), micro * accum, step, tcfg.seed)]
-        samples = [
-            sample_completions(
-                policy,
-                ids,
-                k,
-                dcfg,
-                stop_id=stop_id,
-                device=device,
-                seed=tcfg.seed * 1_000_003 + step * 10_007 + n * k,
-            )  # fmt: skip
-            for n, (_, ids) in enumerate(batch)
-        ]
+        samples = sample_completions(
+            policy, [ids for _, ids in batch], k, dcfg, stop_id=stop_id, device=device,
+            seed=tcfg.seed * 1_000_003 + step * 10_007, dtype=tcfg.dtype,
+        )  # fmt: skip
         texts = [decode(gen) for group in samples for gen, _ in group]
         recs = [rec for rec, _ in batch for _ in range(k)]
         rewards = ranker([r.prompt for r in recs], texts, [r.metadata for r in recs])
@@ -275,7 +282,7 @@ def train_online_dpo(
 def sampled_win_rate(
     policy: nn.Module, baseline: nn.Module, prompts: Sequence[tuple[PreferenceRecord, list[int]]],
     ranker: Ranker, decode: Callable[[list[int]], str], cfg: DPOConfig, *, stop_id: int,
-    seed: int = 0, device: str = "cpu",
+    seed: int = 0, device: str = "cpu", dtype: str = "fp32",
 ) -> dict[str, float]:  # fmt: skip
     """Win-rate of `policy` over `baseline` (e.g. the DPO model vs its SFT start): each samples
     `samples_per_prompt` completions per prompt with the same seeds, the ranker scores them,
@@ -283,14 +290,7 @@ def sampled_win_rate(
     scores = []
     for model in (policy, baseline):
         model.eval()
-        texts, recs = [], []
-        for i, (rec, ids) in enumerate(prompts):
-            for gen, _ in sample_completions(
-                model, ids, cfg.samples_per_prompt, cfg, stop_id=stop_id, seed=seed + 1000 * i,
-                device=device,
-            ):  # fmt: skip
-                texts.append(decode(gen))
-                recs.append(rec)
+        texts, recs = _sample_texts(model, prompts, decode, cfg, stop_id=stop_id, seed=seed, device=device, dtype=dtype)  # fmt: skip
         scores.append(ranker([r.prompt for r in recs], texts, [r.metadata for r in recs]))
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(*scores, strict=True))
     n = max(len(scores[0]), 1)

@@ -71,16 +71,17 @@ def sample_group(
 def sample_groups(
     model: nn.Module, prompts: list[list[int]], n: int, *, max_new_tokens: int,
     stop_ids: set[int], temperature: float, top_k: int | None, top_p: float | None,
-    generator: torch.Generator, device: str, dtype: str,
+    generator: torch.Generator, device: str, dtype: str, reserve: int = 0,
 ) -> list[list[list[int]]]:  # fmt: skip
     """`n` sampled completions of each prompt, all decoded together as one batch with the kv
     cache: each prompt is prefilled once and its cache copied to its n rows, then every live
     row takes one token per step at its own position (the model's `decode_rows`, as in
     serving). A row ends at its first stop token (kept) or after its token budget, and leaves
-    the batch. Returns, per prompt, its n completions."""
+    the batch; `reserve` context positions stay free after each. Returns, per prompt, its n
+    completions."""
     budgets = []
     for ids in prompts:
-        budget = min(max_new_tokens, model.cfg.max_seq_len - len(ids))
+        budget = min(max_new_tokens, model.cfg.max_seq_len - len(ids) - reserve)
         if budget < 1:
             raise DataError(
                 f"a prompt of {len(ids)} tokens leaves no room in the model's context "
