@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/python examples/acme/generate.py --out build/acme-corpus --seed 0
 	$(BIN)/forgeml demo acme-sft --out build/acme-sft --seed 0
-	$(BIN)/forgeml demo acme-prefs --out build/acme-prefs.jsonl --count 80 --seed 0
+	$(BIN)/forgeml demo acme-prefs --out build/acme-prefs.jsonl --snippets --seed 0
 	$(BIN)/forgeml demo acme-rl --out build/acme-rl --snippets
 	$(BIN)/forgeml init $(QS)
 	$(BIN)/forgeml -w $(QS) pipeline run recipes/quickstart.yaml --json $(QS)/summary.json

@@ -184,7 +184,9 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
     assert reg.get_asset(dpo).metadata["base_model"] == sft
     assert reg.get_asset(rl).metadata["base_model"] == dpo and len({sft, dpo, rl}) == 3
     lifts = {(lift.stage, lift.metric): lift for lift in result.lifts}
-    assert [k[0] for k in lifts] == ["sft", "dpo", "dpo", "dpo", "rl", "rl", "rl", "rl"]
+    assert [k[0] for k in lifts] == ["sft"] + ["dpo"] * 4 + ["rl"] * 4
+    judged = lifts[("dpo", "held-out judge score, sampled (mean)")]
+    assert judged.n == lifts[("dpo", "held-out win-rate vs its start (0.5 = tie)")].n
     assert lifts[("rl", "held-out solved, sampled pass@1 (n=2)")].n == 8  # 4 prompts x 2
     for lift in result.lifts:
         assert lift.n > 0 and math.isfinite(lift.before) and math.isfinite(lift.after)
@@ -194,7 +196,7 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
     assert margin.after > margin.before  # DPO pushed chosen above rejected on unseen pairs
     assert lifts[("sft", "held-out answer exact match")].n == 4
     summary = result.summary()
-    assert [row["stage"] for row in summary["lift"]] == ["sft"] + ["dpo"] * 3 + ["rl"] * 4
+    assert [row["stage"] for row in summary["lift"]] == ["sft"] + ["dpo"] * 4 + ["rl"] * 4
     again = run_pipeline(workspace, recipe, progress=False)
     assert all(s.cached for s in again.stages)
     assert [lift.as_dict() for lift in again.lifts] == summary["lift"]

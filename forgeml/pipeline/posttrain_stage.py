@@ -274,6 +274,9 @@ def posttrain_stages(
             stages.append(wr)
             lifts.append(Lift("dpo", "held-out win-rate vs its start (0.5 = tie)", 0.5,
                               wr.metrics["win_rate"], wr.metrics["n"]))  # fmt: skip
+            lifts.append(Lift("dpo", "held-out judge score, sampled (mean)",
+                              wr.metrics["baseline_reward"], wr.metrics["reward"],
+                              wr.metrics["n"]))  # fmt: skip
         current = dpo.output
     if cfg.rl is not None:
         sub = recipe.model_copy(update={"optim": cfg.rl.optim, "train": cfg.rl.train})
