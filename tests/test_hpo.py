@@ -222,6 +222,26 @@ def test_journal_in_the_registry_database_under_concurrent_writers(registry_url,
     Registry(registry_url, tmp_path / "art").close()  # the registry opens fine beside it
 
 
+_OPENER = """
+import sys
+from forgeml.hpo.storage import RegistryJournalBackend
+from forgeml.registry import Registry
+RegistryJournalBackend(Registry(sys.argv[1], sys.argv[2]))
+"""
+
+
+def test_journal_table_created_by_many_processes_at_once_on_sqlite(tmp_path):
+    """Six processes open the journal of a fresh SQLite registry together: the one that
+    creates the table takes the write lock, the others wait for it instead of failing."""
+    from forgeml.registry import Registry
+
+    for k in range(3):
+        url, art = f"sqlite:///{tmp_path / f'r{k}.db'}", str(tmp_path / f"art{k}")
+        Registry(url, art).close()
+        procs = [subprocess.Popen([sys.executable, "-c", _OPENER, url, art]) for _ in range(6)]
+        assert [p.wait(timeout=120) for p in procs] == [0] * 6
+
+
 def test_hyperband_pruner_runs_with_tpe(workspace, text_folder):
     recipe = tiny_recipe(text_folder, max_steps=12)
     space = parse_space({**LR_SPACE, "pruner": {"kind": "hyperband", "min_resource": 6}})

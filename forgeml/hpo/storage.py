@@ -48,7 +48,9 @@ class RegistryJournalBackend(BaseJournalBackend):
     def __init__(self, reg: Registry) -> None:
         self.reg = reg
         try:
-            JOURNAL.create(reg.engine, checkfirst=True)
+            # As a write transaction: on SQLite a deferred one that read the schema first
+            # cannot wait for another writer's lock (WAL answers "database is locked" at once).
+            JOURNAL.create(reg.engine.execution_options(forgeml_write=True), checkfirst=True)
         except DBAPIError:
             # Another process created it between the check and the CREATE (PostgreSQL then
             # reports a duplicate type or table): fine when the table is there now.
