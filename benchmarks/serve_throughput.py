@@ -17,6 +17,8 @@ order) so load bursts from other jobs hit all alike; the ratios are medians of p
 `--profile` also times the decode step's matmuls alone (every linear of the model, the
 output head included, on 1 and on N rows, with the engine's thread count): no decoder of these
 weights can step faster, so HF's time per step over it is the most any engine could gain.
+It then adds the attention of every layer alone (SDPA at the engine's shapes, over the mean
+number of keys of a request), the other kernel every decoder runs, for a tighter ceiling.
 """
 
 from __future__ import annotations
@@ -138,20 +140,57 @@ def gemm_floor(model: torch.nn.Module, rows: int, repeats: int = 50) -> float:
     return statistics.median(times[5:])
 
 
-def report_ceiling(model: torch.nn.Module, threads: int | None, med: dict, n: int) -> None:
-    """Print HF's time per decode step over the matmul floor at 1 and at n rows."""
+def attention_floor(model: torch.nn.Module, rows: int, keys: int, repeats: int = 50) -> float:
+    """Seconds of one decode step's attention alone at `rows` rows over `keys` cached keys:
+    the SDPA call of every layer, at the engine's shapes (one query per row, GQA, an additive
+    mask, keys a slice of a max-length cache), median of `repeats` passes."""
+    cfg = model.cfg
+    head_dim = cfg.dim // cfg.n_heads
+    dtype = next(model.parameters()).dtype
+    q = torch.randn(rows, cfg.n_heads, 1, head_dim, dtype=dtype)
+    shape = (cfg.n_layers, rows, cfg.n_kv_heads, cfg.max_seq_len, head_dim)
+    cache_k, cache_v = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
+    mask = torch.zeros(rows, 1, 1, keys, dtype=dtype)
+    times = []
+    with torch.inference_mode():
+        for _ in range(repeats + 5):
+            start = time.perf_counter()
+            for layer in range(cfg.n_layers):
+                torch.nn.functional.scaled_dot_product_attention(
+                    q,
+                    cache_k[layer, :, :, :keys],
+                    cache_v[layer, :, :, :keys],
+                    attn_mask=mask,
+                    enable_gqa=cfg.n_kv_heads != cfg.n_heads,
+                )
+            times.append(time.perf_counter() - start)
+    return statistics.median(times[5:])
+
+
+def report_ceiling(
+    model: torch.nn.Module, threads: int | None, med: dict, n: int, keys: int
+) -> None:
+    """Print HF's time per decode step over the matmul floor, and over matmuls plus attention
+    (the two kernels no decoder can skip), at 1 and at n rows; and forgeml's time per step."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        floors = {1: gemm_floor(model, 1), n: gemm_floor(model, n)}
+        floors = {rows: gemm_floor(model, rows) for rows in (1, n)}
+        attention = {rows: attention_floor(model, rows, keys) for rows in (1, n)}
     finally:
         torch.set_num_threads(before)
-    for rows, hf_rate in ((1, med["HF 1"]), (n, med["HF N"])):
+    for rows, ours, hf_rate in (
+        (1, med["forgeml 1"], med["HF 1"]),
+        (n, med["forgeml N"], med["HF N"]),
+    ):
         hf_step = rows / hf_rate
+        both = floors[rows] + attention[rows]
         print(
-            f"ceiling at {rows:2d} row(s): HF {hf_step * 1e3:6.2f} ms a step / matmuls alone "
-            f"{floors[rows] * 1e3:6.2f} ms = {hf_step / floors[rows]:.2f}x (an engine's ratio "
-            "to HF if everything but the matmuls took no time)"
+            f"ceiling at {rows:2d} row(s): HF {hf_step * 1e3:6.2f} ms a step (forgeml "
+            f"{rows / ours * 1e3:.2f}) / matmuls alone {floors[rows] * 1e3:6.2f} ms = "
+            f"{hf_step / floors[rows]:.2f}x; / matmuls + attention ({keys} keys) "
+            f"{both * 1e3:6.2f} ms = {hf_step / both:.2f}x (an engine's ratio to HF if everything "
+            "else took no time)"
         )
 
 
@@ -252,7 +291,7 @@ def main() -> None:
         f"time {serial:.2f}x"
     )
     if args.profile:
-        report_ceiling(model, engine.threads, med, args.concurrent)
+        report_ceiling(model, engine.threads, med, args.concurrent, args.prompt + args.new // 2)
     if args.record:
         record(
             f"| {dt.date.today()} | {cpu_name()} | {torch.__version__} / "
