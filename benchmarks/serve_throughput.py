@@ -127,7 +127,7 @@ def gemm_floor(model: torch.nn.Module, rows: int, repeats: int = 50) -> float:
     """Seconds of one decode step's matmuls alone at `rows` rows: every linear of `model`
     applied once to random inputs of its width (median of `repeats` passes). With tied
     embeddings the output head is a linear too."""
-    # Called as modules: the engine's prepacked linears (bf16) multiply as they do in decoding.
+    # Called as modules: the engine's prepacked linears multiply as they do in decoding.
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     inputs = [torch.randn(rows, m.in_features, dtype=m.weight.dtype) for m in linears]
     times = []

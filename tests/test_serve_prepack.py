@@ -1,16 +1,23 @@
-"""The engine's prepacked linears: outputs equal `F.linear` bit for bit (or the layer keeps
-`F.linear`), they follow in-place weight changes, and training goes around them."""
+"""The engine's prepacked linears: outputs equal `F.linear` bit for bit (a row count where the
+packed product differs, or is slower, keeps `F.linear`), they follow in-place weight changes,
+and training goes around them."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgeml.serve.prepack import PrepackedLinear, _mkldnn_ops, prepack_linears
+from forgeml.serve import prepack
+from forgeml.serve.prepack import PrepackedLinear, packer_for, prepack_linears
 
-pytestmark = pytest.mark.skipif(not _mkldnn_ops(), reason="no oneDNN linear ops in this torch")
+pytestmark = pytest.mark.skipif(
+    packer_for(torch.bfloat16) is None or packer_for(torch.float32) is None,
+    reason="no oneDNN or MKL linear ops in this torch",
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -20,7 +27,8 @@ def test_prepacked_equals_f_linear_and_follows_weight_changes(dtype):
     state = torch.get_rng_state()
     prepack_linears(model, max_rows=8)
     assert torch.equal(state, torch.get_rng_state())  # the probe leaves the global RNG alone
-    assert all(type(m) is PrepackedLinear for m in model)
+    # Each packs at some row count or stays a plain nn.Linear; outputs are F.linear's either way.
+    assert all(type(m) in (PrepackedLinear, nn.Linear) for m in model)
     with torch.no_grad():
         for rows in (1, 3, 8, 20):  # 20 > max_rows: F.linear
             x = torch.randn(rows, 64).to(dtype)
@@ -39,3 +47,63 @@ def test_training_goes_around_the_packed_copy():
     x = torch.randn(2, 16).to(torch.bfloat16)
     layer(x).float().sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+
+
+def test_fp32_packs_with_mkl_and_matches_f_linear_at_every_row_count(monkeypatch):
+    timings = itertools.cycle([1.0, 2.0])  # the packed path (timed first) looks faster
+    monkeypatch.setattr(prepack, "_best_seconds", lambda fn: next(timings))
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 128)
+    prepack_linears(layer, max_rows=6)
+    # Packed wherever MKL's product is F.linear's bit for bit (every count on the CPUs seen).
+    assert type(layer) is nn.Linear or layer._packer.name == "mkl"
+    with torch.no_grad():
+        for rows in range(1, 7):
+            x = torch.randn(rows, 1, 64)  # the engine's [rows, 1, dim]
+            assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_a_row_count_whose_packed_product_differs_keeps_f_linear(monkeypatch):
+    real = packer_for(torch.bfloat16)
+    calls = []
+
+    def off_by_a_bit_at_two_rows(x, packed, w, bias, max_rows):
+        calls.append(x.numel() // x.shape[-1])
+        out = real.apply(x, packed, w, bias, max_rows)
+        return out * 1.01 if x.numel() // x.shape[-1] == 2 else out
+
+    skewed = prepack._Packer("skewed", real.pack, off_by_a_bit_at_two_rows)
+    monkeypatch.setattr(prepack, "packer_for", lambda dtype: skewed)
+    # Each count times the packed path first, then F.linear: packed always looks faster.
+    timings = itertools.cycle([1.0, 2.0])
+    monkeypatch.setattr(prepack, "_best_seconds", lambda fn: next(timings))
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 16).to(torch.bfloat16)
+    prepack_linears(layer, max_rows=4)
+    assert layer._use_packed == (True, False, True, True)
+    with torch.no_grad():
+        for rows in range(1, 5):
+            calls.clear()
+            x = torch.randn(rows, 32).to(torch.bfloat16)
+            assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+            assert calls == ([] if rows == 2 else [rows])
+
+
+def test_a_packed_path_slower_than_f_linear_is_not_used(monkeypatch):
+    timings = iter(
+        range(10_000)
+    )  # every call later, so each timed path looks slower than the one before
+
+    monkeypatch.setattr(prepack, "_best_seconds", lambda fn: next(timings))
+    torch.manual_seed(0)
+    layer = nn.Linear(32, 16).to(torch.bfloat16)
+    prepack_linears(layer, max_rows=4)  # packed timed first at each count, then F.linear
+    assert layer._packed is not None and layer._use_packed == (True, True, True, True)
+    timings = iter(range(10_000, 0, -1))  # now F.linear, timed second, always looks faster
+    monkeypatch.setattr(prepack, "_best_seconds", lambda fn: next(timings))
+    with torch.no_grad():
+        layer.weight.mul_(2)  # a weight change: probed again
+    x = torch.randn(3, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+    assert layer._packed is None

@@ -178,8 +178,9 @@ class Engine:
     beyond that gets `EngineBusy` at once (bounded memory, HTTP 429 upstream). The model is
     any registry-built class with `new_kv_cache` and `decode_rows` (dense and MoE).
     `threads` is the worker thread's intra-op thread count (default: 1 on CPU).
-    `prepack_weights` (CPU) keeps a oneDNN-packed copy of each linear's weight for the
-    decode step where that gives bitwise the same outputs (bf16; see `prepack_linears`).
+    `prepack_weights` (CPU) keeps a packed copy of each linear's weight (oneDNN for bf16 and
+    fp16, MKL for fp32) for the decode step, used at the batch sizes where it gives bitwise
+    the same outputs and is faster (see `prepack_linears`).
     """
 
     def __init__(

@@ -1,40 +1,107 @@
-"""Linears with their weights reordered once for oneDNN, for the serving engine's decode step.
+"""Linears with their weights reordered once for the CPU's GEMM library, for the serving
+engine's decode step.
 
-On CPU a bf16 `F.linear` reorders its weight into oneDNN's blocked layout on every call; for a
-small model's decode step (a few rows) that reorder costs more than the matmul. The engine
-applies `prepack_linears` to its model from outside, as `parallelize` applies compile.
+On CPU a bf16 `F.linear` reorders its weight into oneDNN's blocked layout on every call, and an
+fp32 one lets MKL pack it on every call; for a small model's decode step (a few rows) that
+costs as much as the multiply. The engine applies `prepack_linears` to its model from outside,
+as `parallelize` applies compile.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Timed passes per path and row count when choosing a path (the fastest counts).
+PROBE_REPEATS = 3
 
-def _mkldnn_ops() -> bool:
+
+@dataclass(frozen=True)
+class _Packer:
+    """How one GEMM library packs a weight for at most `rows` rows and multiplies by it."""
+
+    name: str
+    pack: Callable[[torch.Tensor, int], torch.Tensor]
+    apply: Callable[
+        [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, int], torch.Tensor
+    ]
+
+
+def _onednn() -> _Packer | None:
     ops = torch.ops.mkldnn
-    return (
+    if not (
         torch.backends.mkldnn.is_available()
         and hasattr(ops, "_reorder_linear_weight")
         and hasattr(ops, "_linear_pointwise")
+    ):
+        return None
+    return _Packer(
+        "onednn",
+        lambda w, rows: ops._reorder_linear_weight(w, rows),
+        lambda x, packed, w, bias, rows: ops._linear_pointwise(x, packed, bias, "none", [], ""),
     )
 
 
-class PrepackedLinear(nn.Linear):
-    """`nn.Linear` that, without autograd and for at most `max_rows` rows, multiplies by a
-    prepacked copy of its weight; anything else (training, prefill, other dtypes) is `F.linear`.
+def _mkl() -> _Packer | None:
+    ops = torch.ops.mkl
+    if not (
+        torch.backends.mkl.is_available()
+        and hasattr(ops, "_mkl_reorder_linear_weight")
+        and hasattr(ops, "_mkl_linear")
+    ):
+        return None
+    return _Packer(
+        "mkl",
+        lambda w, rows: ops._mkl_reorder_linear_weight(w, rows),
+        lambda x, packed, w, bias, rows: ops._mkl_linear(x, packed, w, bias, rows),
+    )
 
-    The copy is made, and checked bitwise against `F.linear` at every row count 1..max_rows,
-    again whenever the weight changes (its version counter, storage or dtype: `merge_lora`,
-    `load_state_dict`, `.to`). Where that check fails (fp32 and fp16 on some CPUs, where
-    `F.linear` takes another kernel) the layer keeps `F.linear`, so outputs never change.
-    Parameters and `state_dict` are those of the `nn.Linear`; the copy costs its weight's memory.
+
+def packer_for(dtype: torch.dtype) -> _Packer | None:
+    """The library that packs weights of `dtype`: MKL for fp32 (oneDNN's fp32 kernels are
+    not bitwise those of `F.linear`), oneDNN for bf16 and fp16; None if torch has neither."""
+    return _mkl() if dtype == torch.float32 else _onednn()
+
+
+def _timed_rows(max_rows: int) -> set[int]:
+    """The row counts whose speed the probe measures: the powers of two up to `max_rows`,
+    and `max_rows` (timing every count would cost a large model seconds per linear)."""
+    return {1 << i for i in range(max_rows.bit_length())} & set(range(1, max_rows)) | {max_rows}
+
+
+def _best_seconds(fn: Callable[[], torch.Tensor]) -> float:
+    fn()  # warm-up: the library builds its kernel for the shape
+    best = float("inf")
+    for _ in range(PROBE_REPEATS):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+class PrepackedLinear(nn.Linear):
+    """`nn.Linear` that, without autograd, multiplies by a prepacked copy of its weight at the
+    row counts (1..`max_rows`) where that is both bitwise equal to `F.linear` and faster;
+    anything else (training, prefill, other row counts, devices or dtypes) is `F.linear`.
+
+    The copy is made, and each row count probed, again whenever the weight changes (its
+    version counter, storage or dtype: `merge_lora`, `load_state_dict`, `.to`). Outputs never
+    change: a row count whose packed product differs from `F.linear` in any bit keeps
+    `F.linear` (fp16 at one row on some CPUs). Which of the equal paths is used follows a
+    timing probe, so it may differ between runs, the outputs do not. Parameters and
+    `state_dict` are those of the `nn.Linear`; the copy costs its weight's memory.
     """
 
     max_rows: int
     _packed: torch.Tensor | None
     _packed_key: tuple | None
+    _packer: _Packer | None
+    _use_packed: tuple[bool, ...]
 
     def _weight_key(self) -> tuple | None:
         w = self.weight
@@ -48,23 +115,36 @@ class PrepackedLinear(nn.Linear):
         )
 
     def _repack(self, key: tuple | None) -> None:
-        self._packed, self._packed_key = None, key
-        if key is None:
+        self._packed, self._packed_key, self._use_packed = None, key, ()
+        packer = packer_for(self.weight.dtype)
+        if key is None or packer is None:
             return
         with torch.no_grad():
             w = self.weight.detach()
             bias = None if self.bias is None else self.bias.detach()
             try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(w, self.max_rows)
+                packed = packer.pack(w, self.max_rows)
                 probe = torch.Generator().manual_seed(0)  # leaves the global RNG alone
+                equal, faster = [], {}
                 for rows in range(1, self.max_rows + 1):
                     x = torch.randn(rows, self.in_features, generator=probe).to(w.dtype)
-                    got = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-                    if not torch.equal(got, F.linear(x, w, bias)):
-                        return
-            except RuntimeError:  # a dtype or CPU oneDNN does not pack
+                    got = packer.apply(x, packed, w, bias, self.max_rows)
+                    equal.append(torch.equal(got, F.linear(x, w, bias)))
+                    if rows in _timed_rows(self.max_rows):
+                        ours = _best_seconds(
+                            lambda x=x: packer.apply(x, packed, w, bias, self.max_rows)
+                        )
+                        faster[rows] = ours < _best_seconds(lambda x=x: F.linear(x, w, bias))
+            except RuntimeError:  # a dtype or CPU the library does not pack
                 return
-        self._packed = packed
+        # A row count takes the timing of the nearest timed count at or below it.
+        timed = sorted(faster)
+        use = [
+            equal[rows - 1] and faster[max(t for t in timed if t <= rows)]
+            for rows in range(1, self.max_rows + 1)
+        ]
+        if any(use):
+            self._packed, self._packer, self._use_packed = packed, packer, tuple(use)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
@@ -78,18 +158,21 @@ class PrepackedLinear(nn.Linear):
         key = self._weight_key()
         if key != self._packed_key:
             self._repack(key)
-        if self._packed is None:
+        rows = x.numel() // self.in_features
+        if self._packed is None or rows == 0 or not self._use_packed[rows - 1]:
             return F.linear(x, w, self.bias)
-        return torch.ops.mkldnn._linear_pointwise(x, self._packed, self.bias, "none", [], "")
+        return self._packer.apply(x, self._packed, w, self.bias, self.max_rows)
 
 
 def prepack_linears(model: nn.Module, max_rows: int) -> int:
-    """Turn the model's CPU `nn.Linear`s into `PrepackedLinear`s in place; how many now pack.
+    """Turn the model's CPU `nn.Linear`s into `PrepackedLinear`s in place, where the probe
+    finds a row count to pack; return how many now pack. A linear that packs at no row count
+    stays (or becomes again) a plain `nn.Linear`: its checks would cost every call for nothing.
 
     `max_rows` is the most rows a packed call takes (the engine's batch: one token per row).
-    Nothing changes off CPU or without oneDNN.
+    Nothing changes off CPU or in a torch without oneDNN and MKL.
     """
-    if not _mkldnn_ops():
+    if _onednn() is None and _mkl() is None:
         return 0
     packed = 0
     for module in model.modules():
@@ -98,5 +181,8 @@ def prepack_linears(model: nn.Module, max_rows: int) -> int:
             module.__class__ = PrepackedLinear
             module.max_rows = max_rows
             module._repack(module._weight_key())
-            packed += module._packed is not None
+            if module._packed is None:
+                module.__class__ = nn.Linear
+            else:
+                packed += 1
     return packed
