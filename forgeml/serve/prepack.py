@@ -89,8 +89,9 @@ class PrepackedLinear(nn.Linear):
     row counts (1..`max_rows`) where that is both bitwise equal to `F.linear` and faster;
     anything else (training, prefill, other row counts, devices or dtypes) is `F.linear`.
 
-    The copy is made, and each row count probed, again whenever the weight changes (its
-    version counter, storage or dtype: `merge_lora`, `load_state_dict`, `.to`). Outputs never
+    The copy is made, and each row count probed, again when a call at a packed row count finds
+    the weight changed (its version counter, storage or dtype: `merge_lora`,
+    `load_state_dict`, `.to`); the other row counts take `F.linear`, right for any weight. Outputs never
     change: a row count whose packed product differs from `F.linear` in any bit keeps
     `F.linear` (fp16 at one row on some CPUs). Which of the equal paths is used follows a
     timing probe, so it may differ between runs, the outputs do not. Parameters and
@@ -115,7 +116,8 @@ class PrepackedLinear(nn.Linear):
         )
 
     def _repack(self, key: tuple | None) -> None:
-        self._packed, self._packed_key, self._use_packed = None, key, ()
+        self._packed, self._packed_key = None, key
+        self._use_packed = (False,) * self.max_rows
         packer = packer_for(self.weight.dtype)
         if key is None or packer is None:
             return
@@ -147,20 +149,22 @@ class PrepackedLinear(nn.Linear):
             self._packed, self._packer, self._use_packed = packed, packer, tuple(use)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The row counts that keep F.linear return at once: it is right in every case.
+        rows = x.numel() // self.in_features
+        if not 0 < rows <= self.max_rows or not self._use_packed[rows - 1]:
+            return F.linear(x, self.weight, self.bias)
         w = self.weight
         if (
             (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
             or x.dtype != w.dtype
             or x.device.type != "cpu"
-            or x.numel() > self.max_rows * self.in_features
         ):
             return F.linear(x, w, self.bias)
         key = self._weight_key()
-        if key != self._packed_key:
+        if key != self._packed_key:  # the weight changed: probe again
             self._repack(key)
-        rows = x.numel() // self.in_features
-        if self._packed is None or rows == 0 or not self._use_packed[rows - 1]:
-            return F.linear(x, w, self.bias)
+            if not self._use_packed[rows - 1]:
+                return F.linear(x, w, self.bias)
         return self._packer.apply(x, self._packed, w, self.bias, self.max_rows)
 
 
