@@ -32,40 +32,30 @@ class _Packer:
     ]
 
 
-def _onednn() -> _Packer | None:
-    ops = torch.ops.mkldnn
-    if not (
-        torch.backends.mkldnn.is_available()
-        and hasattr(ops, "_reorder_linear_weight")
-        and hasattr(ops, "_linear_pointwise")
-    ):
-        return None
-    return _Packer(
-        "onednn",
-        lambda w, rows: ops._reorder_linear_weight(w, rows),
-        lambda x, packed, w, bias, rows: ops._linear_pointwise(x, packed, bias, "none", [], ""),
-    )
+def _library(name: str) -> _Packer | None:
+    """oneDNN's ("onednn") or MKL's ("mkl") weight-packing linear, if this torch has it."""
+    if name == "onednn":
+        ops, available = torch.ops.mkldnn, torch.backends.mkldnn.is_available()
+        pack_op, linear_op = "_reorder_linear_weight", "_linear_pointwise"
 
+        def apply(x, packed, w, bias, rows):
+            return ops._linear_pointwise(x, packed, bias, "none", [], "")
+    else:
+        ops, available = torch.ops.mkl, torch.backends.mkl.is_available()
+        pack_op, linear_op = "_mkl_reorder_linear_weight", "_mkl_linear"
 
-def _mkl() -> _Packer | None:
-    ops = torch.ops.mkl
-    if not (
-        torch.backends.mkl.is_available()
-        and hasattr(ops, "_mkl_reorder_linear_weight")
-        and hasattr(ops, "_mkl_linear")
-    ):
+        def apply(x, packed, w, bias, rows):
+            return ops._mkl_linear(x, packed, w, bias, rows)
+
+    if not (available and hasattr(ops, pack_op) and hasattr(ops, linear_op)):
         return None
-    return _Packer(
-        "mkl",
-        lambda w, rows: ops._mkl_reorder_linear_weight(w, rows),
-        lambda x, packed, w, bias, rows: ops._mkl_linear(x, packed, w, bias, rows),
-    )
+    return _Packer(name, getattr(ops, pack_op), apply)
 
 
 def packer_for(dtype: torch.dtype) -> _Packer | None:
     """The library that packs weights of `dtype`: MKL for fp32 (oneDNN's fp32 kernels are
     not bitwise those of `F.linear`), oneDNN for bf16 and fp16; None if torch has neither."""
-    return _mkl() if dtype == torch.float32 else _onednn()
+    return _library("mkl" if dtype == torch.float32 else "onednn")
 
 
 def _timed_rows(max_rows: int) -> set[int]:
@@ -176,7 +166,7 @@ def prepack_linears(model: nn.Module, max_rows: int) -> int:
     `max_rows` is the most rows a packed call takes (the engine's batch: one token per row).
     Nothing changes off CPU or in a torch without oneDNN and MKL.
     """
-    if _onednn() is None and _mkl() is None:
+    if _library("onednn") is None and _library("mkl") is None:
         return 0
     packed = 0
     for module in model.modules():
