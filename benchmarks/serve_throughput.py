@@ -1,8 +1,10 @@
 """Generation throughput: forgeml's serving engine vs transformers' `generate`, in one process.
 
 The same tiny Mistral weights (ours, exported through `hf_io` and loaded by
-`MistralForCausalLM`, sdpa attention), the same dtype, greedy decoding, the same prompts
-(stdlib text through a BPE tokenizer trained here), exactly `--new` tokens each (no stop).
+`MistralForCausalLM`, sdpa attention), the same dtype, greedy decoding (or, with
+`--temperature T`, sampling from the whole distribution: seeded per request in forgeml, HF's
+`do_sample` with top-k and top-p off), the same prompts (stdlib text through a BPE tokenizer
+trained here), exactly `--new` tokens each (no stop).
 Three workloads, timed round-robin (every round runs each contender once, in a rotating
 order) so load bursts from other jobs hit all alike; the ratios are medians of per-round ratios:
 
@@ -12,6 +14,7 @@ order) so load bursts from other jobs hit all alike; the ratios are medians of p
   HF serving them one at a time (its batch-1 rate: what a plain HF server does per request).
 
     .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --record
+    .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --temperature 0.8
     .venv/bin/python benchmarks/serve_throughput.py --quick   # smoke run
 
 `--profile` also times the decode step's matmuls alone (every linear of the model, the
@@ -83,24 +86,33 @@ def make_prompts(tok, texts: list[str], n: int, length: int) -> list[list[int]]:
     return [ids[i * stride : i * stride + length] for i in range(n)]
 
 
-def forgeml_run(engine: Engine, prompts: list[list[int]], new: int) -> int:
-    """Submit every prompt at once, wait for all; generated tokens."""
-    params = SamplingParams(max_tokens=new, temperature=0)
-    handles = [engine.submit(p, params) for p in prompts]
+def forgeml_run(engine: Engine, prompts: list[list[int]], new: int, temperature: float) -> int:
+    """Submit every prompt at once, wait for all; generated tokens. Sampled requests are
+    seeded (each its own generator, as a server's seeded requests)."""
+    handles = [
+        engine.submit(p, SamplingParams(max_tokens=new, temperature=temperature, seed=i))
+        for i, p in enumerate(prompts)
+    ]
     return sum(len(h.result().token_ids) for h in handles)
 
 
 @torch.inference_mode()
-def hf_run(model, prompts: list[list[int]], new: int) -> int:
-    """One `generate` call on the batch of prompts (all the same length: no padding)."""
+def hf_run(model, prompts: list[list[int]], new: int, temperature: float) -> int:
+    """One `generate` call on the batch of prompts (all the same length: no padding); sampled
+    from the whole distribution at `temperature` > 0 (top-k and top-p off, as ours)."""
     x = torch.tensor(prompts)
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+        if temperature > 0
+        else {"do_sample": False}
+    )
     out = model.generate(
         x,
         attention_mask=torch.ones_like(x),
         max_new_tokens=new,
         min_new_tokens=new,
-        do_sample=False,
         pad_token_id=0,
+        **sampling,
     )
     return (out.shape[1] - x.shape[1]) * out.shape[0]
 
@@ -220,6 +232,9 @@ def main() -> None:
         default=None,
         help="torch threads of both (default: HF all, the engine its own default, 1 on CPU)",
     )
+    ap.add_argument(
+        "--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)"
+    )
     ap.add_argument("--record", action="store_true", help="add a result row to BENCHMARKS.md")
     ap.add_argument("--profile", action="store_true", help="matmul floor and speed-up ceiling")
     args = ap.parse_args()
@@ -248,7 +263,9 @@ def main() -> None:
     )
     prompts = make_prompts(tok, texts, args.concurrent, args.prompt)
     print(
-        f"model {model.num_params() / 1e6:.1f}M params, {args.dtype}, prompts {args.prompt} "
+        f"model {model.num_params() / 1e6:.1f}M params, {args.dtype}, "
+        f"{'sampled at T=' + str(args.temperature) if args.temperature > 0 else 'greedy'}, "
+        f"prompts {args.prompt} "
         f"tokens, {args.new} new each, N={args.concurrent}, HF {torch.get_num_threads()} threads, "
         f"engine {engine.threads} thread(s)"
     )
@@ -256,10 +273,10 @@ def main() -> None:
     print(f"greedy tokens identical to HF (agreeing prefix): {agree:.0%}")
 
     contenders = {
-        "forgeml 1": lambda: forgeml_run(engine, prompts[:1], args.new),
-        "HF 1": lambda: hf_run(hf, prompts[:1], args.new),
-        "forgeml N": lambda: forgeml_run(engine, prompts, args.new),
-        "HF N": lambda: hf_run(hf, prompts, args.new),
+        "forgeml 1": lambda: forgeml_run(engine, prompts[:1], args.new, args.temperature),
+        "HF 1": lambda: hf_run(hf, prompts[:1], args.new, args.temperature),
+        "forgeml N": lambda: forgeml_run(engine, prompts, args.new, args.temperature),
+        "HF N": lambda: hf_run(hf, prompts, args.new, args.temperature),
     }
     for fn in contenders.values():  # warm-up (allocator, kernels, thread pools)
         fn()
@@ -295,7 +312,8 @@ def main() -> None:
     if args.record:
         record(
             f"| {dt.date.today()} | {cpu_name()} | {torch.__version__} / "
-            f"{transformers.__version__} | {args.dtype}, {args.prompt}+{args.new} | "
+            f"{transformers.__version__} | {args.dtype}, {args.prompt}+{args.new}"
+            f"{f', sampled T={args.temperature}' if args.temperature > 0 else ''} | "
             f"{med['forgeml 1']:.0f} | {med['HF 1']:.0f} | {single:.2f}x | "
             f"{med['forgeml N']:.0f} | {med['HF N']:.0f} | {batched:.2f}x | {serial:.2f}x |"
         )

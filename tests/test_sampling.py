@@ -7,7 +7,7 @@ import torch
 
 from forgeml.core.config import ModelConfig
 from forgeml.models.dense import Transformer
-from forgeml.models.sampling import filter_logits, generate, iter_generate
+from forgeml.models.sampling import filter_logits, generate, iter_generate, sample_index
 
 VOCAB = 61
 
@@ -95,3 +95,28 @@ def test_filter_logits_top_k_and_top_p():
     shuffled = logits[[2, 0, 3, 1]]
     kept = ~torch.isinf(filter_logits(shuffled, top_p=0.75))
     assert kept.tolist() == [False, True, False, True]
+
+
+def test_sample_index_draws_each_token_at_its_probability():
+    probs = torch.tensor([0.1, 0.0, 0.2, 0.3, 0.4])
+    generator = torch.Generator().manual_seed(0)
+    n = 20_000
+    counts = torch.bincount(
+        torch.tensor([sample_index(probs * 3, generator) for _ in range(n)]), minlength=5
+    )  # unnormalised: any positive total
+    assert counts[1] == 0  # a filtered (zero-probability) token is never drawn
+    # Binomial standard deviation at n = 20000 is at most 0.0035: 0.015 is over 4 sigma.
+    assert torch.allclose(counts.float() / n, probs, atol=0.015)
+
+
+def test_sample_index_at_the_top_of_the_range_keeps_to_tokens_with_mass(monkeypatch):
+    # A uniform draw that rounds up to the total falls past the last bucket: the last token
+    # with probability takes it, not a zero-probability one after it.
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.tensor(1.0, dtype=torch.float64))
+    assert sample_index(torch.tensor([0.5, 0.5, 0.0, 0.0]), torch.Generator()) == 1
+
+
+@pytest.mark.parametrize("bad", [[0.5, float("nan")], [0.0, 0.0], [1.0, float("inf")]])
+def test_sample_index_rejects_invalid_probabilities(bad):
+    with pytest.raises(ValueError, match="sum to"):
+        sample_index(torch.tensor(bad), torch.Generator())

@@ -6,6 +6,7 @@ nucleus (top-p, Holtzman et al., arXiv:1904.09751) sampling with a local seeded 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -44,8 +45,27 @@ def _next_token(
     if temperature == 0:
         return int(torch.argmax(logits))
     logits = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
-    probs = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return sample_index(torch.softmax(logits, dim=-1), generator)
+
+
+def sample_index(probs: torch.Tensor, generator: torch.Generator) -> int:
+    """One index drawn from the distribution `probs` [V] (non-negative, any finite positive total):
+    the inverse of its cumulative sum at one uniform draw of `generator`.
+
+    Exact, and about 10x cheaper than `torch.multinomial` for one sample over a vocabulary
+    (15 vs 162 µs at V = 8192 on one CPU thread), which draws V exponentials for it. A token
+    of probability 0 (filtered by top-k or top-p) is never drawn.
+    """
+    dtype = torch.float32 if probs.device.type == "mps" else torch.float64
+    cdf = probs.to(dtype).cumsum(-1)
+    total = float(cdf[-1])
+    if not 0 < total < math.inf:  # also false for nan
+        raise ValueError(f"the probabilities sum to {total}: they hold inf or nan, or are all 0")
+    u = torch.rand((), generator=generator, device=probs.device, dtype=dtype) * total
+    index = int(torch.searchsorted(cdf, u, right=True))
+    if index >= probs.shape[-1]:  # u rounded up to the total: the last token with mass
+        index = int(probs.nonzero()[-1, 0])
+    return index
 
 
 @torch.inference_mode()

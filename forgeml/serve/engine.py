@@ -23,7 +23,7 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from forgeml.models.dense import KVCache
-from forgeml.models.sampling import filter_logits
+from forgeml.models.sampling import filter_logits, sample_index
 from forgeml.serve.prepack import prepack_linears
 
 # Byte-level BPE can end a step in the middle of a UTF-8 character; decode shows it as U+FFFD.
@@ -158,7 +158,7 @@ class _Slot:
 
 
 def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """The next token from logits [V]: argmax at temperature 0, else filtered multinomial.
+    """The next token from logits [V]: argmax at temperature 0, else filtered sampling.
 
     The same draws as `forgeml.models.sampling.generate`, so a seeded request reproduces it.
     """
@@ -168,7 +168,7 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.
     logits = filter_logits(
         logits.float() / params.temperature, top_k=params.top_k, top_p=params.top_p
     )
-    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+    return sample_index(torch.softmax(logits, dim=-1), generator)
 
 
 class Engine:
