@@ -81,10 +81,10 @@ class PrepackedLinear(nn.Linear):
 
     The copy is made, and each row count probed, again when a call at a packed row count finds
     the weight changed (its version counter, storage or dtype: `merge_lora`,
-    `load_state_dict`, `.to`); the other row counts take `F.linear`, right for any weight. Outputs never
-    change: a row count whose packed product differs from `F.linear` in any bit keeps
-    `F.linear` (fp16 at one row on some CPUs). Which of the equal paths is used follows a
-    timing probe, so it may differ between runs, the outputs do not. Parameters and
+    `load_state_dict`, `.to`); the other row counts take `F.linear`, right for any weight.
+    Outputs never change: a row count whose packed product differs from `F.linear` in any bit
+    keeps `F.linear` (fp16 at one row on some CPUs). Which of the equal paths is used follows
+    a timing probe, so it may differ between runs, the outputs do not. Parameters and
     `state_dict` are those of the `nn.Linear`; the copy costs its weight's memory.
     """
 
@@ -117,24 +117,19 @@ class PrepackedLinear(nn.Linear):
             try:
                 packed = packer.pack(w, self.max_rows)
                 probe = torch.Generator().manual_seed(0)  # leaves the global RNG alone
-                equal, faster = [], {}
+                timed, use, faster = _timed_rows(self.max_rows), [], False
                 for rows in range(1, self.max_rows + 1):
                     x = torch.randn(rows, self.in_features, generator=probe).to(w.dtype)
                     got = packer.apply(x, packed, w, bias, self.max_rows)
-                    equal.append(torch.equal(got, F.linear(x, w, bias)))
-                    if rows in _timed_rows(self.max_rows):
+                    # An untimed row count takes the timing of the last timed one below it.
+                    if rows in timed:
                         ours = _best_seconds(
                             lambda x=x: packer.apply(x, packed, w, bias, self.max_rows)
                         )
-                        faster[rows] = ours < _best_seconds(lambda x=x: F.linear(x, w, bias))
+                        faster = ours < _best_seconds(lambda x=x: F.linear(x, w, bias))
+                    use.append(faster and torch.equal(got, F.linear(x, w, bias)))
             except RuntimeError:  # a dtype or CPU the library does not pack
                 return
-        # A row count takes the timing of the nearest timed count at or below it.
-        timed = sorted(faster)
-        use = [
-            equal[rows - 1] and faster[max(t for t in timed if t <= rows)]
-            for rows in range(1, self.max_rows + 1)
-        ]
         if any(use):
             self._packed, self._packer, self._use_packed = packed, packer, tuple(use)
 
