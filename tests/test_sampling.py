@@ -7,7 +7,13 @@ import torch
 
 from forgeml.core.config import ModelConfig
 from forgeml.models.dense import Transformer
-from forgeml.models.sampling import filter_logits, generate, iter_generate, sample_index
+from forgeml.models.sampling import (
+    filter_logits,
+    generate,
+    iter_generate,
+    sample_index,
+    sample_indices,
+)
 
 VOCAB = 61
 
@@ -120,3 +126,26 @@ def test_sample_index_at_the_top_of_the_range_keeps_to_tokens_with_mass(monkeypa
 def test_sample_index_rejects_invalid_probabilities(bad):
     with pytest.raises(ValueError, match="sum to"):
         sample_index(torch.tensor(bad), torch.Generator())
+
+
+def test_sample_indices_draws_each_row_as_sample_index_would():
+    probs = torch.softmax(torch.randn(6, 50, generator=torch.Generator().manual_seed(1)), -1)
+    probs[2, 10:] = 0.0  # a filtered row: its tokens past 10 are never drawn
+    batched, single = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for _ in range(200):
+        rows = sample_indices(probs, batched).tolist()
+        assert rows == [sample_index(row, single) for row in probs]
+        assert rows[2] < 10
+
+
+def test_sample_indices_at_the_top_of_the_range_keeps_to_tokens_with_mass(monkeypatch):
+    monkeypatch.setattr(
+        torch, "rand", lambda *a, **k: torch.tensor([0.3, 1.0], dtype=torch.float64)
+    )
+    probs = torch.tensor([[0.5, 0.5, 0.0], [0.2, 0.3, 0.0]])
+    assert sample_indices(probs, torch.Generator()).tolist() == [0, 1]
+
+
+def test_sample_indices_rejects_a_row_without_mass():
+    with pytest.raises(ValueError, match="sum to 0"):
+        sample_indices(torch.tensor([[0.5, 0.5], [0.0, 0.0]]), torch.Generator())

@@ -186,7 +186,7 @@ class EvalModel:
 
     @torch.inference_mode()
     def _generate_batch(self, prompts: list[list[int]], reqs: list[GenerationRequest]) -> list[str]:
-        from forgeml.models.sampling import filter_logits
+        from forgeml.models.sampling import filter_logits, sample_index
 
         r0 = reqs[0]
         n_prompt = len(prompts[0])
@@ -205,7 +205,7 @@ class EvalModel:
                     tok = int(torch.argmax(row))
                 else:
                     lg = filter_logits(row / r0.temperature, top_k=r0.top_k, top_p=r0.top_p)
-                    tok = int(torch.multinomial(torch.softmax(lg, -1), 1, generator=gens[b]))
+                    tok = sample_index(torch.softmax(lg, -1), gens[b])
                 if not done[b]:
                     if tok == self.eos:
                         done[b] = True

@@ -56,15 +56,25 @@ def sample_index(probs: torch.Tensor, generator: torch.Generator) -> int:
     (15 vs 162 µs at V = 8192 on one CPU thread), which draws V exponentials for it. A token
     of probability 0 (filtered by top-k or top-p) is never drawn.
     """
+    return int(sample_indices(probs, generator))
+
+
+def sample_indices(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`sample_index` of every row of `probs` [..., V] at once: one uniform draw a row, in row
+    order, so a 1-row batch draws what `sample_index` draws. Returns the indices [...]."""
     dtype = torch.float32 if probs.device.type == "mps" else torch.float64
     cdf = probs.to(dtype).cumsum(-1)
-    total = float(cdf[-1])
-    if not 0 < total < math.inf:  # also false for nan
-        raise ValueError(f"the probabilities sum to {total}: they hold inf or nan, or are all 0")
-    u = torch.rand((), generator=generator, device=probs.device, dtype=dtype) * total
-    index = int(torch.searchsorted(cdf, u, right=True))
-    if index >= probs.shape[-1]:  # u rounded up to the total: the last token with mass
-        index = int(probs.nonzero()[-1, 0])
+    total = cdf[..., -1]
+    if not bool(((total > 0) & (total < math.inf)).all()):  # also false for nan
+        bad = total[~((total > 0) & (total < math.inf))].flatten()[0]
+        raise ValueError(f"the probabilities sum to {float(bad)}: they hold inf or nan, or are all 0")  # fmt: skip
+    u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=dtype) * total
+    index = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)
+    past = index >= probs.shape[-1]
+    if bool(past.any()):  # u rounded up to the total: the last token with mass
+        width = probs.shape[-1]
+        last = width - 1 - (probs.flip(-1) > 0).to(torch.int8).argmax(-1)
+        index = torch.where(past, last, index)
     return index
 
 

@@ -25,7 +25,7 @@ from forgeml.core.errors import DataError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.hf_io import load_model, save_model
-from forgeml.models.sampling import filter_logits
+from forgeml.models.sampling import filter_logits, sample_indices
 from forgeml.tokenizer.chat import END, EOS
 from forgeml.tokenizer.train import load_tokenizer
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -115,7 +115,7 @@ def sample_groups(
                 scaled = torch.stack(
                     [filter_logits(row, top_k=top_k, top_p=top_p) for row in scaled]
                 )
-            token = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
+            token = sample_indices(torch.softmax(scaled, -1), generator)
             for r, t in zip(live.tolist(), token.tolist(), strict=True):
                 out[r].append(t)
             left -= 1
