@@ -15,7 +15,12 @@ from forgeml.core.errors import ConfigError, DataError
 from forgeml.tokenizer.train import load_tokenizer
 from forgeml.train import dpo as dpo_module
 from forgeml.train.dpo import train_dpo
-from forgeml.train.online_dpo import load_reward_function, train_online_dpo
+from forgeml.train.online_dpo import (
+    clustered_se,
+    load_reward_function,
+    rank_pairs,
+    train_online_dpo,
+)
 from forgeml.train.preference_data import (
     collate_pairs,
     load_preference_pairs,
@@ -211,8 +216,39 @@ def test_online_dpo_raises_a_learnable_reward(base, tmp_path) -> None:
         stop_id=tok.token_to_id("<|end|>"), seed=123,
     )  # fmt: skip
     assert result["win_rate"] > 0.6 and result["reward"] > result["baseline_reward"]
+    assert 0 < result["win_rate_se"] < 0.25
     logged = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").open()]
     assert [r["step"] for r in logged] == [5, 10, 15] and all(r["pairs"] > 0 for r in logged)
+
+
+def test_rank_pairs_takes_disjoint_best_worst_pairs_until_a_tie() -> None:
+    scores = [0.5, 1.0, 0.0, 1.0, 0.0, 0.5, 0.5, 0.0]
+    assert rank_pairs(scores, 1) == [(1, 7)]  # the first best with the last worst
+    assert rank_pairs(scores, 4) == [(1, 7), (3, 4), (0, 2)]  # then 0.5 vs 0.5: a tie, stop
+    assert rank_pairs([0.3] * 4, 2) == []
+
+
+def test_online_dpo_trains_on_several_pairs_a_prompt(base, tmp_path) -> None:
+    model_dir, pairs, _ = base
+    recipe = _recipe(
+        {"online": True, "reward_function": "preference_fixtures:count_e",
+         "samples_per_prompt": 4, "pairs_per_prompt": 2, "max_new_tokens": 8},
+        max_steps=2, micro_batch_size=4, log_every=1,
+    )  # fmt: skip
+    train_online_dpo(
+        recipe, base_model_dir=model_dir, prompts_path=pairs, out_dir=tmp_path / "on",
+        progress=False,
+    )  # fmt: skip
+    logged = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").open()]
+    # 4 prompts a step: more pairs than prompts means a prompt gave two
+    assert any(r["pairs"] > 4 - r["ties"] for r in logged), logged
+
+
+def test_clustered_se_is_the_spread_of_the_prompt_means() -> None:
+    # two prompts of two samples: means 1.0 and 0.0, sd 0.707, se 0.5
+    assert clustered_se([1.0, 1.0, 0.0, 0.0], 2) == pytest.approx(0.5)
+    assert clustered_se([1.0, 0.0, 1.0, 0.0], 2) == 0.0  # same mean: no spread over prompts
+    assert clustered_se([1.0, 0.0], 2) == 0.0  # one prompt
 
 
 # ---- config errors --------------------------------------------------------------------------
@@ -227,6 +263,8 @@ def test_config_errors_are_clear() -> None:
         validate_recipe({"dpo": {"loss": "hinge"}})
     with pytest.raises(ConfigError, match="did you mean 'dpo.beta'"):
         validate_recipe({"dpo": {"betta": 0.1}})
+    with pytest.raises(ConfigError, match="pairs_per_prompt 2 needs at least 4"):
+        validate_recipe({"dpo": {"samples_per_prompt": 3, "pairs_per_prompt": 2}})
     with pytest.raises(ConfigError, match="not an import path"):
         load_reward_function("no_colon")
     with pytest.raises(ConfigError, match="cannot import reward function"):

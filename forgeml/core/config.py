@@ -413,6 +413,9 @@ class DPOConfig(_Section):
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="pairs kept out for eval")
     online: bool = Field(False, description="sample pairs from the policy every step")
     samples_per_prompt: int = Field(2, ge=2, description="online: completions per prompt")
+    pairs_per_prompt: int = Field(
+        1, ge=1, description="online: disjoint pairs a prompt (best-worst, 2nd best-2nd worst...)"
+    )
     reward_function: str | None = Field(
         None, description="online: 'pkg.module:function' (prompt, completion, metadata) -> float"
     )
@@ -427,6 +430,12 @@ class DPOConfig(_Section):
             raise ValueError(
                 "online DPO needs exactly one ranker: set dpo.reward_function "
                 "('pkg.module:function') or dpo.reward_model (a reward-model asset)"
+            )
+        if self.pairs_per_prompt > self.samples_per_prompt // 2:
+            raise ValueError(
+                f"dpo.pairs_per_prompt {self.pairs_per_prompt} needs at least "
+                f"{2 * self.pairs_per_prompt} samples_per_prompt (the pairs are disjoint), "
+                f"not {self.samples_per_prompt}"
             )
         return self
 

@@ -101,6 +101,20 @@ def sample_completions(
     ]
 
 
+def rank_pairs(scores: Sequence[float], limit: int) -> list[tuple[int, int]]:
+    """Up to `limit` disjoint (chosen, rejected) index pairs of one prompt's samples: the best
+    with the worst, the second best with the second worst, and so on while the chosen scores
+    strictly higher (a tie teaches nothing). Equal scores keep their sample order."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    pairs = []
+    for i in range(min(limit, len(scores) // 2)):
+        best, worst = order[i], order[-1 - i]
+        if scores[best] <= scores[worst]:
+            break
+        pairs.append((best, worst))
+    return pairs
+
+
 def _prompt_split(records: list[PreferenceRecord], fraction: float) -> tuple[list, list]:
     """As `split_heldout`: the records' own metadata.split when all have one, else by hash."""
     if records and all(r.metadata.get("split") in ("train", "heldout") for r in records):
@@ -220,19 +234,14 @@ def train_online_dpo(
         texts = [decode(gen) for group in samples for gen, _ in group]
         recs = [rec for rec, _ in batch for _ in range(k)]
         rewards = ranker([r.prompt for r in recs], texts, [r.metadata for r in recs])
-        # 2. Best vs worst of each prompt becomes a preference pair (ties teach nothing).
+        # 2. Best vs worst of each prompt becomes a preference pair (`pairs_per_prompt` > 1:
+        #    also 2nd best vs 2nd worst, ...; ties teach nothing).
         pairs, ties = [], 0
         for n, (rec, ids) in enumerate(batch):
-            scores = rewards[n * k : (n + 1) * k]
-            best, worst = (
-                max(range(k), key=scores.__getitem__),
-                min(range(k), key=scores.__getitem__),
-            )
-            if scores[best] == scores[worst]:
-                ties += 1
-                continue
             full = [gen + tail if stopped else gen for gen, stopped in samples[n]]
-            pairs.append(PreferencePair(rec, ids, full[best], full[worst]))
+            ranked = rank_pairs(rewards[n * k : (n + 1) * k], dcfg.pairs_per_prompt)
+            pairs += [PreferencePair(rec, ids, full[b], full[w]) for b, w in ranked]
+            ties += not ranked
         # 3. The DPO loss on those pairs, reference log-probs from the frozen copy.
         policy.train()
         sums: dict[str, float] = {}
@@ -286,16 +295,33 @@ def sampled_win_rate(
 ) -> dict[str, float]:  # fmt: skip
     """Win-rate of `policy` over `baseline` (e.g. the DPO model vs its SFT start): each samples
     `samples_per_prompt` completions per prompt with the same seeds, the ranker scores them,
-    and a win counts 1, a tie 1/2. Also returns both mean rewards."""
+    and a win counts 1, a tie 1/2. Also returns both mean rewards, and the win-rate's standard
+    error over prompts (`clustered_se`: a prompt's samples are not independent draws)."""
     scores = []
     for model in (policy, baseline):
         model.eval()
         texts, recs = _sample_texts(model, prompts, decode, cfg, stop_id=stop_id, seed=seed, device=device, dtype=dtype)  # fmt: skip
         scores.append(ranker([r.prompt for r in recs], texts, [r.metadata for r in recs]))
-    wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(*scores, strict=True))
-    n = max(len(scores[0]), 1)
+    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(*scores, strict=True)]
+    n = max(len(wins), 1)
     return {
-        "win_rate": wins / n,
+        "win_rate": sum(wins) / n,
+        "win_rate_se": clustered_se(wins, cfg.samples_per_prompt),
         "reward": sum(scores[0]) / n,
         "baseline_reward": sum(scores[1]) / n,
     }
+
+
+def clustered_se(values: Sequence[float], per_cluster: int) -> float:
+    """Standard error of the mean of `values` taken in consecutive clusters of `per_cluster`
+    (the samples of one prompt are correlated, the prompts independent): the spread of the
+    cluster means over the square root of their count; 0.0 with fewer than two clusters."""
+    means = [
+        sum(values[i : i + per_cluster]) / len(values[i : i + per_cluster])
+        for i in range(0, len(values), per_cluster)
+    ]
+    if len(means) < 2:
+        return 0.0
+    mu = sum(means) / len(means)
+    var = sum((m - mu) ** 2 for m in means) / (len(means) - 1)
+    return (var / len(means)) ** 0.5
