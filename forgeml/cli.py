@@ -830,7 +830,8 @@ def print_pipeline_summary(ws, result) -> None:
                              ("after", "right"), ("n", "right")):  # fmt: skip
             lift.add_column(col, justify=justify)
         for row in result.lifts:
-            lift.add_row(row.stage, row.metric, _fmt(row.before), _fmt(row.after), str(row.n))
+            after = _fmt(row.after) + (f" ± {row.se:.3f}" if row.se is not None else "")
+            lift.add_row(row.stage, row.metric, _fmt(row.before), after, str(row.n))
         console.print(lift)
     for prompt, completion in result.samples:
         console.print("[bold]sample[/]", highlight=False)

@@ -162,7 +162,8 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
         "posttrain": {
             "eval_limit": 4,
             "dpo": {"data": str(pairs), "judge": "forgeml.demo.acme_rl:python_compiles",
-                    "optim": {"lr": 0.01}, "train": {**tiny_train, "max_steps": 4}},
+                    "eval_samples": 3, "optim": {"lr": 0.01},
+                    "train": {**tiny_train, "max_steps": 4}},
             "rl": {"prompts": str(prompts), "heldout": str(prompts), "optim": {"lr": 0.05},
                    "eval_samples": 2, "train": {**tiny_train, "max_steps": 2}},
         },
@@ -186,7 +187,9 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
     lifts = {(lift.stage, lift.metric): lift for lift in result.lifts}
     assert [k[0] for k in lifts] == ["sft"] + ["dpo"] * 4 + ["rl"] * 4
     judged = lifts[("dpo", "held-out judge score, sampled (mean)")]
-    assert judged.n == lifts[("dpo", "held-out win-rate vs its start (0.5 = tie)")].n
+    won = lifts[("dpo", "held-out win-rate vs its start (0.5 = tie)")]
+    assert judged.n == won.n and won.n % 3 == 0  # posttrain.dpo.eval_samples a prompt
+    assert won.se is not None and 0.0 <= won.se <= 0.5
     assert lifts[("rl", "held-out solved, sampled pass@1 (n=2)")].n == 8  # 4 prompts x 2
     for lift in result.lifts:
         assert lift.n > 0 and math.isfinite(lift.before) and math.isfinite(lift.after)

@@ -492,6 +492,11 @@ class PreferenceStageConfig(_Section):
         description="'pkg.module:function' (prompt, completion, metadata) -> float ranking both "
         "models' samples on the held-out prompts; None: no win-rate",
     )
+    eval_samples: int | None = Field(
+        None,
+        ge=1,
+        description="win-rate samples per held-out prompt and model; None: dpo.samples_per_prompt",
+    )
     optim: OptimConfig = OptimConfig(lr=5e-5, warmup_steps=5, weight_decay=0.0)
     train: TrainConfig = TrainConfig(max_steps=40, micro_batch_size=4, eval_every=0)
 

@@ -35,10 +35,11 @@ class Lift:
     before: float
     after: float
     n: int
+    se: float | None = None  # the standard error of `after`, where the eval gives one
 
     def as_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "metric": self.metric, "before": self.before,
-                "after": self.after, "n": self.n}  # fmt: skip
+                "after": self.after, "n": self.n, "se": self.se}  # fmt: skip
 
 
 def evaluate_greedy_rewards(
@@ -168,11 +169,12 @@ def reward_eval_stage(
 
 def win_rate_stage(
     ws: Workspace, recipe: Recipe, policy_ref: str, baseline_ref: str, pairs_path: str | Path,
-    judge: str, *, limit: int | None = None, force: bool = False, notify: Notify | None = None,
+    judge: str, *, limit: int | None = None, samples: int | None = None, force: bool = False,
+    notify: Notify | None = None,
 ) -> StageResult:  # fmt: skip
     """Registered eval run: sampled win-rate of `policy_ref` over `baseline_ref` on the held-out
-    prompts of a preference file (`dpo.samples_per_prompt` seeded samples each), ranked by
-    the judge function 'pkg.module:function'."""
+    prompts of a preference file (`samples`, default `dpo.samples_per_prompt`, seeded samples
+    each), ranked by the judge function 'pkg.module:function'; with its standard error."""
     from forgeml.core.runtime import pick_device
     from forgeml.models.hf_io import load_model
     from forgeml.tokenizer.chat import END
@@ -188,7 +190,9 @@ def win_rate_stage(
     policy = _model_asset(reg, policy_ref, "policy")
     baseline = _model_asset(reg, baseline_ref, "baseline")
     pairs_path = Path(pairs_path).expanduser().resolve()
-    dcfg = recipe.dpo
+    dcfg = recipe.dpo.model_copy(
+        update={"samples_per_prompt": samples or recipe.dpo.samples_per_prompt}
+    )
     ranker = build_ranker(dcfg.model_copy(update={"reward_function": judge, "reward_model": None}))
     records = read_preference_records(pairs_path, parse_prompt_record)
     _, heldout = _prompt_split(records, dcfg.heldout_fraction)
@@ -270,10 +274,12 @@ def posttrain_stages(
                               m["heldout_pairs"]))  # fmt: skip
         if cfg.dpo.judge:
             wr = win_rate_stage(ws, sub, dpo.output, current, cfg.dpo.data, cfg.dpo.judge,
-                                limit=cfg.eval_limit, force=force, notify=notify)  # fmt: skip
+                                limit=cfg.eval_limit, samples=cfg.dpo.eval_samples,
+                                force=force, notify=notify)  # fmt: skip
             stages.append(wr)
             lifts.append(Lift("dpo", "held-out win-rate vs its start (0.5 = tie)", 0.5,
-                              wr.metrics["win_rate"], wr.metrics["n"]))  # fmt: skip
+                              wr.metrics["win_rate"], wr.metrics["n"],
+                              wr.metrics.get("win_rate_se")))  # fmt: skip
             lifts.append(Lift("dpo", "held-out judge score, sampled (mean)",
                               wr.metrics["baseline_reward"], wr.metrics["reward"],
                               wr.metrics["n"]))  # fmt: skip
