@@ -13,6 +13,7 @@ import torch
 from forgeml.train.losses import (
     PREFERENCE_LOSSES,
     PairLogps,
+    apo_zero_loss,
     bradley_terry_loss,
     dpo_sigmoid_loss,
     ipo_loss,
@@ -63,8 +64,34 @@ def test_ipo_matches_naive_loop() -> None:
     assert loss.item() == pytest.approx(total / len(lp.policy_chosen), rel=1e-12)
 
 
+def test_apo_zero_matches_naive_loop() -> None:
+    lp = _random_pairs(seed=2)
+    cfg = SimpleNamespace(beta=0.2, label_smoothing=0.0)
+    loss, _ = apo_zero_loss(lp, cfg)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    total = 0.0
+    for i in range(len(lp.policy_chosen)):
+        rc = cfg.beta * (lp.policy_chosen[i].item() - lp.ref_chosen[i].item())
+        rr = cfg.beta * (lp.policy_rejected[i].item() - lp.ref_rejected[i].item())
+        total += (1 - sig(rc)) + sig(rr)
+    assert loss.item() == pytest.approx(total / len(lp.policy_chosen), rel=1e-12)
+
+
+def test_apo_zero_raises_the_chosen_likelihood_where_dpo_may_lower_it() -> None:
+    # The chosen completion already below the reference, the rejected far below it: the
+    # loss still pushes the chosen log-prob up (a negative gradient), on its own anchor.
+    chosen = torch.tensor([-12.0], dtype=torch.float64, requires_grad=True)
+    lp = PairLogps(chosen, torch.tensor([-30.0]).double(), torch.tensor([-10.0]).double(),
+                   torch.tensor([-10.0]).double(), torch.ones(1), torch.ones(1))  # fmt: skip
+    loss, _ = apo_zero_loss(lp, SimpleNamespace(beta=0.1, label_smoothing=0.0))
+    loss.backward()
+    assert chosen.grad.item() < 0
+
+
 def test_losses_are_chosen_by_name() -> None:
-    assert PREFERENCE_LOSSES == {"sigmoid": dpo_sigmoid_loss, "ipo": ipo_loss}
+    assert PREFERENCE_LOSSES == {
+        "sigmoid": dpo_sigmoid_loss, "ipo": ipo_loss, "apo_zero": apo_zero_loss,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("margin,center", [(False, 0.0), (True, 0.01)])
@@ -156,8 +183,8 @@ def _trl_dpo_loss(
     return DPOTrainer._compute_loss(trainer, model, inputs, False).item()
 
 
-@pytest.mark.parametrize("loss_type,beta", [("sigmoid", 0.1), ("ipo", 0.4)])
-def test_dpo_and_ipo_match_trl(tmp_path, loss_type: str, beta: float) -> None:
+@pytest.mark.parametrize("loss_type,beta", [("sigmoid", 0.1), ("ipo", 0.4), ("apo_zero", 0.3)])
+def test_dpo_ipo_and_apo_zero_match_trl(tmp_path, loss_type: str, beta: float) -> None:
     from forgeml.models.hf_io import load_model
 
     hf = _tiny_hf_model(tmp_path)

@@ -398,7 +398,10 @@ class DPOConfig(_Section):
     """Preference optimisation (`forgeml train dpo`): offline DPO/IPO on preference pairs, or
     online DPO (Guo et al., arXiv:2402.04792) ranking the policy's own samples."""
 
-    loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO; ipo: IPO")
+    loss: Literal["sigmoid", "ipo", "apo_zero"] = Field(
+        "sigmoid",
+        description="sigmoid: DPO; ipo: IPO; apo_zero: APO-zero (chosen up, rejected down)",
+    )
     beta: float = Field(0.1, gt=0, description="strength of the KL tie to the reference model")
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="sigmoid: assumed share of flipped labels (cDPO)"

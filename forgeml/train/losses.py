@@ -101,12 +101,31 @@ def ipo_loss(logps: PairLogps, cfg: PreferenceLossConfig) -> tuple[torch.Tensor,
     return losses.mean(), _reward_metrics(logps, cfg.beta)
 
 
+def apo_zero_loss(logps: PairLogps, cfg: PreferenceLossConfig) -> tuple[torch.Tensor, Metrics]:
+    """Anchored Preference Optimization, APO-zero (D'Oosterlinck et al., arXiv:2408.06266,
+    eq. 7), TRL's `loss_type="apo_zero"`:
+
+        r_w = beta * log(pi(y_w)/pi_ref(y_w)),  r_l = beta * log(pi(y_l)/pi_ref(y_l))
+        L = (1 - sigmoid(r_w)) + sigmoid(r_l)
+
+    Each completion is anchored to the reference on its own: the chosen one's likelihood is
+    pushed up and the rejected one's down, where DPO's difference alone may lower both and
+    move the mass to other outputs. For chosen completions better than what the model
+    usually says (e.g. the best of its own samples by a verifier). Mean over pairs.
+    """
+    chosen = cfg.beta * (logps.policy_chosen - logps.ref_chosen)
+    rejected = cfg.beta * (logps.policy_rejected - logps.ref_rejected)
+    losses = (1 - torch.sigmoid(chosen)) + torch.sigmoid(rejected)
+    return losses.mean(), _reward_metrics(logps, cfg.beta)
+
+
 PreferenceLoss = Callable[[PairLogps, PreferenceLossConfig], tuple[torch.Tensor, Metrics]]
 
 # `dpo.loss` in a recipe -> the loss function.
 PREFERENCE_LOSSES: dict[str, PreferenceLoss] = {
     "sigmoid": dpo_sigmoid_loss,
     "ipo": ipo_loss,
+    "apo_zero": apo_zero_loss,
 }
 
 
