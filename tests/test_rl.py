@@ -351,7 +351,12 @@ def test_acme_snippets_translate_exactly_and_split_as_the_sft_data(tmp_path):
     import random
 
     from forgeml.demo.acme import build_sft_records, generate_snippets
-    from forgeml.demo.acme_rl import output_similarity, translation_reward, write_rl_prompts
+    from forgeml.demo.acme_rl import (
+        output_similarity,
+        shaped_translation_reward,
+        translation_reward,
+        write_rl_prompts,
+    )
 
     pairs = generate_snippets(random.Random("t"), 60)
     assert len({p["acl"] for p in pairs}) > 40  # varied, not one template
@@ -369,6 +374,11 @@ def test_acme_snippets_translate_exactly_and_split_as_the_sft_data(tmp_path):
         assert 0 < output_similarity("p", near_miss, meta) < 1
         assert output_similarity("p", p["python"], meta) == 1.0
         assert output_similarity("p", "print(", meta) == 0.0  # does not compile
+        # the ranker: a near miss above code that does not compile, a pass above both
+        shaped = [
+            shaped_translation_reward("p", c, meta) for c in (p["python"], near_miss, "print(")
+        ]
+        assert shaped[0] == pytest.approx(1.1) and shaped[0] > shaped[1] > shaped[2] == 0.0
         if "IF " in p["acl"]:
             assert len({tuple(c["expected"]) for c in p["cases"]}) == 2
     assert len(seen) >= 4

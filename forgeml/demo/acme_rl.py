@@ -180,6 +180,17 @@ def output_similarity(prompt: str, completion: str, metadata: dict[str, Any]) ->
     return sum(ratios) / len(metadata["inputs"]) if ratios else 0.0
 
 
+def shaped_translation_reward(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
+    """Ranker `forgeml.demo.acme_rl:shaped_translation_reward`: `translation_reward` plus a
+    tenth of `output_similarity`, from the same sandboxed runs. Samples that pass the same
+    share of test cases rank by how close their output is, so online DPO finds a pair on a
+    prompt where no sample passes, instead of a tie. Passing one more case always ranks higher
+    while a prompt has fewer than ten test cases (the demo's have one to three)."""
+    return translation_reward(prompt, completion, metadata) + 0.1 * output_similarity(
+        prompt, completion, metadata
+    )
+
+
 def python_runs(prompt: str, completion: str, metadata: dict[str, Any]) -> float:
     """Shaping reward `forgeml.demo.acme_rl:python_runs`: the share of the test inputs on
     which the translation runs to completion in the sandbox (exit 0 in time), whatever it
