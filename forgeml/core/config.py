@@ -395,8 +395,8 @@ class RLConfig(_Section):
 
 
 class DPOConfig(_Section):
-    """Preference optimisation (`forgeml train dpo`): offline DPO/IPO on preference pairs, or
-    online DPO (Guo et al., arXiv:2402.04792) ranking the policy's own samples."""
+    """Preference optimisation (`forgeml train dpo`): offline DPO/IPO/APO-zero on preference
+    pairs, or online DPO (Guo et al., arXiv:2402.04792) ranking the policy's own samples."""
 
     loss: Literal["sigmoid", "ipo", "apo_zero"] = Field(
         "sigmoid",

@@ -65,9 +65,10 @@ def sample_indices(probs: torch.Tensor, generator: torch.Generator) -> torch.Ten
     dtype = torch.float32 if probs.device.type == "mps" else torch.float64
     cdf = probs.to(dtype).cumsum(-1)
     total = cdf[..., -1]
-    if not bool(((total > 0) & (total < math.inf)).all()):  # also false for nan
-        bad = total[~((total > 0) & (total < math.inf))].flatten()[0]
-        raise ValueError(f"the probabilities sum to {float(bad)}: they hold inf or nan, or are all 0")  # fmt: skip
+    valid = (total > 0) & (total < math.inf)  # also false for nan
+    if not bool(valid.all()):
+        bad = float(total[~valid].flatten()[0])
+        raise ValueError(f"the probabilities sum to {bad}: they hold inf or nan, or are all 0")
     u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=dtype) * total
     index = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).squeeze(-1)
     past = index >= probs.shape[-1]
