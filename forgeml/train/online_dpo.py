@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -317,11 +318,6 @@ def clustered_se(values: Sequence[float], per_cluster: int) -> float:
     (the samples of one prompt are correlated, the prompts independent): the spread of the
     cluster means over the square root of their count; 0.0 with fewer than two clusters."""
     means = [
-        sum(values[i : i + per_cluster]) / len(values[i : i + per_cluster])
-        for i in range(0, len(values), per_cluster)
+        statistics.fmean(values[i : i + per_cluster]) for i in range(0, len(values), per_cluster)
     ]
-    if len(means) < 2:
-        return 0.0
-    mu = sum(means) / len(means)
-    var = sum((m - mu) ** 2 for m in means) / (len(means) - 1)
-    return (var / len(means)) ** 0.5
+    return statistics.stdev(means) / len(means) ** 0.5 if len(means) > 1 else 0.0
