@@ -33,9 +33,10 @@ from forgeml.train.dpo import pair_logps
 from forgeml.train.online_dpo import (
     _prompt_split,
     build_ranker,
+    heldout_prompt_records,
+    model_win_rate,
     rank_pairs,
     sample_completions,
-    sampled_win_rate,
     train_online_dpo,
 )
 from forgeml.train.preference_data import (
@@ -51,20 +52,15 @@ EVAL_SEED = 424242
 
 
 def win_rate(recipe, policy_dir: Path, sft_dir: Path, prompts: Path, samples: int) -> dict:
+    """The quickstart's held-out win-rate with `samples` a prompt, at the training dtype."""
     dcfg = recipe.dpo.model_copy(update={"samples_per_prompt": samples})
+    heldout = heldout_prompt_records(prompts, dcfg, recipe.posttrain.eval_limit)
     judge = recipe.posttrain.dpo.judge or dcfg.reward_function
-    ranker = build_ranker(dcfg.model_copy(update={"reward_function": judge, "reward_model": None}))
-    _, heldout = _prompt_split(read_preference_records(prompts, parse_prompt_record), dcfg.heldout_fraction)  # fmt: skip
-    heldout = heldout[: recipe.posttrain.eval_limit]
-    tok = load_tokenizer(sft_dir)
-    encoded = [(r, tok.encode(prompt_text(r.messages), add_special_tokens=False).ids) for r in heldout]  # fmt: skip
-    device = pick_device()
-    result = sampled_win_rate(
-        load_model(policy_dir, device=device), load_model(sft_dir, device=device), encoded,
-        ranker, lambda ids: tok.decode(ids, skip_special_tokens=True), dcfg,
-        stop_id=tok.token_to_id(END), seed=EVAL_SEED, device=device, dtype=recipe.train.dtype,
+    result = model_win_rate(
+        policy_dir, sft_dir, heldout, dcfg, judge, seed=EVAL_SEED, device=pick_device(),
+        dtype=recipe.train.dtype,
     )  # fmt: skip
-    return {"n": len(encoded) * samples, "prompts": len(encoded), **result}
+    return {"prompts": len(heldout), **result}
 
 
 def diagnose_pairs(recipe, policy_dir: Path, sft_dir: Path, prompts: Path, n: int) -> dict:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from forgeml.core.config import Recipe, RLConfig
-from forgeml.core.errors import ConfigError
 from forgeml.core.io import atomic_write_text, sha256_file
 from forgeml.core.workspace import Workspace
 from forgeml.pipeline.preference_stage import _model_asset
@@ -176,15 +175,7 @@ def win_rate_stage(
     prompts of a preference file (`samples`, default `dpo.samples_per_prompt`, seeded samples
     each), ranked by the judge function 'pkg.module:function'; with its standard error."""
     from forgeml.core.runtime import pick_device
-    from forgeml.models.hf_io import load_model
-    from forgeml.tokenizer.chat import END
-    from forgeml.tokenizer.train import load_tokenizer
-    from forgeml.train.online_dpo import _prompt_split, build_ranker, sampled_win_rate
-    from forgeml.train.preference_data import (
-        parse_prompt_record,
-        prompt_text,
-        read_preference_records,
-    )
+    from forgeml.train.online_dpo import heldout_prompt_records, model_win_rate
 
     reg = open_registry(ws)
     policy = _model_asset(reg, policy_ref, "policy")
@@ -193,15 +184,7 @@ def win_rate_stage(
     dcfg = recipe.dpo.model_copy(
         update={"samples_per_prompt": samples or recipe.dpo.samples_per_prompt}
     )
-    ranker = build_ranker(dcfg.model_copy(update={"reward_function": judge, "reward_model": None}))
-    records = read_preference_records(pairs_path, parse_prompt_record)
-    _, heldout = _prompt_split(records, dcfg.heldout_fraction)
-    if not heldout:
-        raise ConfigError(
-            f"{pairs_path} has no held-out prompts to compare the models on",
-            hint="mark some records metadata.split=heldout or set dpo.heldout_fraction",
-        )
-    heldout = heldout[:limit]
+    heldout = heldout_prompt_records(pairs_path, dcfg, limit)
     config = {
         "suite": "win-rate", "pairs_sha256": sha256_file(pairs_path), "judge": judge,
         "limit": limit, "samples_per_prompt": dcfg.samples_per_prompt,
@@ -210,20 +193,12 @@ def win_rate_stage(
     }  # fmt: skip
 
     def body(work: Path):
-        device = pick_device()
-        tok = load_tokenizer(policy.path)
-        prompts = [
-            (r, tok.encode(prompt_text(r.messages), add_special_tokens=False).ids) for r in heldout
-        ]
-        result = sampled_win_rate(
-            load_model(policy.path, device=device), load_model(baseline.path, device=device),
-            prompts, ranker,
-            lambda ids: tok.decode(ids, skip_special_tokens=True), dcfg,
-            stop_id=tok.token_to_id(END), seed=recipe.train.seed, device=device,
+        metrics = model_win_rate(
+            policy.path, baseline.path, heldout, dcfg, judge, seed=recipe.train.seed,
+            device=pick_device(),
         )  # fmt: skip
         out = work / "eval"
         out.mkdir(parents=True, exist_ok=True)
-        metrics = {"n": len(prompts) * dcfg.samples_per_prompt, **result}
         body = {"policy": policy.id, "baseline": baseline.id, "judge": judge, **metrics}
         atomic_write_text(out / "eval.json", json.dumps(body, indent=1))
         meta = {"suite": "win-rate", "model": policy.id, "baseline": baseline.id, **metrics}

@@ -313,6 +313,35 @@ def sampled_win_rate(
     }
 
 
+def heldout_prompt_records(pairs_path: str | Path, cfg: DPOConfig, limit: int | None = None) -> list[PreferenceRecord]:  # fmt: skip
+    """The first `limit` held-out records of a preference/prompt file (`_prompt_split`), the
+    prompts a win-rate compares two models on; a ConfigError when there are none."""
+    _, heldout = _prompt_split(read_preference_records(pairs_path, parse_prompt_record), cfg.heldout_fraction)  # fmt: skip
+    if not heldout:
+        raise ConfigError(
+            f"{pairs_path} has no held-out prompts to compare the models on",
+            hint="mark some records metadata.split=heldout or set dpo.heldout_fraction",
+        )
+    return heldout[:limit]
+
+
+def model_win_rate(
+    policy_dir: str | Path, baseline_dir: str | Path, records: Sequence[PreferenceRecord],
+    cfg: DPOConfig, judge: str, *, seed: int, device: str, dtype: str = "fp32",
+) -> dict[str, float]:  # fmt: skip
+    """`sampled_win_rate` of the model folder `policy_dir` over `baseline_dir` on `records`,
+    ranked by the judge function 'pkg.module:function', with `n` (samples compared)."""
+    ranker = build_ranker(cfg.model_copy(update={"reward_function": judge, "reward_model": None}))
+    tok = load_tokenizer(policy_dir)
+    prompts = [(r, tok.encode(prompt_text(r.messages), add_special_tokens=False).ids) for r in records]  # fmt: skip
+    result = sampled_win_rate(
+        load_model(policy_dir, device=device), load_model(baseline_dir, device=device), prompts,
+        ranker, lambda ids: tok.decode(ids, skip_special_tokens=True), cfg,
+        stop_id=tok.token_to_id(END), seed=seed, device=device, dtype=dtype,
+    )  # fmt: skip
+    return {"n": len(prompts) * cfg.samples_per_prompt, **result}
+
+
 def clustered_se(values: Sequence[float], per_cluster: int) -> float:
     """Standard error of the mean of `values` taken in consecutive clusters of `per_cluster`
     (the samples of one prompt are correlated, the prompts independent): the spread of the
