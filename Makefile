@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.forgeml-installed
 QS := build/quickstart
+DEMO := build/demo
 PYTEST_FLAGS ?= -q
 
-.PHONY: quickstart test test-slow test-all lint format bench clean-quickstart
+.PHONY: acme-data quickstart demo test test-slow test-all lint format bench clean-quickstart
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,13 +17,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-quickstart: $(STAMP)
+# The demo domain's corpus and its chat, preference and RL data (build/acme-*), shared by both.
+acme-data: $(STAMP)
 	$(BIN)/python examples/acme/generate.py --out build/acme-corpus --seed 0
 	$(BIN)/forgeml demo acme-sft --out build/acme-sft --seed 0
 	$(BIN)/forgeml demo acme-prefs --out build/acme-prefs.jsonl --snippets --seed 0
 	$(BIN)/forgeml demo acme-rl --out build/acme-rl --snippets
+
+# Every stage, cut to finish within 10 minutes on 2 cores (install excluded).
+quickstart: acme-data
 	$(BIN)/forgeml init $(QS)
 	$(BIN)/forgeml -w $(QS) pipeline run recipes/quickstart.yaml --json $(QS)/summary.json
+
+# The full demo: post-training long enough for DPO and GRPO to lift their evals.
+demo: acme-data
+	$(BIN)/forgeml init $(DEMO)
+	$(BIN)/forgeml -w $(DEMO) pipeline run recipes/demo.yaml --json $(DEMO)/summary.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow and not gpu" $(PYTEST_FLAGS)
@@ -44,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_throughput.py
 
 clean-quickstart:
-	rm -rf $(QS) build/acme-corpus build/acme-sft build/acme-prefs.jsonl build/acme-rl
+	rm -rf $(QS) $(DEMO) build/acme-corpus build/acme-sft build/acme-prefs.jsonl build/acme-rl

@@ -29,11 +29,11 @@ import uvicorn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_throughput import CFG, make_prompts, stdlib_texts  # noqa: E402
 
+from forgeml.governance.audit import AuditLog, verify_audit_log  # noqa: E402
 from forgeml.models.dense import Transformer  # noqa: E402
 from forgeml.models.hf_io import save_model  # noqa: E402
 from forgeml.registry.store import Registry  # noqa: E402
 from forgeml.serve.api import create_app, load_served_models  # noqa: E402
-from forgeml.serve.audit import AuditLog, verify_audit_log  # noqa: E402
 from forgeml.serve.keys import KeyStore  # noqa: E402
 from forgeml.serve.policy import Policy, PolicyConfig  # noqa: E402
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer  # noqa: E402
@@ -127,9 +127,12 @@ def main() -> None:
             f"{len(latencies) / wall:.1f} req/s  {generated / wall:.0f} generated tok/s  "
             f"latency p50 {q[49] * 1000:.0f} ms  p99 {q[98] * 1000:.0f} ms  wall {wall:.1f} s"
         )
-        ok, bad = verify_audit_log(audit.path)
+        check = verify_audit_log(audit.path)
         entries = audit.path.read_text().count('"event": "request"')
-        print(f"audit chain intact: {ok} (first bad entry {bad}), request entries {entries}")
+        print(
+            f"audit chain intact: {check.ok} (first bad entry {check.first_bad}), "
+            f"request entries {entries}"
+        )
         registry.close()
         if errors:
             raise SystemExit(1)

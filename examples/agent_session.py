@@ -303,11 +303,12 @@ def main() -> None:
 
     say()
     say("== a human reviews the pending promotion ==")
-    create_api_key(ws_root, "alice", roles=["approver"])  # approvers are known principals
+    alice, _ = create_api_key(ws_root, "alice", roles=["approver"])  # approvers hold keys
     human("forgeml keys create --principal alice --role approver")
-    approve = [*FORGEML, "-w", str(ws_root), "approvals", "approve", approval, "--as", "alice"]
-    human(f"forgeml approvals approve {approval} --as alice")
-    done = subprocess.run(approve, capture_output=True, text=True, cwd=REPO, timeout=120)
+    approve = [*FORGEML, "-w", str(ws_root), "approvals", "approve", approval]
+    human(f"FORGEML_API_KEY=$(cat alice.key) forgeml approvals approve {approval}")
+    env = {**os.environ, "FORGEML_API_KEY": alice}  # the key proves who approves
+    done = subprocess.run(approve, capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
     for line in (done.stdout + done.stderr).strip().splitlines()[:8]:
         say(f"  {line}")
     if done.returncode != 0:

@@ -49,7 +49,7 @@ assets_app = typer.Typer(help="Browse the registry and its lineage graph.", no_a
 pipeline_app = typer.Typer(help="Run whole recipes.", no_args_is_help=True)
 runs_app = typer.Typer(help="Browse runs (every stage is a run).", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for the serving API.", no_args_is_help=True)
-audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 jobs_app = typer.Typer(help="Queue commands for `forgeml worker` processes.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(tok_app, name="tokenizer")
@@ -97,9 +97,12 @@ def init_cmd(
     registry_url: Annotated[
         str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the workspace).")
     ] = None,
+    shared_group: Annotated[
+        str | None, typer.Option(help="Group that may read the workspace (default: owner only).")
+    ] = None,
 ) -> None:
     """Make a workspace: forge.yaml, registry database, artifact store, runs folder."""
-    ws = init_workspace(state.workspace or directory, registry_url)
+    ws = init_workspace(state.workspace or directory, registry_url, shared_group=shared_group)
     from forgeml.pipeline.stages import open_registry
 
     open_registry(ws)
@@ -672,8 +675,8 @@ def promote_cmd(
 
     Every move is written to the audit log, a forced one with its reason."""
     from forgeml.control.ops import cli_principal
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.pipeline.eval_suite_stage import GateFailed, promote
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws, actor = _ws(), cli_principal()
     try:
@@ -703,8 +706,8 @@ def rollback_cmd(
 ) -> None:
     """Move an alias back to its previous target in one command (audited)."""
     from forgeml.control.ops import cli_principal
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.pipeline.eval_suite_stage import rollback
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws, actor = _ws(), cli_principal()
     target = rollback(ws, alias, reason=reason, actor=actor)
@@ -862,8 +865,8 @@ def jobs_submit(
         admit_job,
         cli_principal,
     )
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.pipeline.stages import open_registry
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws = _ws()
     # Workers may run in another folder: make paths that exist here absolute.
@@ -956,8 +959,12 @@ def worker_cmd(
     stale_after: Annotated[
         float, typer.Option(help="A running job without heartbeat this long is failed-retryable.")
     ] = 30.0,
+    retry_backoff: Annotated[
+        float, typer.Option(help="Seconds before a failed job's 2nd attempt (doubled each time).")
+    ] = 30.0,
 ) -> None:
-    """Run queued jobs (start several workers for parallelism; each job runs once)."""
+    """Run queued jobs (start several workers for parallelism; each job runs once, failed ones
+    again after a backoff, up to their max attempts)."""
     from forgeml.control.worker import run_worker
 
     n = run_worker(
@@ -967,6 +974,7 @@ def worker_cmd(
         stale_after_s=stale_after,
         max_jobs=max_jobs,
         idle_exit_s=idle_exit,
+        retry_base_s=retry_backoff,
         notify=_notify,
     )
     console.print(f"worker ran {n} job(s)")
@@ -977,7 +985,13 @@ def serve_cmd(
     refs: Annotated[
         list[str] | None, typer.Argument(help="Models to serve (ids/names/aliases).")
     ] = None,
-    alias: Annotated[str, typer.Option(help="Served when no model is named.")] = "champion",
+    alias: Annotated[
+        str | None,
+        typer.Option(
+            help="Name to serve the model under (with no model named: this registry "
+            "alias is served; default champion)."
+        ),
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Bind address (loopback unless you say so).")
     ] = "127.0.0.1",
@@ -1010,10 +1024,11 @@ def serve_cmd(
         err.print("[bold yellow]warning:[/] --no-auth: every request is accepted without a key")
     ws = _ws()
     serve(
-        ws.root, refs or (None if upstream else [alias]), host=host, port=port,
+        ws.root, refs or (None if upstream else [alias or "champion"]), host=host, port=port,
         policy_path=policy, no_auth=no_auth, log_bodies=log_bodies, max_batch=max_batch,
         max_queue=max_queue, device=device, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         upstream=upstream, upstream_key_env=upstream_key, upstream_timeout=upstream_timeout,
+        alias=alias if refs else None,
     )  # fmt: skip
 
 
@@ -1071,20 +1086,6 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="Key id from `keys li
     from forgeml.serve.keys import revoke_api_key
 
     console.print(f"revoked {revoke_api_key(_ws().root, key_id).id}")
-
-
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the audit log's hash chain; exit 1 at the first edited, deleted or moved entry."""
-    from forgeml.serve.audit import audit_log_path, verify_audit_log
-
-    path = audit_log_path(_ws().root)
-    ok, bad = verify_audit_log(path)
-    if ok:
-        console.print(f"audit log intact: {path}", highlight=False)
-        return
-    err.print(f"[bold red]audit log broken at entry {bad}[/]: {escape(str(path))}", soft_wrap=True)
-    raise typer.Exit(1)
 
 
 @data_app.command("curate")
@@ -1190,17 +1191,29 @@ def export_cmd(
     model: Annotated[str, typer.Argument(help="Model asset (id, name or alias).")],
     out: Annotated[Path, typer.Option("--out", help="Empty or new folder to write.")],
     fmt: Annotated[str, typer.Option("--format", help="hf (safetensors + config.json).")] = "hf",
+    key_file: Annotated[
+        Path | None,
+        typer.Option(help="Your API key's file (default $FORGEML_API_KEY): its clearance."),
+    ] = None,
 ) -> None:
-    """Write a model in HF format (transformers, PEFT, vLLM and llama.cpp converters read it)."""
+    """Write a model in HF format (transformers, PEFT, vLLM and llama.cpp converters read it).
+    A model labelled (or trained on data labelled) above `public` needs a key cleared for it."""
+    from forgeml.control.approvals import caller_clearance
+    from forgeml.governance.labels import require_clearance
     from forgeml.pipeline.interop import export_model
+    from forgeml.pipeline.stages import open_registry
 
     if fmt != "hf":
         raise ForgeError(f"unknown format '{fmt}'", hint="this release writes: hf")
-    console.print(f"wrote {export_model(_ws(), model, out)}", highlight=False)
+    ws = _ws()
+    reg = open_registry(ws)
+    require_clearance(reg, reg.get_asset(model), caller_clearance(reg, key_file), action="export")
+    console.print(f"wrote {export_model(ws, model, out)}", highlight=False)
 
 
 # Command groups kept in their own modules register themselves on the apps above.
 from forgeml.commands import (  # noqa: E402,F401
+    audit,
     control,
     hpo_synth,
     lm_eval,

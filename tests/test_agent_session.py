@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_agent_session_example_ends_with_its_model_promoted(tmp_path) -> None:
     from forgeml.control.approvals import list_approvals
     from forgeml.core.workspace import open_workspace
+    from forgeml.governance.audit import audit_log_path, verify_audit_log
     from forgeml.pipeline.stages import open_registry
-    from forgeml.serve.audit import audit_log_path, verify_audit_log
 
     ws_root = tmp_path / "ws"
     r = subprocess.run(
@@ -42,4 +42,4 @@ def test_agent_session_example_ends_with_its_model_promoted(tmp_path) -> None:
     decided = [(a.action, a.status, a.requested_by, a.decided_by) for a in list_approvals(reg)]
     assert decided == [("promote", "executed", "agent-1", "alice")]
     assert f"champion -> {model}" in r.stdout
-    assert verify_audit_log(audit_log_path(ws.root)) == (True, None)
+    assert verify_audit_log(audit_log_path(ws.root)).ok

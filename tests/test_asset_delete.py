@@ -120,8 +120,8 @@ def test_rollback_to_a_deleted_target_is_refused(reg, tmp_path) -> None:
 
 
 def test_cli_assets_delete(workspace, tmp_path) -> None:
+    from forgeml.governance.audit import audit_log_path, verify_audit_log
     from forgeml.pipeline.stages import open_registry
-    from forgeml.serve.audit import audit_log_path, verify_audit_log
 
     reg = open_registry(workspace)
     data = reg.add_asset("dataset", "docs", _folder(tmp_path / "d", "hello"))
@@ -138,7 +138,7 @@ def test_cli_assets_delete(workspace, tmp_path) -> None:
     events = [json.loads(x) for x in audit_log_path(workspace.root).read_text().splitlines()]
     deleted = [(e["asset"], e["reason"]) for e in events if e["event"] == "asset_deleted"]
     assert deleted == [(model.id, "bad run"), (data.id, "")]
-    assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
+    assert verify_audit_log(audit_log_path(workspace.root)).ok
 
 
 def test_migration_0004_upgrades_in_place_and_downgrades(tmp_path) -> None:

@@ -31,6 +31,14 @@ TINY = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _agents_read_tmp(workspace, tmp_path: Path) -> None:
+    """The recipes and folders of these tests live beside the workspace: a data root."""
+    from forgeml.control.roots import set_data_roots
+
+    set_data_roots(workspace, [tmp_path])
+
+
 @pytest.fixture
 def recipe(tmp_path: Path, text_folder: Path) -> Path:
     path = tmp_path / "tiny.yaml"
@@ -123,7 +131,7 @@ def test_usage_charges_estimates_then_measured_hours(workspace) -> None:
 
 def test_cli_budgets_plan_and_human_approval(workspace, recipe, tmp_path) -> None:
     from forgeml.control.ops import ControlPlane
-    from forgeml.serve.audit import audit_log_path, verify_audit_log
+    from forgeml.governance.audit import audit_log_path, verify_audit_log
     from forgeml.serve.keys import Principal, create_api_key
 
     runner = CliRunner()
@@ -147,23 +155,23 @@ def test_cli_budgets_plan_and_human_approval(workspace, recipe, tmp_path) -> Non
     listed = runner.invoke(app, [*w, "approvals", "list", "--status", "pending"]).output
     assert pending in listed
     r = runner.invoke(app, [*w, "approvals", "approve", pending, "--as", "alice"])
-    assert isinstance(r.exception, ForgeError) and "not a known principal" in str(r.exception)
-    create_api_key(workspace.root, "alice", roles=["approver"])
-    r = runner.invoke(app, [*w, "approvals", "approve", pending, "--as", "alice"])
+    assert isinstance(r.exception, ForgeError) and "own API key" in str(r.exception)
+    alice = {"FORGEML_API_KEY": create_api_key(workspace.root, "alice", roles=["approver"])[0]}
+    r = runner.invoke(app, [*w, "approvals", "approve", pending, "--as", "alice"], env=alice)
     assert r.exit_code == 0 and "executed" in r.output, r.output
     assert control.reg.resolve_alias("champion") == model.id
-    r = runner.invoke(app, [*w, "approvals", "deny", pending])
+    r = runner.invoke(app, [*w, "approvals", "deny", pending], env=alice)
     assert isinstance(r.exception, ForgeError) and "already executed" in str(r.exception)
     second = control.promote(bot, "m", "prod")["approval"]["id"]
     deny = [*w, "approvals", "deny", second, "--reason", "no"]
-    assert "not a known principal" in str(runner.invoke(app, deny).exception)  # --as: who?
-    assert runner.invoke(app, [*deny, "--as", "alice"]).exit_code == 0
+    assert "own API key" in str(runner.invoke(app, deny, env={"FORGEML_API_KEY": ""}).exception)
+    assert runner.invoke(app, [*deny, "--as", "alice"], env=alice).exit_code == 0
     assert control.reg.resolve_alias("prod") is None
     events = [json.loads(x) for x in audit_log_path(workspace.root).read_text().splitlines()]
     kinds = [e["event"] for e in events]
     assert kinds.count("budget_set") == 1 and "approval_denied" in kinds
     assert {e["principal"] for e in events if e["event"] == "approval_approved"} == {"alice"}
-    assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
+    assert verify_audit_log(audit_log_path(workspace.root)).ok
     control.close()
 
 
@@ -239,7 +247,7 @@ def test_raw_sources_carry_the_label_of_what_was_ingested_from_them(
 def test_cli_jobs_submit_prints_stores_and_charges_the_plan(workspace) -> None:
     from forgeml.control.budgets import job_plan
     from forgeml.control.ops import BudgetExceeded, cli_principal
-    from forgeml.serve.audit import audit_log_path
+    from forgeml.governance.audit import audit_log_path
 
     runner, w = CliRunner(), ["-w", str(workspace.root)]
     r = runner.invoke(app, [*w, "jobs", "submit", "--", "eval", "run", "m1"])
@@ -263,7 +271,7 @@ def test_cli_jobs_submit_prints_stores_and_charges_the_plan(workspace) -> None:
 
 def test_approvers_must_be_human_principals_with_the_approver_role(workspace, tmp_path) -> None:
     from forgeml.control import approvals
-    from forgeml.serve.audit import AuditLog, audit_log_path
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.serve.keys import create_api_key, revoke_api_key
 
     reg = open_registry(workspace)

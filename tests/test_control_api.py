@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from forgeml.control.api import create_control_app
 from forgeml.control.budgets import set_budget
 from forgeml.control.ops import ControlPlane
+from forgeml.governance.audit import audit_log_path, verify_audit_log
 from forgeml.pipeline.stages import open_registry
-from forgeml.serve.audit import audit_log_path, verify_audit_log
 from forgeml.serve.keys import create_api_key, revoke_api_key
 
 
@@ -68,7 +68,11 @@ def _audit(workspace) -> list[dict]:
 
 
 def test_openapi_schema_lists_every_route(env) -> None:
-    schema = env["client"].get("/openapi.json").json()
+    c = env["client"]
+    assert c.get("/openapi.json").status_code == 401  # it lists internal routes: a key only
+    for page in ("/docs", "/redoc", "/docs/oauth2-redirect"):  # no CDN-loaded Swagger UI
+        assert c.get(page, headers=_h(env["keys"]["reader"])).status_code == 404
+    schema = c.get("/openapi.json", headers=_h(env["keys"]["reader"])).json()
     paths = schema["paths"]
     for p in ("/v1/jobs", "/v1/plan", "/v1/jobs/{job_id}/logs", "/v1/assets/{ref}/lineage",
               "/v1/evals/{ref}", "/v1/aliases/{alias}/promote", "/v1/approvals/{approval_id}/approve"):  # fmt: skip
@@ -201,7 +205,7 @@ def test_promote_production_alias_waits_for_approval(env, workspace) -> None:
     for ev in ("approval_requested", "approval_approved", "approval_executed", "approval_denied",
                "alias_promoted", "alias_rolled_back"):  # fmt: skip
         assert ev in events, ev
-    assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
+    assert verify_audit_log(audit_log_path(workspace.root)).ok
 
 
 def control_history(workspace, alias: str) -> list[dict]:
@@ -250,7 +254,7 @@ def test_delete_asset_waits_for_a_human_and_refuses_what_others_depend_on(env, w
     assert c.get(f"/v1/assets/{m1}", headers=hc).status_code == 200
     events = [(e["event"], e.get("action")) for e in _audit(workspace)]
     assert ("approval_requested", "delete") in events and ("approval_executed", "delete") in events
-    assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
+    assert verify_audit_log(audit_log_path(workspace.root)).ok
 
 
 def test_eval_html_report_route_is_scoped(env, workspace, tmp_path) -> None:
@@ -281,4 +285,4 @@ def test_eval_html_report_route_is_scoped(env, workspace, tmp_path) -> None:
     assert r.status_code == 404 and "no HTML report" in r.json()["error"]["message"]
     r = c.get("/v1/evals/m1/report", headers=hb)
     assert r.status_code == 400 and "not an eval" in r.json()["error"]["message"]
-    assert "/v1/evals/{ref}/report" in c.get("/openapi.json").json()["paths"]
+    assert "/v1/evals/{ref}/report" in c.get("/openapi.json", headers=hb).json()["paths"]

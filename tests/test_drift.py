@@ -276,9 +276,9 @@ def test_drift_report_reads_the_audit_log_of_a_real_server(tmp_path, monkeypatch
     import uvicorn
 
     from forgeml.core.workspace import init_workspace
+    from forgeml.governance.audit import audit_log_path, verify_audit_log
     from forgeml.pipeline.stages import open_registry
     from forgeml.serve.api import serve
-    from forgeml.serve.audit import audit_log_path, verify_audit_log
     from forgeml.serve.keys import KeyStore
 
     ws = init_workspace(tmp_path / "ws")
@@ -350,4 +350,4 @@ def test_drift_report_reads_the_audit_log_of_a_real_server(tmp_path, monkeypatch
     assert {"prompt length", "prompt bigrams"} <= flagged, found.output
     table = runner.invoke(app, ["drift", "report", "--log", str(log)]).output
     assert "log entries that are not traffic: skipped 1 auth_denied" in table
-    assert verify_audit_log(log) == (True, None)
+    assert verify_audit_log(log).ok

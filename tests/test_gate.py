@@ -146,7 +146,7 @@ def test_promote_gated_forced_and_rollback_round_trip(workspace, models):
 
 
 def test_cli_promotions_are_audited_forced_ones_with_their_reason(workspace, models):
-    from forgeml.serve.audit import audit_log_path, verify_audit_log
+    from forgeml.governance.audit import audit_log_path, verify_audit_log
 
     ids, _ = models
     runner, w = CliRunner(), ["-w", str(workspace.root)]
@@ -175,7 +175,7 @@ def test_cli_promotions_are_audited_forced_ones_with_their_reason(workspace, mod
     history = open_registry(workspace).alias_history("champion")
     assert history[1]["actor"] == moves[1]["principal"]
     assert history[1]["reason"] == "FORCED: incident 42"
-    assert verify_audit_log(log) == (True, None)
+    assert verify_audit_log(log).ok
     assert runner.invoke(app, [*w, "audit", "verify"]).exit_code == 0
 
 

@@ -256,9 +256,11 @@ def test_parallel_trial_jobs_are_planned_and_charged_to_who_started_the_search(
     from forgeml.control.budgets import job_plan, set_budget, usage
     from forgeml.control.jobs import JOB_ENV, get_job
     from forgeml.control.ops import BudgetExceeded, ControlPlane
+    from forgeml.control.roots import set_data_roots
     from forgeml.hpo.study import queue_trial_jobs
     from forgeml.serve.keys import Principal
 
+    set_data_roots(workspace, [tmp_path, text_folder])  # an agent reads only inside its roots
     control = ControlPlane(workspace)
     reg = control.reg
     for name in ("shards", "bpe"):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,11 @@ from forgeml.control.jobs import (
     get_job,
     list_jobs,
     reap_stale_jobs,
+    retry_delay_s,
     retry_job,
     submit_job,
 )
-from forgeml.core.errors import ForgeError
+from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.pipeline.stages import open_registry
 
 
@@ -65,6 +67,69 @@ def test_stale_running_job_is_reaped(workspace) -> None:
     assert get_job(reg, job.id).status == RETRYABLE
 
 
+def test_retryable_job_is_claimed_again_after_an_exponential_backoff(workspace) -> None:
+    """A job whose worker died is run again without a human, once its backoff passed, until
+    its attempts are spent."""
+    reg = open_registry(workspace)
+    job = submit_job(reg, ["assets", "list"], max_attempts=3)
+    claim_next_job(reg, "ghost")
+    time.sleep(0.05)
+    reap_stale_jobs(reg, timeout_s=0.01)
+    waiting = get_job(reg, job.id)
+    assert waiting.status == RETRYABLE
+    assert waiting.retry_at(10.0) == waiting.ended_at + timedelta(seconds=10)
+    assert retry_delay_s(1, 10.0) == 10 and retry_delay_s(2, 10.0) == 20
+    assert claim_next_job(reg, "w", retry_base_s=3600) is None  # still backing off
+    time.sleep(0.01)
+    second = claim_next_job(reg, "w", retry_base_s=1e-3)
+    assert second is not None and second.id == job.id and second.attempts == 2
+    failed = finish_job(reg, job.id, "w", exit_code=1)
+    assert failed.status == RETRYABLE
+    assert failed.retry_at(10.0) == failed.ended_at + timedelta(seconds=20)  # doubled
+    assert claim_next_job(reg, "w", retry_base_s=3600) is None
+    time.sleep(0.01)
+    third = claim_next_job(reg, "w", retry_base_s=1e-3)
+    assert third is not None and third.attempts == 3
+    last = finish_job(reg, job.id, "w", exit_code=1)
+    assert last.status == "failed" and last.retry_at() is None  # 3 of 3: no more
+    time.sleep(0.01)
+    assert claim_next_job(reg, "w", retry_base_s=1e-3) is None
+    # Cancelling a job that waits for its retry stops it from being retried.
+    other = submit_job(reg, ["runs", "list"])
+    claim_next_job(reg, "w")
+    finish_job(reg, other.id, "w", exit_code=1)
+    assert cancel_job(reg, other.id).status == CANCELLED
+    time.sleep(0.01)
+    assert claim_next_job(reg, "w", retry_base_s=1e-3) is None
+
+
+def test_worker_retries_a_failed_job_by_itself(workspace) -> None:
+    reg = open_registry(workspace)
+    job = submit_job(reg, ["runs", "list"])
+    claim_next_job(reg, "ghost")
+    time.sleep(0.05)
+    reap_stale_jobs(reg, timeout_s=0.01)
+    out = subprocess.run(
+        [sys.executable, "-m", "forgeml.cli", "-q", "-w", str(workspace.root), "worker",
+         "--max-jobs", "1", "--retry-backoff", "0.1", "--poll", "0.1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    done = get_job(reg, job.id)
+    assert done.status == SUCCEEDED and done.attempts == 2
+
+
+@pytest.mark.parametrize("wildcard", ["%", "_", "job-%", "j_b"])
+def test_job_lookup_treats_like_wildcards_as_characters(workspace, wildcard: str) -> None:
+    reg = open_registry(workspace)
+    job = submit_job(reg, ["runs", "list"])
+    with pytest.raises(NotFoundError):
+        get_job(reg, wildcard)
+    with pytest.raises(NotFoundError):
+        get_job(reg, "")
+    assert get_job(reg, job.id[:8]).id == job.id
+
+
 def test_concurrent_workers_run_each_job_exactly_once(workspace) -> None:
     reg = open_registry(workspace)
     ids = [submit_job(reg, ["runs", "list"]).id for _ in range(8)]
@@ -80,8 +145,8 @@ def test_concurrent_workers_run_each_job_exactly_once(workspace) -> None:
 
 @pytest.mark.slow
 def test_killed_worker_job_is_retried_and_resumes(workspace, tmp_path: Path) -> None:
-    """SIGKILL a worker mid-training: the job becomes failed-retryable, and its retry resumes
-    the pre-training from the last checkpoint instead of starting over."""
+    """SIGKILL a worker mid-training: the job becomes failed-retryable, the next worker retries
+    it by itself, and the retry resumes the pre-training from the last checkpoint."""
     from forgeml.demo.acme import generate_corpus
 
     corpus = tmp_path / "acme"
@@ -123,8 +188,7 @@ def test_killed_worker_job_is_retried_and_resumes(workspace, tmp_path: Path) -> 
     time.sleep(1.0)
     assert reap_stale_jobs(reg, timeout_s=0.5) == [job.id]
     assert get_job(reg, job.id).status == RETRYABLE
-    retry_job(reg, job.id)
-    second = _worker(workspace, "--max-jobs", "1")
+    second = _worker(workspace, "--max-jobs", "1", "--retry-backoff", "0.5")  # no `jobs retry`
     second.communicate(timeout=400)
     final = get_job(reg, job.id)
     assert final.status == SUCCEEDED and final.attempts == 2

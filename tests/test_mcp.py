@@ -22,7 +22,7 @@ from mcp.client.streamable_http import streamable_http_client
 from forgeml.control.budgets import set_budget
 from forgeml.control.mcp_server import build_mcp_server, mcp_http_app
 from forgeml.control.ops import ControlPlane
-from forgeml.serve.audit import audit_log_path, verify_audit_log
+from forgeml.governance.audit import audit_log_path, verify_audit_log
 from forgeml.serve.keys import Principal, create_api_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,6 +156,7 @@ TINY = [
 @pytest.mark.slow
 def test_agent_session_over_stdio_trains_evaluates_and_asks_to_promote(workspace, tmp_path) -> None:
     from forgeml.control.approvals import approve
+    from forgeml.control.roots import set_data_roots
     from forgeml.demo.acme import generate_corpus
     from forgeml.pipeline.stages import open_registry
 
@@ -164,6 +165,7 @@ def test_agent_session_over_stdio_trains_evaluates_and_asks_to_promote(workspace
     key, _ = create_api_key(workspace.root, "agent-1", roles=["agent", "aliases:write"])
     reg = open_registry(workspace)
     set_budget(reg, "agent-1", cpu_hours=0.5, max_concurrent_jobs=1, max_model_params=200_000)
+    set_data_roots(workspace, [corpus, REPO / "recipes"])  # what the agent may read
     recipe = str(REPO / "recipes" / "quickstart.yaml")
     job_args = ["pipeline", "run", recipe, f"data.sources=[{corpus}]", *TINY]
     params = mcp.StdioServerParameters(
@@ -177,7 +179,8 @@ def test_agent_session_over_stdio_trains_evaluates_and_asks_to_promote(workspace
         async with mcp.Client(params, read_timeout_seconds=120) as client:
             assert {t.name for t in (await client.list_tools()).tools} == TOOLS
             plan = _data(await client.call_tool("plan", {"args": job_args}))
-            assert plan["ok"] and [s["name"] for s in plan["stages"]][:4] == [
+            assert plan["ok"], plan["refusals"]
+            assert [s["name"] for s in plan["stages"]][:4] == [
                 "ingest", "tokenizer", "pack", "pretrain",
             ]  # fmt: skip
             assert 0 < plan["model_params"] < 200_000 and plan["peak_memory_bytes"] > 0
@@ -220,7 +223,7 @@ def test_agent_session_over_stdio_trains_evaluates_and_asks_to_promote(workspace
 
     out = asyncio.run(session())
     assert reg.resolve_alias("champion") is None  # nothing moved before a human approved
-    from forgeml.serve.audit import AuditLog
+    from forgeml.governance.audit import AuditLog
 
     create_api_key(workspace.root, "alice", roles=["approver"])
     done = approve(
@@ -228,7 +231,7 @@ def test_agent_session_over_stdio_trains_evaluates_and_asks_to_promote(workspace
         decided_by="alice",
     )  # fmt: skip
     assert done.status == "executed" and reg.resolve_alias("champion") == out["model"]
-    assert verify_audit_log(audit_log_path(workspace.root)) == (True, None)
+    assert verify_audit_log(audit_log_path(workspace.root)).ok
 
 
 @pytest.mark.parametrize("key", [None, "fml_bad_key"])

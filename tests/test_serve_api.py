@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_serve_engine import make_tiny_model_dir
 
+from forgeml.governance.audit import AuditLog, verify_audit_log
 from forgeml.registry.store import Registry
 from forgeml.serve.api import create_app, load_served_models, parse_tool_calls
-from forgeml.serve.audit import AuditLog, verify_audit_log
 from forgeml.serve.engine import SamplingParams
 from forgeml.serve.keys import KeyStore
 
@@ -237,7 +237,7 @@ def test_audit_log_records_requests(client, server):
     assert last["model_version"] == server["asset"].id
     assert last["completion_tokens"] > 0
     assert last["prompt"] == "audit me"  # log_bodies=True in this server
-    assert verify_audit_log(server["audit"]) == (True, None)
+    assert verify_audit_log(server["audit"]).ok
 
 
 json_values = st.recursive(

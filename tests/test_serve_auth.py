@@ -12,8 +12,8 @@ from sqlalchemy import select
 from test_serve_api import running_server, served_workspace
 
 from forgeml.core.workspace import init_workspace
+from forgeml.governance.audit import AuditLog, audit_log_path, verify_audit_log
 from forgeml.serve.api import create_app
-from forgeml.serve.audit import AuditLog, audit_log_path, verify_audit_log
 from forgeml.serve.keys import KeyStore, api_keys, create_api_key, list_api_keys, revoke_api_key
 from forgeml.serve.policy import load_policy
 
@@ -187,4 +187,4 @@ def test_everything_is_audited_and_the_chain_holds(env):
     statuses = {e.get("status") for e in entries if e["event"] == "request"}
     assert {200, 400, 403, 429} <= statuses
     assert all("fml_" not in json.dumps(e) for e in entries)  # no key material logged
-    assert verify_audit_log(env["audit"]) == (True, None)
+    assert verify_audit_log(env["audit"]).ok

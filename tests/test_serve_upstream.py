@@ -16,9 +16,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from test_serve_api import running_server, served_workspace
 
 from forgeml.core.errors import ConfigError
+from forgeml.governance.audit import AuditLog, verify_audit_log
 from forgeml.registry.store import Registry
 from forgeml.serve.api import create_app, upstream_served_models
-from forgeml.serve.audit import AuditLog, verify_audit_log
 from forgeml.serve.keys import KeyStore
 from forgeml.serve.policy import Policy, PolicyConfig
 from forgeml.serve.upstream import Upstream, upstream_base_url, upstream_key_from_env
@@ -204,7 +204,7 @@ def test_gateway_audit_chain_and_no_upstream_key(env):
     served = [e for e in entries if e.get("status") == 200]
     assert served and all(e["model_version"] == "upstream:champion" for e in served)
     assert all(e["completion_tokens"] > 0 for e in served if "completion_tokens" in e)
-    assert verify_audit_log(env["gw_audit"]) == (True, None)
+    assert verify_audit_log(env["gw_audit"]).ok
     assert env["up_key"] not in env["gw_audit"].read_text()
 
 
@@ -299,7 +299,7 @@ def test_upstream_failures_are_clean_and_keyless(bad, stream):
     assert ask(bad["url"], "busy", stream).headers["retry-after"] == "7"
     assert "[REDACTED]" in ask(bad["url"], "echo", stream).json()["error"]["message"]
     assert SECRET not in bad["audit"].read_text()
-    assert verify_audit_log(bad["audit"]) == (True, None)
+    assert verify_audit_log(bad["audit"]).ok
 
 
 def test_upstream_streamed_output_redacted_across_chunks(bad):

@@ -1,10 +1,11 @@
 """CLI commands for the control plane (registered on the apps of forgeml.cli): `control serve`,
-`mcp`, `approvals {list,approve,deny}`, `budgets {set,show,list,remove}`, `plan` and
-`assets delete`."""
+`mcp`, `approvals {list,approve,deny}`, `budgets {set,show,list,remove}`, `plan`,
+`assets delete` and `assets label`."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -35,7 +36,8 @@ def control_serve(
     ),
     port: Annotated[int, typer.Option()] = 8100,
 ) -> None:
-    """REST control plane (OpenAPI at /openapi.json, docs at /docs) behind API keys."""
+    """REST control plane behind API keys (schema at /openapi.json, to a valid key; no
+    CDN-loaded docs page). Agents read only the workspace and forge.yaml `data_roots`."""
     from forgeml.control.api import serve_control
 
     serve_control(_ws().root, host=host, port=port)
@@ -99,23 +101,40 @@ def approvals_list(
     console.print(table)
 
 
+KeyFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-file",
+        help="A file holding your API key (default: $FORGEML_API_KEY); it says who decides.",
+    ),
+]
+AsName = Annotated[
+    str | None, typer.Option("--as", help="Must name the key's principal (optional).")
+]
+
+
+def _approver(reg, key_file: Path | None, as_name: str | None) -> str:
+    from forgeml.control.approvals import approver_from_key, read_api_key
+
+    return approver_from_key(reg, read_api_key(key_file), as_name)
+
+
 @approvals_app.command("approve")
 def approvals_approve(
     ref: Annotated[str, typer.Argument(help="Approval id (or unique prefix).")],
-    as_name: Annotated[
-        str | None, typer.Option("--as", help="Approver: a principal with the approver role.")
-    ] = None,
+    key_file: KeyFile = None,
+    as_name: AsName = None,
 ) -> None:
-    """Approve a pending action and execute it now (as a principal holding the approver or
-    admin role, not the one who asked)."""
+    """Approve a pending action and execute it now. You prove who you are with your own API
+    key (a principal holding the approver or admin role, not the one who asked)."""
     from forgeml.control.approvals import approve
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.pipeline.stages import open_registry
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws = _ws()
-    done = approve(
-        ws, open_registry(ws), AuditLog(audit_log_path(ws.root)), ref, decided_by=_human(as_name)
-    )
+    reg = open_registry(ws)
+    approver = _approver(reg, key_file, as_name)
+    done = approve(ws, reg, AuditLog(audit_log_path(ws.root)), ref, decided_by=approver)
     console.print(f"{done.id}: {done.status}", highlight=False)
     if done.result:
         console.print_json(json.dumps(done.result, default=str))
@@ -128,20 +147,18 @@ def approvals_approve(
 def approvals_deny(
     ref: Annotated[str, typer.Argument(help="Approval id (or unique prefix).")],
     reason: Annotated[str, typer.Option(help="Why (audited).")] = "",
-    as_name: Annotated[
-        str | None, typer.Option("--as", help="Who denies: a principal with the approver role.")
-    ] = None,
+    key_file: KeyFile = None,
+    as_name: AsName = None,
 ) -> None:
-    """Deny a pending action; it is never executed."""
+    """Deny a pending action; it is never executed. Proven by your API key, as approving."""
     from forgeml.control.approvals import deny
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.pipeline.stages import open_registry
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws = _ws()
-    done = deny(
-        open_registry(ws), AuditLog(audit_log_path(ws.root)), ref, decided_by=_human(as_name),
-        reason=reason,
-    )  # fmt: skip
+    reg = open_registry(ws)
+    approver = _approver(reg, key_file, as_name)
+    done = deny(reg, AuditLog(audit_log_path(ws.root)), ref, decided_by=approver, reason=reason)
     console.print(f"{done.id}: {done.status}", highlight=False)
 
 
@@ -159,8 +176,8 @@ def budgets_set(
 ) -> None:
     """Create or replace a principal's budget (audited)."""
     from forgeml.control.budgets import set_budget
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.pipeline.stages import open_registry
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws = _ws()
     actor = _human(None)
@@ -210,8 +227,8 @@ def budgets_list() -> None:
 def budgets_remove(principal: Annotated[str, typer.Argument(help="Key principal.")]) -> None:
     """Remove a budget (the principal can then submit no jobs, unless it is an admin)."""
     from forgeml.control.budgets import remove_budget
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.pipeline.stages import open_registry
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws = _ws()
     remove_budget(open_registry(ws), principal)
@@ -231,8 +248,8 @@ def assets_delete(
     still names it). Refused while other assets were made from it or an alias points at it;
     the files it was registered from are never touched. Agents ask through the control plane
     and wait for `forgeml approvals approve`."""
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.pipeline.stages import open_registry
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws = _ws()
     reg = open_registry(ws)
@@ -246,3 +263,33 @@ def assets_delete(
         sha256=gone.sha256, reason=reason,
     )  # fmt: skip
     console.print(f"deleted {gone.id} ({gone.kind} {gone.name})", highlight=False)
+
+
+@assets_app.command("label")
+def assets_label(
+    ref: Annotated[str, typer.Argument(help="Asset id, prefix, name or alias.")],
+    level: Annotated[str, typer.Argument(help="public, internal, confidential or restricted.")],
+    reason: Annotated[str, typer.Option(help="Why (audited).")] = "",
+) -> None:
+    """Set an asset's classification label; every asset made from it inherits it (serving,
+    exports and the control plane then need a clearance that covers it). Raising a label
+    takes effect at once; lowering one waits for `forgeml approvals approve`. Audited."""
+    from forgeml.control.approvals import change_label
+    from forgeml.governance.audit import AuditLog, audit_log_path
+    from forgeml.pipeline.stages import open_registry
+
+    ws = _ws()
+    audit = AuditLog(audit_log_path(ws.root))
+    done = change_label(open_registry(ws), audit, ref, level, actor=_human(None), reason=reason)
+    if done["status"] == "pending_approval":
+        console.print(
+            f"lowering {done['asset']} to {level} needs an approval: {done['approval']} "
+            f"(an approver runs `forgeml approvals approve {done['approval']}`)",
+            highlight=False,
+        )
+        return
+    console.print(
+        f"{done['asset_id']}: {done['label']} (effective {done['effective']}; "
+        f"{len(done['restamped'])} derived asset(s) relabelled)",
+        highlight=False,
+    )

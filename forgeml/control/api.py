@@ -3,49 +3,84 @@
 Jobs (plan, submit, list, show, logs, cancel), assets and lineage, runs and metrics, eval
 numbers and HTML reports, alias moves, asset deletion, exports and approvals — each route one
 `ControlPlane` method, behind the serving API keys (`Authorization: Bearer fml_...`) and their
-scopes.
+scopes. The schema is served to a valid key only, and no docs page loads scripts from a CDN.
+Every request is audited with its status (forgeml.control.middleware).
 """
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
+from forgeml.control.limits import (
+    MAX_ARG_CHARS,
+    MAX_JOB_ARGS,
+    MAX_PATH_CHARS,
+    SHUTDOWN,
+    InvalidRequest,
+    RequestTooLarge,
+    ShuttingDown,
+    check_text,
+)
+from forgeml.control.middleware import AuditedRequests
 from forgeml.control.ops import BudgetExceeded, ControlPlane, Forbidden
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.serve.keys import Principal
 
+Arg = Annotated[str, StringConstraints(max_length=MAX_ARG_CHARS)]
 
-class JobRequest(BaseModel):
-    args: list[str] = Field(
-        description="The forgeml command, e.g. ['pipeline', 'run', 'recipe.yaml', 'train.max_steps=50']"
+
+class _Body(BaseModel):
+    """A request body: its strings must be clean text (no NUL byte, no lone surrogate)."""
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _clean_text(cls, value: Any) -> Any:
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str):
+                try:
+                    check_text(text, "a string")
+                except InvalidRequest as exc:
+                    raise ValueError(exc.message) from None
+        return value
+
+
+class JobRequest(_Body):
+    args: list[Arg] = Field(
+        max_length=MAX_JOB_ARGS,
+        description="The forgeml command, e.g. ['pipeline', 'run', 'recipe.yaml', 'train.max_steps=50']",
     )
     max_attempts: int = Field(3, ge=1, le=10, description="Attempts before the job is failed")
 
 
-class PromoteRequest(BaseModel):
+class PromoteRequest(_Body):
     model: str = Field(description="Model asset id, prefix or name")
     suite: str | None = Field(None, description="KPI suite YAML whose gate the move must pass")
     force: bool = Field(False, description="Move despite a failing gate (needs a reason)")
     reason: str = ""
 
 
-class RollbackRequest(BaseModel):
+class RollbackRequest(_Body):
     reason: str = ""
 
 
-class ExportRequest(BaseModel):
+class ExportRequest(_Body):
     model: str
-    out: str = Field(description="Folder to write (outside the workspace: needs approval)")
+    out: str = Field(
+        max_length=MAX_PATH_CHARS,
+        description="Folder to write (outside the workspace: needs approval)",
+    )
     reason: str = ""
 
 
-class DecisionRequest(BaseModel):
+class DecisionRequest(_Body):
     reason: str = ""
 
 
@@ -55,7 +90,11 @@ def create_control_app(control: ControlPlane) -> FastAPI:
         title="forgeml control plane",
         description="Drive a forgeml workspace: jobs, assets, lineage, evals, aliases, approvals.",
         version="1",
+        docs_url=None,  # Swagger UI and ReDoc load scripts from a CDN: none in an air gap
+        redoc_url=None,
+        openapi_url=None,  # served below, to a valid key only: it lists every internal route
     )
+    app.add_middleware(AuditedRequests, audit=control.audit)
     bearer = HTTPBearer(auto_error=False, description="A forgeml API key: fml_<id>_<secret>")
 
     def principal(
@@ -68,7 +107,20 @@ def create_control_app(control: ControlPlane) -> FastAPI:
                 "control_auth_denied", path=request.url.path, client=client, status=401
             )
             raise _Unauthorized()
+        request.state.principal, request.state.key_id = who.name, who.key_id
         return who
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        # The caller's input is not echoed: it may be megabytes, or text with no UTF-8 form.
+        problems = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
+            for e in exc.errors()[:20]
+        ]
+        first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+        message = f"{'.'.join(first['loc'][1:]) or 'request'}: {first['msg']}"
+        body = {"type": "invalid_request", "message": message, "problems": problems}
+        return JSONResponse({"error": body}, status_code=422)
 
     @app.exception_handler(_Unauthorized)
     async def _unauthorized(_r: Request, _e: _Unauthorized) -> JSONResponse:
@@ -91,9 +143,18 @@ def create_control_app(control: ControlPlane) -> FastAPI:
             )
         elif isinstance(exc, NotFoundError):
             status, body["type"] = 404, "not_found"
+        elif isinstance(exc, InvalidRequest):
+            status = 413 if isinstance(exc, RequestTooLarge) else 422
+            body["type"] = "too_large" if status == 413 else "invalid_request"
+        elif isinstance(exc, ShuttingDown):
+            status, body["type"] = 503, "shutting_down"
         return JSONResponse({"error": body}, status_code=status)
 
     Who = Depends(principal)
+
+    @app.get("/openapi.json", tags=["meta"], include_in_schema=False)
+    def openapi(_who: Principal = Who) -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/healthz", tags=["meta"])
     def healthz() -> dict[str, str]:
@@ -205,6 +266,13 @@ class _Unauthorized(Exception):
     pass
 
 
+def _exit_quietly(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
+SHUTDOWN_GRACE_S = 3  # in-flight requests get this long to finish after SIGTERM/SIGINT
+
+
 def serve_control(
     workspace_root: str | Path | None, *, host: str = "127.0.0.1", port: int = 8100
 ) -> None:
@@ -213,10 +281,22 @@ def serve_control(
 
     from forgeml.core.workspace import open_workspace
 
+    class _Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            SHUTDOWN.set()  # planning loops stop at their next check (ShuttingDown, a 503)
+            super().handle_exit(sig, frame)
+
     control = ControlPlane(open_workspace(workspace_root))
     control.audit.append("control_server_started", host=host, port=port)
+    config = uvicorn.Config(
+        create_control_app(control), host=host, port=port, log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )  # fmt: skip
+    # uvicorn re-raises the signal it caught once it has shut down: end with SystemExit, so
+    # the stop is audited and the registry closed instead of the process dying on the spot
+    signal.signal(signal.SIGTERM, _exit_quietly)
     try:
-        uvicorn.run(create_control_app(control), host=host, port=port, log_level="warning")
+        _Server(config).run()
     finally:
         control.audit.append("control_server_stopped")
         control.close()

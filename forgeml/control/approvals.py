@@ -5,10 +5,15 @@ the workspace gets a pending approval instead of the action; a human principal h
 `approver` (or `admin`) role runs `forgeml approvals approve ID` (or `deny`), and only then is
 the action executed, as the requester, with the approver recorded. Every step goes to the
 hash-chained audit log.
+
+At the CLI the approver proves who they are with their own API key (a file, or
+$FORGEML_API_KEY), checked against the keys table as over REST: `approver_from_key`. Lowering
+an asset's classification label is such an action too (`change_label`).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -22,8 +27,9 @@ from sqlalchemy import insert, select, update
 from forgeml.control.tables import approvals
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.core.workspace import Workspace
+from forgeml.governance.audit import AuditLog
+from forgeml.governance.labels import LEVELS, is_downgrade, set_label
 from forgeml.registry import Registry
-from forgeml.serve.audit import AuditLog
 from forgeml.serve.keys import ADMIN_ROLE, KeyStore
 
 PENDING, EXECUTED, FAILED, DENIED = "pending", "executed", "failed", "denied"
@@ -32,6 +38,7 @@ PRODUCTION_ALIASES = frozenset({"champion", "production", "prod"})
 APPROVER_ROLE = "approver"
 DECIDING_ROLES = frozenset({APPROVER_ROLE, ADMIN_ROLE})
 AGENT_ROLE = "agent"
+KEY_ENV = "FORGEML_API_KEY"
 
 
 @dataclass(frozen=True)
@@ -79,11 +86,19 @@ def _delete(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
     return {"asset": gone.id, "kind": gone.kind, "name": gone.name, "sha256": gone.sha256}
 
 
+def _label(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
+    from forgeml.pipeline.stages import open_registry
+
+    change = set_label(open_registry(ws), p["asset"], p["label"], allow_downgrade=True)
+    return asdict(change)
+
+
 # What an approved action runs: (workspace, params, actor) -> JSON-able result.
 EXECUTORS: dict[str, Callable[[Workspace, dict[str, Any], str], dict[str, Any]]] = {
     "promote": _promote,
     "export": _export,
     "delete": _delete,
+    "label": _label,
 }
 
 
@@ -154,7 +169,8 @@ def check_approver(reg: Registry, name: str, pending: Approval) -> None:
     roles = KeyStore(reg.engine).roles_of(name)
     hint = (
         "approvals are decided by a person holding a key with the approver role: "
-        f"`forgeml keys create --principal NAME --role {APPROVER_ROLE}`, then `--as NAME`"
+        f"`forgeml keys create --principal NAME --role {APPROVER_ROLE}`, then decide with "
+        f"that key (`--key-file PATH` or ${KEY_ENV})"
     )
     if not roles:
         raise ForgeError(f"'{name}' is not a known principal (no API key)", hint=hint)
@@ -164,6 +180,92 @@ def check_approver(reg: Registry, name: str, pending: Approval) -> None:
         raise ForgeError(
             f"'{name}' has neither the {APPROVER_ROLE} nor the {ADMIN_ROLE} role", hint=hint
         )
+
+
+def read_api_key(key_file: Path | None) -> str:
+    """The caller's API key: the first line of `key_file`, else $FORGEML_API_KEY."""
+    if key_file is not None:
+        try:
+            key = key_file.read_text().strip()
+        except OSError as exc:
+            raise ForgeError(
+                f"cannot read the key file {key_file}: {exc.strerror}",
+                hint="pass a file that holds your API key (fml_...)",
+            ) from None
+    else:
+        key = os.environ.get(KEY_ENV, "").strip()
+    if not key:
+        raise ForgeError(
+            "deciding an approval needs the approver's own API key",
+            hint=f"pass --key-file PATH (a file holding your fml_... key) or set ${KEY_ENV}",
+        )
+    return key
+
+
+def approver_from_key(reg: Registry, key: str, as_name: str | None = None) -> str:
+    """The principal whose valid, unrevoked `key` this is (the approver), as REST checks a
+    bearer key; `as_name`, when given, must be that principal."""
+    principal = KeyStore(reg.engine).authenticate(key)
+    if principal is None:
+        raise ForgeError(
+            "the API key is not valid (unknown, wrong or revoked)",
+            hint="use your own key with the approver role "
+            f"(`forgeml keys create --principal NAME --role {APPROVER_ROLE}`)",
+        )
+    if as_name is not None and as_name != principal.name:
+        raise ForgeError(
+            f"--as {as_name} does not match the key, which belongs to {principal.name}",
+            hint=f"leave --as out, or pass {as_name}'s own key",
+        )
+    return principal.name
+
+
+def caller_clearance(reg: Registry, key_file: Path | None) -> str | None:
+    """The clearance of the CLI caller's key (`key_file`, else $FORGEML_API_KEY); None (the
+    lowest level) when no key is given."""
+    if key_file is None and not os.environ.get(KEY_ENV, "").strip():
+        return None
+    key = read_api_key(key_file)
+    principal = KeyStore(reg.engine).authenticate(key)
+    if principal is None:
+        raise ForgeError(
+            "the API key is not valid (unknown, wrong or revoked)",
+            hint="pass your own key with --key-file or $FORGEML_API_KEY",
+        )
+    return principal.clearance
+
+
+def change_label(
+    reg: Registry,
+    audit: AuditLog,
+    ref: str,
+    level: str,
+    *,
+    actor: str,
+    reason: str = "",
+) -> dict[str, Any]:
+    """Give an asset a classification label (audited): raising it (or labelling an unlabelled
+    asset at or above UNLABELLED_DEFAULT) takes effect at once and reaches every asset made
+    from it; lowering it becomes a pending approval that a person with the approver role
+    decides (`approvals approve`)."""
+    if level not in LEVELS:
+        raise ForgeError(f"unknown label '{level}'", hint=f"use one of {', '.join(LEVELS)}")
+    asset = reg.get_asset(ref)
+    if is_downgrade(asset, level):
+        params = {
+            "asset": asset.id,
+            "label": level,
+            "previous": asset.metadata.get("classification"),
+        }
+        pending = request_approval(reg, audit, "label", params, requested_by=actor, reason=reason)
+        return {"status": "pending_approval", "approval": pending.id, **params}
+    change = set_label(reg, asset.id, level)
+    audit.append(
+        "asset_labelled", principal=actor, asset_id=asset.id, label=level,
+        previous=change.previous, effective=change.effective, restamped=change.restamped,
+        reason=reason,
+    )  # fmt: skip
+    return {"status": "done", **asdict(change)}
 
 
 def _claim(reg: Registry, ref: str, status: str, decided_by: str) -> Approval:

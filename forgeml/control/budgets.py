@@ -16,11 +16,10 @@ from sqlalchemy import delete, func, insert, select, update
 from forgeml.control.jobs import QUEUED, RUNNING
 from forgeml.control.tables import budgets, job_plans
 from forgeml.core.errors import ForgeError, NotFoundError
+from forgeml.governance.labels import LEVELS  # least to most sensitive, as in serving
 from forgeml.registry import Registry
 from forgeml.registry.schema import JobRow
-from forgeml.serve.policy import DEFAULT_LEVELS
 
-LEVELS = DEFAULT_LEVELS  # least to most sensitive, as in the serving policy
 UNLABELED = "internal"  # a dataset with no `classification` is treated as internal
 
 

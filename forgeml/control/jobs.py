@@ -2,9 +2,11 @@
 
 A job is claimed by exactly one worker inside a write transaction (SQLite takes the write
 lock up front; PostgreSQL uses `FOR UPDATE SKIP LOCKED`). Workers heartbeat while a job
-runs; a job whose worker stopped heartbeating is marked `failed-retryable` by the next
-worker that looks, and `retry_job` queues it again (a pre-training job submitted with
-`--auto-resume` then continues from its last checkpoint).
+runs; a job whose worker stopped heartbeating (or whose command failed) is marked
+`failed-retryable`, and a worker claims it again once its backoff has passed
+(`retry_delay_s`: doubling from attempt to attempt) until `max_attempts` ran; `retry_job`
+queues it at once. A pre-training job submitted with `--auto-resume` continues from its last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.registry import Registry
@@ -24,6 +27,8 @@ QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 RETRYABLE, CANCELLED = "failed-retryable", "cancelled"
 FINISHED = {SUCCEEDED, FAILED, RETRYABLE, CANCELLED}
 JOB_ENV = "FORGEML_JOB"  # the id of the job a worker's child process runs
+RETRY_BASE_S = 30.0  # the wait before a failed job's 2nd attempt; doubled before each next
+RETRY_MAX_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,19 @@ class Job:
     cancel_requested: bool
     exit_code: int | None
     error: str | None
+
+    def retry_at(self, base_s: float = RETRY_BASE_S) -> datetime | None:
+        """When a worker may claim this failed-retryable job again (None: it will not)."""
+        if self.status != RETRYABLE or self.attempts >= self.max_attempts:
+            return None
+        return (self.ended_at or self.created_at) + timedelta(
+            seconds=retry_delay_s(self.attempts, base_s)
+        )
+
+
+def retry_delay_s(attempts: int, base_s: float = RETRY_BASE_S) -> float:
+    """Exponential backoff: `base_s` after the 1st attempt, doubling after each later one."""
+    return min(RETRY_MAX_S, base_s * 2 ** max(0, attempts - 1))
 
 
 def _now() -> datetime:
@@ -85,10 +103,16 @@ def submit_job(
 
 
 def get_job(reg: Registry, ref: str) -> Job:
+    """The job `ref` names: its id, or a prefix of exactly one job's id."""
+    if not ref:
+        raise NotFoundError("no job id given", hint="run `forgeml jobs list`")
     with reg.transaction() as s:
         row = s.get(JobRow, ref)
         if row is None:
-            rows = s.scalars(select(JobRow).where(JobRow.id.startswith(ref))).all()
+            # autoescape: a '%' or '_' in `ref` is a character, not a LIKE wildcard
+            rows = s.scalars(
+                select(JobRow).where(JobRow.id.startswith(ref, autoescape=True)).limit(2)
+            ).all()
             if len(rows) != 1:
                 raise NotFoundError(f"unknown job '{ref}'", hint="run `forgeml jobs list`")
             row = rows[0]
@@ -103,20 +127,33 @@ def list_jobs(reg: Registry, status: str | None = None) -> list[Job]:
         return [_job(r) for r in s.scalars(q)]
 
 
-def claim_next_job(reg: Registry, worker: str) -> Job | None:
-    """Atomically take the oldest queued job for `worker`, or None when the queue is empty."""
+def claim_next_job(reg: Registry, worker: str, *, retry_base_s: float = RETRY_BASE_S) -> Job | None:
+    """Atomically take the oldest queued job for `worker`, else the failed-retryable job whose
+    backoff passed longest ago; None when there is neither."""
+    now = _now()
     with reg.transaction(write=True) as s:
         q = select(JobRow).where(JobRow.status == QUEUED).order_by(JobRow.created_at).limit(1)
         if reg.engine.dialect.name == "postgresql":
             q = q.with_for_update(skip_locked=True)
         row = s.scalars(q).first()
         if row is None:
+            row = _due_retry(reg, s, now, retry_base_s)
+        if row is None:
             return None
-        now = _now()
         row.status, row.worker, row.attempts = RUNNING, worker, row.attempts + 1
         row.started_at = row.heartbeat_at = now
         row.ended_at = row.exit_code = row.error = None
         return _job(row)
+
+
+def _due_retry(reg: Registry, s: Session, now: datetime, base_s: float) -> JobRow | None:
+    """The failed-retryable job with attempts left whose backoff ended first, if it ended."""
+    q = select(JobRow).where(JobRow.status == RETRYABLE, JobRow.attempts < JobRow.max_attempts)
+    if reg.engine.dialect.name == "postgresql":
+        q = q.with_for_update(skip_locked=True)
+    due = [(_job(r).retry_at(base_s), r) for r in s.scalars(q)]
+    due = [(at, r) for at, r in due if at is not None and at <= now]
+    return min(due, key=lambda d: d[0])[1] if due else None
 
 
 def heartbeat(reg: Registry, job_id: str, worker: str) -> bool:
@@ -151,7 +188,7 @@ def cancel_job(reg: Registry, ref: str) -> Job:
     job = get_job(reg, ref)
     with reg.transaction(write=True) as s:
         row = s.get(JobRow, job.id)
-        if row.status == QUEUED:
+        if row.status in {QUEUED, RETRYABLE}:  # a retryable job is not claimed again
             row.status, row.ended_at = CANCELLED, _now()
         elif row.status == RUNNING:
             row.cancel_requested = True

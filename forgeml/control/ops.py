@@ -19,11 +19,14 @@ from typing import Any
 from forgeml.control import approvals as approvals_mod
 from forgeml.control import jobs as jobs_mod
 from forgeml.control.budgets import get_budget, job_plan, record_plan, usage
+from forgeml.control.limits import InvalidRequest, check_job_args, check_path_text
 from forgeml.control.plan import JobPlan, plan_job
+from forgeml.control.roots import resolve_user_path
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.core.workspace import Workspace
-from forgeml.registry import Registry
-from forgeml.serve.audit import AuditLog, audit_log_path
+from forgeml.governance.audit import AuditLog, audit_log_path
+from forgeml.governance.labels import ClearanceError, require_clearance
+from forgeml.registry import Asset, Registry
 from forgeml.serve.keys import KeyStore, Principal
 
 SCOPES = (
@@ -166,12 +169,21 @@ def read_job_log(ws: Workspace, reg: Registry, ref: str, tail_chars: int | None 
 
 
 def absolute_job_args(args: list[str], base: Path | None = None) -> list[str]:
-    """Make arguments that name existing files absolute (workers may run elsewhere)."""
+    """Make arguments that name existing files absolute (workers may run elsewhere); the
+    arguments are checked first (count, size, text: limits.check_job_args)."""
+    check_job_args(args)
     out = []
     for a in args:
-        p = Path(a) if base is None or Path(a).is_absolute() else base / a
-        out.append(str(p.resolve()) if not a.startswith("-") and a and p.exists() else a)
+        p = resolve_user_path(a, base or Path.cwd()) if a and not a.startswith("-") else None
+        out.append(str(p) if p is not None and _exists(p) else a)
     return out
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # a name too long for the file system
+        return False
 
 
 def eval_record(reg: Registry, ref: str) -> dict[str, Any]:
@@ -221,6 +233,22 @@ class ControlPlane:
 
     def _audit(self, event: str, who: Principal, **fields: Any) -> None:
         self.audit.append(event, principal=who.name, key_id=who.key_id, **fields)
+
+    def _cleared(self, who: Principal, ref: str | Asset, action: str = "read") -> Asset:
+        """The asset, if the key's clearance covers its effective label (lineage included)."""
+        asset = ref if isinstance(ref, Asset) else self.reg.get_asset(ref, deleted_ok=True)
+        try:
+            require_clearance(self.reg, asset, who.clearance, action=action)
+        except ClearanceError as exc:
+            raise Forbidden(exc.message, hint=exc.hint) from None
+        return asset
+
+    def _covers(self, who: Principal, asset_id: str) -> bool:
+        try:
+            self._cleared(who, asset_id)
+        except (Forbidden, NotFoundError):
+            return False
+        return True
 
     # -- jobs ---------------------------------------------------------------------------
 
@@ -307,11 +335,12 @@ class ControlPlane:
             {"id": a.id, "kind": a.kind, "name": a.name, "size_bytes": a.size_bytes,
              "created_at": str(a.created_at), "producer_run": a.producer_run}
             for a in self.reg.list_assets(kind)
+            if self._covers(who, a.id)
         ]  # fmt: skip
 
     def show_asset(self, who: Principal, ref: str) -> dict[str, Any]:
         self.require(who, "assets:read")
-        return _jsonable(asset_info(self.reg, ref))
+        return _jsonable(asset_info(self.reg, self._cleared(who, self.reg.get_asset(ref)).id))
 
     def lineage(
         self, who: Principal, ref: str, direction: str = "up", depth: int | None = None
@@ -320,8 +349,17 @@ class ControlPlane:
         if direction not in ("up", "down"):
             raise ForgeError(f"direction must be up or down, got '{direction}'")
         lin = self.reg.lineage(ref, direction, max_depth=depth)
+        hidden = {
+            n["id"]
+            for n in lin.nodes
+            if n.get("type") == "asset" and not self._covers(who, n["id"])
+        }
+        if lin.root in hidden:
+            self._cleared(who, lin.root)  # raises Forbidden, saying why
+        nodes = [n for n in lin.nodes if n["id"] not in hidden]
+        edges = [e for e in lin.edges if not hidden & set(e)]
         return _jsonable(
-            {"root": lin.root, "direction": lin.direction, "nodes": lin.nodes, "edges": lin.edges}
+            {"root": lin.root, "direction": lin.direction, "nodes": nodes, "edges": edges}
         )
 
     def aliases(self, who: Principal) -> dict[str, str]:
@@ -341,11 +379,17 @@ class ControlPlane:
 
     def show_run(self, who: Principal, ref: str) -> dict[str, Any]:
         self.require(who, "runs:read")
-        return _jsonable(dataclasses.asdict(self.reg.get_run(ref)))
+        run = self.reg.get_run(ref)
+        for output in run.outputs:  # a run's config and metrics are as sensitive as its outputs
+            self._cleared(who, output)
+        return _jsonable(dataclasses.asdict(run))
 
     def read_eval(self, who: Principal, ref: str) -> dict[str, Any]:
         self.require(who, "evals:read")
-        return _jsonable(eval_record(self.reg, ref))
+        record = eval_record(self.reg, self._cleared(who, self.reg.get_asset(ref)).id)
+        if "evals" in record:
+            record["evals"] = [e for e in record["evals"] if self._covers(who, e["id"])]
+        return _jsonable(record)
 
     def eval_report(self, who: Principal, ref: str) -> str:
         """An eval's HTML report: the one its stage wrote, else drawn from its results."""
@@ -353,7 +397,7 @@ class ControlPlane:
         from forgeml.eval.report import eval_report_html
 
         self.require(who, "evals:read")
-        asset = self.reg.get_asset(ref)
+        asset = self._cleared(who, self.reg.get_asset(ref))
         if asset.kind != "eval":
             raise ForgeError(
                 f"{asset.id} is a {asset.kind}, not an eval", hint="pass an eval asset id"
@@ -423,9 +467,12 @@ class ControlPlane:
 
     def export(self, who: Principal, model: str, out: str, reason: str = "") -> dict[str, Any]:
         self.require(who, "exports:write")
-        path = Path(out).expanduser()
-        path = (path if path.is_absolute() else self.ws.root / path).resolve()
-        params = {"model": self.reg.get_asset(model).id, "out": str(path)}
+        check_path_text(out, "the export folder")
+        path = resolve_user_path(out, self.ws.root)
+        if path is None:
+            raise InvalidRequest(f"the export folder {out[:80]!r} is not a usable path")
+        asset = self._cleared(who, self.reg.get_asset(model), action="export")
+        params = {"model": asset.id, "out": str(path)}
         if not path.is_relative_to(self.ws.root):
             pending = approvals_mod.request_approval(
                 self.reg, self.audit, "export", params, requested_by=who.name, reason=reason

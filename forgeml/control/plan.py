@@ -6,8 +6,8 @@ checks it against the submitter's budget. A plan with refusals is not queued.
 
 Data clearance covers every dataset the job will read: registered datasets named on its
 command line or anywhere in its recipe (and other YAML files it is given), and the datasets
-ingested from, or stored in, the folders it reads; each carries the most sensitive label on
-it or upstream of it in the lineage (a dataset made from restricted data is restricted).
+ingested from, or stored in, the folders it reads; each carries its effective label, the most
+sensitive on it or upstream of it in the lineage (forgeml.governance.labels).
 
 Time is a rough model, stated so it can be checked: training costs ~6·N FLOPs per token
 plus 12·L·d·T for attention (Kaplan et al., "Scaling Laws for Neural Language Models",
@@ -30,12 +30,14 @@ from forgeml.control.budgets import (
     Usage,
     clearance_allows,
     get_budget,
-    sensitivity,
     usage,
 )
-from forgeml.core.config import Recipe, load_recipe
+from forgeml.control.limits import InvalidRequest, check_job_args, check_running, int_option
+from forgeml.control.roots import agent_roots, looks_like_path, outside_roots, resolve_user_path
+from forgeml.core.config import Recipe, load_recipe, validate_recipe
 from forgeml.core.errors import ForgeError
 from forgeml.core.workspace import Workspace
+from forgeml.governance.labels import label_origin
 from forgeml.registry import Asset, Registry
 
 # Sustained training/eval FLOP/s assumed per device kind. CPU: the quickstart's 2.4M-parameter
@@ -60,8 +62,16 @@ VALUE_OPTIONS = {
     "--parallel", "--offset", "--executor", "--study", "--base",
 }  # fmt: skip
 OUTPUT_OPTIONS = {"--json", "--out"}
-# Recipe and YAML fields that label things rather than name what a job reads.
+# Fields of YAML files other than recipes that label things rather than name what a job reads.
 LABEL_FIELDS = {"name", "description"}
+# The recipe fields (by the Recipe schema) that name data a job reads: a dataset asset, or a
+# file or folder. Any other recipe string is a setting, whatever dataset it happens to spell.
+RECIPE_DATA_FIELDS = (
+    "data.sources", "sft.data", "sft.heldout", "cpt.replay_data", "posttrain.dpo.data",
+    "posttrain.rl.prompts", "posttrain.rl.heldout",
+)  # fmt: skip
+# Recipe fields that name a model asset or a model folder (read from disk when a path).
+RECIPE_MODEL_FIELDS = ("train.init_from", "cpt.from_model")
 
 
 @dataclass
@@ -146,6 +156,7 @@ def _source_bytes(sources: list[str], cap: int = 100_000) -> int:
         path = Path(src)
         files = [path] if path.is_file() else path.rglob("*") if path.is_dir() else []
         for f in files:
+            check_running()
             if seen >= cap:
                 return total
             if f.is_file():
@@ -228,27 +239,69 @@ def _strings(node: Any, where: str) -> Iterator[tuple[str, str]]:
             yield from _strings(value, f"{where}[{i}]")
 
 
-def _yaml_strings(file: Path) -> list[tuple[str, str]]:
-    """The strings of a YAML file (none if it is not one: its own command reports that)."""
+def _recipe_fields(
+    raw: dict[str, Any], where: str, fields: tuple[str, ...]
+) -> Iterator[tuple[str, str]]:
+    """(field, value) of every string in the given dotted fields of a recipe dict."""
+    for dotted in fields:
+        node: Any = raw
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        yield from _strings(node, f"{where}.{dotted}")
+
+
+def _recipe_reads(
+    raw: dict[str, Any], where: str
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(data fields, other fields that hold a path) of a recipe dict."""
+    data = list(_recipe_fields(raw, where, RECIPE_DATA_FIELDS))
+    models = _recipe_fields(raw, where, RECIPE_MODEL_FIELDS)
+    other = [(w, t) for w, t in _strings(raw, where) if looks_like_path(t)]
+    return data, [*models, *other]
+
+
+def _yaml_reads(file: Path) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(strings that may name data, strings that may be paths) of a YAML file the job is given:
+    a recipe's data fields (by its schema) and paths; every string of any other YAML (none if
+    it is not YAML: its own command reports that)."""
     try:
-        return list(_strings(yaml.safe_load(file.read_text()), file.name))
+        raw = yaml.safe_load(file.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return []
-
-
-def _dataset_named(reg: Registry, text: str) -> Asset | None:
-    """The dataset asset `text` names (id, name, alias or id prefix past `dataset-`)."""
-    if not text or len(text) > 255 or "/" in text or "=" in text or text.startswith("-"):
-        return None
+        return [], []
     try:
-        asset = reg.get_asset(text)
+        validate_recipe(raw, file.name)
     except ForgeError:
-        return None
-    if asset.kind != "dataset":
-        return None
-    if text != asset.name and asset.id.startswith(text) and len(text) <= len("dataset-"):
-        return None  # a word such as "d" or "data" that only prefixes every dataset id
-    return asset
+        every = list(_strings(raw, file.name))
+        return every, every
+    return _recipe_reads(raw, file.name)
+
+
+class _DatasetIndex:
+    """Which dataset a string names (full id, alias, name, or a unique prefix of an id past
+    `dataset-` or of a content hash), answered from one read of the registry per plan rather
+    than queries per string."""
+
+    def __init__(self, reg: Registry) -> None:
+        self.datasets = reg.list_assets("dataset")  # newest first
+        by_id = {a.id: a for a in self.datasets}
+        self.by_key: dict[str, Asset] = {}
+        for a in reversed(self.datasets):  # the newest of a name wins
+            self.by_key[a.name] = a
+        self.by_key.update({k: by_id[v] for k, v in reg.list_aliases().items() if v in by_id})
+        self.by_key.update(by_id)
+
+    def named(self, text: str) -> Asset | None:
+        if not text or len(text) > 255 or "/" in text or "=" in text or text.startswith("-"):
+            return None
+        if text in self.by_key:
+            return self.by_key[text]
+        hexish = len(text) >= 6 and all(c in "0123456789abcdef" for c in text)
+        matches = [
+            a for a in self.datasets
+            if (len(text) > len("dataset-") and a.id.startswith(text))
+            or (hexish and a.sha256.startswith(text))
+        ]  # fmt: skip
+        return matches[0] if len(matches) == 1 else None
 
 
 def _paths(text: str, bases: list[Path]) -> list[Path]:
@@ -275,13 +328,19 @@ class _DatasetsRead:
 
     def __init__(self, reg: Registry) -> None:
         self.reg = reg
+        self.index = _DatasetIndex(reg)
         self.found: dict[str, dict[str, Any]] = {}
         self._ingests: list[tuple[list[Path], list[str]]] | None = None
         self._stored: list[Asset] | None = None
+        self._seen: set[tuple[str, tuple[Path, ...]]] = set()
 
     def add(self, where: str, text: str, bases: list[Path]) -> None:
         """Take one string of the job: a dataset reference, or a path that reads datasets."""
-        named = _dataset_named(self.reg, text)
+        check_running()
+        if (text, tuple(bases)) in self._seen:  # a repeated string reads nothing new
+            return
+        self._seen.add((text, tuple(bases)))
+        named = self.index.named(text)
         if named is not None:
             self._record(named, where)
         for path in _paths(text, bases):
@@ -292,7 +351,7 @@ class _DatasetsRead:
         """Datasets stored under `path` (or holding it), and datasets ingested from folders
         that overlap it: their classification applies to the raw files too."""
         if self._stored is None:
-            self._stored = self.reg.list_assets("dataset")
+            self._stored = self.index.datasets
             self._ingests = [
                 ([Path(s) for s in run.config.get("sources", [])], run.outputs)
                 for run in self.reg.list_runs(stage="ingest", status="succeeded")
@@ -311,39 +370,77 @@ class _DatasetsRead:
     def _record(self, asset: Asset, where: str) -> None:
         if asset.id in self.found:
             return
-        label, source = asset.metadata.get("classification"), asset.id
-        for node in self.reg.lineage(asset.id, "up").nodes[1:]:
-            if node.get("kind") != "dataset":
-                continue
-            up = self.reg.get_asset(node["id"], deleted_ok=True).metadata.get("classification")
-            if up is not None and (label is None or sensitivity(up) > sensitivity(label)):
-                label, source = up, node["id"]
+        label, source = label_origin(self.reg, asset)
         self.found[asset.id] = {
             "id": asset.id, "name": asset.name, "classification": label, "read_via": where,
             "labelled_by": source if label is not None and source != asset.id else None,
         }  # fmt: skip
 
 
-def _datasets_read(
-    ws: Workspace, reg: Registry, tokens: list[str], overrides: list[str], rec: Recipe | None
-) -> list[dict[str, Any]]:
-    """Every registered dataset a job reads: named or given as a path in its recipe, on its
-    command line, in the YAML files it is given (recipe, suite, space) or its overrides."""
+Reads = list[tuple[str, str, list[Path]]]  # (where in the job, the string, bases of a path)
+
+
+def _job_reads(
+    ws: Workspace,
+    tokens: list[str],
+    overrides: list[str],
+    rec: Recipe | None,
+    recipe_file: str | None = None,
+    *,
+    contents: bool = True,
+) -> tuple[Reads, Reads]:
+    """(strings that may name a dataset, strings that may be a path the job reads): from its
+    command line and overrides, its recipe's data fields (by the Recipe schema) and paths,
+    and (with `contents`) the other YAML files it is given (a recipe file, suite, space);
+    `rec` is the loaded `recipe_file`, overrides applied."""
     here = [ws.root, Path.cwd()]
-    reads = _DatasetsRead(reg)
+    data: Reads = []
+    paths: Reads = []
     if rec is not None:
-        for where, text in _strings(rec.model_dump(mode="json"), "recipe"):
-            reads.add(where, text, here)
+        in_data, in_paths = _recipe_reads(rec.model_dump(mode="json"), "recipe")
+        data += [(w, t, here) for w, t in in_data]
+        paths += [(w, t, here) for w, t in in_data + in_paths]
     for tok in tokens:
-        reads.add("command line", tok, here)
-        if tok.endswith((".yaml", ".yml")):
+        data.append(("command line", tok, here))
+        paths.append(("command line", tok, here))
+        if contents and tok.endswith((".yaml", ".yml")) and tok != recipe_file:
             for file in _paths(tok, here):
-                for where, text in _yaml_strings(file):
-                    reads.add(where, text, [file.parent, *here])
-    for item in overrides:
-        key, _, value = item.partition("=")
-        reads.add(key, value, here)
+                in_data, in_paths = _yaml_reads(file)
+                bases = [file.parent, *here]
+                data += [(w, t, bases) for w, t in in_data]
+                paths += [(w, t, bases) for w, t in in_data + in_paths]
+    if rec is None:  # a recipe already holds its overrides
+        for item in overrides:
+            key, _, value = item.partition("=")
+            data.append((key, value, here))
+            paths.append((key, value, here))
+    return data, paths
+
+
+def _datasets_read(reg: Registry, data: Reads) -> list[dict[str, Any]]:
+    """Every registered dataset a job reads: named, or stored in or ingested from a path."""
+    reads = _DatasetsRead(reg)
+    for where, text, bases in data:
+        reads.add(where, text, bases)
     return list(reads.found.values())
+
+
+def _outside_roots(ws: Workspace, paths: Reads) -> list[str]:
+    """Why an agent's job may not run: each path it reads outside the agent roots."""
+    roots, refusals, seen = agent_roots(ws), [], set()
+    for where, text, bases in paths:
+        check_running()
+        found = _paths(text, bases)
+        if not found and looks_like_path(text):
+            found = [p for p in [resolve_user_path(text, bases[0])] if p is not None]
+        for path in found:
+            if path in seen:
+                continue
+            seen.add(path)
+            why = outside_roots(path, roots, ws)
+            if why is not None:
+                refusals.append(f"reads {text[:200]!r} (via {where}): {why}")
+    return refusals
 
 
 def plan_job(
@@ -357,6 +454,7 @@ def plan_job(
 ) -> JobPlan:
     """The dry run of `forgeml ARGS...` for `principal`, refusals included (never raises for
     an over-budget job: the caller decides; raises for a command that cannot be parsed)."""
+    check_job_args(args)
     plan = JobPlan(args=list(args), principal=principal, is_admin=is_admin, clearance=clearance)
     if not args:
         raise ForgeError("a job needs a command", hint="e.g. ['pipeline', 'run', 'recipe.yaml']")
@@ -369,25 +467,42 @@ def plan_job(
     positional, overrides, options = _split_args(args)
     hpo = positional[:1] in (["hpo"], ["hpo-trial"])
     command = tuple(positional[:1]) if hpo else tuple(positional[:2])
+    tokens = positional[len(command) :] + list(options.values())
+    # what an agent's job reads (its outputs are checked below): nothing, not even a recipe,
+    # may be read outside the agent roots
+    read = positional[len(command) :] + [v for k, v in options.items() if k not in OUTPUT_OPTIONS]
+    if not is_admin:
+        plan.refusals += _outside_roots(
+            ws, _job_reads(ws, read, overrides, None, contents=False)[1]
+        )
+        if plan.refusals:
+            return plan
     for opt in OUTPUT_OPTIONS & options.keys():
-        out = Path(options[opt]).expanduser()
-        out = (out if out.is_absolute() else ws.root / out).resolve()
+        out = resolve_user_path(options[opt], ws.root)
+        if out is None:
+            raise InvalidRequest(f"{opt} {options[opt][:80]!r} is not a usable path")
         if not is_admin and not out.is_relative_to(ws.root):
             plan.refusals.append(
                 f"{opt} {options[opt]} writes outside the workspace; "
                 "exports outside it need a human's approval (use the export action)"
             )
     rec: Recipe | None = None
+    recipe: str | None = None
     study_inputs: list[str] = []
     if command in RECIPE_COMMANDS:
         recipe = positional[1] if command == ("hpo",) else (positional[2:3] or [""])[0]
         if not recipe:
             raise ForgeError(f"`{' '.join(command)}` needs a recipe", hint="pass a recipe YAML")
         rec = load_recipe(recipe, overrides)
+    if not is_admin:  # the paths inside the recipe (overrides applied) and other YAML files
+        plan.refusals += _outside_roots(ws, _job_reads(ws, read, overrides, rec, recipe)[1])
+        if plan.refusals:
+            return plan
+    if rec is not None:
         trials, trial_jobs = 1, 0
         if command == ("hpo",):
-            trials = int(options.get("--trials") or 10)
-            if int(options.get("--parallel") or 1) > 1 and options.get("--executor") != "ray":
+            trials = int_option(options, "--trials", 10)
+            if int_option(options, "--parallel", 1) > 1 and options.get("--executor") != "ray":
                 # the trials become jobs of their own, each planned and charged when queued
                 trials, trial_jobs = int("--no-baseline" not in options), trials
         _recipe_stages(rec, command, trials, plan, trial_jobs)
@@ -400,9 +515,8 @@ def plan_job(
     else:
         plan.stages.append(StagePlan(" ".join(command), UNKNOWN_STAGE_S, "not modelled: default"))
     plan.estimated_hours = sum(s.seconds for s in plan.stages) / 3600
-    plan.datasets = _datasets_read(
-        ws, reg, positional[1:] + list(options.values()) + study_inputs, overrides, rec
-    )
+    reads = _job_reads(ws, tokens + study_inputs, overrides, rec, recipe)[0]
+    plan.datasets = _datasets_read(reg, reads)
 
     budget = get_budget(reg, principal)
     if budget is None and not is_admin:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from forgeml.control.jobs import (
     JOB_ENV,
+    RETRY_BASE_S,
     Job,
     claim_next_job,
     finish_job,
@@ -94,9 +95,11 @@ def run_worker(
     stale_after_s: float = 30.0,
     max_jobs: int | None = None,
     idle_exit_s: float | None = None,
+    retry_base_s: float = RETRY_BASE_S,
     notify: Callable[[str], None] | None = None,
 ) -> int:
-    """Run queued jobs until `max_jobs` ran or the queue stayed empty `idle_exit_s` seconds."""
+    """Run queued jobs until `max_jobs` ran or the queue stayed empty `idle_exit_s` seconds;
+    failed-retryable jobs are run again once their backoff (from `retry_base_s`) passed."""
     from forgeml.pipeline.stages import open_registry
 
     worker = worker_id or f"{socket.gethostname()}:{os.getpid()}"
@@ -105,15 +108,18 @@ def run_worker(
     while max_jobs is None or done < max_jobs:
         for stale in reap_stale_jobs(reg, stale_after_s):
             if notify:
-                notify(f"{stale}: worker lost, marked failed-retryable")
-        job = claim_next_job(reg, worker)
+                notify(f"{stale}: worker lost, marked failed-retryable (retried after a backoff)")
+        job = claim_next_job(reg, worker, retry_base_s=retry_base_s)
         if job is None:
             if idle_exit_s is not None and time.monotonic() - idle_since > idle_exit_s:
                 break
             time.sleep(poll_s)
             continue
         if notify:
-            notify(f"{job.id}: running `forgeml {' '.join(job.args)}` (attempt {job.attempts})")
+            notify(
+                f"{job.id}: running `forgeml {' '.join(job.args)}` "
+                f"(attempt {job.attempts} of {job.max_attempts})"
+            )
         result = run_job(ws, reg, job, worker, heartbeat_s=heartbeat_s)
         if notify:
             notify(f"{job.id}: {result.status}")

@@ -23,6 +23,27 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class MixConfig(_Section):
+    """Weighted mixing of the data sources (forgeml.data.mix) after ingest and curation, before
+    the tokenizer: each source gets its weight's share of the characters, repeated (whole
+    epochs, then a seeded sample) or sampled down to reach it."""
+
+    weights: dict[str, float] = Field(
+        description="each data.sources entry -> its weight (shares: divided by their sum)"
+    )
+    total_chars: int | None = Field(
+        None, gt=0, description="characters in the mixture; None: all sources' characters"
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _positive_weights(self) -> MixConfig:
+        for source, weight in self.weights.items():
+            if not weight > 0:
+                raise ValueError(f"weight of {source} is {weight}; weights must be > 0")
+        return self
+
+
 class DataConfig(_Section):
     """Which files become the raw dataset."""
 
@@ -36,6 +57,22 @@ class DataConfig(_Section):
         default_factory=list, description="JSONL/CSV/Parquet records: fields holding the text"
     )
     curate: bool = Field(False, description="run the `curate` section between ingest and tokenizer")
+    mix: MixConfig | None = Field(None, description="re-weight the sources; None: as ingested")
+
+    @model_validator(mode="after")
+    def _mix_names_every_source(self) -> DataConfig:
+        if self.mix is None:
+            return self
+        unknown = [s for s in self.mix.weights if s not in self.sources]
+        if unknown:
+            raise ValueError(
+                f"mix.weights names {unknown[0]}, which is not in data.sources {self.sources}; "
+                "key each weight by a data.sources entry, written the same way"
+            )
+        missing = [s for s in self.sources if s not in self.mix.weights]
+        if missing:
+            raise ValueError(f"mix.weights has no weight for data.sources entry {missing[0]}")
+        return self
 
 
 class TokenizerConfig(_Section):
@@ -637,7 +674,8 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
 def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
     """Load a YAML recipe (or defaults when `path` is None) and apply dotted overrides.
 
-    Relative `data.sources` are resolved against the recipe file's folder.
+    Relative `data.sources` (and the keys of `data.mix.weights`) are resolved against the
+    recipe file's folder.
     """
     raw: dict[str, Any] = {}
     source = "overrides"
@@ -651,12 +689,16 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+
+            def resolved(s: Any) -> Any:
+                return str((path.parent / s).resolve()) if not Path(str(s)).is_absolute() else s
+
             sources = raw["data"].get("sources") or []
             if isinstance(sources, list):
-                raw["data"]["sources"] = [
-                    str((path.parent / s).resolve()) if not Path(str(s)).is_absolute() else s
-                    for s in sources
-                ]
+                raw["data"]["sources"] = [resolved(s) for s in sources]
+            mix = raw["data"].get("mix")
+            if isinstance(mix, dict) and isinstance(mix.get("weights"), dict):
+                mix["weights"] = {resolved(s): w for s, w in mix["weights"].items()}
     raw = apply_overrides(raw, overrides or []) if isinstance(raw, dict) else raw
     return validate_recipe(raw, source)
 

@@ -1,10 +1,12 @@
-"""Atomic file writes (temp file in the same folder, fsync, rename) and hashing helpers."""
+"""Atomic file writes (temp file in the same folder, fsync, rename), the modes new files and
+folders get under the process umask, and hashing helpers."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +17,36 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """This process's umask (which an open workspace sets: see core/workspace.py), read
+    without changing it where Linux reports it, else by setting and restoring it."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)  # a restrictive value for the instant it is in force
+        os.umask(mask)
+    return mask
+
+
+def file_mode(*, read_only: bool = False) -> int:
+    """The mode a new file gets under the umask: 0600 in a private workspace, 0640 in a shared
+    one; without write bits when `read_only` (0400 / 0440)."""
+    return (0o444 if read_only else 0o666) & ~current_umask() | (0o400 if read_only else 0o600)
+
+
+def dir_mode(*, read_only: bool = False) -> int:
+    """The mode a new folder gets under the umask (0700 / 0750; 0500 / 0550 when read-only)."""
+    return (0o555 if read_only else 0o777) & ~current_umask() | (0o500 if read_only else 0o700)
+
+
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     """Open a temp file next to `path`; on success fsync and rename it over `path`."""
@@ -22,6 +54,7 @@ def atomic_open(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600, or group-readable in a shared workspace
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()

@@ -1,4 +1,5 @@
-"""Mixing: several document datasets into one, by weights or character budgets, seeded.
+"""Mixing: several document datasets (or the sources of one) into one, by weights or
+character budgets, seeded; a recipe's `data.mix` runs `mix_by_source` before the tokenizer.
 
 A source with a budget larger than its size is repeated (whole epochs, then a seeded
 sample of the rest); a smaller budget takes a seeded sample of documents. A replay share of
@@ -55,9 +56,56 @@ def mix_datasets(
     for src in sources:
         if (src.weight is None) == (src.budget_chars is None):
             raise DataError(f"mix source '{src.name}': give exactly one of weight or budget_chars")
-        tables.append(
-            pq.read_table(Path(src.path) / "data.parquet" if Path(src.path).is_dir() else src.path)
+        table = pq.read_table(
+            Path(src.path) / "data.parquet" if Path(src.path).is_dir() else src.path
         )
+        tables.append(table.select(["doc_id", "text", "path", "type"]))
+    return _write_mixture(sources, tables, Path(out_path), seed=seed, total_chars=total_chars)
+
+
+def mix_by_source(
+    parquet: str | Path,
+    weights: dict[str, float],
+    out_path: str | Path,
+    *,
+    seed: int = 0,
+    total_chars: int | None = None,
+) -> dict:
+    """Re-weight one document dataset by its `source` column (the folder or file each document
+    was ingested from): source `s` gets `weights[s] / sum(weights)` of `total_chars` (default:
+    the dataset's characters). Every column is kept, plus `mix_source`; returns per-source
+    counts as `mix_datasets` does."""
+    table = pq.read_table(parquet)
+    if "source" not in table.column_names:
+        raise DataError(f"{parquet} has no 'source' column", "mix a dataset made by ingest")
+    present = set(pc.unique(table.column("source")).to_pylist())
+    missing = sorted(present - set(weights))
+    if missing:
+        raise DataError(
+            f"documents from source {missing[0]} have no mix weight",
+            "give every data.sources entry a weight in data.mix.weights",
+        )
+    empty = sorted(set(weights) - present)
+    if empty:
+        raise DataError(
+            f"mix weight given for {empty[0]}, but the dataset has no documents from it",
+            "check that its files were not all skipped at ingest or dropped by curation "
+            "(see the stage reports), or remove its weight",
+        )
+    share = sum(weights.values())
+    sources = [MixSource(parquet, name, weight=weights[name] / share) for name in sorted(weights)]
+    tables = [table.filter(pc.equal(table.column("source"), src.name)) for src in sources]
+    return _write_mixture(sources, tables, Path(out_path), seed=seed, total_chars=total_chars)
+
+
+def _write_mixture(
+    sources: list[MixSource],
+    tables: list[pa.Table],
+    out_path: Path,
+    *,
+    seed: int,
+    total_chars: int | None,
+) -> dict:
     sizes = [int(pc.sum(pc.utf8_length(t.column("text"))).as_py() or 0) for t in tables]
     total = total_chars if total_chars is not None else sum(sizes)
     rng = np.random.default_rng(seed)
@@ -66,7 +114,7 @@ def mix_datasets(
         budget = src.budget_chars if src.budget_chars is not None else int(src.weight * total)
         lengths = pc.utf8_length(table.column("text")).to_numpy(zero_copy_only=False)
         rows = _pick_rows(lengths, budget, rng)
-        picked = table.take(pa.array(rows)).select(["doc_id", "text", "path", "type"])
+        picked = table.take(pa.array(rows, pa.int64()))
         picked = picked.append_column("mix_source", pa.array([src.name] * len(rows), pa.string()))
         parts.append(picked)
         summary[src.name] = {
@@ -76,6 +124,6 @@ def mix_datasets(
         }
     mixed = pa.concat_tables(parts)
     mixed = mixed.take(pa.array(rng.permutation(mixed.num_rows)))  # interleave sources
-    with atomic_open(Path(out_path), "wb") as fh:
+    with atomic_open(out_path, "wb") as fh:
         pq.write_table(mixed, fh, compression="zstd")
     return summary

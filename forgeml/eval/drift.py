@@ -95,7 +95,7 @@ def load_traffic(path: str | Path) -> TrafficLog:
     """Traffic records of a JSONL log, or of every *.jsonl in a folder (in name order).
 
     A line is a plain record `{"prompt", "completion"?, "ts"?}` or an entry of the serving
-    audit log (forgeml.serve.audit): its `request` entries with bodies become records,
+    audit log (forgeml.governance.audit): its `request` entries with bodies become records,
     every other entry is skipped and counted. The hash chain is not checked here
     (`forgeml audit verify` does that)."""
     path = Path(path)

@@ -316,7 +316,7 @@ def queue_trial_jobs(ws: Workspace, name: str, todo: int, notify: Notify | None)
     started this search (the submitter of the job it runs in, or the person at the CLI).
     Stops at the first trial the budget refuses; raises BudgetExceeded if that is the first."""
     from forgeml.control.ops import BudgetExceeded, admit_job, current_submitter
-    from forgeml.serve.audit import AuditLog, audit_log_path
+    from forgeml.governance.audit import AuditLog, audit_log_path
 
     reg = open_registry(ws)
     who, audit = current_submitter(reg), AuditLog(audit_log_path(ws.root))

@@ -1,8 +1,9 @@
 """Model assets in Hugging Face format: `save_model` / `load_model` for every architecture.
 
 A saved folder holds `config.json` (MistralForCausalLM for dense, MixtralForCausalLM for MoE),
-`model.safetensors` with HF parameter names, `forgeml_model.json` (our ModelConfig) and the
-tokenizer files, so `transformers` loads it directly; `load_model` also imports plain HF
+`generation_config.json` (chat turns stop at `<|end|>`), `model.safetensors` with HF parameter
+names, `forgeml_model.json` (our ModelConfig) and the tokenizer files, so `transformers` loads
+and generates with it directly; `load_model` also imports plain HF
 Mistral/Llama/Qwen2/Mixtral checkpoints. Name maps are plain dicts, one set per `cfg.arch`.
 """
 
@@ -19,12 +20,14 @@ import torch
 from safetensors.torch import load_file, save
 from torch import nn
 
-from forgeml.core.config import ModelConfig
+from forgeml.core.config import GenerateConfig, ModelConfig
 from forgeml.core.errors import ConfigError, NotFoundError
 from forgeml.core.io import atomic_write_bytes, atomic_write_text
 from forgeml.models.registry import model_class
+from forgeml.tokenizer.chat import END
 
 FORGEML_CONFIG = "forgeml_model.json"
+GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -242,10 +245,46 @@ def _mistral_config(cfg: ModelConfig, special_ids: dict[str, int | None]) -> dic
         "attention_dropout": 0.0,
         "use_cache": True,
         "dtype": "float32",
+        # Readers before transformers 5 (and vLLM, llama.cpp's converter) look for it here.
+        "rope_theta": cfg.rope_theta,
         "bos_token_id": special_ids.get("bos"),
-        "eos_token_id": special_ids.get("eos"),
+        "eos_token_id": _stop_ids(special_ids),
         "pad_token_id": special_ids.get("pad"),
     }
+
+
+def _stop_ids(special_ids: dict[str, int | None]) -> int | list[int] | None:
+    """The ids that end a generation: `<|end|>` (every chat turn ends with it) and the
+    eos token; a tokenizer without `<|end|>` keeps its single eos id."""
+    ids = [special_ids[role] for role in ("end", "eos") if special_ids.get(role) is not None]
+    return ids if len(ids) > 1 else (ids[0] if ids else None)
+
+
+def generation_config(
+    special_ids: dict[str, int | None], base: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """generation_config.json: stop at the end of a chat turn, sample with forgeml's chat
+    defaults (those of `forgeml generate`). `base` is an imported checkpoint's own file: its
+    settings are kept and our stop ids are added to its eos ids."""
+    defaults = GenerateConfig()
+    out: dict[str, Any] = {
+        "do_sample": defaults.temperature > 0,
+        "temperature": defaults.temperature,
+        "top_k": defaults.top_k,
+        "top_p": defaults.top_p,
+    }
+    out.update(base or {})
+    theirs = out.get("eos_token_id")
+    theirs = [theirs] if isinstance(theirs, int) else list(theirs or [])
+    ours = _stop_ids(special_ids)
+    ours = [ours] if isinstance(ours, int) else list(ours or [])
+    stop = list(dict.fromkeys(ours + theirs))
+    if stop:
+        out["eos_token_id"] = stop if len(stop) > 1 else stop[0]
+    for role in ("bos", "pad"):
+        if special_ids.get(role) is not None:
+            out.setdefault(f"{role}_token_id", special_ids[role])
+    return out
 
 
 def mixtral_compatible(cfg: ModelConfig) -> bool:
@@ -288,7 +327,8 @@ HF_CONFIGS: dict[str, Callable[[ModelConfig, dict[str, int | None]], dict[str, A
 
 
 def _special_token_ids(tokenizer_dir: Path) -> dict[str, int | None]:
-    """bos/eos/pad ids named in tokenizer_config.json, looked up in tokenizer.json."""
+    """bos/eos/pad ids named in tokenizer_config.json, looked up in tokenizer.json, and the
+    id of forgeml's end-of-turn token `<|end|>` when the tokenizer has it."""
     config_path = tokenizer_dir / "tokenizer_config.json"
     vocab_path = tokenizer_dir / "tokenizer.json"
     if not (config_path.is_file() and vocab_path.is_file()):
@@ -304,6 +344,8 @@ def _special_token_ids(tokenizer_dir: Path) -> dict[str, int | None]:
             token = token.get("content")
         if isinstance(token, str):
             out[role] = ids.get(token, vocab.get(token) if isinstance(vocab, dict) else None)
+    if END in ids:  # a forgeml chat tokenizer: every turn ends with it
+        out["end"] = ids[END]
     return out
 
 
@@ -315,11 +357,14 @@ def save_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     special_ids: dict[str, int | None] = {}
+    base_generation: dict[str, Any] | None = None
     if tokenizer_dir is not None:
         tokenizer_dir = Path(tokenizer_dir)
         if not tokenizer_dir.is_dir():
             raise NotFoundError(f"tokenizer folder not found: {tokenizer_dir}")
         special_ids = _special_token_ids(tokenizer_dir)
+        if (tokenizer_dir / GENERATION_CONFIG).is_file():  # an imported checkpoint's own
+            base_generation = json.loads((tokenizer_dir / GENERATION_CONFIG).read_text())
         for name in TOKENIZER_FILES:
             src = tokenizer_dir / name
             if src.is_file():
@@ -328,6 +373,10 @@ def save_model(
         out_dir / "model.safetensors", save(to_hf_state_dict(model), {"format": "pt"})
     )
     atomic_write_text(out_dir / "config.json", json.dumps(hf_config(cfg, special_ids), indent=2))
+    atomic_write_text(
+        out_dir / GENERATION_CONFIG,
+        json.dumps(generation_config(special_ids, base_generation), indent=2),
+    )
     atomic_write_text(out_dir / FORGEML_CONFIG, cfg.model_dump_json(indent=2))
     return out_dir
 

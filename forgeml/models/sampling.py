@@ -30,6 +30,9 @@ def filter_logits(
         probs = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the mass of the tokens ranked above it already reaches top_p.
         drop_sorted = (probs.cumsum(-1) - probs) >= top_p
+        # A top_p below float32's smallest value rounds to 0 in the comparison and would drop
+        # every token; the most likely one always stays.
+        drop_sorted[..., 0] = False
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits

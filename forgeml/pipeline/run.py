@@ -1,4 +1,4 @@
-"""`forgeml pipeline run RECIPE`: ingest → (curate) → tokenizer → pack → pretrain → eval →
+"""`forgeml pipeline run RECIPE`: ingest → (curate) → (mix) → tokenizer → pack → pretrain → eval →
 (SFT → DPO → RL, each measured before/after) → generate.
 
 Each stage is a cached run (see stages.py), so running the same recipe twice repeats
@@ -95,6 +95,12 @@ def run_pipeline(
         )
         out.stages.append(curated)
         documents = curated.output
+    if data.mix is not None:  # re-weight the sources (data/mix.py) before tokenizer and pack
+        from forgeml.pipeline.mix_stage import mix_stage
+
+        mixed = mix_stage(ws, documents, data.mix, force=force, notify=notify)
+        out.stages.append(mixed)
+        documents = mixed.output
     tok = tokenizer_stage(
         ws,
         documents,

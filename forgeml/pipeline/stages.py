@@ -28,6 +28,7 @@ from forgeml.core.config import (
 from forgeml.core.errors import DataError, ForgeError, NotFoundError
 from forgeml.core.io import atomic_write_text, parquet_batches
 from forgeml.core.workspace import Workspace
+from forgeml.governance.labels import stamp_effective_label
 from forgeml.registry import Registry
 
 
@@ -106,6 +107,7 @@ def run_stage(
                 run_id=run.id,
                 parents=out.parents,
             )
+            stamp_effective_label(reg, asset.id)  # the most sensitive label upstream
             ids.append(asset.id)
     except BaseException as exc:
         reg.finish_run(run.id, status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])

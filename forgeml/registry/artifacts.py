@@ -1,7 +1,7 @@
 """Content-addressed artifact store on local disk: `<root>/<kind>/<asset id>/...`.
 
-Files are copied into a temp folder, made read-only, then renamed into place, so an
-asset folder is either absent or complete. The registry records what lives here.
+Files are copied into a temp folder, made read-only (0400 in a private workspace, 0440 in a
+shared one), then renamed into place, so an asset folder is either absent or complete. The registry records what lives here.
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forgeml.core.errors import DataError, NotFoundError
-from forgeml.core.io import fsync_dir, sha256_file
-
-_READ_ONLY_FILE = 0o444
-_READ_ONLY_DIR = 0o555
+from forgeml.core.io import dir_mode, file_mode, fsync_dir, sha256_file
 
 
 @dataclass(frozen=True)
@@ -68,14 +65,15 @@ def tree_digest(src: Path) -> TreeDigest:
 
 def _set_tree_mode(root: Path, writable: bool) -> None:
     # chmod needs ownership, not write access to the parent, so one pass in any order works.
-    file_mode = 0o644 if writable else _READ_ONLY_FILE
-    dir_mode = 0o755 if writable else _READ_ONLY_DIR
-    os.chmod(root, dir_mode)
+    # Modes follow the umask the workspace set: 0400/0500 private, 0440/0550 shared, never
+    # readable by others (a copied file's own mode, e.g. 0644, is not kept).
+    files, dirs = file_mode(read_only=not writable), dir_mode(read_only=not writable)
+    os.chmod(root, dirs)
     for dirpath, dirnames, filenames in os.walk(root):
         for d in dirnames:
-            os.chmod(Path(dirpath) / d, dir_mode)
+            os.chmod(Path(dirpath) / d, dirs)
         for f in filenames:
-            os.chmod(Path(dirpath) / f, file_mode)
+            os.chmod(Path(dirpath) / f, files)
 
 
 def remove_tree(path: Path) -> None:

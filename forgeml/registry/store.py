@@ -523,6 +523,24 @@ class Registry:
         asset = self.get_asset(ref)
         return self.artifacts.verify(asset.kind, asset.id, asset.sha256)
 
+    def update_asset_metadata(
+        self, ref: str, updates: dict[str, Any], *, remove: Iterable[str] = ()
+    ) -> Asset:
+        """Set `updates` and drop the `remove` keys in a live asset's metadata (its labels
+        change; its content, and so its id, never does)."""
+
+        def update(session: Session) -> Asset:
+            row = self._resolve_asset_row(session, ref)
+            self._lock_assets(session, [row.id], share=False)
+            meta = {**(row.meta or {}), **updates}
+            for key in remove:
+                meta.pop(key, None)
+            row.meta = meta
+            session.flush()
+            return self._to_asset(row)
+
+        return self._write_retrying(update)
+
     # -- deletion -----------------------------------------------------------------------
 
     def _deletion_blockers(self, session: Session, row: AssetRow) -> list[str]:

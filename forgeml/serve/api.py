@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import secrets
 import time
 import uuid
-from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -29,12 +27,28 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from forgeml.core.errors import ConfigError, DataError
+from forgeml.governance.audit import AuditLog
+from forgeml.governance.labels import effective_label, most_sensitive
 from forgeml.registry.store import Asset, Registry
-from forgeml.serve.audit import AuditLog
 from forgeml.serve.engine import Engine, EngineBusy, SamplingParams, StreamEvent
 from forgeml.serve.keys import KeyStore, Principal
 from forgeml.serve.metrics import CONTENT_TYPE, ServeMetrics
+from forgeml.serve.output import OutputFilter, governed_messages, parse_tool_calls
 from forgeml.serve.policy import EffectiveRules, Policy, PolicyDecision, PolicyViolation
+from forgeml.serve.requests import (
+    MAX_MESSAGES,
+    MAX_PROMPT_ITEMS,
+    ApiError,
+    RateLimiter,
+    RequestGuard,
+    RequestLimits,
+    check_chat_messages,
+    check_prompt_chars,
+    context_char_bound,
+    derived_max_body_bytes,
+    error_body,
+    mark_recorded,
+)
 from forgeml.serve.upstream import Upstream, UpstreamError, upstream_stream_events
 from forgeml.tokenizer.chat import render_chat
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
@@ -42,10 +56,14 @@ from forgeml.tokenizer.train import load_tokenizer, special_token_ids
 # Default completion budgets when a request gives none (OpenAI: 16 for completions).
 DEFAULT_COMPLETION_TOKENS = 16
 DEFAULT_CHAT_TOKENS = 256
-# Characters of filtered output held back while streaming, so a redaction pattern that is still
-# being generated is never sent half-way.
-OUTPUT_HOLDBACK = 64
-TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+# The audit log's `endpoint` of each route (any other path is recorded by its path).
+ROUTE_ENDPOINTS = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/models": "models",
+    "/metrics": "metrics",
+    "/openapi.json": "openapi",
+}
 
 
 # -- models served ------------------------------------------------------------------------
@@ -113,18 +131,20 @@ def load_served_models(
     """Load model assets by alias, id or name; each is served under the ref it was asked by.
 
     An adapter asset (LoRA, PEFT layout) is merged into the base model its metadata names at
-    load time, so it is served at the base model's speed; its label falls back to the base's.
+    load time, so it is served at the base model's speed. A model's label is its effective
+    label (the most sensitive upstream of it; an adapter's includes its base's).
     """
     from forgeml.models.hf_io import load_model
 
     served = {}
     for ref in refs:
         asset = registry.get_asset(ref)
-        label = asset.metadata.get("classification")
+        label = effective_label(registry, asset)  # inherited from its data, by lineage
         if asset.kind == "adapter":
             base = _adapter_base(registry, asset)
             model = _merged_adapter(load_model(base.path, device=device), asset.path)
-            tokenizer_dir, label = base.path, label or base.metadata.get("classification")
+            tokenizer_dir = base.path
+            label = most_sensitive([label, effective_label(registry, base)])
         elif asset.kind == "model":
             model, tokenizer_dir = load_model(asset.path, device=device), asset.path
         else:
@@ -151,6 +171,18 @@ def load_served_models(
             label=label,
         )
     return served
+
+
+def served_under_alias(models: dict[str, ServedModel], alias: str) -> dict[str, ServedModel]:
+    """The one model in `models` served as `alias` (`forgeml serve MODEL --alias NAME`):
+    listed and answered under the alias, and still called by its ref, id and name."""
+    if len(models) != 1:
+        raise ConfigError(
+            f"--alias {alias} names one served model, but {len(models)} are served",
+            hint="serve one model with --alias, or leave --alias out",
+        )
+    (model,) = models.values()
+    return {alias: replace(model, name=alias, names=model.names | {alias})}
 
 
 def _adapter_base(registry: Registry, adapter: Asset) -> Asset:
@@ -208,202 +240,25 @@ class _Sampling(_Body):
 
 
 class ChatRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
+    # Capped here, so a body of 100k messages is refused before they are all validated.
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] = ""
-
-
-# -- errors and limits --------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    """An OpenAI-style error response."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        kind: str = "invalid_request_error",
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-        decisions: list[PolicyDecision] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.code = status, message, kind, code
-        self.headers = headers or {}
-        self.decisions = decisions or []
-
-
-def _error_body(message: str, kind: str, code: str | None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-class RateLimiter:
-    """Per-key requests and tokens in the last 60 s (a sliding window, in memory)."""
-
-    WINDOW = 60.0
-
-    def __init__(self) -> None:
-        self._requests: dict[str, deque[float]] = defaultdict(deque)
-        self._tokens: dict[str, deque[tuple[float, int]]] = defaultdict(deque)
-
-    def _trim(self, key: str, now: float) -> None:
-        reqs, toks = self._requests[key], self._tokens[key]
-        while reqs and reqs[0] <= now - self.WINDOW:
-            reqs.popleft()
-        while toks and toks[0][0] <= now - self.WINDOW:
-            toks.popleft()
-
-    def admit(self, principal: Principal) -> None:
-        """Count one request, or raise a 429 saying when to retry."""
-        now = time.monotonic()
-        key = principal.key_id
-        self._trim(key, now)
-        reqs, toks = self._requests[key], self._tokens[key]
-        rpm, tpm = principal.requests_per_minute, principal.tokens_per_minute
-        if rpm is not None and len(reqs) >= rpm:
-            self._refuse(reqs[0] + self.WINDOW - now, "requests per minute")
-        if tpm is not None and sum(n for _, n in toks) >= tpm:
-            self._refuse(toks[0][0] + self.WINDOW - now, "tokens per minute")
-        reqs.append(now)
-
-    def add_tokens(self, principal: Principal, n: int) -> None:
-        self._tokens[principal.key_id].append((time.monotonic(), n))
-
-    @staticmethod
-    def _refuse(wait: float, what: str) -> None:
-        raise ApiError(
-            429,
-            f"rate limit reached ({what}) for this key",
-            "rate_limit_error",
-            "rate_limit_exceeded",
-            headers={"Retry-After": str(max(1, int(wait + 0.999)))},
-        )
-
-
-# -- output handling ----------------------------------------------------------------------
-
-
-def parse_tool_calls(text: str) -> tuple[str | None, list[dict[str, Any]], list[dict[str, str]]]:
-    """Split `<tool_call>{json}</tool_call>` blocks out of model output.
-
-    Returns (content left, OpenAI `tool_calls`, errors); a block that is not a JSON object with
-    a string `name` stays in the content and is reported in errors.
-    """
-    calls, errors = [], []
-
-    def take(match: re.Match) -> str:
-        raw = match.group(1).strip()
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            errors.append({"text": raw, "error": f"invalid JSON: {exc.msg}"})
-            return match.group(0)
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-            errors.append({"text": raw, "error": "a tool call needs a string 'name'"})
-            return match.group(0)
-        args = obj.get("arguments", {})
-        calls.append(
-            {
-                "id": f"call_{secrets.token_hex(12)}",
-                "type": "function",
-                "function": {
-                    "name": obj["name"],
-                    "arguments": args if isinstance(args, str) else json.dumps(args),
-                },
-            }
-        )
-        return ""
-
-    content = TOOL_CALL_RE.sub(take, text).strip()
-    return (content or None) if calls else text, calls, errors
-
-
-def governed_messages(
-    policy: Policy, rules: EffectiveRules, messages: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], str, list[PolicyDecision]]:
-    """Chat messages with the input rules applied to every text in them (upstream mode, where
-    the gateway never renders a prompt), their joined text, and the decisions that fired.
-
-    `max_prompt_chars` counts all texts together; redactions are summed per rule.
-    """
-
-    def texts_of(content: Any) -> list[str]:
-        if isinstance(content, str):
-            return [content]
-        if isinstance(content, list):
-            return [p["text"] for p in content if isinstance(p, dict) and _is_text(p)]
-        return []
-
-    joined = "\n".join(t for m in messages for t in texts_of(m.get("content")))
-    if rules.max_prompt_chars is not None and len(joined) > rules.max_prompt_chars:
-        raise PolicyViolation(
-            PolicyDecision("input.max_prompt_chars", "blocked"),
-            f"the prompt is longer than the {rules.max_prompt_chars} characters allowed",
-        )
-    per_text = replace(rules, max_prompt_chars=None)
-    counts: dict[tuple[str, str], int] = {}
-
-    def govern(text: str) -> str:
-        text, fired = policy.apply_input(per_text, text)
-        for d in fired:
-            counts[d.rule, d.action] = counts.get((d.rule, d.action), 0) + d.count
-        return text
-
-    governed = []
-    for message in messages:
-        message = dict(message)
-        content = message.get("content")
-        if isinstance(content, str):
-            message["content"] = govern(content)
-        elif isinstance(content, list):
-            message["content"] = [
-                {**p, "text": govern(p["text"])} if isinstance(p, dict) and _is_text(p) else p
-                for p in content
-            ]
-        governed.append(message)
-    return governed, joined, [PolicyDecision(r, a, n) for (r, a), n in counts.items()]
+    # Lists capped, so a body of millions of items is refused before they are all validated.
+    prompt: (
+        str
+        | Annotated[list[str], Field(max_length=MAX_PROMPT_ITEMS)]
+        | Annotated[list[int], Field(max_length=MAX_PROMPT_ITEMS)]
+    ) = ""
 
 
 def _count(value: Any) -> int:
     """A token count reported by an upstream, 0 if it sent none or nonsense."""
     return value if isinstance(value, int) and value >= 0 else 0
-
-
-def _is_text(part: dict[str, Any]) -> bool:
-    return isinstance(part.get("text"), str)
-
-
-class OutputFilter:
-    """Applies output rules to streamed text: holds back a tail so redactions land whole."""
-
-    def __init__(self, policy: Policy, rules: EffectiveRules | None) -> None:
-        self.policy, self.rules = policy, rules
-        self.raw, self.sent = "", 0
-        self.decisions: list[PolicyDecision] = []
-        self.blocked = False
-
-    def feed(self, delta: str, final: bool = False) -> str:
-        self.raw += delta
-        if self.rules is None:
-            return delta
-        text, decisions, blocked = self.policy.apply_output(self.rules, self.raw)
-        if blocked or final:
-            self.blocked, self.decisions = blocked, decisions
-            out = text[self.sent :]
-            self.sent = len(text)
-            return out
-        safe = len(text) - OUTPUT_HOLDBACK
-        if safe <= self.sent:
-            return ""
-        out = text[self.sent : safe]
-        self.sent = safe
-        return out
 
 
 # -- the app ------------------------------------------------------------------------------
@@ -436,10 +291,21 @@ def create_app(
     audit: AuditLog | None = None,
     log_bodies: bool = False,
     max_default_tokens: int = DEFAULT_CHAT_TOKENS,
+    limits: RequestLimits | None = None,
 ) -> FastAPI:
     """The API over loaded `models`. `keys=None` turns authentication off (local development
-    only): every request then acts as an `anonymous` admin."""
+    only): every request then acts as an `anonymous` admin. `limits` caps what one request may
+    send (default: derived from the models' contexts, see `RequestLimits`).
+
+    There is no /docs page (Swagger UI loads from a CDN); the schema is at /openapi.json, for
+    keys with the `models` scope."""
     policy = policy or Policy()
+    limits = limits or RequestLimits()
+    char_bounds = {
+        m.name: context_char_bound(m.tokenizer, m.engine.max_len)
+        for m in models.values()
+        if m.engine is not None
+    }
     limiter = RateLimiter()
     metrics = ServeMetrics()
 
@@ -450,7 +316,14 @@ def create_app(
             if m.upstream is not None:
                 await m.upstream.aclose()
 
-    app = FastAPI(title="forgeml serve", version="1", lifespan=lifespan)
+    app = FastAPI(
+        title="forgeml serve",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.metrics = metrics
     metrics.gauge(
         "forgeml_engine_requests",
@@ -470,12 +343,52 @@ def create_app(
     def client_of(request: Request) -> str:
         return request.client.host if request.client else "-"
 
+    def record_unrecorded(scope: dict[str, Any], status: int) -> None:
+        """The audit entry of a response no route recorded (see `RequestGuard`)."""
+        path = scope.get("path", "")
+        if path == "/healthz" and status == 200:
+            return  # liveness probes are not requests for anything
+        principal = scope["state"].get("principal")
+        endpoint = ROUTE_ENDPOINTS.get(path)
+        client = scope.get("client")
+        # Its own event: "request" entries are the generation requests, with their model.
+        audit_event(
+            "http_request",
+            principal=principal.name if principal else None,
+            key_id=principal.key_id if principal else None,
+            endpoint=endpoint or path,
+            method=scope.get("method"),
+            client=client[0] if client else "-",
+            status=status,
+        )
+        metrics.inc(
+            "forgeml_requests_total", endpoint=endpoint or "other", model="-", status=str(status)
+        )
+
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=limits.max_body_bytes or derived_max_body_bytes(list(char_bounds.values())),
+        record_unrecorded=record_unrecorded,
+    )
+
     # -- errors ------------------------------------------------------------------------
+
+    @app.exception_handler(Exception)
+    async def _crash(_request: Request, _exc: Exception) -> JSONResponse:
+        # Recorded as a 500 by `RequestGuard`; the traceback goes to the server's log.
+        return JSONResponse(
+            error_body(
+                "internal error while handling the request; it is recorded in the audit log",
+                "server_error",
+                "internal_error",
+            ),
+            500,
+        )
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse(
-            _error_body(exc.message, exc.kind, exc.code), exc.status, headers=exc.headers
+            error_body(exc.message, exc.kind, exc.code), exc.status, headers=exc.headers
         )
 
     @app.exception_handler(RequestValidationError)
@@ -483,12 +396,12 @@ def create_app(
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         message = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        return JSONResponse(_error_body(message, "invalid_request_error", None), 400)
+        return JSONResponse(error_body(message, "invalid_request_error", None), 400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
-            _error_body(str(exc.detail), "invalid_request_error", None), exc.status_code
+            error_body(str(exc.detail), "invalid_request_error", None), exc.status_code
         )
 
     # -- auth --------------------------------------------------------------------------
@@ -496,12 +409,15 @@ def create_app(
     def require(endpoint: str) -> Callable[[Request], Principal]:
         def authenticate(request: Request) -> Principal:
             if keys is None:
-                return Principal("anonymous", "-", roles=("admin",), clearance="restricted")
+                principal = Principal("anonymous", "-", roles=("admin",), clearance="restricted")
+                request.state.principal = principal
+                return principal
             header = request.headers.get("authorization", "")
             scheme, _, token = header.partition(" ")
             principal = keys.authenticate(token.strip()) if scheme.lower() == "bearer" else None
             if principal is None:
                 # One answer for a missing, malformed, unknown, wrong or revoked key.
+                mark_recorded(request.scope)
                 audit_event("auth_denied", endpoint=endpoint, client=client_of(request), status=401)
                 metrics.inc("forgeml_requests_total", endpoint=endpoint, model="-", status="401")
                 raise ApiError(
@@ -511,6 +427,7 @@ def create_app(
                     "invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+            request.state.principal = principal
             if not principal.may_call(endpoint):
                 deny(principal, endpoint, None, "endpoint_scope", request)
             return principal
@@ -525,6 +442,7 @@ def create_app(
         request: Request,
         message: str = "this key is not permitted to do that",
     ) -> None:
+        mark_recorded(request.scope)
         audit_event(
             "request",
             principal=principal.name,
@@ -566,24 +484,46 @@ def create_app(
             raise
         return served, rules, decisions
 
-    def prepare(
+    def govern_and_tokenize(
+        served: ServedModel, rules: EffectiveRules, text: str
+    ) -> tuple[str, list[int], list[PolicyDecision]]:
+        text, fired = policy.apply_input(rules, text)
+        return text, served.tokenizer.encode(text).ids, fired
+
+    async def prepare(
         principal: Principal,
         endpoint: str,
         body: _Sampling,
-        text: str | None,
+        text: str | Callable[[ServedModel], str] | None,
         ids: list[int] | None,
         request: Request,
         max_tokens: int | None,
         default_tokens: int,
         stop_ids: Callable[[ServedModel], frozenset[int]],
     ) -> _Call:
+        """Resolve, check and tokenize one local request. `text` is the prompt, or renders it
+        for the resolved model (chat); its length is checked against the model's context
+        before tokenizing, which runs off the event loop so no other request waits on it."""
         started = time.perf_counter()
         served, rules, decisions = resolve(principal, endpoint, body, request)
         try:
+            context = served.engine.max_len
+            if callable(text):
+                text = text(served)
             if text is not None:
-                text, fired = policy.apply_input(rules, text)
+                check_prompt_chars(
+                    len(text),
+                    context_bound=char_bounds[served.name],
+                    limit=limits.max_prompt_chars,
+                    context=context,
+                )
+                text, ids, fired = await anyio.to_thread.run_sync(
+                    govern_and_tokenize, served, rules, text
+                )
                 decisions += fired
-                ids = served.tokenizer.encode(text).ids
+            elif any(not 0 <= t < served.tokenizer.get_vocab_size() for t in ids or []):
+                vocab = served.tokenizer.get_vocab_size()
+                raise ApiError(400, f"prompt: token ids must be in [0, {vocab})")
             stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
             budget = max_tokens or default_tokens
             if rules.max_tokens is not None:
@@ -610,6 +550,10 @@ def create_app(
         except PolicyViolation as exc:
             decisions.append(exc.decision)
             err = ApiError(400, str(exc), code="policy_violation")
+            record(None, principal, endpoint, served, 400, request, decisions, exc=err)
+            raise err from None
+        except DataError as exc:  # a chat the template cannot render
+            err = ApiError(400, exc.message)
             record(None, principal, endpoint, served, 400, request, decisions, exc=err)
             raise err from None
         except ApiError as exc:
@@ -736,6 +680,7 @@ def create_app(
         metrics.inc(
             "forgeml_requests_total", endpoint=endpoint, model=served.name, status=str(status)
         )
+        mark_recorded(request.scope)
         audit_event("request", **fields)
 
     def submit(call: _Call, request: Request):
@@ -935,7 +880,7 @@ def create_app(
                         if event.error:
                             status, finish = 500, "error"
                             yield sse(
-                                _error_body("generation failed", "server_error", "engine_error")
+                                error_body("generation failed", "server_error", "engine_error")
                             )
                             break
                         piece = out.feed(event.text, final=event.finish_reason is not None)
@@ -951,7 +896,7 @@ def create_app(
                             break
                 except UpstreamError as exc:
                     status, finish = exc.status, "error"
-                    yield sse(_error_body(exc.message, "api_error", exc.code))
+                    yield sse(error_body(exc.message, "api_error", exc.code))
                 if finish is not None and status == 200:
                     yield sse(chunk(None, finish))
                     if call.include_usage and usage:
@@ -973,6 +918,10 @@ def create_app(
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_schema(_p: Principal = Depends(require("models"))) -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/metrics")
     async def metrics_text(_p: Principal = Depends(require("metrics"))) -> PlainTextResponse:
@@ -998,15 +947,21 @@ def create_app(
         else:
             tools = body.tools if body.tool_choice != "none" else None
             messages = [m.model_dump(exclude_none=True) for m in body.messages]
-            try:
-                prompt = render_chat(messages, add_generation_prompt=True, tools=tools)
-            except DataError as exc:
-                raise ApiError(400, exc.message) from None
-            call = prepare(
+
+            def render(served: ServedModel) -> str:
+                check_chat_messages(
+                    messages,
+                    served.name,
+                    max_messages=limits.max_messages,
+                    context=served.engine.max_len,
+                )
+                return render_chat(messages, add_generation_prompt=True, tools=tools)
+
+            call = await prepare(
                 principal,
                 "chat",
                 body,
-                prompt,
+                render,
                 None,
                 request,
                 body.max_completion_tokens or body.max_tokens,
@@ -1120,7 +1075,7 @@ def create_app(
                 ids = list(prompt)
             else:
                 text = prompt
-            call = prepare(
+            call = await prepare(
                 principal,
                 "completions",
                 body,
@@ -1131,10 +1086,6 @@ def create_app(
                 DEFAULT_COMPLETION_TOKENS,
                 lambda m: frozenset({m.special_ids["eos"]}),
             )
-            if ids is not None:
-                vocab = call.model.tokenizer.get_vocab_size()
-                if any(not 0 <= t < vocab for t in ids):
-                    raise ApiError(400, f"prompt: token ids must be in [0, {vocab})")
         rid, created = f"cmpl-{call.request_id}", int(time.time())
         base = {
             "id": rid,
@@ -1201,18 +1152,21 @@ def serve(
     upstream: str | None = None,
     upstream_key_env: str | None = None,
     upstream_timeout: float = 120.0,
+    alias: str | None = None,
+    limits: RequestLimits | None = None,
 ) -> None:
     """Run the server until interrupted (the `forgeml serve` command).
 
     Binds 127.0.0.1 unless `host` says otherwise; give `ssl_certfile`/`ssl_keyfile` for TLS.
     With `upstream` (an OpenAI base URL, e.g. a vLLM server) nothing is loaded: the upstream's
     models (or those in `refs`) are served through the same keys, policies, limits and audit;
-    its key is read from the environment variable named `upstream_key_env`.
+    its key is read from the environment variable named `upstream_key_env`. `alias` serves the
+    one model under that name too (`served_under_alias`).
     """
     import uvicorn
 
     from forgeml.core.workspace import open_workspace
-    from forgeml.serve.audit import audit_log_path
+    from forgeml.governance.audit import audit_log_path
     from forgeml.serve.policy import load_policy
     from forgeml.serve.upstream import upstream_base_url, upstream_key_from_env
 
@@ -1228,9 +1182,13 @@ def serve(
         models = load_served_models(
             registry, refs or ["champion"], max_batch=max_batch, max_queue=max_queue, device=device
         )
+    if alias is not None and alias not in models:
+        models = served_under_alias(models, alias)
     audit = AuditLog(audit_log_path(ws.root))
     keys = None if no_auth else KeyStore(registry.engine)
-    app = create_app(models, keys=keys, policy=policy, audit=audit, log_bodies=log_bodies)
+    app = create_app(
+        models, keys=keys, policy=policy, audit=audit, log_bodies=log_bodies, limits=limits
+    )
     audit.append(
         "server_started",
         models={m.name: m.asset_id for m in models.values()},

@@ -230,8 +230,8 @@ class KeyStore:
 
 def _open(workspace_root: str | Path | None):
     from forgeml.core.workspace import open_workspace
+    from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.registry.store import Registry
-    from forgeml.serve.audit import AuditLog, audit_log_path
 
     ws = open_workspace(workspace_root)
     return Registry(ws.registry_url, ws.artifacts_dir), AuditLog(audit_log_path(ws.root))

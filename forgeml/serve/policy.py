@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from forgeml.core.errors import ConfigError
+from forgeml.governance.labels import LEVELS, most_sensitive
 
 # Built-in detectors for redaction. Deliberately simple and conservative: each is one regex
 # that a policy names; organisations add their own through `patterns`.
@@ -30,7 +31,7 @@ BUILTIN_PATTERNS: dict[str, str] = {
         r"\s*[:=]\s*\S+)"
     ),
 }
-DEFAULT_LEVELS = ("public", "internal", "confidential", "restricted")
+DEFAULT_LEVELS = LEVELS
 
 
 class _Strict(BaseModel):
@@ -170,12 +171,12 @@ class Policy:
     # -- classification -----------------------------------------------------------------
 
     def model_label(self, model_names: list[str], metadata_label: str | None) -> str:
-        """A model's label: the policy's, else the asset's metadata, else the lowest level."""
-        for n in model_names:
-            section = self.config.models.get(n)
-            if section is not None and section.classification:
-                return section.classification
-        return metadata_label or self.config.levels[0]
+        """A model's label: the more sensitive of the policy's and the asset's own (its
+        effective label, inherited from its training data: a policy can raise it, never
+        lower it), else the lowest level."""
+        sections = [self.config.models.get(n) for n in model_names]
+        policy = next((s.classification for s in sections if s and s.classification), None)
+        return most_sensitive([policy, metadata_label], self.config.levels) or self.config.levels[0]
 
     def check_clearance(
         self, principal: str, key_clearance: str | None, label: str

@@ -136,8 +136,13 @@ def _tools_block(tools: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + TOOLS_END
 
 
-def _tool_call_line(call: Mapping[str, Any]) -> str:
-    fn = call.get("function", call)
+def _tool_call_line(call: Any, where: str) -> str:
+    fn = call.get("function", call) if isinstance(call, Mapping) else None
+    if not isinstance(fn, Mapping) or not isinstance(fn.get("name"), str) or not fn["name"]:
+        raise DataError(
+            f"{where}: a tool call needs a function name",
+            'give {"type": "function", "function": {"name": ..., "arguments": ...}}',
+        )
     args = fn.get("arguments", {})
     # OpenAI sends `arguments` as a JSON string; it is emitted verbatim, a mapping is serialised.
     args_json = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
@@ -177,7 +182,10 @@ def render_chat(
             body = text
         elif role == "assistant":
             lines = [text] if text else []
-            lines += [_tool_call_line(call) for call in message.get("tool_calls") or []]
+            lines += [
+                _tool_call_line(call, f"messages[{i}].tool_calls[{j}]")
+                for j, call in enumerate(message.get("tool_calls") or [])
+            ]
             body = "\n".join(lines)
         else:
             raise DataError(
