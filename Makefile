@@ -20,9 +20,9 @@ $(STAMP): pyproject.toml
 # The demo domain's corpus and its chat, preference and RL data (build/acme-*), shared by both.
 acme-data: $(STAMP)
 	$(BIN)/python examples/acme/generate.py --out build/acme-corpus --seed 0
-	$(BIN)/forgeml demo acme-sft --out build/acme-sft --seed 0
-	$(BIN)/forgeml demo acme-prefs --out build/acme-prefs.jsonl --snippets --seed 0
-	$(BIN)/forgeml demo acme-rl --out build/acme-rl --snippets
+	$(BIN)/python examples/acme/make_data.py sft --out build/acme-sft --seed 0
+	$(BIN)/python examples/acme/make_data.py prefs --out build/acme-prefs.jsonl --snippets --seed 0
+	$(BIN)/python examples/acme/make_data.py rl --out build/acme-rl --snippets
 
 # Every stage, cut to finish within 10 minutes on 2 cores (install excluded).
 quickstart: acme-data

@@ -2,7 +2,7 @@
 
 The model is the PEERS.md tiny Mistral (vocab 8192, hidden 256, intermediate 768, 6 layers,
 8 heads, 4 KV heads), built once from a config and saved; both trainers start from that
-folder. The pairs are ACME translation preferences (forgeml.demo.acme_prefs) rendered through
+folder. The pairs are ACME translation preferences (examples/acme/acme_prefs.py) rendered through
 forgeml's chat template; TRL gets the same rendered prompt/chosen/rejected strings. Both use
 the sigmoid loss, beta 0.1, AdamW at a constant lr, the same batch of pairs, the same dtype,
 no gradient checkpointing, and reference log-probs precomputed before training (TRL:
@@ -23,6 +23,7 @@ import json
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,12 +31,14 @@ from pathlib import Path
 import torch
 import transformers
 
-from forgeml.core.config import validate_recipe
-from forgeml.demo.acme import build_corpus
-from forgeml.demo.acme_prefs import write_translation_preferences
-from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
-from forgeml.train.dpo import train_dpo
-from forgeml.train.preference_data import completion_text, load_preference_pairs, prompt_text
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "acme"))
+from acme import build_corpus  # noqa: E402
+from acme_prefs import write_translation_preferences  # noqa: E402
+
+from forgeml.core.config import validate_recipe  # noqa: E402
+from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer  # noqa: E402
+from forgeml.train.dpo import train_dpo  # noqa: E402
+from forgeml.train.preference_data import completion_text, load_preference_pairs, prompt_text  # noqa: E402
 
 BENCH_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 MAX_LENGTH = 512

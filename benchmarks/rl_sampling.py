@@ -1,7 +1,7 @@
 """GRPO's sampling: one step's groups decoded as one kv-cache batch vs one group at a time.
 
 A GRPO step samples `--group` completions for each of `--prompts` prompts. Both contenders
-use forgeml.train.rl on the same model and prompts, in one process, round-robin:
+use forgeml.models.sampling on the same model and prompts, in one process, round-robin:
 - `together`: `sample_groups` on all prompts (what `train_rl` does): every prompt prefilled
   once, then all rows step together, each at its own position;
 - `per group`: `sample_group` on one prompt after another (what `train_rl` did before), each
@@ -24,7 +24,7 @@ import torch
 
 from forgeml.core.config import ModelConfig
 from forgeml.models.dense import Transformer
-from forgeml.train.rl import sample_group, sample_groups
+from forgeml.models.sampling import sample_group, sample_groups
 
 CFG = ModelConfig(
     dim=192, n_layers=4, n_heads=6, n_kv_heads=2, ffn_hidden=512, vocab_size=4096,

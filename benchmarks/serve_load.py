@@ -30,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_throughput import CFG, make_prompts, stdlib_texts  # noqa: E402
 
 from forgeml.governance.audit import AuditLog, verify_audit_log  # noqa: E402
+from forgeml.governance.keys import KeyStore  # noqa: E402
+from forgeml.governance.policy import Policy, PolicyConfig  # noqa: E402
 from forgeml.models.dense import Transformer  # noqa: E402
 from forgeml.models.hf_io import save_model  # noqa: E402
 from forgeml.registry.store import Registry  # noqa: E402
-from forgeml.serve.api import create_app, load_served_models  # noqa: E402
-from forgeml.serve.keys import KeyStore  # noqa: E402
-from forgeml.serve.policy import Policy, PolicyConfig  # noqa: E402
+from forgeml.serve.api import create_app  # noqa: E402
+from forgeml.serve.loading import load_served_models  # noqa: E402
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer  # noqa: E402
 
 POLICY = {"default": {"input": {"redact": ["email"]}, "output": {"redact": ["email", "secret"]}}}

@@ -24,6 +24,7 @@ import json
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,12 +32,15 @@ from pathlib import Path
 import torch
 import transformers
 
-from forgeml.core.config import SFTConfig
-from forgeml.demo.acme import build_corpus, build_sft_records
-from forgeml.tokenizer.chat import render_chat
-from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
-from forgeml.train.chat_data import tokenize_conversation
-from forgeml.train.sft import sft
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "acme"))
+from acme import build_corpus  # noqa: E402
+from acme_sft import build_sft_records  # noqa: E402
+
+from forgeml.core.config import SFTConfig  # noqa: E402
+from forgeml.tokenizer.chat import render_chat  # noqa: E402
+from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer  # noqa: E402
+from forgeml.train.chat_data import tokenize_conversation  # noqa: E402
+from forgeml.train.sft import sft  # noqa: E402
 
 BENCH_MD = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
 SEQ = 768

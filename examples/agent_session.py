@@ -25,11 +25,13 @@ from typing import Any
 import mcp
 import yaml
 
-from forgeml.control.budgets import set_budget
-from forgeml.core.workspace import init_workspace
-from forgeml.demo import generate_corpus
-from forgeml.pipeline.stages import open_registry
-from forgeml.serve.keys import create_api_key
+sys.path.insert(0, str(Path(__file__).resolve().parent / "acme"))  # the ACME demo domain
+from acme import generate_corpus  # noqa: E402
+
+from forgeml.control.budgets import set_budget  # noqa: E402
+from forgeml.core.workspace import init_workspace  # noqa: E402
+from forgeml.governance.keys import create_api_key  # noqa: E402
+from forgeml.registry import open_registry  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT = "agent-1"

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# The ACME demo domain lives in examples/acme/, outside the package; its modules import each
+# other by name (as when its scripts run), so the tests put that folder on the path too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "acme"))
 
 
 @pytest.fixture

@@ -8,21 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from acme import corpus_digest, generate_corpus
+from acme_cl import check_translation, run_acme, run_python_cases, score_translation
+from acme_cl_syntax import AcmeLimitError, AcmeRuntimeError, AcmeSyntaxError, parse_acme
+from acme_common import GAP
 
 from forgeml.core.errors import DataError
-from forgeml.demo import (
-    AcmeLimitError,
-    AcmeRuntimeError,
-    AcmeSyntaxError,
-    check_translation,
-    corpus_digest,
-    generate_corpus,
-    parse_acme,
-    run_acme,
-    run_python_cases,
-    score_translation,
-)
-from forgeml.demo.acme import GAP
 
 # ---------------------------------------------------------------------------------------
 # Interpreter

@@ -18,7 +18,7 @@ def test_agent_session_example_ends_with_its_model_promoted(tmp_path) -> None:
     from forgeml.control.approvals import list_approvals
     from forgeml.core.workspace import open_workspace
     from forgeml.governance.audit import audit_log_path, verify_audit_log
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     ws_root = tmp_path / "ws"
     r = subprocess.run(

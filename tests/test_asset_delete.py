@@ -121,7 +121,7 @@ def test_rollback_to_a_deleted_target_is_refused(reg, tmp_path) -> None:
 
 def test_cli_assets_delete(workspace, tmp_path) -> None:
     from forgeml.governance.audit import audit_log_path, verify_audit_log
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     reg = open_registry(workspace)
     data = reg.add_asset("dataset", "docs", _folder(tmp_path / "d", "hello"))

@@ -16,7 +16,7 @@ from forgeml.control import jobs as jobs_mod
 from forgeml.control.budgets import clearance_allows, record_plan, set_budget, usage
 from forgeml.control.plan import STAGE_OVERHEAD_S, plan_job
 from forgeml.core.errors import ForgeError
-from forgeml.pipeline.stages import open_registry
+from forgeml.registry import open_registry
 
 TINY = {
     "tokenizer": {"vocab_size": 400},
@@ -132,7 +132,7 @@ def test_usage_charges_estimates_then_measured_hours(workspace) -> None:
 def test_cli_budgets_plan_and_human_approval(workspace, recipe, tmp_path) -> None:
     from forgeml.control.ops import ControlPlane
     from forgeml.governance.audit import audit_log_path, verify_audit_log
-    from forgeml.serve.keys import Principal, create_api_key
+    from forgeml.governance.keys import Principal, create_api_key
 
     runner = CliRunner()
     w = ["-w", str(workspace.root)]
@@ -188,7 +188,7 @@ def test_an_agent_is_refused_a_recipe_that_reads_a_classified_dataset(
 ) -> None:
     """Clearance covers what the recipe reads, not only dataset ids on the command line."""
     from forgeml.control.ops import BudgetExceeded, ControlPlane
-    from forgeml.serve.keys import Principal
+    from forgeml.governance.keys import Principal
 
     control = ControlPlane(workspace)
     reg = control.reg
@@ -272,7 +272,7 @@ def test_cli_jobs_submit_prints_stores_and_charges_the_plan(workspace) -> None:
 def test_approvers_must_be_human_principals_with_the_approver_role(workspace, tmp_path) -> None:
     from forgeml.control import approvals
     from forgeml.governance.audit import AuditLog, audit_log_path
-    from forgeml.serve.keys import create_api_key, revoke_api_key
+    from forgeml.governance.keys import create_api_key, revoke_api_key
 
     reg = open_registry(workspace)
     audit = AuditLog(audit_log_path(workspace.root))

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from forgeml.cli import app
 from forgeml.core.errors import ForgeError
 from forgeml.governance.audit import audit_log_path
-from forgeml.serve.keys import Principal, create_api_key, revoke_api_key
+from forgeml.governance.keys import Principal, create_api_key, revoke_api_key
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from forgeml.control.api import create_control_app
 from forgeml.control.budgets import set_budget
 from forgeml.control.ops import ControlPlane
 from forgeml.governance.audit import audit_log_path, verify_audit_log
-from forgeml.pipeline.stages import open_registry
-from forgeml.serve.keys import create_api_key, revoke_api_key
+from forgeml.governance.keys import create_api_key, revoke_api_key
+from forgeml.registry import open_registry
 
 
 def _folder(path: Path, files: dict[str, str]) -> Path:

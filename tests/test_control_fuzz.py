@@ -17,7 +17,7 @@ from forgeml.control.api import create_control_app  # noqa: E402
 from forgeml.control.budgets import set_budget  # noqa: E402
 from forgeml.control.ops import ControlPlane  # noqa: E402
 from forgeml.governance.audit import audit_log_path, verify_audit_log  # noqa: E402
-from forgeml.serve.keys import create_api_key  # noqa: E402
+from forgeml.governance.keys import create_api_key  # noqa: E402
 
 CASES = 300
 

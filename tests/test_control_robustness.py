@@ -25,7 +25,7 @@ from forgeml.control.limits import MAX_ARG_CHARS, MAX_BODY_BYTES, MAX_JOB_ARGS
 from forgeml.control.ops import ControlPlane
 from forgeml.control.roots import set_data_roots
 from forgeml.governance.audit import audit_log_path
-from forgeml.serve.keys import create_api_key
+from forgeml.governance.keys import create_api_key
 
 REPO = Path(__file__).resolve().parents[1]
 

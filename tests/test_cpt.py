@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from acme import build_corpus
 
 from forgeml.core.config import (
     ContinueConfig,
@@ -22,9 +23,8 @@ from forgeml.core.config import (
     TrainConfig,
 )
 from forgeml.core.errors import ConfigError, ForgeError
-from forgeml.demo.acme import build_corpus
 from forgeml.pipeline.cpt import continue_pretrain_stage, replay_mix
-from forgeml.pipeline.stages import open_registry
+from forgeml.registry import open_registry
 
 
 def write_docs(path: Path, texts: list[str]) -> Path:
@@ -158,8 +158,8 @@ def test_cpt_from_a_plain_transformers_checkpoint(corpora, tmp_path):
     """The base is re-saved by `transformers` (no forgeml files): an imported HF model."""
     from transformers import MistralForCausalLM
 
-    from forgeml.models.hf_io import TOKENIZER_FILES
     from forgeml.pipeline.cpt import continue_pretrain
+    from forgeml.tokenizer.train import TOKENIZER_FILES
 
     hf_dir = tmp_path / "hf_base"
     MistralForCausalLM.from_pretrained(corpora["base"]).save_pretrained(hf_dir)
@@ -185,10 +185,12 @@ def test_pretrain_stage_continues_from_an_imported_transformers_model(workspace,
     import torch
     from transformers import MistralForCausalLM
 
-    from forgeml.models.hf_io import TOKENIZER_FILES, load_model
+    from forgeml.models.hf_io import load_model
     from forgeml.pipeline.interop import import_hf_stage
-    from forgeml.pipeline.stages import pack_stage, pretrain_stage
+    from forgeml.pipeline.pack_stage import pack_stage
+    from forgeml.pipeline.pretrain_stage import pretrain_stage
     from forgeml.tokenizer.pack import TokenShards
+    from forgeml.tokenizer.train import TOKENIZER_FILES
     from forgeml.train.data import PretrainBatches
     from forgeml.train.pretrain import evaluate_loss
 

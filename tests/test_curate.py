@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from acme import generate_corpus
 
 from forgeml.core.config import CurateConfig
 from forgeml.data.curate import SCHEMA, curate_documents
 from forgeml.data.report import dataset_stats, diff_datasets
-from forgeml.demo import generate_corpus
 from forgeml.pipeline.curate_stage import curate_stage
-from forgeml.pipeline.stages import ingest_stage, open_registry
+from forgeml.pipeline.ingest_stage import ingest_stage
+from forgeml.registry import open_registry
 
 # Keep the record files (Gopher rules drop tables of names and numbers) so redaction is
 # what removes their PII, not a filter.

@@ -12,15 +12,11 @@ from preference_fixtures import make_base_model, write_pairs
 
 from forgeml.core.config import validate_recipe
 from forgeml.core.errors import ConfigError, DataError
+from forgeml.eval.win_rate import clustered_se
 from forgeml.tokenizer.train import load_tokenizer
 from forgeml.train import dpo as dpo_module
 from forgeml.train.dpo import train_dpo
-from forgeml.train.online_dpo import (
-    clustered_se,
-    load_reward_function,
-    rank_pairs,
-    train_online_dpo,
-)
+from forgeml.train.online_dpo import load_reward_function, rank_pairs, train_online_dpo
 from forgeml.train.preference_data import (
     collate_pairs,
     load_preference_pairs,
@@ -281,7 +277,7 @@ def test_cli_rm_then_online_dpo_with_the_reward_model_records_lineage(
     from typer.testing import CliRunner
 
     from forgeml.cli import app
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     model_dir, pairs, _ = base
     reg = open_registry(workspace)
@@ -319,8 +315,8 @@ def test_cli_rm_then_online_dpo_with_the_reward_model_records_lineage(
 
 @pytest.mark.parametrize("snippets", [False, True], ids=["corpus", "snippets"])
 def test_acme_translation_pairs_are_execution_verified(tmp_path, snippets: bool) -> None:
-    from forgeml.demo.acme_prefs import write_translation_preferences
-    from forgeml.demo.acme_rl import translation_reward
+    from acme_prefs import write_translation_preferences
+    from acme_rl import translation_reward
 
     path = tmp_path / "acme_prefs.jsonl"
     report = write_translation_preferences(path, seed=0, count=6, snippets=snippets)

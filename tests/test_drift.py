@@ -277,9 +277,9 @@ def test_drift_report_reads_the_audit_log_of_a_real_server(tmp_path, monkeypatch
 
     from forgeml.core.workspace import init_workspace
     from forgeml.governance.audit import audit_log_path, verify_audit_log
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.governance.keys import KeyStore
+    from forgeml.registry import open_registry
     from forgeml.serve.api import serve
-    from forgeml.serve.keys import KeyStore
 
     ws = init_workspace(tmp_path / "ws")
     reg = open_registry(ws)

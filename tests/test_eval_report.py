@@ -24,7 +24,7 @@ from forgeml.eval.report import (
 )
 from forgeml.eval.suite import suite_from_dict
 from forgeml.pipeline.eval_suite_stage import eval_suite_stage
-from forgeml.pipeline.stages import open_registry
+from forgeml.registry import open_registry
 
 QA = [{"id": f"q{i}", "question": f"q{i}", "answer": f"q{i}"} for i in range(20)]
 

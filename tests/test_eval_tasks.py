@@ -231,6 +231,7 @@ def test_code_exec_runs_translations_against_acme():
         {
             "name": "tr",
             "kind": "code_exec",
+            "checker": "examples/acme/acme_cl.py:translation_checker",
             "data": {"inline": recs},
             "prompt": "Translate:\n{program_text}",
             "stop": [],
@@ -359,7 +360,7 @@ def test_rolling_nll_covers_every_token(lm):
 
 def test_eval_suite_stage_registers_eval_asset(workspace, tiny_dir, tmp_path):
     from forgeml.pipeline.eval_suite_stage import eval_suite_stage
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     reg = open_registry(workspace)
     model = reg.add_asset("model", "tiny", tiny_dir)
@@ -446,7 +447,7 @@ def test_code_exec_and_custom_kinds_on_the_tiny_model(
 ):
     from forgeml.eval.sandbox import score_io_cases
     from forgeml.pipeline.eval_suite_stage import eval_suite_stage
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     (tmp_path / "probe_kpis.py").write_text(PROBE_KPIS)
     monkeypatch.syspath_prepend(str(tmp_path))

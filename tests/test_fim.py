@@ -13,8 +13,8 @@ import pytest
 
 from forgeml.core.config import FimConfig
 from forgeml.core.errors import ConfigError, ForgeError
-from forgeml.data.fim import FimEncoder, FimTokens, fim_plan, fim_transform, pack_fim_shards
 from forgeml.eval.infill import fim_prompt_ids, parse_infill_prompt
+from forgeml.tokenizer.fim import FimEncoder, FimTokens, fim_plan, fim_transform, pack_fim_shards
 from forgeml.tokenizer.pack import TokenShards
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
 

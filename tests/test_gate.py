@@ -14,7 +14,7 @@ from forgeml.core.errors import ForgeError
 from forgeml.eval.gate import check_kpi
 from forgeml.eval.suite import suite_from_dict
 from forgeml.pipeline.eval_suite_stage import GateFailed, gate, promote, rollback
-from forgeml.pipeline.stages import open_registry
+from forgeml.registry import open_registry
 
 N = 80
 QA = [{"id": f"q{i}", "question": f"q{i}", "answer": str(i)} for i in range(N)]

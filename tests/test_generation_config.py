@@ -14,7 +14,7 @@ from forgeml.core.config import GenerateConfig, ModelConfig
 from forgeml.models.dense import Transformer
 from forgeml.models.hf_io import export_hf, generation_config
 from forgeml.pipeline.interop import export_model
-from forgeml.pipeline.stages import Output, run_stage
+from forgeml.pipeline.runtime import Output, run_stage
 from forgeml.tokenizer.chat import END, EOS
 from forgeml.tokenizer.train import train_bpe_tokenizer
 

@@ -21,7 +21,7 @@ from forgeml.core.errors import ConfigError
 from forgeml.hpo.space import parse_space
 from forgeml.hpo.storage import study_storage
 from forgeml.hpo.study import run_hpo
-from forgeml.pipeline.stages import open_registry
+from forgeml.registry import open_registry
 
 TINY = {
     "name": "hpo-tiny",
@@ -226,20 +226,22 @@ _OPENER = """
 import sys
 from forgeml.hpo.storage import RegistryJournalBackend
 from forgeml.registry import Registry
-RegistryJournalBackend(Registry(sys.argv[1], sys.argv[2]))
+RegistryJournalBackend(Registry(sys.argv[1], sys.argv[2])).append_logs([{"opened": 1}])
 """
 
 
 def test_journal_table_created_by_many_processes_at_once_on_sqlite(tmp_path):
-    """Six processes open the journal of a fresh SQLite registry together: the one that
-    creates the table takes the write lock, the others wait for it instead of failing."""
+    """Six processes open the journal of a new SQLite registry together: one migrates it
+    (migration 0005 makes the journal) under the migration lock, the others wait for it."""
+    from forgeml.hpo.storage import RegistryJournalBackend
     from forgeml.registry import Registry
 
     for k in range(3):
         url, art = f"sqlite:///{tmp_path / f'r{k}.db'}", str(tmp_path / f"art{k}")
-        Registry(url, art).close()
         procs = [subprocess.Popen([sys.executable, "-c", _OPENER, url, art]) for _ in range(6)]
         assert [p.wait(timeout=120) for p in procs] == [0] * 6
+        with Registry(url, art) as reg:
+            assert list(RegistryJournalBackend(reg).read_logs(0)) == [{"opened": 1}] * 6
 
 
 def test_hyperband_pruner_runs_with_tpe(workspace, text_folder):
@@ -257,8 +259,8 @@ def test_parallel_trial_jobs_are_planned_and_charged_to_who_started_the_search(
     from forgeml.control.jobs import JOB_ENV, get_job
     from forgeml.control.ops import BudgetExceeded, ControlPlane
     from forgeml.control.roots import set_data_roots
-    from forgeml.hpo.study import queue_trial_jobs
-    from forgeml.serve.keys import Principal
+    from forgeml.control.trial_jobs import queue_trial_jobs
+    from forgeml.governance.keys import Principal
 
     set_data_roots(workspace, [tmp_path, text_folder])  # an agent reads only inside its roots
     control = ControlPlane(workspace)

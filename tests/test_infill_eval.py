@@ -11,9 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from acme import generate_corpus
 
 from forgeml.core.errors import DataError
-from forgeml.demo.acme import generate_corpus
 from forgeml.eval.infill import evaluate_infill, load_damaged, score_infill
 
 HEADER_END = "in brackets.\n\n"  # the damaged documents' fixed first line
@@ -92,8 +92,8 @@ def test_bad_damaged_folders_are_clear_errors(acme, tmp_path):
 
 def test_a_tiny_fim_trained_model_runs_through_the_eval(acme, tmp_path, workspace):
     from forgeml.core.config import FimConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
-    from forgeml.data.fim import pack_fim_shards
     from forgeml.models.hf_io import load_model
+    from forgeml.tokenizer.fim import pack_fim_shards
     from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
     from forgeml.train.pretrain import pretrain
 
@@ -128,8 +128,9 @@ def test_a_tiny_fim_trained_model_runs_through_the_eval(acme, tmp_path, workspac
 
     # The CLI entry points: `generate --infill` and the registered, cached eval run.
     from forgeml.core.config import GenerateConfig
-    from forgeml.eval.infill import infill_eval_stage, infill_text
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.eval.infill import infill_text
+    from forgeml.pipeline.infill_stage import infill_eval_stage
+    from forgeml.registry import open_registry
 
     text = infill_text(run["model_dir"], "Field: <FILL> ok", GenerateConfig(max_new_tokens=3))
     # At most 3 generated tokens; re-encoding their text may split one into pieces.
@@ -155,8 +156,8 @@ def test_eval_prompt_is_exactly_the_start_of_a_training_example(acme, tmp_path, 
     import numpy as np
 
     from forgeml.core.config import FimConfig
-    from forgeml.data.fim import fim_plan, pack_fim_shards
     from forgeml.eval.infill import fim_prompt_ids
+    from forgeml.tokenizer.fim import fim_plan, pack_fim_shards
     from forgeml.tokenizer.pack import TokenShards
     from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
 

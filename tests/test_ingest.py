@@ -9,11 +9,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from acme import generate_corpus
 
 from forgeml.core.errors import DataError
 from forgeml.data import ingest_files, reader_for
 from forgeml.data.ingest import SCHEMA, compile_glob
-from forgeml.demo import generate_corpus
 
 
 def tree_state(root: Path) -> dict[str, tuple]:

@@ -14,18 +14,16 @@ import torch.nn.functional as F
 
 from forgeml.core.config import EvalConfig, GenerateConfig, ModelConfig
 from forgeml.core.errors import ConfigError, DataError, ForgeError
-from forgeml.models.hf_io import TOKENIZER_FILES, save_model
+from forgeml.models.hf_io import save_model
 from forgeml.models.moe import MoETransformer
+from forgeml.pipeline.generate import generate_text
+from forgeml.pipeline.ingest_stage import ingest_stage
 from forgeml.pipeline.interop import export_model, import_hf_stage
-from forgeml.pipeline.stages import (
-    eval_stage,
-    generate_text,
-    ingest_stage,
-    open_registry,
-    pack_stage,
-)
+from forgeml.pipeline.pack_stage import pack_stage
+from forgeml.pipeline.perplexity_stage import perplexity_eval_stage
+from forgeml.registry import open_registry
 from forgeml.tokenizer.pack import TokenShards
-from forgeml.tokenizer.train import train_bpe_tokenizer
+from forgeml.tokenizer.train import TOKENIZER_FILES, train_bpe_tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -99,7 +97,9 @@ def test_dense_import_eval_generate_export(workspace, tmp_path, text_folder, tok
     data = ingest_stage(workspace, [text_folder], name="docs", include=["**/*.md"])
     shards = pack_stage(workspace, data.output, tok_id, heldout_fraction=0.2)
     cfg = EvalConfig(batch_size=2, max_batches=2)
-    ev = eval_stage(workspace, model.id, cfg, shards_ref=shards.output, seq_len=32, dtype="fp32")
+    ev = perplexity_eval_stage(
+        workspace, model.id, cfg, shards_ref=shards.output, seq_len=32, dtype="fp32"
+    )
     held = TokenShards(Path(reg.get_asset(shards.output).path) / "heldout")
     n_windows = min((held.n_tokens - 1) // 32, 4)
     rows = torch.from_numpy(np.stack([held.window(w * 32, 33) for w in range(n_windows)])).long()

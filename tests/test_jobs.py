@@ -27,7 +27,7 @@ from forgeml.control.jobs import (
     submit_job,
 )
 from forgeml.core.errors import ForgeError, NotFoundError
-from forgeml.pipeline.stages import open_registry
+from forgeml.registry import open_registry
 
 
 def _worker(ws, *extra: str) -> subprocess.Popen:
@@ -147,7 +147,7 @@ def test_concurrent_workers_run_each_job_exactly_once(workspace) -> None:
 def test_killed_worker_job_is_retried_and_resumes(workspace, tmp_path: Path) -> None:
     """SIGKILL a worker mid-training: the job becomes failed-retryable, the next worker retries
     it by itself, and the retry resumes the pre-training from the last checkpoint."""
-    from forgeml.demo.acme import generate_corpus
+    from acme import generate_corpus
 
     corpus = tmp_path / "acme"
     generate_corpus(corpus, seed=3, scale=0.05)

@@ -24,8 +24,9 @@ from forgeml.governance.labels import (
     set_label,
     stamp_effective_label,
 )
-from forgeml.pipeline.stages import ingest_stage, open_registry, tokenizer_stage
-from forgeml.registry import Registry
+from forgeml.pipeline.ingest_stage import ingest_stage
+from forgeml.pipeline.tokenizer_stage import tokenizer_stage
+from forgeml.registry import Registry, open_registry
 
 
 def _folder(tmp_path: Path, name: str) -> Path:
@@ -116,8 +117,9 @@ def _served(tmp_path: Path, train_label: str | None):
     """A model registered as trained on a dataset labelled `train_label` (the model itself
     carries no label), served behind keys of three clearances."""
     from forgeml.governance.audit import AuditLog
-    from forgeml.serve.api import create_app, load_served_models
-    from forgeml.serve.keys import KeyStore
+    from forgeml.governance.keys import KeyStore
+    from forgeml.serve.api import create_app
+    from forgeml.serve.loading import load_served_models
 
     reg = Registry(f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "artifacts")
     meta = {"classification": train_label} if train_label else {}
@@ -158,7 +160,7 @@ def test_serving_refuses_keys_below_the_training_data_label(tmp_path) -> None:
 
 
 def test_cli_label_upgrade_is_immediate_and_downgrade_needs_approval(workspace, tmp_path) -> None:
-    from forgeml.serve.keys import create_api_key
+    from forgeml.governance.keys import create_api_key
 
     reg = open_registry(workspace)
     ids = _factory(reg, tmp_path, label="internal")
@@ -197,7 +199,7 @@ def test_stamp_is_idempotent(reg, tmp_path) -> None:
 
 def test_control_plane_reads_and_exports_need_clearance(workspace, tmp_path) -> None:
     from forgeml.control.ops import ControlPlane, Forbidden
-    from forgeml.serve.keys import Principal
+    from forgeml.governance.keys import Principal
 
     control = ControlPlane(workspace)
     ids = _factory(control.reg, tmp_path)
@@ -229,7 +231,7 @@ def reg_run(control, asset_id: str) -> str:
 
 
 def test_cli_export_needs_a_key_cleared_for_the_model(workspace, tmp_path) -> None:
-    from forgeml.serve.keys import create_api_key
+    from forgeml.governance.keys import create_api_key
 
     reg = open_registry(workspace)
     data = reg.add_asset(

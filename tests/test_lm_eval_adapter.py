@@ -215,7 +215,7 @@ def test_model_type_is_registered_and_built_from_arg_string(tiny_dir):
 def test_lm_eval_stage_registers_eval_asset_with_lineage(workspace, tiny_dir, task_dir):
     from forgeml.eval.gate import compare_evals, load_eval_record
     from forgeml.pipeline.lm_eval_stage import lm_eval_stage
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     reg = open_registry(workspace)
     model = reg.add_asset("model", "tiny", tiny_dir)
@@ -245,7 +245,7 @@ def test_cli_eval_lm_eval(workspace, tiny_dir, task_dir):
     from typer.testing import CliRunner
 
     from forgeml.cli import app
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     open_registry(workspace).add_asset("model", "tiny", tiny_dir)
     args = ["-w", str(workspace.root), "eval", "lm-eval", "tiny", "--tasks", "acme_mc"]

@@ -23,7 +23,7 @@ from forgeml.control.budgets import set_budget
 from forgeml.control.mcp_server import build_mcp_server, mcp_http_app
 from forgeml.control.ops import ControlPlane
 from forgeml.governance.audit import audit_log_path, verify_audit_log
-from forgeml.serve.keys import Principal, create_api_key
+from forgeml.governance.keys import Principal, create_api_key
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = {
@@ -155,10 +155,11 @@ TINY = [
 
 @pytest.mark.slow
 def test_agent_session_over_stdio_trains_evaluates_and_asks_to_promote(workspace, tmp_path) -> None:
+    from acme import generate_corpus
+
     from forgeml.control.approvals import approve
     from forgeml.control.roots import set_data_roots
-    from forgeml.demo.acme import generate_corpus
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     corpus = tmp_path / "acme"
     generate_corpus(corpus, seed=3, scale=0.05)

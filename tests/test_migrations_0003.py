@@ -9,10 +9,10 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 
+from forgeml.governance.keys import KeyStore
 from forgeml.registry import Registry
+from forgeml.registry.schema import api_keys
 from forgeml.registry.store import MIGRATIONS_DIR
-from forgeml.serve import keys as keys_mod
-from forgeml.serve.keys import KeyStore
 
 
 def _alembic(url: str) -> AlembicConfig:
@@ -26,7 +26,7 @@ def test_upgrade_from_0002_keeps_assets_jobs_and_keys(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     command.upgrade(_alembic(url), "0002")
     engine = sa.create_engine(url)
-    keys_mod.metadata.create_all(engine)  # what `forgeml keys create` did before 0003
+    api_keys.create(engine)  # what `forgeml keys create` did before 0003
     key, info = KeyStore(engine).create_key("agent-1", roles=["jobs:submit"])
     with engine.begin() as conn:
         conn.execute(

@@ -13,8 +13,9 @@ import yaml
 from forgeml.core.config import load_recipe, validate_recipe
 from forgeml.core.errors import ConfigError, DataError
 from forgeml.data.mix import mix_by_source
+from forgeml.pipeline.ingest_stage import ingest_stage
 from forgeml.pipeline.run import run_pipeline
-from forgeml.pipeline.stages import ingest_stage, open_registry
+from forgeml.registry import open_registry
 
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda sigma".split()
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from acme import build_corpus
+from acme_common import FIRST_NAMES, LAST_NAMES
 
 from forgeml.core.config import RedactConfig
 from forgeml.data.names import family_names, find_person_names, given_names
 from forgeml.data.redact import redact_text
-from forgeml.demo.acme import FIRST_NAMES, LAST_NAMES, build_corpus
 
 
 def _found(text: str, **kw) -> list[str]:

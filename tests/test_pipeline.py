@@ -8,7 +8,7 @@ import pytest
 
 from forgeml.core.config import validate_recipe
 from forgeml.pipeline.run import run_pipeline
-from forgeml.pipeline.stages import open_registry
+from forgeml.registry import open_registry
 
 TINY = {
     "name": "tiny",
@@ -40,7 +40,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def acme_corpus(tmp_path_factory) -> Path:
-    from forgeml.demo.acme import generate_corpus
+    from acme import generate_corpus
 
     out = tmp_path_factory.mktemp("acme")
     generate_corpus(out, seed=0, scale=0.15)
@@ -114,3 +114,35 @@ def test_exported_model_loads_in_transformers(workspace, acme_corpus: Path) -> N
     ours = load_model(path).eval()
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
+
+
+def test_train_pretrain_and_pipeline_run_train_the_same_model(tmp_path, acme_corpus) -> None:
+    """`forgeml train pretrain R.yaml` prepares the data as `forgeml pipeline run R.yaml` does
+    (curation and FIM packing included): the same recipe gives the same model asset."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from forgeml.cli import app
+    from forgeml.core.workspace import init_workspace
+
+    raw = tiny_recipe(
+        acme_corpus,
+        data={"curate": True},
+        curate={"gopher_quality": {"min_words": 20, "max_symbol_word_ratio": 0.5},
+                "gopher_repetition": {"enabled": False}},
+        train={"max_steps": 6},
+        eval={"infill_examples": 1},
+        generate={"prompts": []},
+    ).model_dump(mode="json")  # fmt: skip
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(raw))
+    models = []
+    for command in (["train", "pretrain"], ["pipeline", "run"]):
+        ws = init_workspace(tmp_path / command[0])
+        res = CliRunner().invoke(app, ["-q", "-w", str(ws.root), *command, str(recipe)])
+        assert res.exit_code == 0, res.output
+        reg = open_registry(ws)
+        assert {"curate", "pack"} <= {r.stage for r in reg.list_runs()}
+        (run,) = reg.list_runs(stage="pretrain")
+        models.append(run.outputs[0])
+    assert models[0] == models[1]

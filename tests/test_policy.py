@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from forgeml.core.errors import ConfigError
-from forgeml.serve.policy import Policy, PolicyViolation, load_policy
+from forgeml.governance.policy import Policy, PolicyViolation, load_policy
 
 POLICY = """
 patterns:

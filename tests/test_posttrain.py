@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
+from acme_sft import build_sft_records
 from tokenizers import Tokenizer
 
 from forgeml.core.config import validate_recipe
-from forgeml.demo.acme import build_sft_records
 from forgeml.eval import chat_answers
 from forgeml.eval.chat_answers import evaluate_chat_answers, load_answer_records
 from forgeml.pipeline.posttrain_stage import evaluate_greedy_rewards, evaluate_sampled_rewards
@@ -99,7 +99,7 @@ def test_sampled_rewards_pass_at_1_and_pass_at_n(tmp_path, tok, monkeypatch) -> 
         seen.append((n, kw["temperature"], kw["max_new_tokens"], kw["generator"].initial_seed()))
         return [tok.encode(t, add_special_tokens=False).ids for t in next(groups)]
 
-    monkeypatch.setattr("forgeml.train.rl.sample_group", fake_group)
+    monkeypatch.setattr("forgeml.models.sampling.sample_group", fake_group)
     got = evaluate_sampled_rewards(_Ctx(), tok, prompts, plugins, rl, samples=4, seed=0)
     assert got["sampled_solved"] == 3 / 12 and got["pass_at_n"] == 2 / 3
     assert got["sampled_mean_reward"] == 3 / 12 and got["samples_per_prompt"] == 4
@@ -135,7 +135,7 @@ def test_sampled_rewards_on_a_real_model_are_seeded_and_near_greedy_when_cold(
 
 def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path) -> None:
     from forgeml.pipeline.run import run_pipeline
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     qa = [r for r in build_sft_records(seed=0, scale=0.05) if r["metadata"]["task"] == "policy_qa"]
     chat = _jsonl(tmp_path / "qa.jsonl", qa)
@@ -161,7 +161,7 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
                "prompts_per_step": 3, "group_size": 4},
         "posttrain": {
             "eval_limit": 4,
-            "dpo": {"data": str(pairs), "judge": "forgeml.demo.acme_rl:python_compiles",
+            "dpo": {"data": str(pairs), "judge": "examples/acme/acme_rl.py:python_compiles",
                     "eval_samples": 3, "optim": {"lr": 0.01},
                     "train": {**tiny_train, "max_steps": 4}},
             "rl": {"prompts": str(prompts), "heldout": str(prompts), "optim": {"lr": 0.05},

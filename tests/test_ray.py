@@ -71,7 +71,8 @@ def test_local_cluster_listens_and_talks_on_loopback_only(ray_local):
 def _raw_acme(workspace, tmp_path: Path) -> Path:
     from test_curate import _acme_with_copies
 
-    from forgeml.pipeline.stages import ingest_stage, open_registry
+    from forgeml.pipeline.ingest_stage import ingest_stage
+    from forgeml.registry import open_registry
 
     root = tmp_path / "acme"
     _acme_with_copies(root)
@@ -113,7 +114,7 @@ def test_curation_on_ray_is_identical_to_local(ray_local, workspace, tmp_path, m
 @needs_ray
 def test_curate_stage_on_ray_shares_the_cache_with_local(ray_local, workspace, tmp_path):
     from forgeml.pipeline.curate_stage import curate_stage
-    from forgeml.pipeline.stages import ingest_stage
+    from forgeml.pipeline.ingest_stage import ingest_stage
 
     folder = tmp_path / "docs"
     folder.mkdir()
@@ -170,7 +171,7 @@ def test_hpo_trials_run_as_ray_tasks(ray_local, workspace, text_folder, tmp_path
     from forgeml.hpo.space import parse_space
     from forgeml.hpo.storage import study_storage
     from forgeml.hpo.study import run_hpo
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     recipe = tiny_recipe(text_folder, max_steps=12)
     _warm_two_workers(ray_local, tmp_path / "warm")

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from acme import build_corpus
 
 from forgeml.core.config import RedactConfig
-from forgeml.data.redact import find_sensitive, iban_valid, luhn_valid, redact_text
-from forgeml.demo.acme import build_corpus
+from forgeml.data.redact import find_sensitive, redact_text
+from forgeml.governance.detectors import iban_valid, luhn_valid
 
 
 def test_acme_planted_recall():

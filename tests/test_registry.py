@@ -243,20 +243,6 @@ def test_aliases_history_and_rollback(reg: Registry, tmp_path: Path) -> None:
         reg.set_alias("champion", "no-such-model")
 
 
-def _all_tables():
-    """The registry's ORM tables plus the Core tables of sibling stores on the same database."""
-    from sqlalchemy import MetaData
-
-    from forgeml.control.tables import metadata as control_tables
-    from forgeml.serve.keys import metadata as key_tables
-
-    merged = MetaData()
-    for source in (Base.metadata, key_tables, control_tables):
-        for table in source.tables.values():
-            table.to_metadata(merged)
-    return merged
-
-
 def test_reopen_keeps_data_and_migrations_match_models(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     with Registry(url, tmp_path / "art") as reg:
@@ -264,7 +250,7 @@ def test_reopen_keeps_data_and_migrations_match_models(tmp_path: Path) -> None:
     with Registry(url, tmp_path / "art") as reg:
         assert reg.get_asset("d") == asset
         with reg.engine.connect() as conn:
-            assert compare_metadata(MigrationContext.configure(conn), _all_tables()) == []
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
             mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
         assert mode == "wal"
 

@@ -16,7 +16,7 @@ from forgeml.core.config import ModelConfig, load_recipe
 from forgeml.core.errors import ConfigError, DataError
 from forgeml.models.dense import Transformer
 from forgeml.models.hf_io import load_model, save_model
-from forgeml.models.sampling import generate
+from forgeml.models.sampling import generate, sample_group, sample_groups
 from forgeml.tokenizer.chat import EOS
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
 from forgeml.train.metrics import read_metrics
@@ -203,19 +203,19 @@ def test_batched_group_sampling_is_the_kv_cache_sampler(peaked):
     model, tok, eos = peaked
     ids = tok.encode("the lab alice", add_special_tokens=False).ids
     greedy = generate(model, ids, max_new_tokens=12, temperature=0, stop_ids={eos})
-    rows = rl.sample_group(
+    rows = sample_group(
         model, ids, 4, max_new_tokens=12, stop_ids={eos}, temperature=1e-6, top_k=None, top_p=None,
         generator=torch.Generator().manual_seed(0), device="cpu", dtype="fp32",
     )  # fmt: skip
     for row in rows:
         assert [t for t in row if t != eos] == greedy
-    many = rl.sample_group(
+    many = sample_group(
         model, ids, 16, max_new_tokens=12, stop_ids={eos}, temperature=3.0, top_k=None, top_p=None,
         generator=torch.Generator().manual_seed(0), device="cpu", dtype="fp32",
     )  # fmt: skip
     assert len({tuple(r) for r in many}) > 1  # rows are sampled independently
     # Any stop id ends a row, kept as its last token (a chat reply's <|end|>, say).
-    cut = rl.sample_group(
+    cut = sample_group(
         model, ids, 2, max_new_tokens=12, stop_ids={eos, greedy[2]}, temperature=1e-6,
         top_k=None, top_p=None, generator=torch.Generator().manual_seed(0), device="cpu",
         dtype="fp32",
@@ -236,13 +236,13 @@ def test_groups_of_prompts_of_different_lengths_sample_as_each_alone(peaked):
     greedy = [generate(model, p, max_new_tokens=12, temperature=0, stop_ids={eos}) for p in prompts]
     stop = {eos, greedy[0][3]}
     for max_new in budgets:
-        together = rl.sample_groups(
+        together = sample_groups(
             model, prompts, 3, max_new_tokens=max_new, stop_ids=stop, temperature=1e-6,
             top_k=None, top_p=None, generator=torch.Generator().manual_seed(0), device="cpu",
             dtype="fp32",
         )  # fmt: skip
         for ids, rows in zip(prompts, together, strict=True):
-            alone = rl.sample_group(
+            alone = sample_group(
                 model, ids, 1, max_new_tokens=max_new, stop_ids=stop, temperature=1e-6,
                 top_k=None, top_p=None, generator=torch.Generator().manual_seed(0),
                 device="cpu", dtype="fp32",
@@ -294,8 +294,8 @@ def test_prompt_order_is_a_pure_function_of_the_step():
 
 @pytest.fixture(scope="module")
 def acme_prompts(tmp_path_factory) -> tuple[Path, dict]:
-    from forgeml.demo import generate_corpus
-    from forgeml.demo.acme_rl import build_rl_prompts
+    from acme import generate_corpus
+    from acme_rl import build_rl_prompts
 
     corpus = tmp_path_factory.mktemp("acme") / "corpus"
     generate_corpus(corpus, seed=0, scale=0.05)
@@ -303,7 +303,7 @@ def acme_prompts(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def test_acme_translation_reward_runs_python_against_the_interpreter(acme_prompts):
-    from forgeml.demo.acme_rl import python_compiles, python_runs, translation_reward
+    from acme_rl import python_compiles, python_runs, translation_reward
 
     corpus, splits = acme_prompts
     records = splits["train"] + splits["heldout"]
@@ -324,7 +324,7 @@ def test_acme_translation_reward_runs_python_against_the_interpreter(acme_prompt
 
 
 def test_acme_translation_reward_fails_a_hanging_program_quickly(acme_prompts):
-    from forgeml.demo.acme_rl import translation_reward
+    from acme_rl import translation_reward
 
     rec = acme_prompts[1]["train"][0]
     meta = {k: v for k, v in rec.items() if k != "messages"}
@@ -334,15 +334,12 @@ def test_acme_translation_reward_fails_a_hanging_program_quickly(acme_prompts):
 
 
 def test_acme_heldout_split_is_the_sft_split(acme_prompts):
-    import forgeml.demo.acme as acme
-    from forgeml.demo.acme_rl import is_heldout
+    from acme_common import sft_is_heldout
+    from acme_rl import is_heldout
 
     _, splits = acme_prompts
-    sft_rule = getattr(acme, "_sft_is_heldout", None)
-    if sft_rule is None:
-        pytest.skip("the ACME SFT data is not in this build")
     for rec in splits["train"] + splits["heldout"]:
-        assert is_heldout(rec["slug"]) == sft_rule(f"translate-{rec['slug']}")
+        assert is_heldout(rec["slug"]) == sft_is_heldout(f"translate-{rec['slug']}")
 
 
 def test_acme_snippets_translate_exactly_and_split_as_the_sft_data(tmp_path):
@@ -350,13 +347,14 @@ def test_acme_snippets_translate_exactly_and_split_as_the_sft_data(tmp_path):
     test case, a branch's cases take both ways, and the RL prompts are the SFT data's."""
     import random
 
-    from forgeml.demo.acme import build_sft_records, generate_snippets
-    from forgeml.demo.acme_rl import (
+    from acme_programs import generate_snippets
+    from acme_rl import (
         output_similarity,
         shaped_translation_reward,
         translation_reward,
         write_rl_prompts,
     )
+    from acme_sft import build_sft_records
 
     pairs = generate_snippets(random.Random("t"), 60)
     assert len({p["acl"] for p in pairs}) > 40  # varied, not one template
@@ -404,7 +402,7 @@ def test_rl_stage_lineage_cache_and_cli(tiny, workspace, tmp_path, monkeypatch):
 
     from forgeml.cli import app
     from forgeml.pipeline.rl_stage import rl_stage
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     base_dir, prompts = tiny
     (tmp_path / "rl_stage_reward.py").write_text(REWARD_MODULE)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from forgeml.core.config import RLConfig
-from forgeml.train.rl_losses import AGGREGATIONS, group_advantages, grpo_loss, kl_k3, token_logps
+from forgeml.train.losses import token_logps
+from forgeml.train.rl_losses import AGGREGATIONS, group_advantages, grpo_loss, kl_k3
 
 
 def test_advantages_hand_computed():

@@ -18,10 +18,12 @@ from hypothesis import strategies as st
 from test_serve_engine import make_tiny_model_dir
 
 from forgeml.governance.audit import AuditLog, verify_audit_log
+from forgeml.governance.keys import KeyStore
 from forgeml.registry.store import Registry
-from forgeml.serve.api import create_app, load_served_models, parse_tool_calls
+from forgeml.serve.api import create_app
 from forgeml.serve.engine import SamplingParams
-from forgeml.serve.keys import KeyStore
+from forgeml.serve.loading import load_served_models
+from forgeml.serve.output import parse_tool_calls
 
 
 @contextmanager

@@ -13,9 +13,15 @@ from test_serve_api import running_server, served_workspace
 
 from forgeml.core.workspace import init_workspace
 from forgeml.governance.audit import AuditLog, audit_log_path, verify_audit_log
+from forgeml.governance.keys import (
+    KeyStore,
+    api_keys,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
+from forgeml.governance.policy import load_policy
 from forgeml.serve.api import create_app
-from forgeml.serve.keys import KeyStore, api_keys, create_api_key, list_api_keys, revoke_api_key
-from forgeml.serve.policy import load_policy
 
 POLICY = """
 default:

@@ -15,10 +15,11 @@ from test_serve_api import running_server
 from test_serve_engine import make_tiny_model_dir
 
 from forgeml.governance.audit import AuditLog
+from forgeml.governance.keys import KeyStore
+from forgeml.governance.policy import Policy, PolicyConfig
 from forgeml.registry.store import Registry
-from forgeml.serve.api import create_app, load_served_models
-from forgeml.serve.keys import KeyStore
-from forgeml.serve.policy import Policy, PolicyConfig
+from forgeml.serve.api import create_app
+from forgeml.serve.loading import load_served_models
 
 POSITIVE, NEGATIVE = GenerationMode.POSITIVE, GenerationMode.NEGATIVE
 # (method, path, valid or invalid requests, how many): a few hundred in all. The GET routes

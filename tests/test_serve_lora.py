@@ -17,8 +17,9 @@ from forgeml.models.hf_io import load_model
 from forgeml.models.lora import apply_lora, load_adapter, lora_modules, save_adapter
 from forgeml.models.sampling import generate
 from forgeml.registry.store import Registry
-from forgeml.serve.api import create_app, load_served_models
+from forgeml.serve.api import create_app
 from forgeml.serve.engine import SamplingParams
+from forgeml.serve.loading import load_served_models
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.moe import MoETransformer
 from forgeml.models.sampling import generate
 from forgeml.registry.store import Registry
-from forgeml.serve.api import create_app, load_served_models
+from forgeml.serve.api import create_app
 from forgeml.serve.engine import Engine, SamplingParams
+from forgeml.serve.loading import load_served_models
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
 
 

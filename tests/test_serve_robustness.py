@@ -14,10 +14,11 @@ import torch
 from test_serve_api import running_server, served_workspace
 
 from forgeml.governance.audit import AuditLog
+from forgeml.governance.keys import KeyStore
 from forgeml.models.sampling import filter_logits
-from forgeml.serve import api as serve_api
-from forgeml.serve.api import create_app, served_under_alias
-from forgeml.serve.keys import KeyStore
+from forgeml.serve import gateway as serve_gateway
+from forgeml.serve.api import create_app
+from forgeml.serve.loading import served_under_alias
 from forgeml.serve.requests import RequestLimits, context_char_bound
 
 
@@ -304,7 +305,7 @@ def test_unexpected_error_is_a_json_500_and_audited(env, monkeypatch):
     def broken(*_a, **_k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(serve_api, "render_chat", broken)
+    monkeypatch.setattr(serve_gateway, "render_chat", broken)
     r, added = audited(
         env,
         lambda: post(env, "/v1/chat/completions", chat([{"role": "user", "content": "hi"}])),

@@ -17,10 +17,11 @@ from test_serve_api import running_server, served_workspace
 
 from forgeml.core.errors import ConfigError
 from forgeml.governance.audit import AuditLog, verify_audit_log
+from forgeml.governance.keys import KeyStore
+from forgeml.governance.policy import Policy, PolicyConfig
 from forgeml.registry.store import Registry
-from forgeml.serve.api import create_app, upstream_served_models
-from forgeml.serve.keys import KeyStore
-from forgeml.serve.policy import Policy, PolicyConfig
+from forgeml.serve.api import create_app
+from forgeml.serve.loading import upstream_served_models
 from forgeml.serve.upstream import Upstream, upstream_base_url, upstream_key_from_env
 
 GATEWAY_POLICY = {

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from acme_sft import build_sft_records, generate_sft_data
 from typer.testing import CliRunner
 
 from forgeml.core.config import ModelConfig, SFTConfig, validate_recipe
-from forgeml.demo.acme import build_sft_records, generate_sft_data
 from forgeml.models.dense import Transformer
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.lora import load_adapter
@@ -146,7 +148,7 @@ def test_stage_lineage_merge_and_cli(acme, tmp_path, workspace):
     from forgeml.cli import app
     from forgeml.pipeline.interop import import_hf_stage
     from forgeml.pipeline.sft_stage import merge_adapter_stage, sft_stage
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     base_id = import_hf_stage(workspace, acme["base"], name="tiny").output
     recipe = validate_recipe({"sft": {
@@ -174,12 +176,16 @@ def test_stage_lineage_merge_and_cli(acme, tmp_path, workspace):
         applied = load_adapter(load_model(acme["base"]), adapter.path)(x)
         torch.testing.assert_close(load_model(merged.path)(x), applied, atol=1e-5, rtol=0)
 
-    # the CLI: full fine-tune of the same base on a chat dataset made by `demo acme-sft`
+    # the CLI: full fine-tune of the same base on a chat dataset made by examples/acme/make_data.py
     runner = CliRunner()
     data = tmp_path / "acme-sft"
     ws = ["-w", str(workspace.root), "-q"]
-    out = runner.invoke(app, [*ws, "demo", "acme-sft", "--out", str(data), "--scale", "0.02"])
-    assert out.exit_code == 0, out.output
+    script = Path(__file__).resolve().parents[1] / "examples" / "acme" / "make_data.py"
+    made = subprocess.run(
+        [sys.executable, str(script), "sft", "--out", str(data), "--scale", "0.02"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
     assert json.loads((data / "manifest.json").read_text())["records"]["train"] > 0
     recipe_file = tmp_path / "r.yaml"
     recipe_file.write_text("sft:\n  train: {max_steps: 2, micro_batch_size: 2, seq_len: 512, "
@@ -221,7 +227,7 @@ def test_acme_sft_data_is_deterministic_valid_and_split(tmp_path):
 @pytest.mark.slow
 def test_pipeline_runs_sft_after_pretraining(workspace, text_folder, tmp_path):
     from forgeml.pipeline.run import run_pipeline
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     records = [
         r for r in build_sft_records(seed=0, scale=0.05) if r["metadata"]["task"] == "policy_qa"

@@ -12,7 +12,8 @@ from test_serve_api import running_server
 from test_serve_engine import make_tiny_model_dir
 
 from forgeml.core.errors import ForgeError
-from forgeml.pipeline.stages import ingest_stage, open_registry
+from forgeml.pipeline.ingest_stage import ingest_stage
+from forgeml.registry import open_registry
 from forgeml.synth.records import SynthRecord, filter_duplicates
 from forgeml.synth.rules import qa_records, rule_records, synth_rules_stage
 from forgeml.synth.teacher import synth_teacher_stage
@@ -31,7 +32,7 @@ def _lines(path: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def acme(tmp_path_factory) -> tuple[Path, dict]:
-    from forgeml.demo.acme import generate_corpus
+    from acme import generate_corpus
 
     out = tmp_path_factory.mktemp("acme")
     return out, generate_corpus(out, seed=0, scale=0.05)
@@ -122,8 +123,9 @@ def test_definitions_and_dedup_rules() -> None:
 
 
 def test_self_instruct_through_a_local_forgeml_server(workspace, tmp_path, monkeypatch) -> None:
-    from forgeml.serve.api import create_app, load_served_models
-    from forgeml.serve.keys import KeyStore
+    from forgeml.governance.keys import KeyStore
+    from forgeml.serve.api import create_app
+    from forgeml.serve.loading import load_served_models
 
     reg = open_registry(workspace)
     teacher = reg.add_asset("model", "teacher", make_tiny_model_dir(tmp_path, max_seq_len=512))

@@ -11,7 +11,8 @@ import torch
 from forgeml.core.config import ModelConfig
 from forgeml.core.errors import ConfigError
 from forgeml.models.dense import Transformer
-from forgeml.tokenizer.extend import extend_tokenizer, resize_embeddings_mean_init
+from forgeml.models.resize import resize_embeddings_mean_init
+from forgeml.tokenizer.extend import extend_tokenizer
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer
 
 GENERAL = [

@@ -16,9 +16,10 @@ import yaml
 from forgeml.core.errors import ForgeError
 from forgeml.core.workspace import init_workspace, open_workspace
 from forgeml.governance.audit import AuditLog, audit_log_path
-from forgeml.pipeline.stages import ingest_stage, open_registry
+from forgeml.governance.keys import create_api_key
+from forgeml.pipeline.ingest_stage import ingest_stage
+from forgeml.registry import open_registry
 from forgeml.registry.artifacts import is_read_only
-from forgeml.serve.keys import create_api_key
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """Write the ACME demo corpus: `python examples/acme/generate.py --out DIR --seed 0 --scale 1.0`.
 
-A thin wrapper over `forgeml.demo.generate_corpus`; the same seed and scale always give the
-same bytes. See README.md next to this file for the domain and its checkable tasks.
+A thin wrapper over `acme.generate_corpus` (acme.py next to this file); the same seed and
+scale always give the same bytes. See README.md next to this file for the domain and its checkable tasks.
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from acme import generate_corpus
+
 from forgeml.core.errors import ForgeError
-from forgeml.demo import generate_corpus
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from forgeml.control.limits import (
 from forgeml.control.middleware import AuditedRequests
 from forgeml.control.ops import BudgetExceeded, ControlPlane, Forbidden
 from forgeml.core.errors import ForgeError, NotFoundError
-from forgeml.serve.keys import Principal
+from forgeml.governance.keys import Principal
 
 Arg = Annotated[str, StringConstraints(max_length=MAX_ARG_CHARS)]
 

@@ -24,13 +24,13 @@ from typing import Any
 
 from sqlalchemy import insert, select, update
 
-from forgeml.control.tables import approvals
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.core.workspace import Workspace
 from forgeml.governance.audit import AuditLog
+from forgeml.governance.keys import ADMIN_ROLE, KeyStore
 from forgeml.governance.labels import LEVELS, is_downgrade, set_label
 from forgeml.registry import Registry
-from forgeml.serve.keys import ADMIN_ROLE, KeyStore
+from forgeml.registry.schema import approvals
 
 PENDING, EXECUTED, FAILED, DENIED = "pending", "executed", "failed", "denied"
 # Aliases that serve production traffic: moving one is a sensitive action.
@@ -80,14 +80,14 @@ def _export(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
 
 
 def _delete(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     gone = open_registry(ws).delete_asset(p["asset"], actor=actor, reason=p.get("reason", ""))
     return {"asset": gone.id, "kind": gone.kind, "name": gone.name, "sha256": gone.sha256}
 
 
 def _label(ws: Workspace, p: dict[str, Any], actor: str) -> dict[str, Any]:
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     change = set_label(open_registry(ws), p["asset"], p["label"], allow_downgrade=True)
     return asdict(change)

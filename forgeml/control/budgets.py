@@ -14,11 +14,10 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select, update
 
 from forgeml.control.jobs import QUEUED, RUNNING
-from forgeml.control.tables import budgets, job_plans
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.governance.labels import LEVELS  # least to most sensitive, as in serving
 from forgeml.registry import Registry
-from forgeml.registry.schema import JobRow
+from forgeml.registry.schema import JobRow, budgets, job_plans
 
 UNLABELED = "internal"  # a dataset with no `classification` is treated as internal
 

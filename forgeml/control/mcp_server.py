@@ -21,7 +21,7 @@ from pydantic import Field
 
 from forgeml.control.ops import BudgetExceeded, ControlPlane
 from forgeml.core.errors import ForgeError
-from forgeml.serve.keys import Principal
+from forgeml.governance.keys import Principal
 
 KEY_ENV = "FORGEML_API_KEY"
 INSTRUCTIONS = """\

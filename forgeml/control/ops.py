@@ -25,9 +25,9 @@ from forgeml.control.roots import resolve_user_path
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.core.workspace import Workspace
 from forgeml.governance.audit import AuditLog, audit_log_path
+from forgeml.governance.keys import KeyStore, Principal
 from forgeml.governance.labels import ClearanceError, require_clearance
 from forgeml.registry import Asset, Registry
-from forgeml.serve.keys import KeyStore, Principal
 
 SCOPES = (
     "jobs:submit", "jobs:read", "jobs:cancel", "assets:read", "runs:read", "evals:read",
@@ -214,7 +214,7 @@ class ControlPlane:
     """What an authenticated principal may do to a workspace (REST and MCP call this)."""
 
     def __init__(self, ws: Workspace, reg: Registry | None = None) -> None:
-        from forgeml.pipeline.stages import open_registry
+        from forgeml.registry import open_registry
 
         self.ws = ws
         self.reg = reg or open_registry(ws)

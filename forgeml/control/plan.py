@@ -40,9 +40,9 @@ from forgeml.core.workspace import Workspace
 from forgeml.governance.labels import label_origin
 from forgeml.registry import Asset, Registry
 
-# Sustained training/eval FLOP/s assumed per device kind. CPU: the quickstart's 2.4M-parameter
-# model trains at 3,300-4,900 tokens/s on 2 AMX cores (README), i.e. 5.5-8e10 FLOP/s by the
-# count below; a datacenter GPU is taken at ~100 TFLOP/s (bf16 at ~40% utilisation).
+# Sustained training/eval FLOP/s assumed per device kind. CPU: the quickstart's training speed
+# on a small CPU (BENCHMARKS.md) converted to FLOP/s by the count below; a datacenter GPU is
+# taken at bf16 with ~40% utilisation.
 DEVICE_FLOPS = {"cpu": 5e10, "gpu": 1e14}
 # Bytes per second of the data stages over their sources, plus a fixed start-up cost per
 # stage (a Python process importing torch and opening the registry).

@@ -100,7 +100,7 @@ def run_worker(
 ) -> int:
     """Run queued jobs until `max_jobs` ran or the queue stayed empty `idle_exit_s` seconds;
     failed-retryable jobs are run again once their backoff (from `retry_base_s`) passed."""
-    from forgeml.pipeline.stages import open_registry
+    from forgeml.registry import open_registry
 
     worker = worker_id or f"{socket.gethostname()}:{os.getpid()}"
     reg = open_registry(ws)

@@ -9,7 +9,6 @@ et al., arXiv 2211.15533; Li et al., arXiv 2305.06161). `build_filters` turns a
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from forgeml.core.config import (
     LengthFilterConfig,
 )
 from forgeml.core.errors import ConfigError
+from forgeml.core.plugins import load_plugin
 
 Record = dict[str, Any]
 
@@ -229,15 +229,17 @@ def code_filter(text: str, record: Record, cfg: CodeFilterConfig) -> str | None:
 
 
 def load_user_filter(import_path: str) -> Callable[[str, Record], Any]:
-    """`pkg.module:function` (or `pkg.module.function`) -> the function."""
-    module_name, sep, attr = import_path.partition(":")
-    if not sep:
-        module_name, _, attr = import_path.rpartition(".")
+    """`pkg.module:function`, `pkg.module.function` or `path/to/file.py:function` -> the
+    function (forgeml.core.plugins)."""
+    spec = import_path
+    if ":" not in spec:
+        module_name, _, attr = spec.rpartition(".")
+        spec = f"{module_name}:{attr}"
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
+        fn = load_plugin(spec)
+    except ConfigError as err:
         raise ConfigError(
-            f"curate.user_filters: cannot import '{import_path}' ({type(err).__name__})",
+            f"curate.user_filters: cannot import '{import_path}' ({err.message})",
             hint="write 'package.module:function'; the module must be importable",
         ) from None
     if not callable(fn):

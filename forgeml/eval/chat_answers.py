@@ -10,7 +10,6 @@ measure whether the model answers from what the tool returned.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from torch import nn
 
 from forgeml.core.errors import DataError, ForgeError, NotFoundError
+from forgeml.core.io import iter_jsonl
 from forgeml.tokenizer.chat import END, EOS, render_chat
 
 
@@ -29,8 +29,6 @@ def load_answer_records(path: Path, limit: int | None = None) -> list[dict[str, 
     """Records of a chat JSONL file that end in an assistant turn with a `metadata.answer`."""
     if not Path(path).is_file():
         raise NotFoundError(f"chat data not found: {path}", hint="pass a chat .jsonl file")
-    from forgeml.train.chat_data import iter_jsonl
-
     out = []
     for n, record, error in iter_jsonl(Path(path)):
         if error is not None:
@@ -45,7 +43,7 @@ def load_answer_records(path: Path, limit: int | None = None) -> list[dict[str, 
     if not out:
         raise DataError(
             f"{path} has no records with metadata.answer and a final assistant turn",
-            hint="the ACME SFT data has them: forgeml demo acme-sft --out DIR",
+            hint="the ACME SFT data has them: python examples/acme/make_data.py sft --out DIR",
         )
     return out[:limit]
 
@@ -91,42 +89,3 @@ def evaluate_chat_answers(
         "by_task": by_task,
         "examples": examples,
     }
-
-
-def chat_answers_eval_stage(
-    ws, model_ref: str, records_path: str | Path, *, limit: int | None = 60,
-    max_new_tokens: int = 48, force: bool = False, notify=None,
-):  # fmt: skip
-    """A cached, registered eval run of `evaluate_chat_answers` → eval asset (eval.json)."""
-    from forgeml.core.io import atomic_write_text, sha256_file
-    from forgeml.core.runtime import pick_device
-    from forgeml.models.hf_io import load_model
-    from forgeml.pipeline.stages import Output, open_registry, run_stage
-    from forgeml.tokenizer.train import load_tokenizer
-
-    reg = open_registry(ws)
-    asset = reg.get_asset(model_ref)
-    if asset.kind != "model":
-        raise ForgeError(f"{asset.id} is a {asset.kind}, not a model")
-    records_path = Path(records_path).expanduser().resolve()
-    records = load_answer_records(records_path, limit)
-    config = {
-        "suite": "chat-answers", "data_sha256": sha256_file(records_path), "limit": limit,
-        "max_new_tokens": max_new_tokens,
-    }  # fmt: skip
-
-    def body(work: Path):
-        device = pick_device()
-        model = load_model(asset.path, device=device).eval()
-        result = evaluate_chat_answers(
-            model, load_tokenizer(asset.path), records, max_new_tokens=max_new_tokens,
-            device=device,
-        )  # fmt: skip
-        out = work / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "eval.json", json.dumps({"model": asset.id, **result}, indent=1))
-        metrics = {k: result[k] for k in ("n", "exact_match", "normalised_match", "answer_found")}
-        meta = {"suite": "chat-answers", "model": asset.id, **metrics}
-        return [Output("eval", f"{asset.name}-chat", out, meta, parents=[asset.id])], metrics
-
-    return run_stage(ws, "eval", config, [asset.id], body, force=force, notify=notify)

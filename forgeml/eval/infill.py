@@ -19,12 +19,12 @@ from torch import nn
 
 from forgeml.core.config import GenerateConfig
 from forgeml.core.errors import DataError, ForgeError, NotFoundError
-from forgeml.data.fim import FimTokens
 from forgeml.tokenizer.chat import BOS, END, EOS
+from forgeml.tokenizer.fim import FimTokens
 from forgeml.tokenizer.train import load_tokenizer
 
 FILL = "<FILL>"
-GAP = "[...]"  # the gap marker of forgeml.demo.acme
+GAP = "[...]"  # the gap marker of the ACME corpus (examples/acme)
 Infiller = Callable[[str, str], str]
 FimOrder = Literal["psm", "spm"]
 
@@ -55,7 +55,7 @@ def fim_prompt_ids(
     tok: Tokenizer, prefix: str, suffix: str, budget: int, order: FimOrder = "psm"
 ) -> list[int]:
     """PSM `<PRE> prefix <SUF> suffix <MID>` or SPM `<PRE> <SUF> suffix <MID> prefix` in at
-    most `budget` tokens: exactly how `forgeml.data.fim.fim_assemble` lays out training
+    most `budget` tokens: exactly how `forgeml.tokenizer.fim.fim_assemble` lays out training
     examples, so the middle the model writes next is what it learned to write there.
 
     When too long, the prefix keeps its end and the suffix its start (the context nearest the
@@ -171,7 +171,7 @@ def load_damaged(damaged_dir: str | Path) -> list[InfillExample]:
         if len(pieces) != len(answers) + 1:
             raise DataError(
                 f"{path} has {len(pieces) - 1} gaps but {key_file} gives {len(answers)} answers",
-                hint="regenerate the corpus (forgeml demo acme)",
+                hint="regenerate the corpus (python examples/acme/generate.py)",
             )
         for j, answer in enumerate(answers):
             before = "".join(p + a for p, a in zip(pieces[:j], answers[:j], strict=True))
@@ -240,50 +240,3 @@ def evaluate_infill(
     with torch.inference_mode():
         result = score_infill(examples, fill)
     return result
-
-
-def infill_eval_stage(
-    ws,
-    model_ref: str,
-    damaged_dir: str | Path,
-    *,
-    max_examples: int | None = 200,
-    max_new_tokens: int = 16,
-    order: FimOrder = "psm",
-    force: bool = False,
-    notify: Callable[[str], None] | None = None,
-):
-    """`forgeml eval run MODEL --suite infill --data DIR`: a cached, registered eval run."""
-    from forgeml.core.io import atomic_write_text, sha256_file
-    from forgeml.core.runtime import pick_device
-    from forgeml.models.hf_io import load_model
-    from forgeml.pipeline.stages import Output, open_registry, run_stage
-
-    reg = open_registry(ws)
-    asset = reg.get_asset(model_ref)
-    if asset.kind != "model":
-        raise ForgeError(f"{asset.id} is a {asset.kind}, not a model")
-    damaged_dir = Path(damaged_dir).expanduser().resolve()
-    key_file = damaged_dir / "answers.json"
-    if not key_file.is_file():
-        raise NotFoundError(f"no answers.json in {damaged_dir}", hint="pass the damaged/ folder")
-    config = {
-        "suite": "infill", "answers_sha256": sha256_file(key_file),
-        "max_examples": max_examples, "max_new_tokens": max_new_tokens, "order": order,
-    }  # fmt: skip
-
-    def body(work: Path):
-        device = pick_device()
-        model = load_model(asset.path, device=device)
-        result = evaluate_infill(
-            model, asset.path, damaged_dir, max_examples=max_examples,
-            max_new_tokens=max_new_tokens, device=device, order=order,
-        )  # fmt: skip
-        out = work / "eval"
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "eval.json", json.dumps({"model": asset.id, **result}, indent=1))
-        metrics = {k: result[k] for k in ("n", "exact_match", "normalized_match")}
-        meta = {"suite": "infill", "model": asset.id, **metrics}
-        return [Output("eval", f"{asset.name}-infill", out, meta, parents=[asset.id])], metrics
-
-    return run_stage(ws, "eval", config, [asset.id], body, force=force, notify=notify)

@@ -47,7 +47,7 @@ sys.addaudithook(_forgeml_no_network)
 """
 
 # Runs first in the child: limits, then the network hook, then the program as a fresh
-# `__main__` module (what `runpy.run_path` does, without the ~10 ms of importing runpy).
+# `__main__` module (what `runpy.run_path` does, without the cost of importing runpy).
 _LAUNCHER = """
 import resource, sys
 for _which, _value in {rlimits!r}:

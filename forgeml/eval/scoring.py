@@ -7,7 +7,6 @@ give the confidence intervals the regression gate (forgeml.eval.gate) decides wi
 
 from __future__ import annotations
 
-import importlib
 import re
 import string
 from collections import Counter
@@ -16,6 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from forgeml.core.errors import ConfigError
+from forgeml.core.plugins import load_plugin
 
 Scorer = Callable[[str, str], float]
 
@@ -71,29 +71,12 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
-def import_object(path: str) -> object:
-    """`package.module:attribute` -> the attribute (a custom scorer or task function)."""
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(
-            f"'{path}' is not an import path", hint="write it as package.module:function"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import {module_name} for '{path}': {exc}") from None
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise ConfigError(f"{module_name} has no attribute '{attr}'") from None
-
-
 def resolve_scorer(name: str) -> Scorer:
     """A built-in scorer by name, or any `(prediction, reference) -> float` by import path."""
     if name in SCORERS:
         return SCORERS[name]
     if ":" in name:
-        fn = import_object(name)
+        fn = load_plugin(name)
         if not callable(fn):
             raise ConfigError(f"custom scorer '{name}' is not callable")
         return fn  # type: ignore[return-value]

@@ -90,7 +90,9 @@ class TaskSpec(_Spec):
     # perplexity
     text: str = "{text}"
     # code_exec
-    checker: str = Field("acme_translation", description="key in CHECKERS or an import path")
+    checker: str = Field(
+        "io_cases", description="key in CHECKERS, package.module:function or file.py:function"
+    )
     source: str = Field("program_text", description="field of the program to translate")
     cases: str = Field("cases", description="field of the test cases")
     timeout_s: float = Field(10.0, gt=0)

@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from forgeml.core.errors import ConfigError, DataError
+from forgeml.core.plugins import load_plugin
 from forgeml.core.runtime import autocast
-from forgeml.eval.scoring import import_object, resolve_scorer, weighted_mean
+from forgeml.core.seeds import derive_seed
+from forgeml.eval.scoring import resolve_scorer, weighted_mean
 from forgeml.eval.suite import Examples, Suite, TaskSpec, load_examples
 from forgeml.tokenizer.chat import BOS, EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
@@ -338,7 +340,7 @@ def _generation_requests(task: TaskSpec, prompts: list[str], opts: RunOptions) -
             top_k=task.top_k,
             top_p=task.top_p,
             # per-example seed: sampled outputs do not depend on batching or order
-            seed=opts.seed * 1_000_003 + i,
+            seed=derive_seed(opts.seed, "eval.example", i),
         )
         for i, p in enumerate(prompts)
     ]
@@ -422,13 +424,6 @@ def run_perplexity(
     return result
 
 
-def _acme_translation(completion: str, record: dict, task: TaskSpec) -> float:
-    from forgeml.demo.acme_cl import score_translation
-
-    cases = [c["inputs"] if isinstance(c, dict) else c for c in record[task.cases]]
-    return score_translation(record[task.source], completion, cases, timeout_s=task.timeout_s)
-
-
 def _io_cases(completion: str, record: dict, task: TaskSpec) -> float:
     from forgeml.eval.sandbox import score_io_cases
 
@@ -436,7 +431,6 @@ def _io_cases(completion: str, record: dict, task: TaskSpec) -> float:
 
 
 CHECKERS: dict[str, Callable[[str, dict, TaskSpec], float]] = {
-    "acme_translation": _acme_translation,
     "io_cases": _io_cases,
 }
 
@@ -446,7 +440,7 @@ def run_code_exec(
 ) -> TaskResult:
     """Generate a program and run it on the record's test cases: `pass_rate` is the share of
     cases passed, `pass` is 1 when all pass (pass@1 with one sample, arXiv:2107.03374)."""
-    checker = CHECKERS.get(task.checker) or import_object(task.checker)
+    checker = CHECKERS.get(task.checker) or load_plugin(task.checker)
     if not callable(checker):
         raise ConfigError(f"task {task.name}: checker '{task.checker}' is not callable")
 
@@ -476,7 +470,7 @@ def run_custom(
 ) -> TaskResult:
     """`function(lm, records, task) -> list of {"id", "scores": {metric: value}, ...}`;
     the first metric of the first record is the primary one."""
-    fn = import_object(task.function or "")
+    fn = load_plugin(task.function or "")
     if not callable(fn):
         raise ConfigError(f"task {task.name}: '{task.function}' is not callable")
     examples = list(fn(lm, records, task))

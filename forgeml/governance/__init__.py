@@ -1,2 +1,3 @@
-"""Governance: classification labels inherited along the lineage (and, as they move here,
-keys, policies, detectors and the audit log). Sits above the registry, below every stage."""
+"""Governance: principals and API keys, serving policies, the PII/secret detectors shared with
+curation, classification labels inherited along the lineage, and the tamper-evident audit log.
+Sits above the registry, below every stage."""

@@ -10,9 +10,7 @@ trial's recipe is written out.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,13 +21,19 @@ from optuna.trial import TrialState
 from forgeml.core.config import Recipe, config_hash, save_resolved, validate_recipe
 from forgeml.core.errors import ConfigError, DataError, ForgeError, NotFoundError
 from forgeml.core.io import atomic_write_text
+from forgeml.core.seeds import derive_seed
 from forgeml.core.workspace import Workspace
 from forgeml.hpo.space import SearchSpace, apply_params, check_space, parse_space
 from forgeml.hpo.storage import study_storage
-from forgeml.pipeline.stages import Notify, Output, open_registry, run_stage
+from forgeml.pipeline.prepare import prepare_shards
+from forgeml.pipeline.pretrain_stage import pretrain_config
+from forgeml.pipeline.runtime import Notify, Output, run_stage
+from forgeml.registry import open_registry
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+# Runs `n` trials of the named study as queued jobs and waits for them (control/ makes one).
+TrialJobs = Callable[[str, int], None]
 
 
 @dataclass
@@ -50,7 +54,7 @@ class HpoResult:
     cached: bool = False
 
 
-def prepare_data(
+def trial_data(
     ws: Workspace,
     recipe: Recipe,
     *,
@@ -59,45 +63,22 @@ def prepare_data(
     progress: bool = False,
     notify: Notify | None = None,
 ) -> tuple[str, str]:
-    """Token shards and tokenizer for the trials, through the cached pipeline stages (the
-    same as `forgeml pipeline run`: curation when data.curate, FIM packing per `fim`)."""
-    from forgeml.pipeline.stages import ingest_stage, pack_stage, tokenizer_stage
-
-    d = recipe.data
-    if data is None:
-        if not d.sources:
-            raise ConfigError(
-                "the recipe has no data.sources", hint="add data.sources or pass --data DATASET"
-            )
-        data = ingest_stage(
-            ws, d.sources, name=d.name, include=d.include, exclude=d.exclude,
-            max_file_bytes=d.max_file_bytes, text_fields=d.text_fields, progress=progress,
-            notify=notify,
-        ).output  # fmt: skip
-        if d.curate:
-            from forgeml.pipeline.curate_stage import curate_stage
-
-            data = curate_stage(ws, data, recipe.curate, progress=progress, notify=notify).output
-    if d.heldout_fraction <= 0:
+    """Token shards and tokenizer for the trials, prepared as `forgeml pipeline run` does
+    (pipeline/prepare.py); the trials are scored on the shards' held-out split."""
+    if recipe.data.heldout_fraction <= 0:
         raise ConfigError(
             "hyper-parameter search scores trials on held-out data, but data.heldout_fraction is 0",
             hint="set data.heldout_fraction (e.g. 0.1)",
         )
-    if tokenizer is None:
-        tokenizer = tokenizer_stage(
-            ws, data, recipe.tokenizer, heldout_fraction=d.heldout_fraction, progress=progress,
-            notify=notify,
-        ).output  # fmt: skip
-    shards = pack_stage(
-        ws, data, tokenizer, heldout_fraction=d.heldout_fraction, fim=recipe.fim,
-        progress=progress, notify=notify,
-    ).output  # fmt: skip
-    if not (Path(open_registry(ws).get_asset(shards).path) / "heldout").is_dir():
+    prepared = prepare_shards(
+        ws, recipe, data=data, tokenizer=tokenizer, progress=progress, notify=notify
+    )
+    if not (Path(open_registry(ws).get_asset(prepared.shards).path) / "heldout").is_dir():
         raise DataError(
-            f"{shards} has no held-out split to score trials on",
+            f"{prepared.shards} has no held-out split to score trials on",
             hint="use more documents or a larger data.heldout_fraction",
         )
-    return shards, tokenizer
+    return prepared.shards, prepared.tokenizer
 
 
 def train_trial(
@@ -117,12 +98,7 @@ def train_trial(
 
     reg = open_registry(ws)
     shards_asset, tok = reg.get_asset(shards), reg.get_asset(tokenizer)
-    config = {
-        "model": recipe.model.model_dump(mode="json"),
-        "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(mode="json"),
-        "hpo": {"study": study, "trial": label},
-    }
+    config = {**pretrain_config(recipe), "hpo": {"study": study, "trial": label}}
 
     def report(step: int, eval_loss: float) -> None:
         trial.report(eval_loss, step)
@@ -181,7 +157,7 @@ def run_one_trial(
     n_before = len(stored.get_trials(deepcopy=False))
     study = optuna.load_study(
         study_name=study_name, storage=storage,
-        sampler=space.sampler_for(n_before + 10_007 * offset),
+        sampler=space.sampler_for(derive_seed(n_before, "hpo.trial_sampler", offset)),
         pruner=space.pruner_for(recipe),
     )  # fmt: skip
     trial = study.ask()
@@ -219,7 +195,7 @@ def run_hpo(
     study_name: str | None = None,
     baseline: bool = True,
     first_trials: list[dict[str, Any]] | None = None,
-    start_workers: bool = True,
+    trial_jobs: TrialJobs | None = None,
     executor: Literal["local", "ray"] = "local",
     ray_address: str | None = None,
     out: Path | None = None,
@@ -231,8 +207,8 @@ def run_hpo(
     pruned) trials; each missing one is tried once (a failed trial is recorded, not retried).
 
     The study is named after the recipe, space and data, so running the same search again
-    continues it. `parallel` > 1 queues the trials as jobs (`forgeml hpo-trial STUDY`) and,
-    with `start_workers`, starts that many local `forgeml worker` processes to run them.
+    continues it. `parallel` > 1 runs the trials through `trial_jobs(study, n)`, which queues
+    them as jobs and waits for them (the control plane's `trial_job_runner`).
     `executor="ray"` runs `parallel` trials at a time as Ray tasks instead, on the cluster at
     `ray_address` (its nodes share this workspace's folder and registry database) or on a
     local cluster on 127.0.0.1; they share the study through the registry database as jobs do.
@@ -243,7 +219,7 @@ def run_hpo(
     if executor not in ("local", "ray"):
         raise ConfigError(f"unknown executor '{executor}'", hint="use 'local' or 'ray'")
     check_space(space, recipe)
-    shards, tok = prepare_data(ws, recipe, data=data, tokenizer=tokenizer, notify=notify)
+    shards, tok = trial_data(ws, recipe, data=data, tokenizer=tokenizer, notify=notify)
     space_raw = space.model_dump(mode="json")
     recipe_raw = recipe.model_dump(mode="json")
     name = study_name or (f"{recipe.name}-{config_hash([recipe_raw, space_raw, shards, tok])[:10]}")
@@ -285,7 +261,12 @@ def run_hpo(
                 if notify:
                     notify(f"hpo {name}: trial {outcome['trial']} {_describe(outcome)}")
         elif todo:
-            _run_as_jobs(ws, name, todo, parallel, start_workers, notify)
+            if trial_jobs is None:
+                raise ConfigError(
+                    f"--parallel {parallel} runs the trials as jobs, but no job queue was given",
+                    hint="run it through `forgeml hpo`, or use --executor ray",
+                )
+            trial_jobs(name, todo)
         return _finish(ws, optuna.load_study(study_name=name, storage=study_storage(ws)),
                        recipe, space, work, baseline_value)  # fmt: skip
 
@@ -309,68 +290,6 @@ def _describe(outcome: dict[str, Any]) -> str:
     if outcome["state"] == "complete":
         return f"eval loss {outcome['value']:.4f} ({outcome['run_id']})"
     return f"{outcome['state']}: {outcome.get('reason', '')}"
-
-
-def queue_trial_jobs(ws: Workspace, name: str, todo: int, notify: Notify | None) -> list[str]:
-    """Queue up to `todo` trial jobs, each planned and charged like any other job to whoever
-    started this search (the submitter of the job it runs in, or the person at the CLI).
-    Stops at the first trial the budget refuses; raises BudgetExceeded if that is the first."""
-    from forgeml.control.ops import BudgetExceeded, admit_job, current_submitter
-    from forgeml.governance.audit import AuditLog, audit_log_path
-
-    reg = open_registry(ws)
-    who, audit = current_submitter(reg), AuditLog(audit_log_path(ws.root))
-    jobs: list[str] = []
-    for i in range(todo):
-        try:
-            job, _ = admit_job(ws, reg, audit, ["hpo-trial", name, "--offset", str(i + 1)], who)
-        except BudgetExceeded as exc:
-            if not jobs:
-                raise
-            if notify:
-                notify(f"hpo {name}: {todo - len(jobs)} trial job(s) not queued: {exc}")
-            break
-        jobs.append(job.id)
-    if notify:
-        notify(f"hpo {name}: queued {len(jobs)} trial job(s) for {who.principal}")
-    return jobs
-
-
-def _run_as_jobs(
-    ws: Workspace, name: str, todo: int, parallel: int, start_workers: bool,
-    notify: Notify | None,
-) -> None:  # fmt: skip
-    """Queue one job per trial and wait for all of them (started local workers run them)."""
-    from forgeml.control.jobs import FINISHED, get_job
-
-    reg = open_registry(ws)
-    jobs = queue_trial_jobs(ws, name, todo, notify)
-    workers = []
-    if start_workers:
-        cmd = [sys.executable, "-m", "forgeml.cli", "-q", "-w", str(ws.root), "worker",
-               "--idle-exit", "2", "--poll", "0.3", "--heartbeat", "1"]  # fmt: skip
-        workers = [
-            subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for _ in range(parallel)
-        ]
-    try:
-        while True:
-            states = [get_job(reg, j).status for j in jobs]
-            if all(s in FINISHED for s in states):
-                break
-            if workers and all(w.poll() is not None for w in workers):
-                raise ForgeError(
-                    f"the local workers exited with {sum(s not in FINISHED for s in states)} "
-                    "trial job(s) unfinished",
-                    hint="see `forgeml jobs list`; run `forgeml worker` to finish them",
-                )
-            time.sleep(0.5)
-    finally:
-        for w in workers:
-            w.wait(timeout=60)
-    failed = [j for j, s in zip(jobs, states, strict=True) if s != "succeeded"]
-    if failed and notify:
-        notify(f"hpo {name}: {len(failed)} trial job(s) did not succeed: {', '.join(failed)}")
 
 
 def _run_on_ray(
@@ -442,6 +361,6 @@ def _finish(
 
 
 __all__ = [
-    "HpoResult", "prepare_data", "queue_trial_jobs", "run_hpo", "run_one_trial", "study_context",
-    "train_trial",
+    "HpoResult", "TrialJobs", "run_hpo", "run_one_trial", "study_context", "train_trial",
+    "trial_data",
 ]  # fmt: skip

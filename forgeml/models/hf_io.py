@@ -25,15 +25,10 @@ from forgeml.core.errors import ConfigError, NotFoundError
 from forgeml.core.io import atomic_write_bytes, atomic_write_text
 from forgeml.models.registry import model_class
 from forgeml.tokenizer.chat import END
+from forgeml.tokenizer.train import TOKENIZER_FILES
 
 FORGEML_CONFIG = "forgeml_model.json"
 GENERATION_CONFIG = "generation_config.json"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.jinja",
-)
 
 # Our parameter name -> HF name, with {i} the layer index. Fused weights are split below.
 WEIGHT_MAP = {

@@ -76,7 +76,7 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 class DispatchRows(torch.autograd.Function):
     """Token rows -> expert slots: out[s] = x[token_of_slot[s]]. Backward gathers each
     token's k slot gradients (slot_of_pair) and sums them, instead of the scatter-add that
-    autograd would run for `index_select` (measured ~10x slower than a gather on CPU)."""
+    autograd would run for `index_select` (much slower than a gather on CPU)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, token_of_slot: torch.Tensor, slot_of_pair: torch.Tensor):
@@ -159,8 +159,8 @@ def padded_expert_mlp(
     """`grouped_expert_mlp` for torch without `F.grouped_mm`: one padded `bmm` per projection.
 
     The sorted pairs are laid out in an [E, C, D] block with C = the largest expert load, the
-    other experts' rows padded, so compute grows with the imbalance (C * E / (N * k)): at
-    initialisation, loads of up to 1.9x the mean made it ~2x slower than `F.grouped_mm`.
+    other experts' rows padded, so compute grows with the imbalance (C * E / (N * k)): with the
+    uneven loads of a freshly initialised router it is markedly slower than `F.grouped_mm`.
     """
     n_tokens, dim = x.shape
     n_experts, k = w13.shape[0], experts.shape[1]

@@ -2,16 +2,21 @@
 
 The prompt is prefilled once, then one token per step; greedy, temperature, top-k and
 nucleus (top-p, Holtzman et al., arXiv:1904.09751) sampling with a local seeded generator.
+`sample_groups` decodes n completions of many prompts as one batch (GRPO, online DPO).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
+from forgeml.core.errors import DataError
+from forgeml.core.runtime import autocast
 from forgeml.models.dense import Transformer
 
 
@@ -180,3 +185,93 @@ def greedy_replies(
         )  # fmt: skip
         replies.append(tokenizer.decode(new, skip_special_tokens=skip_special_tokens))
     return replies
+
+
+@contextlib.contextmanager
+def _decode_threads(device: str) -> Iterator[None]:
+    # One token per step is hundreds of tiny ops: on CPU one intra-op thread beats two
+    # (measured on the 2-core box, 8 x 128 tokens of a 2.4M model: 0.7 s vs 6.0 s CPU time).
+    before = torch.get_num_threads()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def sample_group(
+    model: nn.Module, prompt_ids: list[int], n: int, *, max_new_tokens: int, stop_ids: set[int],
+    temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator,
+    device: str, dtype: str,
+) -> list[list[int]]:  # fmt: skip
+    """`n` sampled completions of one prompt (`sample_groups` of one prompt)."""
+    return sample_groups(
+        model, [prompt_ids], n, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
+        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device,
+        dtype=dtype,
+    )[0]  # fmt: skip
+
+
+@torch.inference_mode()
+def sample_groups(
+    model: nn.Module, prompts: list[list[int]], n: int, *, max_new_tokens: int,
+    stop_ids: set[int], temperature: float, top_k: int | None, top_p: float | None,
+    generator: torch.Generator, device: str, dtype: str, reserve: int = 0,
+) -> list[list[list[int]]]:  # fmt: skip
+    """`n` sampled completions of each prompt, all decoded together as one batch with the kv
+    cache: each prompt is prefilled once and its cache copied to its n rows, then every live
+    row takes one token per step at its own position (the model's `decode_rows`, as in
+    serving). A row ends at its first stop token (kept) or after its token budget, and leaves
+    the batch; `reserve` context positions stay free after each. Returns, per prompt, its n
+    completions."""
+    budgets = []
+    for ids in prompts:
+        budget = min(max_new_tokens, model.cfg.max_seq_len - len(ids) - reserve)
+        if budget < 1:
+            raise DataError(
+                f"a prompt of {len(ids)} tokens leaves no room in the model's context "
+                f"({model.cfg.max_seq_len})",
+                hint="shorten the prompts",
+            )
+        budgets.append(budget)
+    width = max(len(ids) + b for ids, b in zip(prompts, budgets, strict=True))
+    rows_total = len(prompts) * n
+    cache = model.new_kv_cache(rows_total, width, device=device)
+    out: list[list[int]] = [[] for _ in range(rows_total)]
+    stops = torch.tensor(sorted(stop_ids), device=device)
+    with autocast(device, dtype), _decode_threads(device):
+        first = []
+        for p, ids in enumerate(prompts):
+            one = model.new_kv_cache(1, len(ids), device=device, dtype=cache.k.dtype)
+            logits = model(torch.tensor([ids], device=device), kv_cache=one, start_pos=0)[:, -1]
+            rows = slice(p * n, (p + 1) * n)
+            cache.k[:, rows, :, : len(ids)] = one.k
+            cache.v[:, rows, :, : len(ids)] = one.v
+            first.append(logits.expand(n, -1))
+        logits = torch.cat(first)
+        live = torch.arange(rows_total, device=device)  # the output row of each cache row
+        positions = torch.tensor(
+            [len(ids) for ids in prompts for _ in range(n)], device=device
+        )  # fmt: skip
+        left = torch.tensor([b for b in budgets for _ in range(n)], device=device)
+        while True:
+            scaled = logits.float() / temperature
+            if top_k is not None or top_p is not None:
+                scaled = torch.stack(
+                    [filter_logits(row, top_k=top_k, top_p=top_p) for row in scaled]
+                )
+            token = sample_indices(torch.softmax(scaled, -1), generator)
+            for r, t in zip(live.tolist(), token.tolist(), strict=True):
+                out[r].append(t)
+            left -= 1
+            keep = ~torch.isin(token, stops) & (left > 0)
+            if not bool(keep.any()):
+                break
+            if not bool(keep.all()):  # finished rows leave the batch and its cache
+                idx = keep.nonzero()[:, 0]
+                live, token, positions, left = live[idx], token[idx], positions[idx], left[idx]
+                cache = type(cache)(cache.k[:, idx], cache.v[:, idx])
+            logits = model.decode_rows(token, cache, positions)
+            positions = positions + 1
+    return [out[p * n : (p + 1) * n] for p in range(len(prompts))]

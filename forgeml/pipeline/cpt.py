@@ -22,14 +22,15 @@ from forgeml.core.config import Recipe
 from forgeml.core.errors import ConfigError, DataError, ForgeError
 from forgeml.core.io import atomic_open, atomic_write_text
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.stages import (
+from forgeml.pipeline.runtime import (
     Notify,
     Output,
     StageResult,
+    documents_parquet,
     heldout_doc_ids,
-    open_registry,
     run_stage,
 )
+from forgeml.registry import open_registry
 
 
 def replay_mix(
@@ -99,7 +100,7 @@ def replay_mix(
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:
-    from forgeml.models.hf_io import TOKENIZER_FILES
+    from forgeml.tokenizer.train import TOKENIZER_FILES
 
     dst.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
@@ -123,9 +124,10 @@ def continue_pretrain(
     `recipe.optim` and `recipe.fim` apply. Writes out_dir/{tokenizer, shards, train, init}
     and returns held-out losses before and after on the domain and general text.
     """
-    from forgeml.data.fim import pack_fim_shards
     from forgeml.models.hf_io import load_model, save_model
-    from forgeml.tokenizer.extend import extend_tokenizer, resize_embeddings_mean_init
+    from forgeml.models.resize import resize_embeddings_mean_init
+    from forgeml.tokenizer.extend import extend_tokenizer
+    from forgeml.tokenizer.fim import pack_fim_shards
     from forgeml.tokenizer.pack import TokenShards, pack_token_shards
     from forgeml.train.pretrain import evaluate_loss, pretrain
 
@@ -224,16 +226,6 @@ def continue_pretrain(
     return result
 
 
-def _documents_parquet(asset) -> Path:
-    path = Path(asset.path) / "data.parquet"
-    if asset.kind != "dataset" or not path.is_file():
-        raise ForgeError(
-            f"asset {asset.id} is a {asset.kind}, not a document dataset",
-            hint="pass a dataset id from `forgeml data ingest` (see `forgeml assets list`)",
-        )
-    return path
-
-
 def continue_pretrain_stage(
     ws: Workspace,
     recipe: Recipe,
@@ -257,10 +249,10 @@ def continue_pretrain_stage(
     if base.kind != "model":
         raise ForgeError(f"{base.id} is a {base.kind}, not a model", hint="pass a model asset")
     domain = reg.get_asset(dataset_ref)
-    domain_parquet = _documents_parquet(domain)
+    domain_parquet = documents_parquet(domain)
     replay_ref = replay_ref or recipe.cpt.replay_data
     replay = reg.get_asset(replay_ref) if replay_ref else None
-    general_parquet = _documents_parquet(replay) if replay is not None else None
+    general_parquet = documents_parquet(replay) if replay is not None else None
     inputs = [base.id, domain.id] + ([replay.id] if replay is not None else [])
     config = {
         "cpt": recipe.cpt.model_dump(mode="json", exclude={"from_model", "replay_data"}),

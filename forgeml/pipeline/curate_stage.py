@@ -12,14 +12,8 @@ from typing import Any
 
 from forgeml.core.config import CurateConfig
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.stages import (
-    Notify,
-    Output,
-    StageResult,
-    _documents_parquet,
-    open_registry,
-    run_stage,
-)
+from forgeml.pipeline.runtime import Notify, Output, StageResult, documents_parquet, run_stage
+from forgeml.registry import open_registry
 
 
 def curate_stage(
@@ -37,7 +31,7 @@ def curate_stage(
 
     cfg = cfg or CurateConfig()
     raw = open_registry(ws).get_asset(dataset_ref)
-    parquet = _documents_parquet(raw)
+    parquet = documents_parquet(raw)
     out_name = name or f"{raw.name}-curated"
     # where it runs (curate.executor: local | processes | ray) is not part of the cache key: same output
     config = {"curate": cfg.output_settings(), "name": out_name}

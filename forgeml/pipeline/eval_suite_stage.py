@@ -24,7 +24,8 @@ from forgeml.eval.gate import (
     load_eval_record,
 )
 from forgeml.eval.suite import Suite, load_suite
-from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
+from forgeml.registry import open_registry
 
 
 class GateFailed(ForgeError):

@@ -23,7 +23,6 @@ from forgeml.core.errors import ConfigError, DataError, ForgeError, NotFoundErro
 from forgeml.core.io import fsync_dir
 from forgeml.core.workspace import Workspace
 from forgeml.models.hf_io import (
-    TOKENIZER_FILES,
     from_hf_state_dict,
     load_model,
     mixtral_compatible,
@@ -31,7 +30,9 @@ from forgeml.models.hf_io import (
     save_model,
 )
 from forgeml.models.registry import build_model
-from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
+from forgeml.registry import open_registry
+from forgeml.tokenizer.train import TOKENIZER_FILES
 
 # What an HF model folder needs besides the weights; READMEs, .git and the like stay behind.
 MODEL_SIDE_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")

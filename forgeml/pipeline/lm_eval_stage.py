@@ -18,7 +18,8 @@ from forgeml.core.config import config_hash
 from forgeml.core.errors import ForgeError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
+from forgeml.registry import open_registry
 
 LM_EVAL_OUTPUT = "lm_eval_output.json"
 

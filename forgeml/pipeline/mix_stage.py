@@ -14,14 +14,8 @@ from typing import Any
 from forgeml.core.config import MixConfig
 from forgeml.core.io import atomic_write_text
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.stages import (
-    Notify,
-    Output,
-    StageResult,
-    _documents_parquet,
-    open_registry,
-    run_stage,
-)
+from forgeml.pipeline.runtime import Notify, Output, StageResult, documents_parquet, run_stage
+from forgeml.registry import open_registry
 
 
 def mix_stage(
@@ -38,7 +32,7 @@ def mix_stage(
     from forgeml.data.mix import mix_by_source
 
     dataset = open_registry(ws).get_asset(dataset_ref)
-    parquet = _documents_parquet(dataset)
+    parquet = documents_parquet(dataset)
     # ingest records each source as its resolved path
     weights = {str(Path(s).expanduser().resolve()): w for s, w in cfg.weights.items()}
     out_name = name or f"{dataset.name}-mixed"

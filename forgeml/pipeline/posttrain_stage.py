@@ -22,7 +22,8 @@ from forgeml.core.config import Recipe, RLConfig
 from forgeml.core.io import atomic_write_text, sha256_file
 from forgeml.core.workspace import Workspace
 from forgeml.pipeline.preference_stage import _model_asset
-from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
+from forgeml.registry import open_registry
 
 
 @dataclass
@@ -83,9 +84,10 @@ def evaluate_sampled_rewards(
     `pass_at_n` the share of prompts with at least one such sample, and the mean reward."""
     import torch
 
+    from forgeml.core.seeds import derive_seed
+    from forgeml.models.sampling import sample_group
     from forgeml.tokenizer.chat import END, EOS
     from forgeml.train.rewards import score_completions
-    from forgeml.train.rl import sample_group
 
     stops = {tokenizer.token_to_id(END), tokenizer.token_to_id(EOS)} - {None}
     texts, completions, metas, owner = [], [], [], []
@@ -94,7 +96,7 @@ def evaluate_sampled_rewards(
         if len(ids) >= model.cfg.max_seq_len:  # no room: scored as empty replies
             rows: list[list[int]] = [[] for _ in range(samples)]
         else:
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+            gen = torch.Generator(device=device).manual_seed(derive_seed(seed, "eval.example", i))
             rows = sample_group(
                 model, ids, samples, max_new_tokens=rl.max_new_tokens, stop_ids=stops,
                 temperature=rl.temperature, top_k=rl.top_k, top_p=rl.top_p, generator=gen,
@@ -214,7 +216,7 @@ def posttrain_stages(
     force: bool = False, progress: bool = True, notify: Notify | None = None,
 ) -> tuple[list[StageResult], list[Lift]]:  # fmt: skip
     """The `posttrain` stages after SFT, in order, with their before/after numbers."""
-    from forgeml.eval.chat_answers import chat_answers_eval_stage
+    from forgeml.pipeline.chat_answers_stage import chat_answers_eval_stage
     from forgeml.pipeline.preference_stage import dpo_stage
     from forgeml.pipeline.rl_stage import rl_stage
 

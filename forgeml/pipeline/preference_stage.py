@@ -14,7 +14,8 @@ from forgeml.core.config import Recipe
 from forgeml.core.errors import ConfigError, DataError, ForgeError
 from forgeml.core.io import atomic_write_text, sha256_file
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
+from forgeml.registry import open_registry
 
 PREFERENCE_FORMAT = "preference-jsonl"
 PAIRS_FILE = "pairs.jsonl"

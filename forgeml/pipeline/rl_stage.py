@@ -9,16 +9,22 @@ the run's config, so editing the reward re-runs the stage instead of answering f
 from __future__ import annotations
 
 import hashlib
-import importlib
 import inspect
 from pathlib import Path
 from typing import Any
 
-from forgeml.core.config import Recipe, RewardConfig, config_hash
+from forgeml.core.config import Recipe, RewardConfig
 from forgeml.core.errors import ConfigError, ForgeError, NotFoundError
+from forgeml.core.plugins import plugin_module
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
-from forgeml.registry import Registry
+from forgeml.pipeline.runtime import (
+    Notify,
+    Output,
+    StageResult,
+    resumable_work_dir,
+    run_stage,
+)
+from forgeml.registry import Registry, open_registry
 
 PROMPTS_FORMAT = "rl-prompts-jsonl"
 
@@ -55,35 +61,19 @@ def _prompts_file(asset) -> Path:
 
 
 def reward_fingerprints(specs: list[RewardConfig]) -> dict[str, str]:
-    """sha256 of the source file of every user reward function, by import path."""
+    """sha256 of the source file of every user reward function, by plugin path."""
     out = {}
     for spec in specs:
         path = spec.function or (spec.kind if ":" in spec.kind else None)
         if not path:
             continue
-        module_name = path.partition(":")[0]
         try:
-            source = inspect.getsourcefile(importlib.import_module(module_name))
-        except (ImportError, TypeError) as exc:
-            raise ConfigError(
-                f"reward function '{path}': cannot import {module_name}: {exc}"
-            ) from None
+            source = inspect.getsourcefile(plugin_module(path))
+        except TypeError as exc:
+            raise ConfigError(f"reward function '{path}': no source file: {exc}") from None
         if source:
             out[path] = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     return out
-
-
-def _resumable_dir(ws: Workspace, reg: Registry, digest: str, inputs: list[str]) -> Path:
-    """The work folder of the latest unfinished RL run with this config and inputs."""
-    for run in sorted(reg.list_runs(stage="rl"), key=lambda r: r.started_at, reverse=True):
-        if run.config_hash == digest and sorted(run.inputs) == sorted(inputs):
-            path = ws.runs_dir / "rl" / run.id
-            if run.status != "succeeded" and (path / "checkpoints").is_dir():
-                return path
-    raise NotFoundError(
-        "no interrupted RL run with this recipe, model and prompts to resume",
-        hint="run without --resume to start one",
-    )
 
 
 def rl_stage(
@@ -115,7 +105,8 @@ def rl_stage(
         "reward_sources": reward_fingerprints(list(recipe.rl.rewards)),
     }
     inputs = [base.id, prompts.id]
-    work_dir = _resumable_dir(ws, reg, config_hash(config), inputs) if resume else None
+    describe = "RL run with this recipe, model and prompts"
+    work_dir = resumable_work_dir(ws, "rl", config, inputs, describe=describe) if resume else None
 
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
         summary = train_rl(

@@ -1,7 +1,7 @@
 """`forgeml pipeline run RECIPE`: ingest → (curate) → (mix) → tokenizer → pack → pretrain → eval →
 (SFT → DPO → RL, each measured before/after) → generate.
 
-Each stage is a cached run (see stages.py), so running the same recipe twice repeats
+Each stage is a cached run (see runtime.py), so running the same recipe twice repeats
 nothing and changing one field re-runs only the stages downstream of it.
 """
 
@@ -14,20 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from forgeml.core.config import Recipe
-from forgeml.core.errors import ConfigError
 from forgeml.core.workspace import Workspace
+from forgeml.pipeline.generate import generate_text
+from forgeml.pipeline.perplexity_stage import perplexity_eval_stage
 from forgeml.pipeline.posttrain_stage import Lift
-from forgeml.pipeline.stages import (
-    Notify,
-    StageResult,
-    eval_stage,
-    generate_text,
-    ingest_stage,
-    open_registry,
-    pack_stage,
-    pretrain_stage,
-    tokenizer_stage,
-)
+from forgeml.pipeline.prepare import prepare_shards
+from forgeml.pipeline.pretrain_stage import pretrain_stage
+from forgeml.pipeline.runtime import Notify, StageResult
+from forgeml.registry import open_registry
 
 
 @dataclass
@@ -64,69 +58,18 @@ def run_pipeline(
     notify: Notify | None = None,
 ) -> PipelineResult:
     """Run every stage of `recipe` in order, skipping those already done."""
-    if not recipe.data.sources:
-        raise ConfigError(
-            "the recipe has no data.sources", hint="add folders under data.sources in the recipe"
-        )
     start = time.perf_counter()
     out = PipelineResult()
     # Training prints plain progress lines off a terminal; the data stages' bars would be noise.
     bars = progress and sys.stderr.isatty()
     data = recipe.data
-    ingest = ingest_stage(
-        ws,
-        [Path(s) for s in data.sources],
-        name=data.name,
-        include=data.include,
-        exclude=data.exclude,
-        max_file_bytes=data.max_file_bytes,
-        text_fields=data.text_fields,
-        force=force,
-        progress=bars,
-        notify=notify,
-    )
-    out.stages.append(ingest)
-    documents = ingest.output
-    if data.curate:
-        from forgeml.pipeline.curate_stage import curate_stage
-
-        curated = curate_stage(
-            ws, ingest.output, recipe.curate, force=force, progress=bars, notify=notify
-        )
-        out.stages.append(curated)
-        documents = curated.output
-    if data.mix is not None:  # re-weight the sources (data/mix.py) before tokenizer and pack
-        from forgeml.pipeline.mix_stage import mix_stage
-
-        mixed = mix_stage(ws, documents, data.mix, force=force, notify=notify)
-        out.stages.append(mixed)
-        documents = mixed.output
-    tok = tokenizer_stage(
-        ws,
-        documents,
-        recipe.tokenizer,
-        heldout_fraction=data.heldout_fraction,
-        force=force,
-        progress=bars,
-        notify=notify,
-    )
-    out.stages.append(tok)
-    pack = pack_stage(
-        ws,
-        documents,
-        tok.output,
-        heldout_fraction=data.heldout_fraction,
-        fim=recipe.fim,
-        force=force,
-        progress=bars,
-        notify=notify,
-    )
-    out.stages.append(pack)
+    prepared = prepare_shards(ws, recipe, force=force, progress=bars, notify=notify)
+    out.stages += prepared.stages
     model = pretrain_stage(
         ws,
         recipe,
-        pack.output,
-        tok.output,
+        prepared.shards,
+        prepared.tokenizer,
         resume=resume,
         auto_resume=auto_resume,
         force=force,
@@ -135,11 +78,11 @@ def run_pipeline(
     )
     out.stages.append(model)
     if data.heldout_fraction > 0:
-        ev = eval_stage(
+        ev = perplexity_eval_stage(
             ws,
             model.output,
             recipe.eval,
-            shards_ref=pack.output,
+            shards_ref=prepared.shards,
             seq_len=recipe.train.seq_len,
             dtype=recipe.train.dtype,
             force=force,
@@ -147,7 +90,7 @@ def run_pipeline(
         )
         out.stages.append(ev)
     for damaged in _damaged_dirs(data.sources):
-        from forgeml.eval.infill import infill_eval_stage
+        from forgeml.pipeline.infill_stage import infill_eval_stage
 
         out.stages.append(
             infill_eval_stage(

@@ -13,11 +13,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from forgeml.core.config import Recipe, SFTConfig, config_hash
+from forgeml.core.config import Recipe, SFTConfig
 from forgeml.core.errors import ConfigError, DataError, ForgeError, NotFoundError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+from forgeml.pipeline.runtime import (
+    Notify,
+    Output,
+    StageResult,
+    resumable_work_dir,
+    run_stage,
+)
+from forgeml.registry import open_registry
 
 CHAT_FORMAT = "chat-jsonl"
 
@@ -79,19 +86,6 @@ def _chat_dataset(ws: Workspace, data: str, heldout: str | None, notify: Notify 
     return asset
 
 
-def _resumable_dir(ws: Workspace, digest: str, inputs: list[str]) -> Path:
-    reg = open_registry(ws)
-    for run in sorted(reg.list_runs(stage="sft"), key=lambda r: r.started_at, reverse=True):
-        if run.config_hash == digest and sorted(run.inputs) == sorted(inputs):
-            path = ws.runs_dir / "sft" / run.id
-            if run.status != "succeeded" and (path / "checkpoints").is_dir():
-                return path
-    raise NotFoundError(
-        "no interrupted SFT run with this recipe, base model and data to resume",
-        hint="run without --resume to start one",
-    )
-
-
 def sft_stage(
     ws: Workspace,
     recipe: Recipe,
@@ -122,7 +116,8 @@ def sft_stage(
     dataset = _chat_dataset(ws, data, heldout, notify)
     config = {"sft": cfg.model_dump(mode="json", exclude={"data", "heldout"})}
     inputs = [base.id, dataset.id]
-    work_dir = _resumable_dir(ws, config_hash(config), inputs) if resume else None
+    describe = "SFT run with this recipe, base model and data"
+    work_dir = resumable_work_dir(ws, "sft", config, inputs, describe=describe) if resume else None
     held = Path(dataset.path) / "heldout.jsonl"
 
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:

@@ -4,6 +4,7 @@
 """
 
 from forgeml.registry.artifacts import ArtifactStore, TreeDigest, tree_digest
+from forgeml.registry.opener import open_registry
 from forgeml.registry.store import (
     ASSET_KINDS,
     RUN_STATUSES,
@@ -30,5 +31,6 @@ __all__ = [
     "format_lineage",
     "library_versions",
     "new_run_id",
+    "open_registry",
     "tree_digest",
 ]

@@ -1,7 +1,7 @@
-"""ORM tables of the registry: assets, runs, lineage edges, aliases and their history.
+"""Every table of the registry database, and the Alembic migrations create exactly these.
 
-Only `forgeml.registry.store` touches these classes; callers get plain dataclasses. The
-Alembic migrations in `migrations/versions/` create exactly these tables.
+ORM classes (assets, runs, lineage, aliases, jobs) are touched only by `forgeml.registry.store`;
+Core tables (API keys, control budgets/plans/approvals, the HPO journal) by their packages.
 """
 
 from __future__ import annotations
@@ -9,7 +9,18 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Relations stored in `edges`, always oriented upstream -> downstream.
@@ -123,3 +134,75 @@ class JobRow(Base):
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+# -- Core tables on the same metadata, read and written by the packages named ------------------
+
+# forgeml.governance.keys: API keys, stored hashed (never the secret), bound to a principal.
+api_keys = Table(
+    "serve_api_keys",
+    Base.metadata,
+    Column("id", String(32), primary_key=True),
+    Column("principal", String(200), nullable=False, index=True),
+    Column("salt", String(64), nullable=False),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("roles", JSON, nullable=False),
+    Column("models", JSON, nullable=False),  # model names/aliases/ids; ["*"] = any
+    Column("endpoints", JSON, nullable=False),
+    Column("requests_per_minute", Integer),
+    Column("tokens_per_minute", Integer),
+    Column("clearance", String(64)),
+    Column("label", String(200), nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("revoked_at", DateTime(timezone=True)),
+)
+
+# forgeml.control: per-principal budgets, the dry-run plan of every job, pending approvals.
+budgets = Table(
+    "control_budgets",
+    Base.metadata,
+    Column("principal", String(200), primary_key=True),
+    Column("cpu_hours", Float),
+    Column("gpu_hours", Float),
+    Column("max_concurrent_jobs", Integer),
+    Column("max_model_params", BigInteger),
+    Column("data_clearance", String(64)),
+    Column("since", DateTime(timezone=False), nullable=False),  # usage counts from here
+    Column("updated_at", DateTime(timezone=False), nullable=False),
+    Column("updated_by", String(255), nullable=False),
+)
+
+job_plans = Table(
+    "control_job_plans",
+    Base.metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("principal", String(200), nullable=False, index=True),
+    Column("device", String(16), nullable=False),  # "cpu" or "gpu": which hours it is charged
+    Column("estimated_hours", Float, nullable=False),
+    Column("plan", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=False), nullable=False),
+)
+
+approvals = Table(
+    "control_approvals",
+    Base.metadata,
+    Column("id", String(64), primary_key=True),
+    Column("action", String(32), nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("requested_by", String(200), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("status", String(16), nullable=False, index=True),
+    Column("created_at", DateTime(timezone=False), nullable=False),
+    Column("decided_at", DateTime(timezone=False)),
+    Column("decided_by", String(255)),
+    Column("result", JSON),
+    Column("error", Text),
+)
+
+# forgeml.hpo.storage: Optuna's journal (an append-only log of study events), numbered by us.
+hpo_journal = Table(
+    "hpo_journal",
+    Base.metadata,
+    Column("log_number", BigInteger, primary_key=True, autoincrement=False),
+    Column("entry", Text, nullable=False),
+)

@@ -11,7 +11,7 @@ import secrets
 from dataclasses import replace
 from typing import Any
 
-from forgeml.serve.policy import EffectiveRules, Policy, PolicyDecision, PolicyViolation
+from forgeml.governance.policy import EffectiveRules, Policy, PolicyDecision, PolicyViolation
 
 # Characters of filtered output held back while streaming, so a redaction pattern that is still
 # being generated is never sent half-way.

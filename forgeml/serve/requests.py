@@ -4,7 +4,8 @@ tokenizing, so one oversized or malformed request cannot stall or crash the serv
 per-key rate limits.
 
 `RequestGuard` is the ASGI middleware around the app (body cap, an audit entry for every
-response no route recorded); the rest are plain checks the routes in `serve/api.py` call.
+response no route recorded); the rest are plain checks the request pipeline
+(`serve/gateway.py`) calls.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import anyio
 from starlette.responses import JSONResponse
 from tokenizers import Tokenizer
 
-from forgeml.serve.keys import Principal
+from forgeml.governance.keys import Principal
 
 # The body cap when none is configured: the larger of this and what the largest prompt a
 # served model's context can hold takes as JSON (`derived_max_body_bytes`).

@@ -1,7 +1,8 @@
 """Upstream mode: the gateway's client for any OpenAI-compatible server (vLLM, another forgeml).
 
-The API (`api.py`) authenticates, applies policies and rate limits and audits every request;
-this module only talks to the upstream: list its models, forward a body, stream its SSE chunks.
+The request pipeline (`gateway.py`) authenticates, applies policies and rate limits and audits
+every request; this module only talks to the upstream: list its models, forward a body, stream
+its SSE chunks.
 Upstream failures become `UpstreamError` (502, or 504 on a timeout) whose text never holds the
 upstream key or the upstream's own error details beyond a short, scrubbed message.
 """

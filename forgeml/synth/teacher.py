@@ -19,8 +19,10 @@ from typing import Any
 
 from forgeml.core.errors import ConfigError, DataError, ForgeError, NotFoundError
 from forgeml.core.io import atomic_write_text
+from forgeml.core.seeds import derive_seed
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.stages import Notify, Output, StageResult, open_registry, run_stage
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
+from forgeml.registry import open_registry
 from forgeml.synth.records import (
     CHAT_FORMAT,
     SynthRecord,
@@ -95,7 +97,7 @@ def self_instruct(
 
     def ask(kind: str, i: int, content: str) -> str:
         params = {"model": model, "temperature": temperature, "max_tokens": max_tokens,
-                  "seed": seed * 100_003 + 2 * i + (kind == "answer")}  # fmt: skip
+                  "seed": derive_seed(seed, "synth.teacher_request", 2 * i + (kind == "answer"))}  # fmt: skip
         messages = [{"role": "user", "content": content}]
         reply = client.chat.completions.create(messages=messages, **params)
         text = reply.choices[0].message.content or ""
@@ -138,10 +140,10 @@ def self_instruct(
 
 
 def _reward_scorer(path: str):
-    from forgeml.eval.scoring import import_object
+    from forgeml.core.plugins import load_plugin
     from forgeml.train.rewards import per_sample
 
-    fn = import_object(path)
+    fn = load_plugin(path)
     if not callable(fn):
         raise ConfigError(f"reward '{path}' is not callable", hint="pass 'pkg.module:function'")
     return per_sample(path, fn)

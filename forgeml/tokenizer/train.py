@@ -25,6 +25,13 @@ SPLIT_PATTERN = (
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 N_BYTE_TOKENS = 256
+# The files of a tokenizer folder, copied next to a model's weights in HF layout.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 
 def _build_tokenizer() -> Tokenizer:

@@ -10,7 +10,7 @@ resumable order, like `PretrainBatches` does for token shards.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from forgeml.core.errors import ConfigError, DataError
+from forgeml.core.io import iter_jsonl
+from forgeml.core.seeds import derive_seed
 from forgeml.models.dense import IGNORE_INDEX
 from forgeml.tokenizer.chat import ASSISTANT, END, PAD, render_chat
 
@@ -243,18 +245,6 @@ def tokenize_conversation(
     return ids, labels
 
 
-def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """(line number, parsed record or None, JSON error or None) for each non-blank line."""
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line), None
-            except json.JSONDecodeError as exc:
-                yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-
-
 def load_chat_examples(
     path: str | Path,
     tokenizer: Any,
@@ -402,7 +392,8 @@ class SFTBatches:
         for g in range(first, first + count):
             epoch, i = divmod(g, n)
             if epoch not in self._perms:
-                self._perms = {epoch: np.random.default_rng(self.seed + epoch).permutation(n)}
+                rng = np.random.default_rng(derive_seed(self.seed, "sft.epoch", epoch))
+                self._perms = {epoch: rng.permutation(n)}
             out.append(self._perms[epoch][i])
         return np.asarray(out)
 

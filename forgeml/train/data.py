@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from forgeml.core.errors import ConfigError, DataError
+from forgeml.core.seeds import derive_seed
 from forgeml.tokenizer.pack import TokenShards
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -71,7 +72,7 @@ class PretrainBatches:
         if epoch not in self._perms:
             if len(self._perms) > 1:
                 self._perms.clear()
-            rng = np.random.default_rng(self.seed + epoch)
+            rng = np.random.default_rng(derive_seed(self.seed, "pretrain.epoch", epoch))
             self._perms[epoch] = rng.permutation(self.n_windows)
         return int(self._perms[epoch][i])
 

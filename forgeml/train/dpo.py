@@ -20,15 +20,14 @@ import torch
 from torch import nn
 
 from forgeml.core.config import Recipe, config_hash, save_resolved
-from forgeml.core.errors import ConfigError, NotFoundError
 from forgeml.core.io import atomic_write_bytes, atomic_write_text, sha256_file
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.losses import PairLogps, preference_loss, sequence_logps
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.optim import build_optimizer, set_lr
 from forgeml.train.preference_data import (
     PreferencePair,
     batch_indices,
@@ -36,6 +35,19 @@ from forgeml.train.preference_data import (
     load_preference_pairs,
     split_heldout,
 )
+from forgeml.train.resume import RESULT_NEUTRAL_TRAIN_FIELDS, identity_record, resume_or_start
+
+
+def results_config(recipe: Recipe) -> dict[str, Any]:
+    """The run's identity: the settings that decide the trained weights. `train.max_steps`
+    may grow on resume (a run is extended); the batch split decides which pairs a step sees."""
+    return {
+        "dpo": recipe.dpo.model_dump(mode="json"),
+        "optim": recipe.optim.model_dump(mode="json"),
+        "train": recipe.train.model_dump(
+            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | {"max_steps"}
+        ),
+    }
 
 
 def pair_logps(
@@ -146,19 +158,10 @@ def train_dpo(
     )  # fmt: skip
     optimizer = build_optimizer(policy, ocfg, device)
     ckpt_dir = out_dir / "checkpoints"
-    run_hash = config_hash({"dpo": dcfg.model_dump(mode="json"), "optim": ocfg.model_dump(mode="json")})  # fmt: skip
-    start_step = 0
-    if resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise NotFoundError(f"--resume: no checkpoint in {ckpt_dir}", hint="run without it")
-        state = load_checkpoint(path, model=policy, optimizer=optimizer)
-        if state["extra"].get("config_hash") != run_hash:
-            raise ConfigError(
-                f"cannot resume {path}: the dpo/optim settings changed since it was saved",
-                hint="resume with the recipe the run started with, or start a new run",
-            )
-        start_step = state["step"]
+    run_config = results_config(recipe)
+    start_step = resume_or_start(
+        ckpt_dir, run_config, model=policy, optimizer=optimizer, resume=resume
+    ).step
     eval_kw = dict(
         pad_id=pad_id, batch_size=recipe.eval.batch_size, device=device, dtype=tcfg.dtype
     )
@@ -172,9 +175,7 @@ def train_dpo(
     tokens, step_metrics = 0, {}
     policy.train()
     for step in range(start_step, tcfg.max_steps):
-        lr = lr_at(step, tcfg.max_steps, ocfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
         order = batch_indices(len(train), micro * accum, step, tcfg.seed)
         sums: dict[str, float] = {}
         for i in range(accum):
@@ -200,7 +201,7 @@ def train_dpo(
         if done == tcfg.max_steps or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
             save_checkpoint(
                 ckpt_dir, done, model=policy, optimizer=optimizer, data_state={"step": done},
-                keep=tcfg.keep_checkpoints, extra={"config_hash": run_hash},
+                keep=tcfg.keep_checkpoints, extra=identity_record(run_config),
             )  # fmt: skip
     metrics.close()
     after = evaluate_preferences(policy, held, table, dcfg, **eval_kw) if held else {}

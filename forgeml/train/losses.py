@@ -1,5 +1,6 @@
 """Preference losses as pure functions: DPO (sigmoid, with conservative label smoothing), IPO
-and the Bradley-Terry reward-model loss, plus the masked sequence log-prob they all start from.
+and the Bradley-Terry reward-model loss, plus the per-token and masked sequence log-probs
+that every post-training loss starts from (DPO here, GRPO in forgeml.train.rl_losses).
 
 Used by the offline/online DPO loop (forgeml.train.dpo) and reward-model training
 (forgeml.train.reward_model); `PREFERENCE_LOSSES` picks a DPO-family loss by name and
@@ -40,6 +41,13 @@ class PairLogps:
 Metrics = dict[str, torch.Tensor]
 
 
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[targets] in fp32: logits [B, T, V], targets [B, T] -> [B, T]."""
+    logits = logits.float()
+    picked = torch.gather(logits, -1, targets.clamp(min=0)[..., None])[..., 0]
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
 def sequence_logps(
     logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,11 +57,8 @@ def sequence_logps(
     mask marks completion tokens (prompt and padding are 0; position 0 is never scored).
     Returns (summed log-probs [B] in fp32, number of scored tokens [B]).
     """
-    targets = input_ids[:, 1:]
     mask = loss_mask[:, 1:].to(torch.float32)
-    logits = logits[:, :-1].float()
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
-    return (token_logps * mask).sum(-1), mask.sum(-1)
+    return (token_logps(logits[:, :-1], input_ids[:, 1:]) * mask).sum(-1), mask.sum(-1)
 
 
 def _reward_metrics(logps: PairLogps, beta: float) -> Metrics:

@@ -10,9 +10,7 @@ out_dir: checkpoints/, metrics.jsonl, model/, summary.json (mean sampled reward 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,19 +19,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from forgeml.core.config import DPOConfig, Recipe, config_hash, save_resolved
-from forgeml.core.errors import ConfigError, DataError, NotFoundError
+from forgeml.core.config import DPOConfig, Recipe, save_resolved
+from forgeml.core.errors import ConfigError, DataError
 from forgeml.core.io import atomic_write_text
+from forgeml.core.plugins import load_plugin
 from forgeml.core.runtime import pick_device, seed_everything
+from forgeml.core.seeds import derive_seed
 from forgeml.core.workspace import Workspace
+from forgeml.eval.win_rate import win_rate
 from forgeml.models.hf_io import load_model, save_model
+from forgeml.models.sampling import sample_groups
 from forgeml.tokenizer.chat import END
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from forgeml.train.dpo import pair_logps
+from forgeml.train.checkpoint import save_checkpoint
+from forgeml.train.dpo import pair_logps, results_config
 from forgeml.train.losses import PairLogps, preference_loss
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.optim import build_optimizer, set_lr
 from forgeml.train.preference_data import (
     PreferencePair,
     PreferenceRecord,
@@ -43,25 +45,20 @@ from forgeml.train.preference_data import (
     prompt_text,
     read_preference_records,
 )
-from forgeml.train.rl import sample_groups
+from forgeml.train.resume import identity_record, resume_or_start
 
 # (prompts, completions, metadatas) -> one reward per completion.
 Ranker = Callable[[list[str], list[str], list[dict[str, Any]]], list[float]]
 
 
 def load_reward_function(path: str) -> Callable[[str, str, dict[str, Any]], float]:
-    """Import 'pkg.module:function', a `(prompt, completion, metadata) -> float` callable."""
-    module, _, name = path.partition(":")
-    if not module or not name:
-        raise ConfigError(
-            f"reward function '{path}' is not an import path", hint="write 'pkg.module:function'"
-        )
+    """The `(prompt, completion, metadata) -> float` plugin 'pkg.module:function' or
+    'path/to/file.py:function' names (forgeml.core.plugins)."""
     try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
+        fn = load_plugin(path)
+    except ConfigError as exc:
         raise ConfigError(
-            f"cannot import reward function '{path}': {exc}",
-            hint="check the module is importable (on PYTHONPATH) and defines the function",
+            f"cannot import reward function '{path}': {exc.message}", exc.hint
         ) from None
     if not callable(fn):
         raise ConfigError(f"reward function '{path}' is not callable")
@@ -154,7 +151,7 @@ def _sample_texts(
         part = prompts[start : start + chunk]
         groups = sample_completions(
             model, [ids for _, ids in part], cfg.samples_per_prompt, cfg, stop_id=stop_id,
-            seed=seed + 1000 * start, device=device, dtype=dtype,
+            seed=derive_seed(seed, "sample.prompt_batch", start), device=device, dtype=dtype,
         )  # fmt: skip
         for (rec, _), group in zip(part, groups, strict=True):
             texts += [decode(gen) for gen, _ in group]
@@ -199,20 +196,17 @@ def train_online_dpo(
     ids_of = {id(r): ids for r, ids in usable}
     train = [(r, ids_of[id(r)]) for r in train_recs]
     evaluation = [(r, ids_of[id(r)]) for r in held_recs] or train[:8]
-    eval_kw = dict(stop_id=stop_id, seed=tcfg.seed + 7_000_000, device=device, dtype=tcfg.dtype)
+    eval_kw = dict(
+        stop_id=stop_id, seed=derive_seed(tcfg.seed, "online_dpo.eval"), device=device,
+        dtype=tcfg.dtype,
+    )  # fmt: skip
     reward_before = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
     optimizer = build_optimizer(policy, ocfg, device)
     ckpt_dir = out_dir / "checkpoints"
-    run_hash = config_hash({"dpo": dcfg.model_dump(mode="json"), "optim": ocfg.model_dump(mode="json")})  # fmt: skip
-    start_step = 0
-    if resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise NotFoundError(f"--resume: no checkpoint in {ckpt_dir}", hint="run without it")
-        state = load_checkpoint(path, model=policy, optimizer=optimizer)
-        if state["extra"].get("config_hash") != run_hash:
-            raise ConfigError(f"cannot resume {path}: the dpo/optim settings changed")
-        start_step = state["step"]
+    run_config = results_config(recipe)
+    start_step = resume_or_start(
+        ckpt_dir, run_config, model=policy, optimizer=optimizer, resume=resume
+    ).step
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
         resume_step=start_step if resume else None,
@@ -222,15 +216,13 @@ def train_online_dpo(
     t_start = time.perf_counter()
     record: dict[str, Any] = {}
     for step in range(start_step, tcfg.max_steps):
-        lr = lr_at(step, tcfg.max_steps, ocfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
         # 1. Sample k completions per prompt from the current policy and rank them.
         policy.eval()
         batch = [train[i] for i in batch_indices(len(train), micro * accum, step, tcfg.seed)]
         samples = sample_completions(
             policy, [ids for _, ids in batch], k, dcfg, stop_id=stop_id, device=device,
-            seed=tcfg.seed * 1_000_003 + step * 10_007, dtype=tcfg.dtype,
+            seed=derive_seed(tcfg.seed, "online_dpo.sample_step", step), dtype=tcfg.dtype,
         )  # fmt: skip
         texts = [decode(gen) for group in samples for gen, _ in group]
         recs = [rec for rec, _ in batch for _ in range(k)]
@@ -271,7 +263,7 @@ def train_online_dpo(
         if done == tcfg.max_steps or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
             save_checkpoint(
                 ckpt_dir, done, model=policy, optimizer=optimizer, data_state={"step": done},
-                keep=tcfg.keep_checkpoints, extra={"config_hash": run_hash},
+                keep=tcfg.keep_checkpoints, extra=identity_record(run_config),
             )  # fmt: skip
     metrics.close()
     reward_after = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
@@ -296,21 +288,14 @@ def sampled_win_rate(
 ) -> dict[str, float]:  # fmt: skip
     """Win-rate of `policy` over `baseline` (e.g. the DPO model vs its SFT start): each samples
     `samples_per_prompt` completions per prompt with the same seeds, the ranker scores them,
-    and a win counts 1, a tie 1/2. Also returns both mean rewards, and the win-rate's standard
-    error over prompts (`clustered_se`: a prompt's samples are not independent draws)."""
+    and `forgeml.eval.win_rate.win_rate` compares them (a win counts 1, a tie 1/2; with both
+    mean rewards and the standard error clustered by prompt)."""
     scores = []
     for model in (policy, baseline):
         model.eval()
         texts, recs = _sample_texts(model, prompts, decode, cfg, stop_id=stop_id, seed=seed, device=device, dtype=dtype)  # fmt: skip
         scores.append(ranker([r.prompt for r in recs], texts, [r.metadata for r in recs]))
-    wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(*scores, strict=True)]
-    n = max(len(wins), 1)
-    return {
-        "win_rate": sum(wins) / n,
-        "win_rate_se": clustered_se(wins, cfg.samples_per_prompt),
-        "reward": sum(scores[0]) / n,
-        "baseline_reward": sum(scores[1]) / n,
-    }
+    return win_rate(*scores, cfg.samples_per_prompt)
 
 
 def heldout_prompt_records(pairs_path: str | Path, cfg: DPOConfig, limit: int | None = None) -> list[PreferenceRecord]:  # fmt: skip
@@ -340,13 +325,3 @@ def model_win_rate(
         stop_id=tok.token_to_id(END), seed=seed, device=device, dtype=dtype,
     )  # fmt: skip
     return {"n": len(prompts) * cfg.samples_per_prompt, **result}
-
-
-def clustered_se(values: Sequence[float], per_cluster: int) -> float:
-    """Standard error of the mean of `values` taken in consecutive clusters of `per_cluster`
-    (the samples of one prompt are correlated, the prompts independent): the spread of the
-    cluster means over the square root of their count; 0.0 with fewer than two clusters."""
-    means = [
-        statistics.fmean(values[i : i + per_cluster]) for i in range(0, len(values), per_cluster)
-    ]
-    return statistics.stdev(means) / len(means) ** 0.5 if len(means) > 1 else 0.0

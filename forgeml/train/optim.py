@@ -57,3 +57,11 @@ def lr_at(step: int, max_steps: int, cfg: OptimConfig) -> float:
         return peak
     progress = min(1.0, (step - decay_start + 1) / max(1, last - decay_start + 1))
     return peak + (floor - peak) * progress
+
+
+def set_lr(optimizer: torch.optim.Optimizer, step: int, max_steps: int, cfg: OptimConfig) -> float:
+    """Set every parameter group's learning rate to `lr_at(step, max_steps, cfg)`; return it."""
+    lr = lr_at(step, max_steps, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr

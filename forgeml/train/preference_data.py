@@ -21,6 +21,7 @@ import torch
 from tokenizers import Tokenizer
 
 from forgeml.core.errors import DataError
+from forgeml.core.seeds import derive_seed
 from forgeml.tokenizer.chat import END, render_chat
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -325,5 +326,5 @@ def batch_indices(n: int, batch_size: int, step: int, seed: int) -> list[int]:
 
 @functools.lru_cache(maxsize=4)
 def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(derive_seed(seed, "preference.epoch", epoch))
     return tuple(torch.randperm(n, generator=generator).tolist())

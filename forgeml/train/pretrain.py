@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from forgeml.core.config import ModelConfig, Recipe, config_hash, load_recipe, save_resolved
-from forgeml.core.errors import ConfigError, ForgeError, NotFoundError
+from forgeml.core.errors import ConfigError, ForgeError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.hf_io import load_model, read_model_config, save_model
@@ -30,60 +30,32 @@ from forgeml.models.moe import router_metrics
 from forgeml.models.parallelize import parallelize
 from forgeml.models.registry import build_model
 from forgeml.tokenizer.pack import TokenShards
-from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.data import PretrainBatches, eval_batches
 from forgeml.train.distributed import all_reduce_mean, barrier, cleanup, init_distributed
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.optim import build_optimizer, set_lr
 from forgeml.train.preflight import preflight
-
-# Settings that do not change the trained weights; everything else must match to resume.
-# The batch split (micro x accum x processes) may change as long as the global batch,
-# which the checkpoint records, stays the same.
-RESULT_NEUTRAL_TRAIN_FIELDS = {
-    "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
-    "compile", "device", "micro_batch_size", "grad_accum_steps", "activation_checkpointing",
-}  # fmt: skip
+from forgeml.train.resume import (
+    BATCH_SPLIT_FIELDS,
+    RESULT_NEUTRAL_TRAIN_FIELDS,
+    deterministic,
+    identity_record,
+    resume_or_start,
+)
 
 
 def results_config(recipe: Recipe, model_cfg: ModelConfig) -> dict[str, Any]:
-    """The part of a recipe that decides the trained weights (hashed into checkpoints)."""
+    """The run's identity: the part of a recipe that decides the trained weights. The batch
+    split may change on resume as long as the global batch, which the checkpoint records,
+    stays the same."""
     return {
         "model": model_cfg.model_dump(mode="json"),
         "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS),
+        "train": recipe.train.model_dump(
+            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | BATCH_SPLIT_FIELDS
+        ),
     }
-
-
-def _check_same_run(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    if saved.get("config_hash") == config_hash(current):
-        return
-    old = saved.get("results_config", {})
-    changed = [
-        f"{section}.{key}: {old.get(section, {}).get(key)!r} -> {value!r}"
-        for section, fields in current.items()
-        for key, value in fields.items()
-        if old.get(section, {}).get(key) != value
-    ]
-    raise ConfigError(
-        f"cannot resume {path}: the recipe changed in settings that change the trained "
-        f"weights ({'; '.join(changed) or 'config hash differs'})",
-        hint="resume with the recipe the run started with, or start a new run (other --out)",
-    )
-
-
-@contextlib.contextmanager
-def _deterministic(enabled: bool) -> Iterator[None]:
-    # Bitwise-reproducible resume on CPU: nondeterministic kernels warn. The debug-mode API
-    # sets the same switch as use_deterministic_algorithms without importing torch._inductor
-    # (seconds per process).
-    before = torch.get_deterministic_debug_mode()
-    if enabled and not before:
-        torch.set_deterministic_debug_mode("warn")
-    try:
-        yield
-    finally:
-        torch.set_deterministic_debug_mode(before)
 
 
 @torch.no_grad()
@@ -121,7 +93,7 @@ def pretrain(
     hyper-parameter search reports to its trial there; an exception it raises, such as a
     pruned trial, stops the run after its last checkpoint).
     """
-    with _deterministic(pick_device(recipe.train.device) == "cpu"):
+    with deterministic(pick_device(recipe.train.device) == "cpu"):
         return _pretrain(
             recipe, Path(train_shards), Path(out_dir), eval_shards, tokenizer_dir, resume,
             progress, on_eval,
@@ -167,18 +139,12 @@ def _pretrain(
     if tcfg.init_from and not resume:
         model.load_state_dict(load_model(tcfg.init_from, device=device).state_dict())
     optimizer = build_optimizer(model, ocfg, device)
-    global_batch = tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
-    start_step, saved = 0, {}
-    if resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise NotFoundError(
-                f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume to start"
-            )
-        state = load_checkpoint(path, model=model, optimizer=optimizer)
-        saved = state["extra"]
-        _check_same_run(saved, run_config, path)
-        start_step, global_batch = state["step"], state["data"]["global_batch_size"]
+    start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
+    start_step, saved = start.step, start.saved
+    global_batch = (
+        start.data["global_batch_size"] if start.resumed
+        else tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
+    )  # fmt: skip
     grad_accum, rest = divmod(global_batch, tcfg.micro_batch_size * dist.world_size)
     if rest or not grad_accum:
         raise ConfigError(
@@ -196,8 +162,8 @@ def _pretrain(
         train_data, seq_len=tcfg.seq_len, global_batch_size=global_batch, seed=tcfg.seed,
         rank=dist.rank, world_size=dist.world_size,
     )  # fmt: skip
-    if resume:
-        batches.load_state_dict(state["data"])
+    if start.resumed:
+        batches.load_state_dict(start.data)
 
     # Compilation and DDP wrap the plain model from outside; `model` stays the module whose
     # state is checkpointed, evaluated and exported.
@@ -221,9 +187,7 @@ def _pretrain(
     t_start = t_log = time.perf_counter()
     step_log = start_step
     for step in range(start_step, tcfg.max_steps):
-        lr = lr_at(step, tcfg.max_steps, ocfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
         loss_sum = torch.zeros((), device=device)
         micro_batches = batches.next_micro_batches(tcfg.micro_batch_size, grad_accum)
         for i, (x, y) in enumerate(micro_batches):
@@ -266,8 +230,7 @@ def _pretrain(
             save_checkpoint(
                 ckpt_dir, done, model=model, optimizer=optimizer, data_state=batches.state_dict(),
                 keep=tcfg.keep_checkpoints, extra={
-                    "config_hash": config_hash(run_config), "results_config": run_config,
-                    "train_loss": train_loss, "eval_loss": eval_loss,
+                    **identity_record(run_config), "train_loss": train_loss, "eval_loss": eval_loss,
                     "elapsed": elapsed_before + time.perf_counter() - t_start,
                 },
             )  # fmt: skip

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 
 from forgeml.core.config import Recipe, save_resolved
-from forgeml.core.errors import ForgeError, NotFoundError
+from forgeml.core.errors import ForgeError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.core.workspace import Workspace
@@ -28,10 +28,10 @@ from forgeml.models.reward import (
     save_reward_model,
 )
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.losses import bradley_terry_loss
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, lr_at
+from forgeml.train.optim import build_optimizer, set_lr
 from forgeml.train.preference_data import (
     PreferencePair,
     batch_indices,
@@ -42,6 +42,19 @@ from forgeml.train.preference_data import (
     prompt_text,
     split_heldout,
 )
+from forgeml.train.resume import RESULT_NEUTRAL_TRAIN_FIELDS, identity_record, resume_or_start
+
+
+def results_config(recipe: Recipe) -> dict[str, Any]:
+    """The run's identity: the settings that decide the trained weights. `train.max_steps`
+    may grow on resume (a run is extended); the batch split decides which pairs a step sees."""
+    return {
+        "reward_model": recipe.reward_model.model_dump(mode="json"),
+        "optim": recipe.optim.model_dump(mode="json"),
+        "train": recipe.train.model_dump(
+            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | {"max_steps"}
+        ),
+    }
 
 
 def _rewards(model: RewardModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -99,12 +112,10 @@ def train_reward_model(
     del lm
     optimizer = build_optimizer(model, ocfg, device)
     ckpt_dir = out_dir / "checkpoints"
-    start_step = 0
-    if resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise NotFoundError(f"--resume: no checkpoint in {ckpt_dir}", hint="run without it")
-        start_step = load_checkpoint(path, model=model, optimizer=optimizer)["step"]
+    run_config = results_config(recipe)
+    start_step = resume_or_start(
+        ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume
+    ).step
     eval_kw = dict(
         pad_id=pad_id, batch_size=recipe.eval.batch_size, device=device, dtype=tcfg.dtype
     )
@@ -118,9 +129,7 @@ def train_reward_model(
     loss_value, step_metrics = None, {}
     model.train()
     for step in range(start_step, tcfg.max_steps):
-        lr = lr_at(step, tcfg.max_steps, ocfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
         order = batch_indices(len(train), micro * accum, step, tcfg.seed)
         loss_sum, sums = 0.0, {}
         for i in range(accum):
@@ -153,7 +162,7 @@ def train_reward_model(
         if done == tcfg.max_steps or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
             save_checkpoint(
                 ckpt_dir, done, model=model, optimizer=optimizer, data_state={"step": done},
-                keep=tcfg.keep_checkpoints,
+                keep=tcfg.keep_checkpoints, extra=identity_record(run_config),
             )  # fmt: skip
     metrics.close()
     after = evaluate_reward_pairs(model, held, **eval_kw) if held else {}

@@ -20,6 +20,7 @@ from typing import Any
 
 from forgeml.core.config import RewardConfig
 from forgeml.core.errors import ConfigError, DataError, ForgeError
+from forgeml.core.plugins import load_plugin
 
 Prompts = Sequence[str]
 Completions = Sequence[str]
@@ -107,9 +108,7 @@ def per_sample(name: str, fn: SampleScorer, workers: int = 1) -> BatchScorer:
 
 
 def _import_function(path: str, name: str) -> SampleScorer:
-    from forgeml.eval.scoring import import_object
-
-    fn = import_object(path)
+    fn = load_plugin(path)
     if not callable(fn):
         raise ConfigError(f"reward plugin '{name}': '{path}' is not callable")
     return fn  # type: ignore[return-value]

@@ -9,11 +9,9 @@ resume exactly. out_dir: checkpoints/, metrics.jsonl, model/, summary.json.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,117 +19,34 @@ import torch
 from torch import nn
 
 from forgeml.core.config import Recipe, config_hash, save_resolved
-from forgeml.core.errors import DataError, NotFoundError
+from forgeml.core.errors import DataError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
+from forgeml.core.seeds import derive_seed
 from forgeml.models.hf_io import load_model, save_model
-from forgeml.models.sampling import filter_logits, sample_indices
+from forgeml.models.sampling import sample_groups
 from forgeml.tokenizer.chat import END, EOS
 from forgeml.tokenizer.train import load_tokenizer
-from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.checkpoint import save_checkpoint
+from forgeml.train.losses import token_logps
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, lr_at
-from forgeml.train.pretrain import RESULT_NEUTRAL_TRAIN_FIELDS, _check_same_run, _deterministic
+from forgeml.train.optim import build_optimizer, set_lr
+from forgeml.train.resume import (
+    BATCH_SPLIT_FIELDS,
+    RESULT_NEUTRAL_TRAIN_FIELDS,
+    deterministic,
+    identity_record,
+    resume_or_start,
+)
 from forgeml.train.rewards import RewardPlugin, build_rewards, score_completions
 from forgeml.train.rl_data import load_prompts, prompts_for_step
-from forgeml.train.rl_losses import LOSSES, group_advantages, token_logps
+from forgeml.train.rl_losses import LOSSES, group_advantages
 
 # how the work is split, not what it computes: a resumed run may change them
 RESULT_NEUTRAL_RL_FIELDS = {"micro_batch_size": True, "rewards": {"__all__": {"workers"}}}
-SPARE_SEED = 7919  # the spare prompts of dynamic sampling: their own seeded order
 
 
-@contextlib.contextmanager
-def _decode_threads(device: str) -> Iterator[None]:
-    # One token per step is hundreds of tiny ops: on CPU one intra-op thread beats two
-    # (measured on the 2-core box, 8 x 128 tokens of a 2.4M model: 0.7 s vs 6.0 s CPU time).
-    before = torch.get_num_threads()
-    if device == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def sample_group(
-    model: nn.Module, prompt_ids: list[int], n: int, *, max_new_tokens: int, stop_ids: set[int],
-    temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator,
-    device: str, dtype: str,
-) -> list[list[int]]:  # fmt: skip
-    """`n` sampled completions of one prompt (`sample_groups` of one prompt)."""
-    return sample_groups(
-        model, [prompt_ids], n, max_new_tokens=max_new_tokens, stop_ids=stop_ids,
-        temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, device=device,
-        dtype=dtype,
-    )[0]  # fmt: skip
-
-
-@torch.inference_mode()
-def sample_groups(
-    model: nn.Module, prompts: list[list[int]], n: int, *, max_new_tokens: int,
-    stop_ids: set[int], temperature: float, top_k: int | None, top_p: float | None,
-    generator: torch.Generator, device: str, dtype: str, reserve: int = 0,
-) -> list[list[list[int]]]:  # fmt: skip
-    """`n` sampled completions of each prompt, all decoded together as one batch with the kv
-    cache: each prompt is prefilled once and its cache copied to its n rows, then every live
-    row takes one token per step at its own position (the model's `decode_rows`, as in
-    serving). A row ends at its first stop token (kept) or after its token budget, and leaves
-    the batch; `reserve` context positions stay free after each. Returns, per prompt, its n
-    completions."""
-    budgets = []
-    for ids in prompts:
-        budget = min(max_new_tokens, model.cfg.max_seq_len - len(ids) - reserve)
-        if budget < 1:
-            raise DataError(
-                f"a prompt of {len(ids)} tokens leaves no room in the model's context "
-                f"({model.cfg.max_seq_len})",
-                hint="shorten the prompts",
-            )
-        budgets.append(budget)
-    width = max(len(ids) + b for ids, b in zip(prompts, budgets, strict=True))
-    rows_total = len(prompts) * n
-    cache = model.new_kv_cache(rows_total, width, device=device)
-    out: list[list[int]] = [[] for _ in range(rows_total)]
-    stops = torch.tensor(sorted(stop_ids), device=device)
-    with autocast(device, dtype), _decode_threads(device):
-        first = []
-        for p, ids in enumerate(prompts):
-            one = model.new_kv_cache(1, len(ids), device=device, dtype=cache.k.dtype)
-            logits = model(torch.tensor([ids], device=device), kv_cache=one, start_pos=0)[:, -1]
-            rows = slice(p * n, (p + 1) * n)
-            cache.k[:, rows, :, : len(ids)] = one.k
-            cache.v[:, rows, :, : len(ids)] = one.v
-            first.append(logits.expand(n, -1))
-        logits = torch.cat(first)
-        live = torch.arange(rows_total, device=device)  # the output row of each cache row
-        positions = torch.tensor(
-            [len(ids) for ids in prompts for _ in range(n)], device=device
-        )  # fmt: skip
-        left = torch.tensor([b for b in budgets for _ in range(n)], device=device)
-        while True:
-            scaled = logits.float() / temperature
-            if top_k is not None or top_p is not None:
-                scaled = torch.stack(
-                    [filter_logits(row, top_k=top_k, top_p=top_p) for row in scaled]
-                )
-            token = sample_indices(torch.softmax(scaled, -1), generator)
-            for r, t in zip(live.tolist(), token.tolist(), strict=True):
-                out[r].append(t)
-            left -= 1
-            keep = ~torch.isin(token, stops) & (left > 0)
-            if not bool(keep.any()):
-                break
-            if not bool(keep.all()):  # finished rows leave the batch and its cache
-                idx = keep.nonzero()[:, 0]
-                live, token, positions, left = live[idx], token[idx], positions[idx], left[idx]
-                cache = type(cache)(cache.k[:, idx], cache.v[:, idx])
-            logits = model.decode_rows(token, cache, positions)
-            positions = positions + 1
-    return [out[p * n : (p + 1) * n] for p in range(len(prompts))]
-
-
-def sequence_logps(
+def completion_token_logps(
     model: nn.Module, prompt_lens: list[int], sequences: list[list[int]], device: str, dtype: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of each sequence's completion tokens and their mask: [B, T-1] each
@@ -156,14 +71,20 @@ def _frozen_logps(
     """Per micro-batch completion log-probs without gradients; Nones when there is no model."""
     if model is None:
         return [None] * len(batches)
-    return [sequence_logps(model, prompt_lens[b], sequences[b], device, dtype)[0] for b in batches]
+    return [
+        completion_token_logps(model, prompt_lens[b], sequences[b], device, dtype)[0]
+        for b in batches
+    ]
 
 
 def results_config(recipe: Recipe) -> dict[str, Any]:
-    """The part of a recipe that decides the trained weights (hashed into checkpoints)."""
+    """The run's identity: the part of a recipe that decides the trained weights (GRPO
+    batches by `rl.*`; `train.micro_batch_size`/`grad_accum_steps` are unused)."""
     return {
         "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS),
+        "train": recipe.train.model_dump(
+            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | BATCH_SPLIT_FIELDS
+        ),
         "rl": recipe.rl.model_dump(mode="json", exclude=RESULT_NEUTRAL_RL_FIELDS),
     }
 
@@ -175,7 +96,7 @@ def train_rl(
     """GRPO-train the model in `base_model` (a model folder with its tokenizer) on the
     prompts JSONL; `rewards` defaults to the plugins of `recipe.rl.rewards`."""
     device = pick_device(recipe.train.device)
-    with _deterministic(device == "cpu"):
+    with deterministic(device == "cpu"):
         return _train_rl(
             recipe, Path(base_model), Path(prompts), Path(out_dir), resume,
             rewards or build_rewards(recipe.rl.rewards, workspace), device, progress,
@@ -205,7 +126,7 @@ def _train_rl(
         raise DataError(
             f"{len(too_long)} of {len(encoded)} prompts leave no room for a completion in the "
             f"model's context of {model.cfg.max_seq_len} tokens (first: record {too_long[0]})",
-            hint="drop or shorten them (e.g. forgeml demo acme-rl --max-chars)",
+            hint="drop or shorten them (e.g. examples/acme/make_data.py rl --max-chars)",
         )
     # The reference is the frozen starting policy; with kl_coef 0 it is never needed.
     reference = (
@@ -213,17 +134,8 @@ def _train_rl(
         if rcfg.kl_coef > 0 else None
     )  # fmt: skip
     optimizer = build_optimizer(model, ocfg, device)
-    start_step, saved = 0, {}
-    if resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise NotFoundError(
-                f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume"
-            )
-        state = load_checkpoint(path, model=model, optimizer=optimizer)
-        saved = state["extra"]
-        _check_same_run(saved, run_config, path)
-        start_step = state["step"]
+    start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
+    start_step, saved = start.step, start.saved
     loss_fn = LOSSES["grpo"]
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=False,
@@ -235,18 +147,18 @@ def _train_rl(
     G = rcfg.group_size
     for step in range(start_step, tcfg.max_steps):
         t_step = time.perf_counter()
-        lr = lr_at(step, tcfg.max_steps, ocfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
 
         # 1. Sample G completions per prompt from the current policy (seeded per step), and
         # 2. score them. With dynamic sampling a group of equal rewards (no signal) is swapped
         # for a group of a fresh prompt, while the step's spare prompts last.
         model.eval()
-        gen = torch.Generator(device=device).manual_seed(tcfg.seed * 1_000_003 + step)
+        gen = torch.Generator(device=device).manual_seed(
+            derive_seed(tcfg.seed, "rl.sample_step", step)
+        )
         chosen = prompts_for_step(len(records), step, rcfg.prompts_per_step, tcfg.seed)
         spare = iter(prompts_for_step(
-            len(records), step, rcfg.dynamic_sampling, tcfg.seed + SPARE_SEED
+            len(records), step, rcfg.dynamic_sampling, derive_seed(tcfg.seed, "rl.spare_prompts")
         ))  # fmt: skip
         kept: list[dict[str, Any]] = []
         drawn: list[float] = []
@@ -304,7 +216,7 @@ def _train_rl(
         sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
         for _ in range(rcfg.inner_steps):
             for j, b in enumerate(batches):
-                logps, mask = sequence_logps(
+                logps, mask = completion_token_logps(
                     model, prompt_lens[b], sequences[b], device, tcfg.dtype
                 )
                 old_j = old[j] if old[j] is not None else logps.detach()
@@ -350,8 +262,7 @@ def _train_rl(
             save_checkpoint(
                 ckpt_dir, done, model=model, optimizer=optimizer, data_state={"step": done},
                 keep=tcfg.keep_checkpoints, extra={
-                    "config_hash": config_hash(run_config), "results_config": run_config,
-                    "elapsed": elapsed_before + time.perf_counter() - t_start,
+                    **identity_record(run_config), "elapsed": elapsed_before + time.perf_counter() - t_start,
                     "last_record": record,
                 },
             )  # fmt: skip

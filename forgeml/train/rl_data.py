@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from forgeml.core.errors import DataError, NotFoundError
+from forgeml.core.seeds import derive_seed
 from forgeml.tokenizer.chat import render_chat
 
 
@@ -61,6 +62,6 @@ def prompts_for_step(n_prompts: int, step: int, per_step: int, seed: int) -> lis
     out = []
     for pos in range(step * per_step, (step + 1) * per_step):
         epoch, i = divmod(pos, n_prompts)
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed(derive_seed(seed, "rl.prompt_epoch", epoch))
         out.append(int(torch.randperm(n_prompts, generator=gen)[i]))
     return out

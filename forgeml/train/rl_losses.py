@@ -1,5 +1,5 @@
-"""GRPO pieces as pure functions: group-normalised advantages, the clipped policy-ratio
-objective with a k3 KL penalty to the reference, and per-token log-probabilities.
+"""GRPO pieces as pure functions: group-normalised advantages and the clipped policy-ratio
+objective with a k3 KL penalty to the reference (per-token log-probs: forgeml.train.losses).
 
 Used by the RL loop (forgeml.train.rl); tested against naive references and against TRL's
 GRPOTrainer loss on the same tensors (tests/test_rl_losses.py).
@@ -121,10 +121,3 @@ def grpo_loss(
 
 
 LOSSES = {"grpo": grpo_loss}
-
-
-def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[targets] in fp32: logits [B, T, V], targets [B, T] -> [B, T]."""
-    logits = logits.float()
-    picked = torch.gather(logits, -1, targets.clamp(min=0)[..., None])[..., 0]
-    return picked - torch.logsumexp(logits, dim=-1)

@@ -21,15 +21,15 @@ import torch
 from torch import nn
 
 from forgeml.core.config import SFTConfig, config_hash
-from forgeml.core.errors import ConfigError, NotFoundError
+from forgeml.core.errors import ConfigError
 from forgeml.core.io import atomic_write_bytes, atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.dense import IGNORE_INDEX
-from forgeml.models.hf_io import TOKENIZER_FILES, load_model, save_model
+from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.lora import apply_lora, save_adapter, trainable_parameters
 from forgeml.models.moe import router_metrics
 from forgeml.models.parallelize import parallelize
-from forgeml.tokenizer.train import load_tokenizer
+from forgeml.tokenizer.train import TOKENIZER_FILES, load_tokenizer
 from forgeml.train.chat_data import (
     PAD_DOC,
     PackedRows,
@@ -39,21 +39,30 @@ from forgeml.train.chat_data import (
     pad_token_id,
     rows_to_batch,
 )
-from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import all_reduce_mean, barrier, init_distributed
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, lr_at
-from forgeml.train.pretrain import RESULT_NEUTRAL_TRAIN_FIELDS, _check_same_run, _deterministic
+from forgeml.train.optim import build_optimizer, set_lr
+from forgeml.train.resume import (
+    BATCH_SPLIT_FIELDS,
+    RESULT_NEUTRAL_TRAIN_FIELDS,
+    deterministic,
+    identity_record,
+    resume_or_start,
+)
 
 
 def results_config(cfg: SFTConfig, base_hash: str) -> dict[str, Any]:
-    """The settings that decide the fine-tuned weights (hashed into checkpoints)."""
+    """The run's identity: the settings that decide the fine-tuned weights. The batch split
+    may change on resume (the checkpoint keeps the global batch)."""
     body = cfg.model_dump(mode="json", exclude={"train", "optim", "data", "heldout"})
     return {
         "base": {"weights_sha256": base_hash},
         "sft": body,
         "optim": cfg.optim.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS),
+        "train": cfg.train.model_dump(
+            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | BATCH_SPLIT_FIELDS
+        ),
     }
 
 
@@ -98,7 +107,7 @@ def sft(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune the model in `base_model_dir` on `train_data`; return a summary."""
-    with _deterministic(pick_device(cfg.train.device) == "cpu"):
+    with deterministic(pick_device(cfg.train.device) == "cpu"):
         return _sft(cfg, Path(base_model_dir), Path(train_data), Path(out_dir), heldout_data,
                     base_model_id, resume, progress)  # fmt: skip
 
@@ -134,18 +143,12 @@ def _sft(
     optimizer = build_optimizer(model, ocfg, device)
     run_config = results_config(cfg, _file_sha256(base_dir / "model.safetensors"))
     ckpt_dir = out_dir / "checkpoints"
-    global_batch = tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
-    start_step, saved, state = 0, {}, {}
-    if resume:
-        path = latest_checkpoint(ckpt_dir)
-        if path is None:
-            raise NotFoundError(
-                f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume"
-            )
-        state = load_checkpoint(path, model=model, optimizer=optimizer)
-        saved = state["extra"]
-        _check_same_run(saved, run_config, path)
-        start_step, global_batch = state["step"], state["data"]["global_batch_size"]
+    start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
+    start_step, saved = start.step, start.saved
+    global_batch = (
+        start.data["global_batch_size"] if start.resumed
+        else tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
+    )  # fmt: skip
     grad_accum, rest = divmod(global_batch, tcfg.micro_batch_size * dist.world_size)
     if rest or not grad_accum:
         raise ConfigError(
@@ -155,8 +158,8 @@ def _sft(
         )
     batches = SFTBatches(rows, global_batch_size=global_batch, seed=tcfg.seed, rank=dist.rank,
                          world_size=dist.world_size)  # fmt: skip
-    if resume:
-        batches.load_state_dict(state["data"])
+    if start.resumed:
+        batches.load_state_dict(start.data)
     train_model = parallelize(model, compile=tcfg.compile, ddp=dist.world_size > 1, device=device)
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
@@ -170,9 +173,7 @@ def _sft(
     t_start = t_log = time.perf_counter()
     tokens_log = tokens_seen
     for step in range(start_step, tcfg.max_steps):
-        lr = lr_at(step, tcfg.max_steps, ocfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
         micro_batches = batches.next_micro_batches(tcfg.micro_batch_size, grad_accum)
         # Token-weighted mean over the whole global batch: each micro-batch's mean loss is
         # weighted by its share of the batch's assistant tokens (over all processes), so the
@@ -220,8 +221,8 @@ def _sft(
             save_checkpoint(
                 ckpt_dir, done, model=model, optimizer=optimizer, data_state=batches.state_dict(),
                 keep=tcfg.keep_checkpoints, extra={
-                    "config_hash": config_hash(run_config), "results_config": run_config,
-                    "train_loss": train_loss, "eval_loss": eval_loss, "tokens": tokens_seen,
+                    **identity_record(run_config), "train_loss": train_loss, "eval_loss": eval_loss,
+                    "tokens": tokens_seen,
                     "elapsed": elapsed_before + time.perf_counter() - t_start,
                 },
             )  # fmt: skip

@@ -1,0 +1,147 @@
+"""`forgeml data {ingest,curate,show,diff}`: read files into raw dataset assets, curate them
+(filters, redaction, dedup), and inspect or compare dataset versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from forgeml.cli.common import console, current_workspace, format_value, notify, show_progress
+from forgeml.core.config import load_recipe
+from forgeml.core.errors import ForgeError
+
+data_app = typer.Typer(help="Read files into datasets.", no_args_is_help=True)
+
+
+@data_app.command("ingest")
+def data_ingest(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to read (recursively).")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Dataset name.")] = "corpus",
+    include: Annotated[
+        list[str] | None, typer.Option("--include", help="Glob of files to keep (repeatable).")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Glob of files to drop (repeatable).")
+    ] = None,
+    max_file_bytes: Annotated[int, typer.Option(help="Skip files larger than this.")] = 16 << 20,
+    text_field: Annotated[
+        list[str] | None,
+        typer.Option("--text-field", help="JSONL/CSV/Parquet: field(s) holding the text."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+) -> None:
+    """Read text, Markdown, code, HTML, PDF, DOCX, records and archives into a raw Parquet
+    dataset asset, with a report of every file."""
+    from forgeml.pipeline.ingest_stage import ingest_stage
+    from forgeml.registry import open_registry
+
+    ws = current_workspace()
+    res = ingest_stage(
+        ws,
+        paths,
+        name=name,
+        include=include,
+        exclude=exclude,
+        max_file_bytes=max_file_bytes,
+        text_fields=text_field,
+        force=force,
+        progress=show_progress(),
+        notify=notify,
+    )
+    asset = open_registry(ws).get_asset(res.output)
+    meta = asset.metadata
+    console.print(
+        f"dataset {asset.id}: {meta.get('kept')} kept, {meta.get('skipped')} skipped, "
+        f"{meta.get('failed')} failed of {meta.get('found')} files"
+        + (" (cached)" if res.cached else "")
+    )
+    for reason, n in sorted((meta.get("skipped_by_reason") or {}).items()):
+        console.print(f"  skipped {n}: {reason}")
+    console.print(f"  report: {asset.path / 'report.json'}")
+
+
+@data_app.command("curate")
+def data_curate(
+    dataset: Annotated[str, typer.Argument(help="Raw dataset asset.")],
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe whose `curate` section applies.")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="Override, e.g. curate.dedup.threshold=0.7")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the curated dataset.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+) -> None:
+    """Filters, redaction (PII and secrets) and dedup → curated dataset + HTML/JSON report."""
+    from forgeml.pipeline.curate_stage import curate_stage
+    from forgeml.registry import open_registry
+
+    ws = current_workspace()
+    cfg = load_recipe(recipe, overrides or []).curate
+    res = curate_stage(
+        ws, dataset, cfg, name=name, force=force, progress=show_progress(), notify=notify
+    )
+    asset = open_registry(ws).get_asset(res.output)
+    m = res.metrics
+    console.print(
+        f"dataset {asset.id}: "
+        + ", ".join(f"{k} {v}" for k, v in m.items() if not isinstance(v, dict))
+        + (" (cached)" if res.cached else "")
+    )
+    console.print(f"  report: {asset.path / 'report.html'}", highlight=False)
+
+
+@data_app.command("show")
+def data_show(
+    dataset: Annotated[str, typer.Argument(help="Dataset asset.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Statistics of a document dataset: counts, sizes, types, languages."""
+    from forgeml.data.report import dataset_stats
+    from forgeml.registry import open_registry
+
+    asset = open_registry(current_workspace()).get_asset(dataset)
+    stats = dataset_stats(_parquet_of(asset))
+    console.print_json(json.dumps(stats, default=str)) if json_out else _print_dict(stats, asset.id)
+
+
+@data_app.command("diff")
+def data_diff(
+    a: Annotated[str, typer.Argument(help="Older dataset asset.")],
+    b: Annotated[str, typer.Argument(help="Newer dataset asset.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What changed between two dataset versions (documents added, removed, changed)."""
+    from forgeml.data.report import diff_datasets
+    from forgeml.registry import open_registry
+
+    reg = open_registry(current_workspace())
+    diff = diff_datasets(_parquet_of(reg.get_asset(a)), _parquet_of(reg.get_asset(b)))
+    console.print_json(json.dumps(diff, default=str)) if json_out else _print_dict(
+        diff, f"{a} → {b}"
+    )
+
+
+def _parquet_of(asset) -> Path:
+    path = Path(asset.path) / "data.parquet"
+    if not path.is_file():
+        raise ForgeError(f"{asset.id} is not a document dataset", hint="see `forgeml assets list`")
+    return path
+
+
+def _print_dict(data: dict, title: str) -> None:
+    table = Table(title=title)
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for key, value in data.items():
+        table.add_row(
+            str(key),
+            json.dumps(value, default=str)
+            if isinstance(value, dict | list)
+            else format_value(value),
+        )
+    console.print(table)

@@ -1,0 +1,80 @@
+"""The ingest stage: files and folders in, a raw document dataset asset out (the first stage).
+
+The asset holds `data.parquet` (one row per document) and `report.json` (every file, kept or
+skipped and why); a re-run is answered from the cache while no source file changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from forgeml.core.errors import DataError
+from forgeml.core.io import atomic_write_text
+from forgeml.core.workspace import Workspace
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
+
+
+def _sources_fingerprint(sources: list[Path]) -> str:
+    """Cheap change detector for ingest caching: every file's path, size and mtime."""
+    h = hashlib.sha256()
+    for src in sources:
+        if not src.exists():
+            raise DataError(f"source not found: {src}", hint="check the path")
+        files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+        for path in files:
+            st = path.stat()
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def ingest_stage(
+    ws: Workspace,
+    sources: list[str | Path],
+    *,
+    name: str,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    max_file_bytes: int = 16 * 1024 * 1024,
+    text_fields: list[str] | None = None,
+    force: bool = False,
+    progress: bool = False,
+    notify: Notify | None = None,
+) -> StageResult:
+    """Read files/folders into a raw dataset asset (`data.parquet` + `report.json`)."""
+    from forgeml.data.ingest import ingest_files
+
+    paths = [Path(s).expanduser().resolve() for s in sources]
+    if not paths:
+        raise DataError("no sources given", hint="pass one or more files or folders")
+    config = {
+        "sources": [str(p) for p in paths],
+        "include": list(include or ["**/*"]),
+        "exclude": list(exclude or []),
+        "max_file_bytes": max_file_bytes,
+        "fingerprint": _sources_fingerprint(paths),
+        "text_fields": list(text_fields or []),
+        "name": name,
+    }
+
+    def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
+        out = work / "dataset"
+        report = ingest_files(
+            paths,
+            out / "data.parquet",
+            include=config["include"],
+            exclude=config["exclude"],
+            max_file_bytes=max_file_bytes,
+            text_fields=config["text_fields"],
+            progress=progress,
+        )
+        summary = report.to_dict()
+        atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
+        meta = {k: v for k, v in summary.items() if k != "files"}
+        meta["format"] = "documents-parquet"
+        metrics = {k: summary[k] for k in ("found", "kept", "skipped", "failed")}
+        return [Output("dataset", name, out, meta)], metrics
+
+    return run_stage(ws, "ingest", config, [], body, force=force, notify=notify)

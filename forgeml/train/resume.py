@@ -1,0 +1,109 @@
+"""The resume kit every training loop shares: a run's identity (the settings that decide its
+weights, hashed into each checkpoint) and `resume_or_start`, which continues the latest
+checkpoint only when that identity is unchanged. Used by all six loops in forgeml.train.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from forgeml.core.config import config_hash
+from forgeml.core.errors import ConfigError, NotFoundError
+from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint
+
+# `train` settings that never change the trained weights: a resumed run may change them.
+RESULT_NEUTRAL_TRAIN_FIELDS = frozenset({
+    "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
+    "compile", "device", "activation_checkpointing",
+})  # fmt: skip
+# How the global batch is split (micro-batch x accumulation x processes): neutral in the
+# loops that record the global batch in the checkpoint and keep it on resume.
+BATCH_SPLIT_FIELDS = frozenset({"micro_batch_size", "grad_accum_steps"})
+
+
+@dataclass
+class RunStart:
+    """Where a loop starts: step 0 of a new run, or the latest checkpoint of a resumed one
+    (`saved`: what the loop stored in it, e.g. losses; `data`: its data position)."""
+
+    step: int = 0
+    saved: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+
+def identity_record(identity: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint stores about its run: the identity and its hash."""
+    return {"config_hash": config_hash(identity), "results_config": identity}
+
+
+def resume_or_start(
+    ckpt_dir: Path, identity: dict[str, Any], *, model: nn.Module,
+    optimizer: torch.optim.Optimizer, resume: bool,
+) -> RunStart:  # fmt: skip
+    """A new run (`resume` False), or the latest checkpoint in `ckpt_dir` restored into
+    `model` and `optimizer` (with the RNG states) after checking it belongs to the same run:
+    a checkpoint whose identity differs from `identity` is refused, naming what changed."""
+    if not resume:
+        return RunStart()
+    path = latest_checkpoint(ckpt_dir)
+    if path is None:
+        raise NotFoundError(
+            f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume to start"
+        )
+    state = load_checkpoint(path, model=model, optimizer=optimizer)
+    check_same_run(state["extra"], identity, path)
+    return RunStart(state["step"], state["extra"], state["data"], resumed=True)
+
+
+def check_same_run(saved: dict[str, Any], identity: dict[str, Any], path: Path) -> None:
+    """Raise a ConfigError naming each setting of `identity` that differs from the one the
+    checkpoint at `path` was saved with (`saved`: its `identity_record`)."""
+    if saved.get("config_hash") == config_hash(identity):
+        return
+    if "results_config" in saved:
+        old, new = _flatten(saved["results_config"]), _flatten(identity)
+        changed = [
+            f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+            for key in [*new, *(k for k in old if k not in new)]
+            if old.get(key) != new.get(key)
+        ]
+    else:
+        changed = []  # a checkpoint that records no settings, only (maybe) a hash
+    raise ConfigError(
+        f"cannot resume {path}: the recipe changed in settings that change the trained "
+        f"weights ({'; '.join(changed) or 'config hash differs'})",
+        hint="resume with the recipe the run started with, or start a new run (other --out)",
+    )
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1}} -> {"optim.lr": 1}: a changed setting is named by its full key."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """Bitwise-reproducible resume on CPU: nondeterministic kernels warn while it is on."""
+    # The debug-mode API sets the same switch as use_deterministic_algorithms without
+    # importing torch._inductor (seconds per process).
+    before = torch.get_deterministic_debug_mode()
+    if enabled and not before:
+        torch.set_deterministic_debug_mode("warn")
+    try:
+        yield
+    finally:
+        torch.set_deterministic_debug_mode(before)
