@@ -255,3 +255,38 @@ def test_cli_export_needs_a_key_cleared_for_the_model(workspace, tmp_path) -> No
     r = runner.invoke(app, [*export, "--key-file", str(tmp_path / "carol.key")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def test_rest_label_endpoint_upgrades_at_once_and_asks_approval_to_lower(workspace, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from forgeml.control.api import create_control_app
+    from forgeml.control.ops import ControlPlane
+    from forgeml.governance.keys import create_api_key
+
+    control = ControlPlane(workspace)
+    ids = _factory(control.reg, tmp_path, label=None)
+    keys = {
+        name: create_api_key(workspace.root, name, roles=roles, clearance="restricted")[0]
+        for name, roles in {"labeller": ["viewer", "assets:label"], "viewer": ["viewer"]}.items()
+    }
+    client = TestClient(create_control_app(control))
+
+    def label(key: str, ref: str, body: dict) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {keys[key]}"}
+        return client.post(f"/v1/assets/{ref}/label", json=body, headers=headers)
+
+    try:
+        assert label("viewer", ids["dataset"], {"level": "restricted"}).status_code == 403
+        bad = label("labeller", ids["dataset"], {"level": "secretest"})
+        assert bad.status_code == 400 and "unknown label" in bad.json()["error"]["message"]
+        up = label("labeller", ids["dataset"], {"level": "restricted", "reason": "HR data"})
+        assert up.status_code == 200 and up.json()["status"] == "done"
+        assert effective_label(control.reg, control.reg.get_asset(ids["model"])) == "restricted"
+        down = label("labeller", ids["dataset"], {"level": "public"})
+        assert down.status_code == 200 and down.json()["status"] == "pending_approval"
+        assert own_label(control.reg.get_asset(ids["dataset"])) == "restricted"  # not yet
+        events = [json.loads(x)["event"] for x in audit_log_path(workspace.root).open()]
+        assert "asset_labelled" in events and "approval_requested" in events
+    finally:
+        control.close()

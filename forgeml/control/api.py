@@ -84,6 +84,11 @@ class DecisionRequest(_Body):
     reason: str = ""
 
 
+class LabelRequest(_Body):
+    level: str = Field(max_length=64, description="Classification level, e.g. 'restricted'")
+    reason: str = Field("", max_length=2000)
+
+
 def create_control_app(control: ControlPlane) -> FastAPI:
     """The REST app over one workspace's control plane."""
     app = FastAPI(
@@ -201,6 +206,13 @@ def create_control_app(control: ControlPlane) -> FastAPI:
     )
     def delete_asset(ref: str, reason: str = "", who: Principal = Who) -> dict[str, Any]:
         return control.delete_asset(who, ref, reason)
+
+    @app.post(
+        "/v1/assets/{ref}/label", tags=["assets"],
+        summary="Set an asset's classification label (lowering it needs approval)",
+    )  # fmt: skip
+    def label_asset(ref: str, body: LabelRequest, who: Principal = Who) -> dict[str, Any]:
+        return control.label_asset(who, ref, body.level, body.reason)
 
     @app.get("/v1/assets/{ref}/lineage", tags=["assets"])
     def lineage(

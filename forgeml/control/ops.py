@@ -31,7 +31,8 @@ from forgeml.registry import Asset, Registry
 
 SCOPES = (
     "jobs:submit", "jobs:read", "jobs:cancel", "assets:read", "runs:read", "evals:read",
-    "aliases:write", "exports:write", "assets:delete", "approvals:read", "approvals:decide",
+    "aliases:write", "exports:write", "assets:delete", "assets:label", "approvals:read",
+    "approvals:decide",
 )  # fmt: skip
 ROLE_SCOPES = {
     "agent": {"jobs:submit", "jobs:read", "jobs:cancel", "assets:read", "runs:read", "evals:read"},
@@ -425,6 +426,16 @@ class ControlPlane:
             self.reg, self.audit, "delete", params, requested_by=who.name, reason=reason
         )
         return {"status": "pending_approval", "approval": _jsonable(pending.to_dict())}
+
+    def label_asset(self, who: Principal, ref: str, level: str, reason: str = "") -> dict[str, Any]:
+        """Set an asset's classification label (audited); raising it takes effect at once for
+        every asset made from it, lowering it waits for a human's approval."""
+        self.require(who, "assets:label")
+        asset = self._cleared(who, ref, action="label")
+        done = approvals_mod.change_label(
+            self.reg, self.audit, asset.id, level, actor=who.name, reason=reason
+        )
+        return _jsonable(done)
 
     # -- alias moves and exports (sensitive ones wait for a human) ----------------------
 
