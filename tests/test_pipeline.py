@@ -136,7 +136,7 @@ def test_train_pretrain_and_pipeline_run_train_the_same_model(tmp_path, acme_cor
     ).model_dump(mode="json")  # fmt: skip
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(raw))
-    models = []
+    models, datasets = [], []
     for command in (["train", "pretrain"], ["pipeline", "run"]):
         ws = init_workspace(tmp_path / command[0])
         res = CliRunner().invoke(app, ["-q", "-w", str(ws.root), *command, str(recipe)])
@@ -145,4 +145,8 @@ def test_train_pretrain_and_pipeline_run_train_the_same_model(tmp_path, acme_cor
         assert {"curate", "pack"} <= {r.stage for r in reg.list_runs()}
         (run,) = reg.list_runs(stage="pretrain")
         models.append(run.outputs[0])
+        datasets.append([reg.list_runs(stage=s)[0].outputs for s in ("ingest", "curate")])
     assert models[0] == models[1]
+    # content-addressed: the raw and curated datasets of two workspaces have the same ids too
+    # (their reports name no path of the run that made them)
+    assert datasets[0] == datasets[1]

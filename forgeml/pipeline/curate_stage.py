@@ -39,6 +39,9 @@ def curate_stage(
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
         out = work / "dataset"
         report = curate_documents(parquet, out / "data.parquet", cfg, progress=progress)
+        # the asset's content names no path of this run or workspace, so the same documents
+        # curated the same way give the same asset id in any workspace
+        report.input_path, report.out_path = f"{raw.id}/data.parquet", "data.parquet"
         save_report(report, out)
         summary = report.to_dict()
         meta = {

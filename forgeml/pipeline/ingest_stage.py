@@ -70,6 +70,7 @@ def ingest_stage(
             text_fields=config["text_fields"],
             progress=progress,
         )
+        report.out_path = "data.parquet"  # not the run's folder: the asset id is its content's
         summary = report.to_dict()
         atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
         meta = {k: v for k, v in summary.items() if k != "files"}
