@@ -205,9 +205,8 @@ class Engine:
         self.max_len = model.cfg.max_seq_len
         self.stop_ids = frozenset(stop_ids)
         # A decode step of a small model is hundreds of tiny ops: on CPU a second intra-op
-        # thread buys nothing and costs a lot when the core is shared (the 2-core box, 16 rows
-        # of the 6.8M benchmark model: as fast with one thread as with two when quiet; 6-10 ms
-        # a step with one vs 55-130 ms with two while other jobs held the other core).
+        # thread buys nothing when the machine is quiet and costs many times the step when
+        # another job holds the other core (BENCHMARKS.md, serving).
         self.threads = threads or (1 if self.device.type == "cpu" else None)
         self.cache = model.new_kv_cache(max_batch, self.max_len, device=self.device)
         self._slots: list[_Slot | None] = [None] * max_batch
