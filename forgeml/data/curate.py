@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import multiprocessing
 import os
 import tempfile
@@ -596,16 +595,3 @@ def _progress(
         for out in outcomes:
             yield out
             bar.advance(task, out.input)
-
-
-def save_report(report: CurateReport, out_dir: str | Path) -> tuple[Path, Path]:
-    """Write report.json and report.html (atomically) into `out_dir`."""
-    from forgeml.core.io import atomic_write_text
-    from forgeml.data.report import render_html
-
-    out_dir = Path(out_dir)
-    data = report.to_dict()
-    json_path, html_path = out_dir / "report.json", out_dir / "report.html"
-    atomic_write_text(json_path, json.dumps(data, indent=1, ensure_ascii=False))
-    atomic_write_text(html_path, render_html(data))
-    return json_path, html_path

@@ -7,6 +7,7 @@ report.json); `dataset_stats` and `diff_datasets` read any documents Parquet.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from html import escape
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from forgeml.core.io import parquet_batches
+from forgeml.core.io import atomic_write_text, parquet_batches
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222}
@@ -235,3 +236,13 @@ def diff_datasets(a: str | Path, b: str | Path, *, examples: int = 10) -> dict[s
         },
         "stats": {"a": stats_a, "b": stats_b},
     }
+
+
+def save_report(report: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write a curation report (`CurateReport.to_dict()`) as report.json and report.html
+    (atomically) into `out_dir`."""
+    out_dir = Path(out_dir)
+    json_path, html_path = out_dir / "report.json", out_dir / "report.html"
+    atomic_write_text(json_path, json.dumps(report, indent=1, ensure_ascii=False))
+    atomic_write_text(html_path, render_html(report))
+    return json_path, html_path

@@ -27,7 +27,8 @@ def curate_stage(
     notify: Notify | None = None,
 ) -> StageResult:
     """Curate the dataset `dataset_ref` (id, alias, name or prefix) into a new dataset asset."""
-    from forgeml.data.curate import curate_documents, save_report
+    from forgeml.data.curate import curate_documents
+    from forgeml.data.report import save_report
 
     cfg = cfg or CurateConfig()
     raw = open_registry(ws).get_asset(dataset_ref)
@@ -42,8 +43,8 @@ def curate_stage(
         # the asset's content names no path of this run or workspace, so the same documents
         # curated the same way give the same asset id in any workspace
         report.input_path, report.out_path = f"{raw.id}/data.parquet", "data.parquet"
-        save_report(report, out)
         summary = report.to_dict()
+        save_report(summary, out)
         meta = {
             k: summary[k]
             for k in ("input", "kept", "dropped", "failed", "dropped_by_reason", "redactions")
