@@ -1,11 +1,11 @@
 """Online-DPO lift on the ACME demo over several training seeds, measured on more samples than
 the quickstart's win-rate: each seed trains online DPO from one SFT model (the recipe's `dpo`
-section and `posttrain.dpo` loop, with `--set` overrides), then the sampled win-rate against
+section and its `dpo.train`/`dpo.optim` loop, with `--set` overrides), then the sampled win-rate against
 that SFT model on the held-out prompts, `--samples` seeded samples a prompt, with its standard
 error over prompts. The eval seed is the same for every arm, so arms differ only in training.
 
     .venv/bin/python benchmarks/dpo_lift.py --sft build/quickstart/artifacts/model/model-XXXX \\
-        --seeds 0 1 --samples 32 --set dpo.sft_coef=1.0 --set posttrain.dpo.optim.lr=1e-4
+        --seeds 0 1 --samples 32 --set dpo.sft_coef=1.0 --set dpo.optim.lr=1e-4
     .venv/bin/python benchmarks/dpo_lift.py --sft ... --policy DIR   # evaluate a DPO model only
     .venv/bin/python benchmarks/dpo_lift.py --sft ... --policy DIR --diagnose 32
 
@@ -58,7 +58,7 @@ def win_rate(recipe, policy_dir: Path, sft_dir: Path, prompts: Path, samples: in
     judge = recipe.posttrain.dpo.judge or dcfg.reward_function
     result = model_win_rate(
         policy_dir, sft_dir, heldout, dcfg, judge, seed=EVAL_SEED, device=pick_device(),
-        dtype=recipe.train.dtype,
+        dtype=recipe.dpo.train.dtype,
     )  # fmt: skip
     return {"prompts": len(heldout), **result}
 
@@ -114,15 +114,15 @@ def main() -> None:
     ap.add_argument("--label", default="")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "dpo-lift" / "results.jsonl")
     args = ap.parse_args()
-    base = load_recipe(args.recipe, args.overrides)
-    recipe = base.model_copy(update={"optim": base.posttrain.dpo.optim, "train": base.posttrain.dpo.train})  # fmt: skip
+    recipe = load_recipe(args.recipe, args.overrides)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for seed in [None] if args.policy else args.seeds:
         t0 = time.perf_counter()
         row: dict = {"label": args.label, "overrides": args.overrides, "seed": seed}
         policy = args.policy
         if policy is None:
-            sub = recipe.model_copy(update={"train": recipe.train.model_copy(update={"seed": seed})})  # fmt: skip
+            dpo = recipe.dpo.model_copy(update={"train": recipe.dpo.train.model_copy(update={"seed": seed})})  # fmt: skip
+            sub = recipe.model_copy(update={"dpo": dpo})
             out = args.out.parent / f"{args.label or 'run'}-seed{seed}"
             summary = train_online_dpo(sub, base_model_dir=args.sft, prompts_path=args.prompts, out_dir=out, progress=False)  # fmt: skip
             row["train"] = {k: summary[k] for k in ("final_train_loss", "seconds")}

@@ -41,7 +41,7 @@ from forgeml.core.config import ModelConfig  # noqa: E402
 from forgeml.models.dense import Transformer  # noqa: E402
 from forgeml.models.hf_io import save_model  # noqa: E402
 from forgeml.models.moe import MoETransformer  # noqa: E402
-from forgeml.models.parallelize import parallelize  # noqa: E402
+from forgeml.train.parallelize import parallelize  # noqa: E402
 
 # The PEERS.md tiny MoE: vocab 8192, hidden 256, 6 layers, 8 heads, 4 KV heads, 8 experts of
 # width 384, top-2.
@@ -179,7 +179,7 @@ def main() -> None:
     check_same_function(moe, theirs["HF grouped_mm"], data[0])
     runs = {"forgeml MoE": make_step(moe, forgeml_loss, args.dtype)}
     if args.compile:
-        compiled = parallelize(copy.deepcopy(moe), compile=True, ddp=False, device="cpu")
+        compiled = parallelize(copy.deepcopy(moe), compile=True, device="cpu")
         runs["forgeml+compile"] = make_step(compiled, forgeml_loss, args.dtype)
     runs.update({name: make_step(hf, hf_loss, args.dtype) for name, hf in theirs.items()})
     runs["forgeml dense"] = make_step(dense, forgeml_loss, args.dtype)

@@ -27,7 +27,7 @@ import transformers
 from forgeml.core.config import ModelConfig
 from forgeml.models.dense import Transformer
 from forgeml.models.hf_io import to_hf_state_dict
-from forgeml.models.parallelize import parallelize
+from forgeml.train.parallelize import parallelize
 
 # The PEERS.md tiny config: large enough to show real costs, small enough for 2 CPU cores.
 CFG = ModelConfig(
@@ -162,7 +162,7 @@ def main() -> None:
     theirs = hf_model(ours)
     runs = {"forgeml": make_step(ours, forgeml_loss, args.dtype)}
     if args.compile:
-        compiled = parallelize(copy.deepcopy(ours), compile=True, ddp=False, device="cpu")
+        compiled = parallelize(copy.deepcopy(ours), compile=True, device="cpu")
         runs["forgeml+compile"] = make_step(compiled, forgeml_loss, args.dtype)
     runs["HF"] = make_step(theirs, hf_loss, args.dtype)
     gen = torch.Generator().manual_seed(1)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from forgeml.core.config import ModelConfig, TrainConfig
-from forgeml.models.parallelize import apply_activation_checkpointing, parallelize
 from forgeml.models.registry import build_model
+from forgeml.train.parallelize import apply_activation_checkpointing, parallelize
 from forgeml.train.preflight import GiB, estimate_memory, measure_peak_memory
 
 DENSE = ModelConfig(
@@ -32,9 +32,7 @@ def test_gradients_equal_without_checkpointing(cfg):
     plain = build_model(cfg)
     ckpt = copy.deepcopy(plain)
     names = list(plain.state_dict())
-    train_model = parallelize(
-        ckpt, compile=False, ddp=False, device="cpu", activation_checkpointing=True
-    )
+    train_model = parallelize(ckpt, compile=False, device="cpu", activation_checkpointing=True)
     assert list(ckpt.state_dict()) == names  # checkpoints and exports see no wrapper
     x = torch.randint(0, cfg.vocab_size, (4, 48))
     y = torch.randint(0, cfg.vocab_size, (4, 48))

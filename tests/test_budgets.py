@@ -14,10 +14,12 @@ from typer.testing import CliRunner
 from forgeml.cli import app
 from forgeml.control import jobs as jobs_mod
 from forgeml.control.budgets import clearance_allows, record_plan, set_budget, usage
+from forgeml.control.job_spec import parse_job_args
 from forgeml.control.plan import STAGE_OVERHEAD_S, plan_job
 from forgeml.core.errors import ForgeError
 from forgeml.registry import open_registry
 
+INGEST = parse_job_args(["data", "ingest", "x"])  # a job queued directly, not planned
 TINY = {
     "tokenizer": {"vocab_size": 400},
     "model": {"dim": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "ffn_hidden": 64},
@@ -74,7 +76,7 @@ def test_refusals_no_budget_hours_concurrency_size_memory(workspace, recipe) -> 
     (reason,) = _plan(workspace, args).refusals
     assert "cpu-hours but only" in reason
     set_budget(reg, "bot", cpu_hours=10, max_concurrent_jobs=1, max_model_params=10_000)
-    jobs_mod.submit_job(reg, ["runs", "list"], submitted_by="bot")
+    jobs_mod.submit_job(reg, INGEST, submitted_by="bot")
     refusals = _plan(workspace, args).refusals
     assert any("at most 1 at once" in r for r in refusals)
     assert any("over the limit of 10,000" in r for r in refusals)
@@ -108,8 +110,8 @@ def test_dataset_classification_needs_clearance(workspace, tmp_path) -> None:
 def test_usage_charges_estimates_then_measured_hours(workspace) -> None:
     reg = open_registry(workspace)
     budget = set_budget(reg, "bot", cpu_hours=1, gpu_hours=1)
-    a = jobs_mod.submit_job(reg, ["runs", "list"], submitted_by="bot")
-    b = jobs_mod.submit_job(reg, ["runs", "list"], submitted_by="bot")
+    a = jobs_mod.submit_job(reg, INGEST, submitted_by="bot")
+    b = jobs_mod.submit_job(reg, INGEST, submitted_by="bot")
     record_plan(reg, a.id, "bot", "cpu", 0.25, {})
     record_plan(reg, b.id, "bot", "gpu", 0.5, {})
     used = usage(reg, "bot", budget.since)

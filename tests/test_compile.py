@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from forgeml.core.config import ModelConfig
-from forgeml.models.parallelize import parallelize
 from forgeml.models.registry import build_model
+from forgeml.train.parallelize import parallelize
 
 DENSE = ModelConfig(
     dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_hidden=160, vocab_size=300, max_seq_len=64
@@ -24,7 +24,7 @@ MOE = DENSE.model_copy(update={"arch": "moe", "n_experts": 4, "top_k": 2})
 def test_compiled_training_step_equals_eager(cfg):
     torch.manual_seed(0)
     eager = build_model(cfg).train()
-    compiled = parallelize(copy.deepcopy(eager), compile=True, ddp=False, device="cpu")
+    compiled = parallelize(copy.deepcopy(eager), compile=True, device="cpu")
     names = list(eager.state_dict())
     assert list(compiled.state_dict()) == names  # compiled in place: no _orig_mod. prefix
     gen = torch.Generator().manual_seed(1)

@@ -147,13 +147,37 @@ def test_jobs_submit_list_show_logs_cancel_per_principal(env, workspace) -> None
     r = c.post("/v1/jobs", json={"args": ["keys", "create", "--principal", "x"]}, headers=hb)
     assert r.status_code == 403 and r.json()["error"]["type"] == "budget_exceeded"
     assert "cannot be queued" in r.json()["error"]["message"]
-    r = c.post(
-        "/v1/jobs", json={"args": ["eval", "report", "e", "--out", "/tmp/x.html"]}, headers=hb
-    )
+    recipe = workspace.root / "r.yaml"
+    recipe.write_text("{}\n")
+    args = ["pipeline", "run", str(recipe), "--json", "/tmp/x.json"]
+    r = c.post("/v1/jobs", json={"args": args}, headers=hb)
     assert r.status_code == 403 and "outside the workspace" in r.json()["error"]["message"]
+    # A command that is no job command is refused with the list of job commands.
+    r = c.post("/v1/jobs", json={"args": ["eval", "report", "e"]}, headers=hb)
+    assert r.status_code == 403 and "cannot be queued as a job" in r.json()["error"]["message"]
     events = [(e["event"], e.get("principal")) for e in _audit(workspace)]
     assert ("job_submitted", "bot") in events and ("job_cancelled", "bot") in events
-    assert events.count(("job_refused", "bot")) == 2
+    assert events.count(("job_refused", "bot")) == 3
+
+
+def test_a_job_is_submitted_as_a_typed_spec_too(env) -> None:
+    """REST takes a job spec as JSON as well as a command line: the same plan, the same
+    queued spec; a spec that does not validate is a 422 naming the field."""
+    c, hb = env["client"], _h(env["keys"]["bot"])
+    spec = {"command": "eval run", "params": {"model": "m1", "max_batches": 2}}
+    by_spec = c.post("/v1/plan", json={"spec": spec}, headers=hb).json()
+    by_args = c.post(
+        "/v1/plan", json={"args": ["eval", "run", "m1", "--max-batches", "2"]}, headers=hb
+    ).json()
+    assert by_spec["ok"] and by_spec["command"] == "eval run"
+    assert by_spec["args"] == by_args["args"] == ["eval", "run", "m1", "--max-batches", "2"]
+    job = c.post("/v1/jobs", json={"spec": spec}, headers=hb).json()["job"]
+    assert job["spec"]["command"] == "eval run" and job["spec"]["params"]["model"] == "m1"
+    assert job["spec"]["params"]["max_batches"] == 2 and job["spec"]["recipe"] is None
+    bad = c.post("/v1/plan", json={"spec": {**spec, "params": {"modle": "m1"}}}, headers=hb)
+    assert bad.status_code == 422 and "params" in bad.json()["error"]["message"]
+    both = c.post("/v1/plan", json={"spec": spec, "args": ["eval", "run", "m1"]}, headers=hb)
+    assert both.status_code == 422
 
 
 def test_promote_production_alias_waits_for_approval(env, workspace) -> None:

@@ -14,6 +14,7 @@ from forgeml.data.dedup import (
     ExactHashSpill,
     MinHasher,
     SignatureSpill,
+    Sketches,
     deduplicate,
     exact_groups_spilled,
     near_duplicate_clusters,
@@ -21,7 +22,16 @@ from forgeml.data.dedup import (
 )
 
 
-def _spill(path, sigs: np.ndarray, batch: int = 37) -> SignatureSpill:
+def _spill(path, sigs: np.ndarray | Sketches, batch: int = 37) -> SignatureSpill:
+    """Signatures (or sketches: signatures and shingles) appended in batches of `batch`."""
+    if isinstance(sigs, Sketches):
+        spill = SignatureSpill(path, sigs.signatures.shape[1])
+        for i in range(0, len(sigs), batch):
+            j = min(i + batch, len(sigs))
+            offsets = sigs.offsets[i : j + 1]
+            part = sigs.shingles[offsets[0] : offsets[-1]]
+            spill.append(Sketches(sigs.signatures[i:j], part, offsets - offsets[0]))
+        return spill
     spill = SignatureSpill(path, sigs.shape[1])
     for i in range(0, len(sigs), batch):
         spill.append(sigs[i : i + batch])
@@ -64,11 +74,12 @@ def test_spilled_exact_then_near_equals_deduplicate(tmp_path):
         groups = exact_groups_spilled(hashes, max_entries=50, work_dir=tmp_path)
     assert groups == expected.exact_clusters and len(groups) == 70
     dups = np.array(sorted(i for g in groups for i in g[1:]), dtype=np.int64)
-    sigs = MinHasher(128, 5, seed=1).signatures(texts)
-    with _spill(tmp_path / "s.bin", sigs) as spill:
+    sketches = MinHasher(128, 5, seed=1).sketch(texts)
+    with _spill(tmp_path / "s.bin", sketches) as spill:
         near = near_duplicate_clusters_spilled(
-            spill, 0.8, seed=1, exclude=dups, max_entries=300, work_dir=tmp_path
-        )
+            spill, 0.6, candidate_threshold=0.5, containment=0.9, seed=1, exclude=dups,
+            max_entries=300, work_dir=tmp_path,
+        )  # fmt: skip
     assert near == expected.near_clusters
 
 
@@ -153,7 +164,7 @@ def test_curate_dedup_equals_in_memory_deduplicate(tmp_path, monkeypatch):
     monkeypatch.setattr(curate, "_DEDUP_MAX_ENTRIES", 64)  # many partitions
     texts, _ = planted_corpus(3)
     texts += texts[:30] + [t.title() for t in texts[200:220]]
-    expected = deduplicate(texts, seed=1, threshold=0.8)
+    expected = deduplicate(texts, seed=1)  # the defaults of DedupConfig
     raw = _raw_parquet(tmp_path / "raw.parquet", texts)
     cfg = CurateConfig.model_validate(_FILTERS_OFF)
     report = curate.curate_documents(raw, tmp_path / "out.parquet", cfg)

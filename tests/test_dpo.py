@@ -27,10 +27,11 @@ from forgeml.train.preference_data import (
 
 def _recipe(dpo=None, **train):
     return validate_recipe({
-        "train": {"max_steps": 12, "micro_batch_size": 8, "log_every": 4, "dtype": "fp32",
-                  "checkpoint_every": 0, **train},
-        "optim": {"lr": 5e-3, "warmup_steps": 2, "schedule": "constant"},
-        "dpo": {"beta": 0.1, "heldout_fraction": 0.25, "max_length": 64, **(dpo or {})},
+        "dpo": {"beta": 0.1, "heldout_fraction": 0.25, "max_length": 64, **(dpo or {}),
+                "train": {"max_steps": 12, "micro_batch_size": 8, "log_every": 4,
+                          "dtype": "fp32", "checkpoint_every": 0, **train},
+                "optim": {"lr": 5e-3, "warmup_steps": 2, "schedule": "constant",
+                          "weight_decay": 0.1}},
     })  # fmt: skip
 
 
@@ -192,7 +193,8 @@ def test_online_dpo_raises_a_learnable_reward(base, tmp_path) -> None:
          "samples_per_prompt": 4, "max_new_tokens": 8},
         max_steps=15, micro_batch_size=4, log_every=5,
     )  # fmt: skip
-    recipe = recipe.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": 1e-2})})
+    optim = recipe.dpo.optim.model_copy(update={"lr": 1e-2})
+    recipe = recipe.model_copy(update={"dpo": recipe.dpo.model_copy(update={"optim": optim})})
     out = train_online_dpo(
         recipe, base_model_dir=model_dir, prompts_path=pairs, out_dir=tmp_path / "on",
         progress=False,
@@ -284,10 +286,13 @@ def test_cli_rm_then_online_dpo_with_the_reward_model_records_lineage(
     base_id = reg.add_asset("model", "tiny", model_dir, metadata={"arch": "dense"}).id
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
-        "train: {max_steps: 6, micro_batch_size: 4, log_every: 3, dtype: fp32, checkpoint_every: 0}\n"
-        "optim: {lr: 0.003, warmup_steps: 1}\n"
-        "reward_model: {max_length: 64}\n"
-        "dpo: {max_length: 64, samples_per_prompt: 2, max_new_tokens: 4}\n"
+        "reward_model:\n"
+        "  max_length: 64\n"
+        "  train: &train {max_steps: 6, micro_batch_size: 4, log_every: 3, dtype: fp32,\n"
+        "                 checkpoint_every: 0}\n"
+        "  optim: &optim {lr: 0.003, warmup_steps: 1, weight_decay: 0.1}\n"
+        "dpo: {max_length: 64, samples_per_prompt: 2, max_new_tokens: 4, train: *train,\n"
+        "      optim: *optim}\n"
     )
     cli = ["-w", str(workspace.root), "-q", "train"]
     runner = CliRunner()
@@ -300,7 +305,7 @@ def test_cli_rm_then_online_dpo_with_the_reward_model_records_lineage(
 
     res = runner.invoke(app, [
         *cli, "dpo", str(recipe), "--base", "tiny", "--data", str(pairs), "dpo.online=true",
-        f"dpo.reward_model={rm.id}", "train.max_steps=2",
+        f"dpo.reward_model={rm.id}", "dpo.train.max_steps=2",
     ])  # fmt: skip
     assert res.exit_code == 0, res.output
     policy = reg.get_asset("recipe-online-dpo")

@@ -57,23 +57,17 @@ def test_counts_reasons_and_rows(docs, tmp_path):
     out = tmp_path / "out" / "docs.parquet"
     report = ingest_files([docs], out, max_file_bytes=4096)
     assert report.kept + report.skipped + report.failed == report.found == 16
-    assert (report.kept, report.failed) == (9, 0)
-    assert report.skipped_by_reason == {
-        "binary": 2,
-        "empty": 2,
-        "not utf-8": 1,
-        "too large": 1,
-        "unsupported type": 1,
-    }
+    assert (report.kept, report.failed) == (11, 0)
+    assert report.skipped_by_reason == {"binary": 2, "empty": 2, "too large": 1}
     status = {f["path"]: (f["status"], f["reason"]) for f in report.files}
-    assert status["latin.txt"] == ("skipped", "not utf-8")
+    assert status["latin.txt"] == ("kept", "")  # legacy encodings are decoded, not skipped
     assert status["logo.png"] == ("skipped", "binary")
     assert status["data.bin"] == ("skipped", "binary")
     assert status["empty.md"] == ("skipped", "empty")
     assert status["blank.txt"] == ("skipped", "empty")
     assert status["big.txt"] == ("skipped", "too large")
-    assert status["table.xyz"] == ("skipped", "unsupported type")
-    assert report.by_type == {"code": 3, "markdown": 3, "text": 3}
+    assert status["table.xyz"] == ("kept", "")  # no reader by name: text by its content
+    assert report.by_type == {"code": 3, "markdown": 3, "text": 5}
     assert report.by_language == {"acme-cl": 1, "make": 1, "python": 1}
 
     table = pq.read_table(out)
@@ -95,6 +89,8 @@ def test_counts_reasons_and_rows(docs, tmp_path):
     # the BOM is dropped from the text but the raw hash and size are of the file's bytes
     assert rows["notes.txt"]["text"] == "with a byte-order mark\n"
     assert rows["notes.txt"]["bytes"] == len((docs / "notes.txt").read_bytes())
+    assert rows["latin.txt"]["text"] == "caf\xe9 cr\xe8me br\xfbl\xe9e"
+    assert rows["table.xyz"]["type"] == "text"
     # exact duplicates are kept (dedup is a curation stage)
     assert rows["guide/copy.md"]["doc_id"] == rows["guide/intro.md"]["doc_id"]
     assert report.bytes_kept == sum(r["bytes"] for r in rows.values())
@@ -122,7 +118,7 @@ def test_include_exclude_patterns(docs, tmp_path):
         "src/calc.acl",
         "src/main.py",
     ]
-    report = ingest_files([docs], out, exclude=["guide/", "src/**", ".git", "*.txt"])
+    report = ingest_files([docs], out, exclude=["guide/", "src/**", ".git", "*.txt", "*.xyz"])
     kept = sorted(f["path"] for f in report.files if f["status"] == "kept")
     assert kept == ["README"]
 
@@ -161,12 +157,10 @@ def test_errors_for_missing_and_empty_sources(tmp_path):
     junk = tmp_path / "junk"
     junk.mkdir()
     (junk / "a.bin").write_bytes(b"\x00\x01")
-    (junk / "b.txt").write_bytes(b"\xff\xfe bad")
+    (junk / "b.txt").write_bytes(b"\x01\x02\x03\x04\x05 control characters, not text")
     out = tmp_path / "o.parquet"
     out.write_bytes(b"previous output")
-    with pytest.raises(
-        DataError, match=r"no readable text files .* \(2 skipped: 1 binary, 1 not utf-8\)"
-    ):
+    with pytest.raises(DataError, match=r"no readable text files .* \(2 skipped: 2 binary\)"):
         ingest_files([junk], out)
     assert out.read_bytes() == b"previous output"  # atomic: the old output is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "junk", "o.parquet"]
@@ -235,13 +229,14 @@ def test_ingest_acme_corpus(tmp_path):
     reasons = {f["path"]: f["reason"] for f in report.files if f["status"] == "skipped"}
     assert reasons == {
         "assets/logo.bin": "binary",
-        "legacy/notes_latin1.txt": "not utf-8",
         "legacy/empty.txt": "empty",
         "damaged/answers.json": "excluded",
         "records/planted.json": "excluded",
     }
     assert report.failed == 0
     table = pq.read_table(out)
-    assert table.num_rows == report.kept == report.found - 5
+    assert table.num_rows == report.kept == report.found - 4
+    latin = [r["text"] for r in table.to_pylist() if r["path"] == "legacy/notes_latin1.txt"]
+    assert "Mr. M\u00fcller at the caf\u00e9" in latin[0] and "\u00a3 1200" in latin[0]
     langs = pc.value_counts(table.column("language")).to_pylist()
     assert {"values": "acme-cl", "counts": len(list((root / "programs").glob("*.acl")))} in langs

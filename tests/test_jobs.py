@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from forgeml.control.job_spec import JobSpec, parse_job_args
 from forgeml.control.jobs import (
     CANCELLED,
     RETRYABLE,
@@ -39,10 +40,21 @@ def _worker(ws, *extra: str) -> subprocess.Popen:
     )
 
 
+def _ingest(folder: Path, name: str = "docs") -> JobSpec:
+    """A cheap job: ingest one small folder (made here)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "a.txt").write_text(f"notes of {name}\n")
+    return parse_job_args(["data", "ingest", str(folder), "--name", name])
+
+
+QUEUED_ONLY = parse_job_args(["data", "ingest", "never-run"])
+
+
 def test_queue_state_machine(workspace) -> None:
     reg = open_registry(workspace)
-    a = submit_job(reg, ["assets", "list"])
-    b = submit_job(reg, ["runs", "list"])
+    a = submit_job(reg, QUEUED_ONLY)
+    b = submit_job(reg, QUEUED_ONLY)
+    assert a.args == ["data", "ingest", "never-run"] and a.spec["command"] == "data ingest"
     assert cancel_job(reg, b.id).status == CANCELLED
     claimed = claim_next_job(reg, "w1")
     assert claimed.id == a.id and claimed.attempts == 1
@@ -51,15 +63,16 @@ def test_queue_state_machine(workspace) -> None:
         finish_job(reg, a.id, "w2", exit_code=0)  # not w2's job
     assert finish_job(reg, a.id, "w1", exit_code=1).status == RETRYABLE
     assert retry_job(reg, a.id).status == "queued"
-    with pytest.raises(ForgeError):
-        submit_job(reg, ["-w", "/elsewhere", "assets", "list"])
-    with pytest.raises(ForgeError):
-        submit_job(reg, [])
+    with pytest.raises(ForgeError, match="JobSpec"):
+        submit_job(reg, ["data", "ingest", "x"])  # a command line is read by the planner
+    unplanned = parse_job_args(["pipeline", "run", "r.yaml"])
+    with pytest.raises(ForgeError, match="plan it first"):
+        submit_job(reg, unplanned)  # its recipe was never validated
 
 
 def test_stale_running_job_is_reaped(workspace) -> None:
     reg = open_registry(workspace)
-    job = submit_job(reg, ["assets", "list"])
+    job = submit_job(reg, QUEUED_ONLY)
     claim_next_job(reg, "ghost")
     assert reap_stale_jobs(reg, timeout_s=3600) == []
     time.sleep(0.05)
@@ -71,12 +84,12 @@ def test_retryable_job_is_claimed_again_after_an_exponential_backoff(workspace) 
     """A job whose worker died is run again without a human, once its backoff passed, until
     its attempts are spent."""
     reg = open_registry(workspace)
-    job = submit_job(reg, ["assets", "list"], max_attempts=3)
+    job = submit_job(reg, QUEUED_ONLY, max_attempts=3)
     claim_next_job(reg, "ghost")
     time.sleep(0.05)
     reap_stale_jobs(reg, timeout_s=0.01)
     waiting = get_job(reg, job.id)
-    assert waiting.status == RETRYABLE
+    assert waiting.status == RETRYABLE and not waiting.done  # a worker will run it again
     assert waiting.retry_at(10.0) == waiting.ended_at + timedelta(seconds=10)
     assert retry_delay_s(1, 10.0) == 10 and retry_delay_s(2, 10.0) == 20
     assert claim_next_job(reg, "w", retry_base_s=3600) is None  # still backing off
@@ -91,21 +104,26 @@ def test_retryable_job_is_claimed_again_after_an_exponential_backoff(workspace) 
     third = claim_next_job(reg, "w", retry_base_s=1e-3)
     assert third is not None and third.attempts == 3
     last = finish_job(reg, job.id, "w", exit_code=1)
-    assert last.status == "failed" and last.retry_at() is None  # 3 of 3: no more
+    assert last.status == "failed" and last.retry_at() is None and last.done  # 3 of 3
     time.sleep(0.01)
     assert claim_next_job(reg, "w", retry_base_s=1e-3) is None
     # Cancelling a job that waits for its retry stops it from being retried.
-    other = submit_job(reg, ["runs", "list"])
+    other = submit_job(reg, QUEUED_ONLY)
     claim_next_job(reg, "w")
     finish_job(reg, other.id, "w", exit_code=1)
     assert cancel_job(reg, other.id).status == CANCELLED
     time.sleep(0.01)
     assert claim_next_job(reg, "w", retry_base_s=1e-3) is None
+    # A failure that would repeat itself is not retried.
+    doomed = submit_job(reg, QUEUED_ONLY)
+    claim_next_job(reg, "w")
+    ended = finish_job(reg, doomed.id, "w", exit_code=None, error="bad", retryable=False)
+    assert ended.status == "failed" and ended.attempts == 1 and ended.done
 
 
-def test_worker_retries_a_failed_job_by_itself(workspace) -> None:
+def test_worker_retries_a_failed_job_by_itself(workspace, tmp_path) -> None:
     reg = open_registry(workspace)
-    job = submit_job(reg, ["runs", "list"])
+    job = submit_job(reg, _ingest(tmp_path / "docs"))
     claim_next_job(reg, "ghost")
     time.sleep(0.05)
     reap_stale_jobs(reg, timeout_s=0.01)
@@ -122,7 +140,7 @@ def test_worker_retries_a_failed_job_by_itself(workspace) -> None:
 @pytest.mark.parametrize("wildcard", ["%", "_", "job-%", "j_b"])
 def test_job_lookup_treats_like_wildcards_as_characters(workspace, wildcard: str) -> None:
     reg = open_registry(workspace)
-    job = submit_job(reg, ["runs", "list"])
+    job = submit_job(reg, QUEUED_ONLY)
     with pytest.raises(NotFoundError):
         get_job(reg, wildcard)
     with pytest.raises(NotFoundError):
@@ -130,17 +148,18 @@ def test_job_lookup_treats_like_wildcards_as_characters(workspace, wildcard: str
     assert get_job(reg, job.id[:8]).id == job.id
 
 
-def test_concurrent_workers_run_each_job_exactly_once(workspace) -> None:
+def test_concurrent_workers_run_each_job_exactly_once(workspace, tmp_path) -> None:
     reg = open_registry(workspace)
-    ids = [submit_job(reg, ["runs", "list"]).id for _ in range(8)]
+    ids = [submit_job(reg, _ingest(tmp_path / f"d{i}", f"d{i}")).id for i in range(4)]
     workers = [_worker(workspace, "--idle-exit", "3", "--poll", "0.2") for _ in range(3)]
     outs = [w.communicate(timeout=240)[0] for w in workers]
     assert all(w.returncode == 0 for w in workers), outs
     jobs = {j.id: j for j in list_jobs(reg)}
-    assert all(jobs[i].status == SUCCEEDED and jobs[i].attempts == 1 for i in ids)
+    assert all(jobs[i].status == SUCCEEDED and jobs[i].attempts == 1 for i in ids), outs
     ran = sum(int(o.split("worker ran ")[1].split()[0]) for o in outs)
     assert ran == len(ids)  # none run twice, none lost
     assert len({jobs[i].worker for i in ids}) >= 2
+    assert {a.name for a in reg.list_assets("dataset")} == {f"d{i}" for i in range(4)}
 
 
 @pytest.mark.slow
@@ -175,7 +194,7 @@ def test_killed_worker_job_is_retried_and_resumes(workspace, tmp_path: Path) -> 
         "posttrain=null",
         "--auto-resume",
     ]
-    job = submit_job(reg, args)
+    job = submit_job(reg, parse_job_args(args).resolved()[0], args=args)
     worker = _worker(workspace, "--heartbeat", "0.5", "--max-jobs", "1")
     deadline = time.monotonic() + 180
     ckpts: list[Path] = []

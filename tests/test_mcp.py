@@ -51,13 +51,21 @@ def test_tools_have_descriptions_and_schemas(workspace) -> None:
                 assert t.description and len(t.description) > 20, t.name
                 assert t.input_schema["type"] == "object"
             args = tools["submit_job"].input_schema["properties"]["args"]
-            assert args["type"] == "array" and "pipeline" in args["description"]
-            assert tools["submit_job"].input_schema["required"] == ["args"]
+            assert {"type": "null"} in args["anyOf"] and "pipeline" in args["description"]
+            assert any(a.get("type") == "array" for a in args["anyOf"])
+            assert "required" not in tools["submit_job"].input_schema  # args or spec
+            spec = tools["submit_job"].input_schema["properties"]["spec"]
+            assert "eval run" in spec["description"]
             lineage = tools["lineage"].input_schema["properties"]["direction"]
             assert lineage["enum"] == ["up", "down"]
             assert tools["list_assets"].annotations.read_only_hint
             refused = await client.call_tool("submit_job", {"args": ["eval", "run", "m"]})
             assert refused.is_error and "has no budget" in refused.content[0].text
+            spec = {"command": "eval run", "params": {"model": "m"}}
+            refused = await client.call_tool("submit_job", {"spec": spec})
+            assert refused.is_error and "has no budget" in refused.content[0].text
+            neither = await client.call_tool("plan", {})
+            assert neither.is_error and "either `args`" in neither.content[0].text
             forbidden = await client.call_tool("promote", {"model": "m", "alias": "candidate"})
             assert forbidden.is_error and "aliases:write" in forbidden.content[0].text
             assert _data(await client.call_tool("list_assets", {})) == []

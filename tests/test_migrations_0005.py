@@ -74,7 +74,7 @@ def test_registry_before_0005_upgrades_in_place_and_its_keys_authenticate(url, t
     reg = Registry(url, tmp_path / "artifacts")  # migrates to head on open
     try:
         head = ScriptDirectory.from_config(_alembic(url)).get_current_head()
-        assert head == "0005" and _revision(reg.engine) == head
+        assert head >= "0005" and _revision(reg.engine) == head
         with reg.engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         principal = KeyStore(reg.engine).authenticate(key)

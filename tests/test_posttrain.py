@@ -156,16 +156,16 @@ def test_pipeline_sft_dpo_rl_with_before_after(workspace, text_folder, tmp_path)
         "eval": {"max_batches": 1},
         "sft": {"data": str(chat), "heldout": str(chat),
                 "train": {**tiny_train, "max_steps": 3, "seq_len": 128}},
-        "dpo": {"samples_per_prompt": 2, "max_new_tokens": 4},
+        "dpo": {"samples_per_prompt": 2, "max_new_tokens": 4, "optim": {"lr": 0.01},
+                "train": {**tiny_train, "max_steps": 4}},
         "rl": {"rewards": [{"kind": "regex", "pattern": "e"}], "max_new_tokens": 6,
-               "prompts_per_step": 3, "group_size": 4},
+               "prompts_per_step": 3, "group_size": 4, "optim": {"lr": 0.05},
+               "train": {**tiny_train, "max_steps": 2}},
         "posttrain": {
             "eval_limit": 4,
             "dpo": {"data": str(pairs), "judge": "examples/acme/acme_rl.py:python_compiles",
-                    "eval_samples": 3, "optim": {"lr": 0.01},
-                    "train": {**tiny_train, "max_steps": 4}},
-            "rl": {"prompts": str(prompts), "heldout": str(prompts), "optim": {"lr": 0.05},
-                   "eval_samples": 2, "train": {**tiny_train, "max_steps": 2}},
+                    "eval_samples": 3},
+            "rl": {"prompts": str(prompts), "heldout": str(prompts), "eval_samples": 2},
         },
     })  # fmt: skip
     result = run_pipeline(workspace, recipe, progress=False)

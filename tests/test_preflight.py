@@ -16,7 +16,9 @@ from forgeml.train.preflight import (
     GiB,
     available_memory,
     check_fits,
+    choose_strategy,
     estimate_memory,
+    measure_memory,
     measure_peak_memory,
     preflight,
 )
@@ -52,6 +54,41 @@ def test_estimate_matches_measured_peak_on_cpu_within_25_percent():
         assert abs(est.total - got) / got < 0.25, (est.summary(), got / GiB)
     assert estimates[0].activations > 3 * estimates[0].optimizer
     assert estimates[1].optimizer > 3 * estimates[1].activations
+
+
+@pytest.mark.slow
+def test_fsdp_estimate_matches_measured_peak_at_two_processes_within_25_percent():
+    """2 processes under torchrun (gloo), FSDP2 as `parallelize` applies it: each process's
+    peak RSS against the estimate, and its weights + gradients + AdamW shards exactly."""
+    accum = (STATE_HEAVY[0], STATE_HEAVY[1].model_copy(update={"grad_accum_steps": 2}))
+    for case in (ACTIVATION_HEAVY, STATE_HEAVY, accum):
+        est = estimate_memory(*case, world_size=2, strategy="fsdp")
+        ranks = measure_memory(*case, device="cpu", steps=2, world_size=2, strategy="fsdp")
+        assert len(ranks) == 2
+        for got in ranks:
+            assert got["state_bytes"] == est.weights + est.grads + est.optimizer
+            assert got["peak_bytes"] > 3 * RUNTIME_BYTES["cpu"]
+            assert abs(est.total - got["peak_bytes"]) / got["peak_bytes"] < 0.25, (
+                est.summary(), got["peak_bytes"] / GiB,
+            )  # fmt: skip
+    # Sharding halves the state: the state-heavy run needs much less per process than DDP.
+    ddp = estimate_memory(*STATE_HEAVY, world_size=2, strategy="ddp")
+    assert estimate_memory(*STATE_HEAVY, world_size=2, strategy="fsdp").total < 0.95 * ddp.total
+
+
+def test_auto_strategy_is_ddp_when_a_replica_fits_else_fsdp(monkeypatch):
+    from forgeml.train import preflight as pf
+
+    cfg, tcfg = STATE_HEAVY
+    assert choose_strategy(cfg, tcfg, world_size=1) == "single"
+    assert (
+        choose_strategy(cfg, tcfg.model_copy(update={"strategy": "fsdp"}), world_size=2) == "fsdp"
+    )
+    replica = estimate_memory(cfg, tcfg, world_size=2, strategy="ddp").total
+    # A replica fits one process's memory (with the 10% headroom), not half of it.
+    monkeypatch.setattr(pf, "available_memory", lambda device="cpu": int(replica / 0.8))
+    assert choose_strategy(cfg, tcfg, world_size=2, processes_per_device=1) == "ddp"
+    assert choose_strategy(cfg, tcfg, world_size=2, processes_per_device=2) == "fsdp"
 
 
 @pytest.mark.parametrize("tied", [True, False])

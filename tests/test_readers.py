@@ -192,6 +192,16 @@ def test_archives_in_memory_with_nesting_and_limits():
     assert err.value.reason == "corrupt"
 
 
+@pytest.mark.parametrize("name,pack", [("x.zip", _zip), ("x.tar.gz", _targz)])
+def test_an_archive_past_max_members_reads_the_first_ones_and_says_so(name, pack):
+    data = pack({f"m{i}.txt": f"text {i}".encode() for i in range(5)})
+    parts = list(read_parts(reader_for(Path(name)), data, ReadOptions(max_members=3)))
+    assert [(p.member, p.text) for p in parts[:3]] == [(f"m{i}.txt", f"text {i}") for i in range(3)]
+    assert [(p.skip, p.detail) for p in parts[3:]] == [("too many members", "more than 3")]
+    exact = list(read_parts(reader_for(Path(name)), data, ReadOptions(max_members=5)))
+    assert len(exact) == 5 and not any(p.skip for p in exact)
+
+
 def test_ingest_every_format_accounts_for_every_file(tmp_path):
     root = tmp_path / "in"
     root.mkdir()

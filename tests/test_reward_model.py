@@ -17,10 +17,10 @@ from forgeml.train.reward_model import RewardScorer, train_reward_model
 
 def _recipe(**train):
     return validate_recipe({
-        "train": {"max_steps": 30, "micro_batch_size": 8, "log_every": 10, "dtype": "fp32",
-                  "checkpoint_every": 0, **train},
-        "optim": {"lr": 3e-3, "warmup_steps": 3},
-        "reward_model": {"heldout_fraction": 0.25, "max_length": 64},
+        "reward_model": {"heldout_fraction": 0.25, "max_length": 64,
+                         "train": {"max_steps": 30, "micro_batch_size": 8, "log_every": 10,
+                                   "dtype": "fp32", "checkpoint_every": 0, **train},
+                         "optim": {"lr": 3e-3, "warmup_steps": 3, "weight_decay": 0.1}},
     })  # fmt: skip
 
 

@@ -62,8 +62,9 @@ def share_of_e(prompt: str, completion: str, meta: dict) -> float:
 
 E_REWARD = [RewardPlugin("e", 1.0, per_sample("e", share_of_e))]
 FAST = [
-    "train.dtype=fp32", "train.log_every=1", "optim.warmup_steps=0", "optim.schedule=constant",
-    "rl.max_new_tokens=6", "rl.group_size=8", "rl.prompts_per_step=2",
+    "rl.train.dtype=fp32", "rl.train.log_every=1", "rl.train.checkpoint_every=0",
+    "rl.optim.lr=3e-3", "rl.optim.weight_decay=0.1", "rl.optim.warmup_steps=0",
+    "rl.optim.schedule=constant", "rl.max_new_tokens=6", "rl.group_size=8", "rl.prompts_per_step=2",
 ]  # fmt: skip
 
 
@@ -81,7 +82,7 @@ def _count_model_loads(monkeypatch) -> list[Path]:
 def test_grpo_raises_a_learnable_reward_without_reference(tiny, tmp_path, monkeypatch):
     base, prompts = tiny
     loads = _count_model_loads(monkeypatch)
-    recipe = load_recipe(None, [*FAST, "train.max_steps=24", "optim.lr=1e-2", "rl.kl_coef=0"])
+    recipe = load_recipe(None, [*FAST, "rl.train.max_steps=24", "rl.optim.lr=1e-2", "rl.kl_coef=0"])
     summary = rl.train_rl(
         recipe, base_model=base, prompts=prompts, out_dir=tmp_path / "run", rewards=E_REWARD,
         progress=False,
@@ -119,7 +120,7 @@ def test_dynamic_sampling_swaps_groups_without_signal(tiny, tmp_path, monkeypatc
 
         monkeypatch.setattr(rl, "group_advantages", spy)
         recipe = load_recipe(None, [
-            *FAST, "train.max_steps=4", "rl.kl_coef=0", "rl.prompts_per_step=4",
+            *FAST, "rl.train.max_steps=4", "rl.kl_coef=0", "rl.prompts_per_step=4",
             f"rl.dynamic_sampling={extra}",
         ])  # fmt: skip
         rl.train_rl(recipe, base_model=base, prompts=prompts, out_dir=tmp_path / name,
@@ -143,7 +144,9 @@ def test_dynamic_sampling_swaps_groups_without_signal(tiny, tmp_path, monkeypatc
 def test_kl_to_the_reference_starts_at_zero_and_grows(tiny, tmp_path, monkeypatch):
     base, prompts = tiny
     loads = _count_model_loads(monkeypatch)
-    recipe = load_recipe(None, [*FAST, "train.max_steps=3", "optim.lr=1e-2", "rl.kl_coef=0.1"])
+    recipe = load_recipe(
+        None, [*FAST, "rl.train.max_steps=3", "rl.optim.lr=1e-2", "rl.kl_coef=0.1"]
+    )
     summary = rl.train_rl(
         recipe, base_model=base, prompts=prompts, out_dir=tmp_path / "run", rewards=E_REWARD,
         progress=False,
@@ -157,7 +160,7 @@ def test_kl_to_the_reference_starts_at_zero_and_grows(tiny, tmp_path, monkeypatc
 def test_resume_equals_uninterrupted_run(tiny, tmp_path):
     base, prompts = tiny
     recipe = load_recipe(None, [
-        *FAST, "train.max_steps=4", "train.checkpoint_every=2", "train.keep_checkpoints=3",
+        *FAST, "rl.train.max_steps=4", "rl.train.checkpoint_every=2", "rl.train.keep_checkpoints=3",
         "rl.kl_coef=0.05", "rl.inner_steps=2",
     ])  # fmt: skip
     full = tmp_path / "full"
@@ -178,7 +181,7 @@ def test_resume_equals_uninterrupted_run(tiny, tmp_path):
     assert [r["reward_mean"] for r in ra] == [r["reward_mean"] for r in rb]
     assert [r["loss"] for r in ra] == [r["loss"] for r in rb]
     changed = load_recipe(None, [
-        *FAST, "train.max_steps=4", "train.checkpoint_every=2", "rl.kl_coef=0.05",
+        *FAST, "rl.train.max_steps=4", "rl.train.checkpoint_every=2", "rl.kl_coef=0.05",
         "rl.inner_steps=2", "rl.clip_eps=0.3",
     ])  # fmt: skip
     with pytest.raises(ConfigError, match="rl.clip_eps"):
@@ -276,7 +279,7 @@ def test_prompts_longer_than_the_context_are_refused_up_front(tiny, tmp_path):
     prompts.write_text(
         json.dumps({"prompt": "the lab"}) + "\n" + json.dumps({"prompt": long_prompt}) + "\n"
     )
-    recipe = load_recipe(None, [*FAST, "train.max_steps=1"])
+    recipe = load_recipe(None, [*FAST, "rl.train.max_steps=1"])
     with pytest.raises(DataError, match=r"1 of 2 prompts leave no room .* \(first: record 2\)"):
         rl.train_rl(recipe, base_model=base, prompts=prompts, out_dir=tmp_path / "run",
                     rewards=E_REWARD, progress=False)  # fmt: skip
@@ -409,7 +412,7 @@ def test_rl_stage_lineage_cache_and_cli(tiny, workspace, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     reg = open_registry(workspace)
     base = reg.add_asset("model", "tiny", base_dir, metadata={"arch": "dense"})
-    overrides = [*FAST, "train.max_steps=2", "rl.rewards=[{kind: 'rl_stage_reward:share_of_e'}]"]
+    overrides = [*FAST, "rl.train.max_steps=2", "rl.rewards=[{kind: 'rl_stage_reward:share_of_e'}]"]
     recipe = load_recipe(None, overrides)
     res = rl_stage(workspace, recipe, base.id, str(prompts), progress=False)
     model = reg.get_asset(res.output)
@@ -429,7 +432,7 @@ def test_rl_stage_lineage_cache_and_cli(tiny, workspace, tmp_path, monkeypatch):
     recipe_file.write_text("rl:\n  rewards:\n    - kind: regex\n      pattern: e\n")
     result = CliRunner().invoke(app, [
         "-w", str(workspace.root), "-q", "train", "rl", str(recipe_file), *FAST,
-        "train.max_steps=1", "--base", base.id, "--prompts", prompts_asset.id,
+        "rl.train.max_steps=1", "--base", base.id, "--prompts", prompts_asset.id,
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "model model-" in result.output and "final_reward_mean" in result.output

@@ -81,10 +81,11 @@ def test_a_checkpoint_without_settings_is_refused_by_its_hash() -> None:
 
 def _rm_recipe(**optim: object):
     return validate_recipe({
-        "train": {"max_steps": 2, "micro_batch_size": 8, "log_every": 1, "dtype": "fp32",
-                  "checkpoint_every": 0, "device": "cpu"},
-        "optim": {"lr": 3e-3, "warmup_steps": 3, **optim},
-        "reward_model": {"heldout_fraction": 0.25, "max_length": 64},
+        "reward_model": {"heldout_fraction": 0.25, "max_length": 64,
+                         "train": {"max_steps": 2, "micro_batch_size": 8, "log_every": 1,
+                                   "dtype": "fp32", "checkpoint_every": 0, "device": "cpu"},
+                         "optim": {"lr": 3e-3, "warmup_steps": 3, "weight_decay": 0.1,
+                                   **optim}},
     })  # fmt: skip
 
 
@@ -118,6 +119,7 @@ OLD_FORMULAS = {
     "online_dpo.sample_step": lambda s, i: s * 1_000_003 + i * 10_007,
     "online_dpo.eval": lambda s, i: s + 7_000_000,
     "sample.prompt_batch": lambda s, i: s + 1000 * i,
+    "sample.rank": lambda s, i: s + 104_729 * i,
     "eval.example": lambda s, i: s * 1_000_003 + i,
     "synth.teacher_request": lambda s, i: s * 100_003 + i,
     "hpo.trial_sampler": lambda s, i: s + 10_007 * i,

@@ -122,7 +122,7 @@ def build_corpus(seed: int = 0, scale: float = 1.0) -> tuple[dict[str, bytes], d
         "planted_items": len(planted),
         "bad_files": {
             "assets/logo.bin": "binary",
-            "legacy/notes_latin1.txt": "latin-1 text",
+            "legacy/notes_latin1.txt": "latin-1 text: ingest decodes it (charset detection)",
             "legacy/empty.txt": "empty",
         },
         "tasks": {

@@ -24,6 +24,7 @@ from forgeml.cli import (
     interop,
     jobs,
     keys,
+    launch,
     pipeline,
     serve,
     synth,
@@ -77,6 +78,7 @@ app.add_typer(control.approvals_app, name="approvals")
 app.add_typer(control.budgets_app, name="budgets")
 app.add_typer(synth.synth_app, name="synth")
 app.add_typer(interop.adapters_app, name="adapters")
+app.add_typer(launch.launch_app, name="launch")
 
 
 def main() -> None:

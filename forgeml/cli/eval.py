@@ -11,7 +11,6 @@ import typer
 from rich.table import Table
 
 from forgeml.cli.common import console, current_workspace, format_value, notify
-from forgeml.core.config import EvalConfig
 from forgeml.core.errors import ForgeError
 
 eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
@@ -36,56 +35,36 @@ def eval_run(
     force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
 ) -> None:
     """Evaluate a model → eval asset linked to it: held-out perplexity, or a KPI suite."""
-    ws = current_workspace()
-    if suite == "infill":
-        from forgeml.pipeline.infill_stage import infill_eval_stage
+    from forgeml.pipeline.evaluate import evaluate_model
 
-        if data is None:
-            raise ForgeError("--suite infill needs --data DAMAGED_DIR", hint="e.g. corpus/damaged")
-        res = infill_eval_stage(
-            ws, model, data, max_examples=max_batches * batch_size, force=force, notify=notify
-        )
+    ws = current_workspace()
+    res = evaluate_model(
+        ws, model, suite=suite, data=data, data_root=data_root, batch_size=batch_size,
+        max_batches=max_batches, seq_len=seq_len, dtype=dtype, force=force, notify=notify,
+    )  # fmt: skip
+    if suite == "infill":
         m = res.metrics
         console.print(
             f"eval {res.output}: exact match {format_value(m['exact_match'])}, normalised "
             f"{format_value(m['normalized_match'])} over {m['n']} gaps"
         )
-        return
-    if suite != "perplexity":
-        _eval_suite(ws, model, Path(suite), data_root, batch_size, dtype, force)
-        return
-    from forgeml.pipeline.perplexity_stage import perplexity_eval_stage
-
-    res = perplexity_eval_stage(
-        ws,
-        model,
-        EvalConfig(batch_size=batch_size, max_batches=max_batches, seq_len=seq_len),
-        shards_ref=data,
-        dtype=dtype,
-        force=force,
-        notify=notify,
-    )
-    keys = ("loss", "perplexity", "bits_per_byte", "unigram_loss", "tokens", "bytes")
-    table = Table(title=f"eval {res.output}")
-    for key in keys:
-        table.add_column(key)
-    table.add_row(*(format_value(res.metrics.get(k)) for k in keys))
-    console.print(table)
+    elif suite != "perplexity":
+        _print_suite_eval(ws, res.output)
+    else:
+        keys = ("loss", "perplexity", "bits_per_byte", "unigram_loss", "tokens", "bytes")
+        table = Table(title=f"eval {res.output}")
+        for key in keys:
+            table.add_column(key)
+        table.add_row(*(format_value(res.metrics.get(k)) for k in keys))
+        console.print(table)
 
 
-def _eval_suite(ws, model, suite: Path, data_root, batch_size, dtype, force) -> None:
-    from forgeml.pipeline.eval_suite_stage import eval_suite_stage
+def _print_suite_eval(ws, eval_id: str) -> None:
     from forgeml.registry import open_registry
 
-    if not suite.is_file():
-        raise ForgeError(f"suite not found: {suite}", hint="pass `perplexity` or a suite YAML")
-    res = eval_suite_stage(
-        ws, model, suite, data_root=data_root, batch_size=batch_size, dtype=dtype, force=force,
-        notify=notify,
-    )  # fmt: skip
-    path = open_registry(ws).get_asset(res.output).path
+    path = open_registry(ws).get_asset(eval_id).path
     results = json.loads((path / "results.json").read_text())
-    table = Table(title=f"eval {res.output}")
+    table = Table(title=f"eval {eval_id}")
     for col in ("task", "metric", "value"):
         table.add_column(col)
     for task, info in (results.get("tasks") or {}).items():

@@ -31,27 +31,59 @@ def import_hf(
 
 
 def export_cmd(
-    model: Annotated[str, typer.Argument(help="Model asset (id, name or alias).")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Model asset (id, name or alias), or a training checkpoint folder."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Empty or new folder to write.")],
     fmt: Annotated[str, typer.Option("--format", help="hf (safetensors + config.json).")] = "hf",
+    max_shard_size: Annotated[
+        str,
+        typer.Option(help="Split the weights into files of at most this size, with an index."),
+    ] = "50GB",  # transformers' save_pretrained default
+    tokenizer: Annotated[
+        Path | None, typer.Option(help="Checkpoints: tokenizer folder to copy alongside.")
+    ] = None,
     key_file: Annotated[
         Path | None,
         typer.Option(help="Your API key's file (default $FORGEML_API_KEY): its clearance."),
     ] = None,
 ) -> None:
     """Write a model in HF format (transformers, PEFT, vLLM and llama.cpp converters read it).
-    A model labelled (or trained on data labelled) above `public` needs a key cleared for it."""
+    A model labelled (or trained on data labelled) above `public` needs a key cleared for it.
+    A checkpoint (a step_NNNNNNNN folder, or a run's checkpoints/ for its latest), sharded by
+    any number of processes, is gathered into one folder."""
     from forgeml.control.approvals import caller_clearance
-    from forgeml.governance.labels import require_clearance
-    from forgeml.pipeline.interop import export_model
+    from forgeml.governance.labels import require_clearance, require_run_clearance
+    from forgeml.pipeline.interop import export_checkpoint, export_model, resolve_checkpoint
     from forgeml.registry import open_registry
 
     if fmt != "hf":
         raise ForgeError(f"unknown format '{fmt}'", hint="this release writes: hf")
+    size = int(max_shard_size) if max_shard_size.isdigit() else max_shard_size
+    if Path(model).is_dir():
+        path = resolve_checkpoint(model)
+        run_id = _workspace_run_of(path)
+        if run_id is not None:  # a checkpoint of this workspace: cleared like its inputs
+            reg = open_registry(current_workspace())
+            require_run_clearance(reg, run_id, caller_clearance(reg, key_file), action="export")
+        done = export_checkpoint(path, out, tokenizer_dir=tokenizer, max_shard_size=size)
+        console.print(f"wrote {done} (from {path})", highlight=False)
+        return
     ws = current_workspace()
     reg = open_registry(ws)
     require_clearance(reg, reg.get_asset(model), caller_clearance(reg, key_file), action="export")
-    console.print(f"wrote {export_model(ws, model, out)}", highlight=False)
+    console.print(f"wrote {export_model(ws, model, out, max_shard_size=size)}", highlight=False)
+
+
+def _workspace_run_of(path: Path) -> str | None:
+    """The run id when `path` lies in the current workspace's runs/<stage>/<run id>/."""
+    try:
+        runs = current_workspace().runs_dir.resolve()
+        parts = path.resolve().relative_to(runs).parts
+    except (ForgeError, ValueError):
+        return None
+    return parts[1] if len(parts) > 2 else None
 
 
 @adapters_app.command("merge")

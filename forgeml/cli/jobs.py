@@ -1,10 +1,11 @@
-"""`forgeml jobs {submit,list,show,logs,cancel,retry}` and `forgeml worker`: queue commands in
-the registry database after their dry-run plan, and run them in worker processes."""
+"""`forgeml jobs {submit,list,show,logs,cancel,retry}` and `forgeml worker`: queue typed job
+specs in the registry database after their dry-run plan, and run them in worker processes."""
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,29 +20,41 @@ jobs_app = typer.Typer(help="Queue commands for `forgeml worker` processes.", no
     "submit", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
 )
 def jobs_submit(
-    args: Annotated[list[str], typer.Argument(help="The forgeml command to run, after `--`.")],
+    args: Annotated[
+        list[str] | None, typer.Argument(help="The forgeml command to run, after `--`.")
+    ] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(help="Or a job spec JSON file ({command, params, recipe_file, overrides})."),
+    ] = None,
     max_attempts: Annotated[int, typer.Option(help="Attempts before a job is failed.")] = 3,
 ) -> None:
-    """Queue a command, e.g. `forgeml jobs submit -- pipeline run r.yaml --auto-resume`. Its
+    """Queue a command, e.g. `forgeml jobs submit -- pipeline run r.yaml --auto-resume`. It is
+    read once into a typed job spec (its recipe validated now) that the worker runs; the
     dry-run plan is printed and stored with it; your budget (`forgeml budgets set
     cli:USER ...`), if you have one, can refuse it."""
+    from forgeml.control.job_spec import spec_from_request
     from forgeml.control.ops import (
         BudgetExceeded,
         Submitter,
-        absolute_job_args,
+        absolute_job,
         admit_job,
         cli_principal,
     )
+    from forgeml.core.errors import ForgeError
     from forgeml.governance.audit import AuditLog, audit_log_path
     from forgeml.registry import open_registry
 
+    if bool(args) == (spec is not None):
+        raise ForgeError("give a command after `--` or --spec FILE", hint="not both")
     ws = current_workspace()
     # Workers may run in another folder: make paths that exist here absolute.
-    args = absolute_job_args(args)
+    job = spec_from_request(json.loads(spec.read_text())) if spec is not None else args or []
+    job = absolute_job(job, Path.cwd())
     who = Submitter(cli_principal(), is_admin=True)
     try:
-        job, plan = admit_job(
-            ws, open_registry(ws), AuditLog(audit_log_path(ws.root)), args, who,
+        queued, plan = admit_job(
+            ws, open_registry(ws), AuditLog(audit_log_path(ws.root)), job, who,
             max_attempts=max_attempts,
         )  # fmt: skip
     except BudgetExceeded as exc:
@@ -49,7 +62,7 @@ def jobs_submit(
         raise
     if not state.quiet:
         err.print(plan.summary(), markup=False, highlight=False)
-    console.print(job.id)
+    console.print(queued.id)
 
 
 @jobs_app.command("list")

@@ -1,5 +1,5 @@
 """`forgeml serve`: the OpenAI-compatible server behind API keys, policies and the audit log,
-or the same gateway in front of an upstream OpenAI-compatible server."""
+on the built-in engine, on vLLM replicas (`--engine vllm`), or in front of an upstream."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from typing import Annotated
 import typer
 
 from forgeml.cli.common import current_workspace, err
+from forgeml.core.errors import ConfigError
+
+ENGINES = ("builtin", "vllm")
 
 
 def serve_cmd(
@@ -44,15 +47,57 @@ def serve_cmd(
         str | None, typer.Option(help="Name of the env variable holding the upstream's key.")
     ] = None,
     upstream_timeout: Annotated[float, typer.Option(help="Seconds to wait on the upstream.")] = 120,
+    engine: Annotated[
+        str, typer.Option(help="builtin (CPU and small models) or vllm (CUDA; forgeml[vllm]).")
+    ] = "builtin",
+    replicas: Annotated[int, typer.Option(help="vLLM replicas the gateway balances.")] = 1,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(help="Share of each GPU's memory a vLLM replica may use.")
+    ] = 0.9,
+    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per vLLM replica.")] = 1,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="vLLM context length (default: the model's).")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="vLLM weight dtype.")] = "bfloat16",
+    vllm_arg: Annotated[
+        list[str] | None,
+        typer.Option(help="Extra argument for every vLLM replica (repeat for several)."),
+    ] = None,
 ) -> None:
     """OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) behind
-    API keys, policies and the audit log; with --upstream, the same gateway in front of any
-    OpenAI-compatible server."""
+    API keys, policies and the audit log; with --engine vllm, the model runs on vLLM replicas
+    behind the same gateway; with --upstream, the gateway fronts any OpenAI-compatible server."""
     from forgeml.serve.api import serve
 
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine} is not one of {', '.join(ENGINES)}")
+    if engine != "vllm" and (replicas != 1 or vllm_arg):
+        raise ConfigError("--replicas and --vllm-arg need --engine vllm")
+    if engine == "vllm" and upstream is not None:
+        raise ConfigError(
+            "--engine vllm starts its own vLLM servers; --upstream fronts a running one",
+            hint="give one of them",
+        )
     if no_auth:
         err.print("[bold yellow]warning:[/] --no-auth: every request is accepted without a key")
     ws = current_workspace()
+    if engine == "vllm":
+        from forgeml.serve.vllm import VllmOptions, serve_vllm
+
+        if replicas < 1 or tensor_parallel_size < 1:
+            raise ConfigError("--replicas and --tensor-parallel-size must be at least 1")
+        options = VllmOptions(
+            replicas=replicas, gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+            dtype=dtype, extra_args=tuple(vllm_arg or ()),
+        )  # fmt: skip
+        serve_vllm(
+            ws.root, refs or [alias or "champion"], options=options, host=host, port=port,
+            policy_path=policy, no_auth=no_auth, log_bodies=log_bodies,
+            ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
+            upstream_timeout=upstream_timeout, alias=alias if refs else None,
+        )  # fmt: skip
+        return
     serve(
         ws.root, refs or (None if upstream else [alias or "champion"]), host=host, port=port,
         policy_path=policy, no_auth=no_auth, log_bodies=log_bodies, max_batch=max_batch,

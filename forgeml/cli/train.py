@@ -41,13 +41,46 @@ def train_pretrain(
         bool, typer.Option(help="Continue an interrupted run if there is one, else start.")
     ] = False,
     force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+    nproc_per_node: Annotated[
+        int, typer.Option(help="Train with this many processes per node under torchrun.")
+    ] = 0,
+    nnodes: Annotated[int, typer.Option(help="Nodes of a multi-node torchrun job.")] = 1,
+    node_rank: Annotated[
+        int | None,
+        typer.Option(help="This node's rank; 0 prepares the data and registers the model."),
+    ] = None,
+    rdzv_endpoint: Annotated[
+        str | None, typer.Option(help="HOST:PORT of the c10d rendezvous (several nodes).")
+    ] = None,
+    rdzv_id: Annotated[str, typer.Option(help="Job id shared by all nodes.")] = "forgeml",
+    max_restarts: Annotated[
+        int, typer.Option(help="torchrun restarts after a failure (resumes from checkpoint).")
+    ] = 0,
 ) -> None:
-    """Pre-train a model from a recipe → model asset (packs the data first, cached)."""
+    """Pre-train a model from a recipe → model asset (packs the data first, cached).
+
+    With --nproc-per-node N, N processes train under torchrun (DDP or FSDP, train.strategy)
+    and this command registers their model as for one process. On several nodes, run it on
+    every node with the same --rdzv-endpoint/--rdzv-id; node 0 prepares and registers, the
+    others join its run."""
     from forgeml.pipeline.prepare import prepare_shards
     from forgeml.pipeline.pretrain_stage import pretrain_stage
 
     ws = current_workspace()
     rec = load_recipe(recipe, overrides or [])
+    train_fn = None
+    if nproc_per_node or nnodes > 1:
+        from forgeml.launch.torchrun import TorchrunLaunch, join_pretrain, pretrain_under_torchrun
+
+        launch = TorchrunLaunch(
+            nproc_per_node=nproc_per_node or 1, nnodes=nnodes, node_rank=node_rank,
+            rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id, max_restarts=max_restarts,
+        )  # fmt: skip
+        if not launch.coordinates:
+            run_dir = join_pretrain(launch, ws.runs_dir)
+            console.print(f"node {node_rank}: trained in {run_dir}", highlight=False)
+            return
+        train_fn = pretrain_under_torchrun(launch, ws.runs_dir)
     prepared = prepare_shards(
         ws, rec, data=data, tokenizer=tokenizer, progress=show_progress(), notify=notify
     )
@@ -61,6 +94,7 @@ def train_pretrain(
         force=force,
         progress=not state.quiet,
         notify=notify,
+        train_fn=train_fn,
     )
     m = res.metrics
     console.print(
@@ -107,7 +141,9 @@ def train_preflight(
     vocab_size: Annotated[int, typer.Option(help="When model.vocab_size is unset.")] = 4096,
     world_size: Annotated[int, typer.Option(help="Processes (DDP/FSDP).")] = 1,
     strategy: Annotated[str, typer.Option(help="ddp or fsdp.")] = "ddp",
-    measure: Annotated[bool, typer.Option(help="Also measure the peak of 2 real steps.")] = False,
+    measure: Annotated[
+        bool, typer.Option(help="Also measure the peak of 2 real steps (world-size processes).")
+    ] = False,
 ) -> None:
     """Estimate a run's memory (params, grads, AdamW, activations) and refuse one that won't
     fit, naming the setting to change."""
@@ -127,14 +163,17 @@ def train_preflight(
     )
     console.print(est.summary(), highlight=False)
     if measure:
-        peak = measure_peak_memory(model_cfg, rec.train, device=device)
+        peak = measure_peak_memory(
+            model_cfg, rec.train, device=device, world_size=world_size, strategy=strategy
+        )
         console.print(f"measured peak: {peak / 2**20:,.0f} MiB", highlight=False)
     check_fits(est, available_memory(device), model_cfg=model_cfg, train_cfg=rec.train)
     console.print("fits")
 
 
 Overrides = Annotated[
-    list[str] | None, typer.Argument(help="Dotted overrides, e.g. dpo.beta=0.2 train.max_steps=50")
+    list[str] | None,
+    typer.Argument(help="Dotted overrides, e.g. dpo.beta=0.2 dpo.train.max_steps=50"),
 ]
 Base = Annotated[str, typer.Option("--base", help="Policy / backbone model asset (id, alias).")]
 Data = Annotated[str, typer.Option("--data", help="Preference JSONL file or its dataset asset.")]
@@ -159,7 +198,7 @@ def train_dpo_cmd(
     """DPO / IPO on preference pairs, or online DPO (dpo.online=true) → model asset."""
     from forgeml.pipeline.preference_stage import dpo_stage
 
-    rec = load_recipe(recipe, overrides or [])
+    rec = load_recipe(recipe, overrides or [], objective="dpo")
     res = dpo_stage(
         current_workspace(), rec, base, data, force=force, progress=not state.quiet, notify=notify
     )
@@ -180,7 +219,7 @@ def train_rm_cmd(
     """Reward model (Bradley-Terry) on preference pairs → model asset with task=reward."""
     from forgeml.pipeline.preference_stage import reward_model_stage
 
-    rec = load_recipe(recipe, overrides or [])
+    rec = load_recipe(recipe, overrides or [], objective="reward_model")
     res = reward_model_stage(
         current_workspace(), rec, base, data, force=force, progress=not state.quiet, notify=notify
     )
@@ -208,7 +247,7 @@ def train_rl_cmd(
 
     if not base or not prompts:
         raise ForgeError("--base MODEL and --prompts FILE are required", hint="see --help")
-    rec = load_recipe(recipe, overrides or [])
+    rec = load_recipe(recipe, overrides or [], objective="rl")
     res = rl_stage(
         current_workspace(), rec, base, prompts, resume=resume, force=force,
         progress=not state.quiet, notify=notify,
@@ -242,7 +281,7 @@ def train_sft(
 
     if not base:
         raise ForgeError("--base MODEL is required", hint="the model to fine-tune (id or alias)")
-    rec = load_recipe(recipe, overrides or [])
+    rec = load_recipe(recipe, overrides or [], objective="sft")
     res = sft_stage(
         current_workspace(), rec, base, data, heldout, resume=resume, force=force,
         progress=not state.quiet, notify=notify,

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator, model_validator
 
 from forgeml.control.limits import (
     MAX_ARG_CHARS,
@@ -53,11 +53,27 @@ class _Body(BaseModel):
 
 
 class JobRequest(_Body):
-    args: list[Arg] = Field(
+    args: list[Arg] | None = Field(
+        None,
         max_length=MAX_JOB_ARGS,
         description="The forgeml command, e.g. ['pipeline', 'run', 'recipe.yaml', 'train.max_steps=50']",
     )
+    spec: dict[str, Any] | None = Field(
+        None,
+        description="Or the typed job spec: {command, params, recipe_file, overrides} "
+        "(forgeml.control.job_spec.JobSpec), e.g. {'command': 'eval run', 'params': {'model': 'm'}}",
+    )
     max_attempts: int = Field(3, ge=1, le=10, description="Attempts before the job is failed")
+
+    @model_validator(mode="after")
+    def _one_job(self) -> JobRequest:
+        if (self.args is None) == (self.spec is None):
+            raise ValueError("give either `args` (a command line) or `spec` (a job spec)")
+        return self
+
+    @property
+    def job(self) -> list[str] | dict[str, Any]:
+        return self.args if self.args is not None else self.spec or {}
 
 
 class PromoteRequest(_Body):
@@ -167,11 +183,11 @@ def create_control_app(control: ControlPlane) -> FastAPI:
 
     @app.post("/v1/plan", tags=["jobs"], summary="Dry-run plan of a job (nothing is queued)")
     def plan(body: JobRequest, who: Principal = Who) -> dict[str, Any]:
-        return control.plan(who, body.args).to_dict()
+        return control.plan(who, body.job).to_dict()
 
     @app.post("/v1/jobs", tags=["jobs"], summary="Plan, check the budget, and queue a job")
     def submit(body: JobRequest, who: Principal = Who) -> dict[str, Any]:
-        return control.submit_job(who, body.args, body.max_attempts)
+        return control.submit_job(who, body.job, body.max_attempts)
 
     @app.get("/v1/jobs", tags=["jobs"], summary="Your jobs, newest first")
     def jobs(status: str | None = None, who: Principal = Who) -> list[dict[str, Any]]:
@@ -297,6 +313,10 @@ def serve_control(
         def handle_exit(self, sig: int, frame: Any) -> None:
             SHUTDOWN.set()  # planning loops stop at their next check (ShuttingDown, a 503)
             super().handle_exit(sig, frame)
+
+    # The planner's memory estimate needs torch: imported now, not inside a first request
+    # (an import cannot stop part-way, so a plan in flight could not end promptly on SIGTERM).
+    import torch  # noqa: F401
 
     control = ControlPlane(open_workspace(workspace_root))
     control.audit.append("control_server_started", host=host, port=port)

@@ -268,9 +268,21 @@ def change_label(
     return {"status": "done", **asdict(change)}
 
 
-def _claim(reg: Registry, ref: str, status: str, decided_by: str) -> Approval:
-    """Move a pending approval to `status` exactly once (two approvers cannot both run it)."""
+def _claim(
+    reg: Registry,
+    audit: AuditLog,
+    ref: str,
+    status: str,
+    *,
+    event: str,
+    decided_by: str,
+    **details: Any,
+) -> Approval:
+    """Move a pending approval to `status` exactly once (two approvers cannot both run it),
+    once `decided_by` passes `check_approver`; audited as `event` with `details`."""
     target = get_approval(reg, ref)
+    if target.status == PENDING:
+        check_approver(reg, decided_by, target)
     with reg.transaction(write=True) as s:
         done = s.execute(
             update(approvals)
@@ -279,7 +291,16 @@ def _claim(reg: Registry, ref: str, status: str, decided_by: str) -> Approval:
         ).rowcount
     if done != 1:
         raise ForgeError(f"approval {target.id} is already {get_approval(reg, target.id).status}")
-    return get_approval(reg, target.id)
+    claimed = get_approval(reg, target.id)
+    audit.append(
+        event,
+        approval=claimed.id,
+        action=claimed.action,
+        principal=decided_by,
+        requested_by=claimed.requested_by,
+        **details,
+    )
+    return claimed
 
 
 def approve(
@@ -287,17 +308,7 @@ def approve(
 ) -> Approval:
     """Approve and execute a pending action (as its requester, approver recorded); the
     approver must pass `check_approver`."""
-    pending = get_approval(reg, ref)
-    if pending.status == PENDING:
-        check_approver(reg, decided_by, pending)
-    claimed = _claim(reg, ref, "approving", decided_by)
-    audit.append(
-        "approval_approved",
-        approval=claimed.id,
-        action=claimed.action,
-        principal=decided_by,
-        requested_by=claimed.requested_by,
-    )
+    claimed = _claim(reg, audit, ref, "approving", event="approval_approved", decided_by=decided_by)
     actor = f"{claimed.requested_by} (approved by {decided_by})"
     try:
         result, error, status = EXECUTORS[claimed.action](ws, claimed.params, actor), None, EXECUTED
@@ -324,16 +335,6 @@ def deny(
     reg: Registry, audit: AuditLog, ref: str, *, decided_by: str, reason: str = ""
 ) -> Approval:
     """Deny a pending action; it is never executed. The same people may deny as approve."""
-    pending = get_approval(reg, ref)
-    if pending.status == PENDING:
-        check_approver(reg, decided_by, pending)
-    denied = _claim(reg, ref, DENIED, decided_by)
-    audit.append(
-        "approval_denied",
-        approval=denied.id,
-        action=denied.action,
-        principal=decided_by,
-        requested_by=denied.requested_by,
-        reason=reason,
+    return _claim(
+        reg, audit, ref, DENIED, event="approval_denied", decided_by=decided_by, reason=reason
     )
-    return denied

@@ -1,4 +1,5 @@
-"""Job queue: any forgeml CLI command, queued in the registry database, run by workers.
+"""Job queue: typed job specs (forgeml.control.job_spec), queued in the registry database and
+run by workers.
 
 A job is claimed by exactly one worker inside a write transaction (SQLite takes the write
 lock up front; PostgreSQL uses `FOR UPDATE SKIP LOCKED`). Workers heartbeat while a job
@@ -15,17 +16,20 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from forgeml.control.job_spec import JobSpec
 from forgeml.core.errors import ForgeError, NotFoundError
 from forgeml.registry import Registry
 from forgeml.registry.schema import JobRow
 
 QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
 RETRYABLE, CANCELLED = "failed-retryable", "cancelled"
-FINISHED = {SUCCEEDED, FAILED, RETRYABLE, CANCELLED}
+FINISHED = {SUCCEEDED, FAILED, RETRYABLE, CANCELLED}  # not running (now)
+FINAL = {SUCCEEDED, FAILED, CANCELLED}  # no attempt of it will ever run again
 JOB_ENV = "FORGEML_JOB"  # the id of the job a worker's child process runs
 RETRY_BASE_S = 30.0  # the wait before a failed job's 2nd attempt; doubled before each next
 RETRY_MAX_S = 3600.0
@@ -34,7 +38,8 @@ RETRY_MAX_S = 3600.0
 @dataclass(frozen=True)
 class Job:
     id: str
-    args: list[str]
+    args: list[str]  # the command line, for people; `spec` is what runs
+    spec: dict[str, Any] | None  # None: queued before typed specs (migration 0006)
     status: str
     submitted_by: str
     created_at: datetime
@@ -47,6 +52,12 @@ class Job:
     cancel_requested: bool
     exit_code: int | None
     error: str | None
+
+    @property
+    def done(self) -> bool:
+        """True when no attempt of this job will run again (a failed-retryable job with
+        attempts left is not done: a worker claims it again after its backoff)."""
+        return self.status in FINAL or (self.status == RETRYABLE and self.retry_at() is None)
 
     def retry_at(self, base_s: float = RETRY_BASE_S) -> datetime | None:
         """When a worker may claim this failed-retryable job again (None: it will not)."""
@@ -75,21 +86,28 @@ def new_job_id() -> str:
 
 
 def submit_job(
-    reg: Registry, args: list[str], *, submitted_by: str = "user", max_attempts: int = 3
+    reg: Registry,
+    spec: JobSpec,
+    *,
+    args: list[str] | None = None,
+    submitted_by: str = "user",
+    max_attempts: int = 3,
 ) -> Job:
-    """Queue `forgeml ARGS...` (without the workspace option, which the worker adds)."""
-    if not args:
+    """Queue a job spec (planned: ops.admit_job is the way in that checks budgets); `args` is
+    the command line it was given as, shown in job lists (default: the spec's own)."""
+    if not isinstance(spec, JobSpec):
         raise ForgeError(
-            "a job needs a command", hint="e.g. forgeml jobs submit -- pipeline run r.yaml"
+            "a job is a JobSpec", hint="read a command line with job_spec.parse_job_args"
         )
-    if args[0] in {"worker", "jobs", "init"} or any(a in {"-w", "--workspace"} for a in args):
+    if spec.takes_recipe and spec.recipe is None:
         raise ForgeError(
-            f"'{' '.join(args)}' cannot run as a job",
-            hint="submit a stage command; the worker adds the workspace itself",
+            f"the `{spec.command}` job's recipe was not resolved",
+            hint="plan it first (ops.admit_job): its recipe is validated once, at plan time",
         )
     row = JobRow(
         id=new_job_id(),
-        args=list(args),
+        args=list(args) if args else spec.command_line(),
+        spec=spec.model_dump(mode="json"),
         status=QUEUED,
         submitted_by=submitted_by,
         created_at=_now(),
@@ -167,8 +185,16 @@ def heartbeat(reg: Registry, job_id: str, worker: str) -> bool:
 
 
 def finish_job(
-    reg: Registry, job_id: str, worker: str, *, exit_code: int | None, error: str | None = None
+    reg: Registry,
+    job_id: str,
+    worker: str,
+    *,
+    exit_code: int | None,
+    error: str | None = None,
+    retryable: bool = True,
 ) -> Job:
+    """Record how an attempt ended; a failure is retried while attempts are left, unless
+    `retryable` is False (it would fail the same way again)."""
     with reg.transaction(write=True) as s:
         row = s.get(JobRow, job_id)
         if row is None or row.worker != worker or row.status != RUNNING:
@@ -178,7 +204,8 @@ def finish_job(
         elif exit_code == 0:
             row.status = SUCCEEDED
         else:
-            row.status = RETRYABLE if row.attempts < row.max_attempts else FAILED
+            again = retryable and row.attempts < row.max_attempts
+            row.status = RETRYABLE if again else FAILED
         row.exit_code, row.error, row.ended_at = exit_code, error, _now()
         return _job(row)
 

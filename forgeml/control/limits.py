@@ -1,7 +1,7 @@
 """Bounds on what one control-plane request may ask for, checked before any work is done.
 
-A job's arguments, the paths a caller names and the integer options the planner reads are
-validated here (REST, MCP and the CLI share these checks), so a malformed or oversized request
+A job's arguments and the paths a caller names are validated here (REST, MCP and the CLI
+share these checks; a job's options are typed in job_spec), so a malformed or oversized request
 is a clear 4xx instead of an exception deep in the planner. `SHUTDOWN` is set when the server
 is asked to stop; long planning loops call `check_running` so in-flight work ends promptly.
 """
@@ -87,17 +87,3 @@ def check_path_text(text: str, what: str) -> None:
             f"{MAX_NAME_CHARS} per folder or file name)",
             hint="choose a shorter path",
         )
-
-
-def int_option(options: dict[str, str], name: str, default: int, *, minimum: int = 1) -> int:
-    """An integer option of a job's command line (`--trials 8`), checked."""
-    raw = options.get(name) or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidRequest(
-            f"{name} must be an integer, got '{raw[:40]}'", hint=f"e.g. {name} {default}"
-        ) from None
-    if value < minimum:
-        raise InvalidRequest(f"{name} must be at least {minimum}, got {value}")
-    return value

@@ -37,13 +37,31 @@ READ = ToolAnnotations(read_only_hint=True, open_world_hint=False)
 WRITE = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
 
 Args = Annotated[
-    list[str],
+    list[str] | None,
     Field(
         description="A forgeml command line without `forgeml` and without -w, e.g. "
         '["pipeline", "run", "/abs/path/recipe.yaml", "train.max_steps=50"] or '
-        '["eval", "run", "MODEL_ID"]. Paths are absolute or relative to the workspace.'
+        '["eval", "run", "MODEL_ID"]. Paths are absolute or relative to the workspace. '
+        "Give this or `spec`."
     ),
 ]
+Spec = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description="Or the typed job spec instead of a command line: {command, params, "
+        'recipe_file, overrides}, e.g. {"command": "eval run", "params": {"model": "m"}} or '
+        '{"command": "pipeline run", "params": {}, "recipe_file": "/abs/r.yaml", '
+        '"overrides": ["train.max_steps=50"]}.'
+    ),
+]
+
+
+def _job(args: list[str] | None, spec: dict[str, Any] | None) -> list[str] | dict[str, Any]:
+    if (args is None) == (spec is None):
+        raise ToolError("give either `args` (a command line) or `spec` (a job spec)")
+    return args if args is not None else spec or {}
+
+
 Ref = Annotated[str, Field(description="Asset id, unique id prefix, name, or alias")]
 JobRef = Annotated[str, Field(description="Job id (or unique prefix) from submit_job")]
 
@@ -113,20 +131,22 @@ def build_mcp_server(control: ControlPlane, principal: Principal | None = None) 
         return run(lambda: control.read_eval(caller(ctx), ref))
 
     @mcp.tool(annotations=READ)
-    def plan(ctx: Context, args: Args) -> dict[str, Any]:
+    def plan(ctx: Context, args: Args = None, spec: Spec = None) -> dict[str, Any]:
         """Dry-run a job: stages, estimated time and memory, cost against your budget, and the
         reasons it would be refused (`ok` false). Nothing is queued."""
-        return run(lambda: control.plan(caller(ctx), args).to_dict())
+        return run(lambda: control.plan(caller(ctx), _job(args, spec)).to_dict())
 
     @mcp.tool(annotations=WRITE)
     def submit_job(
         ctx: Context,
-        args: Args,
+        args: Args = None,
+        spec: Spec = None,
         max_attempts: Annotated[int, Field(ge=1, le=10, description="Tries before failing")] = 3,
     ) -> dict[str, Any]:
-        """Queue a forgeml command as a job for the workers. It is planned first and refused
-        with the reason if over your budget. Returns the job and its plan."""
-        return run(lambda: control.submit_job(caller(ctx), args, max_attempts))
+        """Queue a forgeml command (or a job spec) as a job for the workers. It is planned
+        first (its recipe validated) and refused with the reason if over your budget. Returns
+        the job (with the spec it will run) and its plan."""
+        return run(lambda: control.submit_job(caller(ctx), _job(args, spec), max_attempts))
 
     @mcp.tool(annotations=READ)
     def list_jobs(

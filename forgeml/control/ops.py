@@ -19,6 +19,7 @@ from typing import Any
 from forgeml.control import approvals as approvals_mod
 from forgeml.control import jobs as jobs_mod
 from forgeml.control.budgets import get_budget, job_plan, record_plan, usage
+from forgeml.control.job_spec import JobSpec, PipelineRunParams, spec_from_request
 from forgeml.control.limits import InvalidRequest, check_job_args, check_path_text
 from forgeml.control.plan import JobPlan, plan_job
 from forgeml.control.roots import resolve_user_path
@@ -86,17 +87,18 @@ def admit_job(
     ws: Workspace,
     reg: Registry,
     audit: AuditLog,
-    args: list[str],
+    job: list[str] | JobSpec,
     who: Submitter,
     *,
     key_id: str | None = None,
     max_attempts: int = 3,
 ) -> tuple[jobs_mod.Job, JobPlan]:
-    """The one way into the job queue: make the dry-run plan, refuse the job (BudgetExceeded,
-    audited) if the plan says so, else queue it with its plan stored and charged to `who`."""
-    args = absolute_job_args(list(args), ws.root)
+    """The one way into the job queue: make the dry-run plan (which reads a command line into
+    its typed spec and validates the recipe), refuse the job (BudgetExceeded, audited) if the
+    plan says so, else queue its spec with the plan stored and charged to `who`."""
+    job = absolute_job(job, ws.root)
     plan = plan_job(
-        ws, reg, args, principal=who.principal, is_admin=who.is_admin, clearance=who.clearance
+        ws, reg, job, principal=who.principal, is_admin=who.is_admin, clearance=who.clearance
     )
     if not plan.ok:
         audit.append(
@@ -104,15 +106,19 @@ def admit_job(
             refusals=plan.refusals,
         )  # fmt: skip
         raise BudgetExceeded(plan)
-    job = jobs_mod.submit_job(reg, plan.args, submitted_by=who.principal, max_attempts=max_attempts)
-    record_plan(
-        reg, job.id, who.principal, plan.device, plan.estimated_hours, _jsonable(plan.to_dict())
+    assert plan.spec is not None  # a plan without refusals read its job
+    queued = jobs_mod.submit_job(
+        reg, plan.spec, args=plan.args, submitted_by=who.principal, max_attempts=max_attempts
     )
-    audit.append(
-        "job_submitted", principal=who.principal, key_id=key_id, job=job.id, args=plan.args,
-        hours=plan.estimated_hours,
+    record_plan(
+        reg, queued.id, who.principal, plan.device, plan.estimated_hours,
+        _jsonable(plan.to_dict()),
     )  # fmt: skip
-    return job, plan
+    audit.append(
+        "job_submitted", principal=who.principal, key_id=key_id, job=queued.id, args=plan.args,
+        command=plan.command, hours=plan.estimated_hours,
+    )  # fmt: skip
+    return queued, plan
 
 
 def scopes_of(principal: Principal) -> set[str]:
@@ -180,6 +186,36 @@ def absolute_job_args(args: list[str], base: Path | None = None) -> list[str]:
     return out
 
 
+# The job parameters that may name a file or folder (others name assets, or are text).
+PATH_PARAMS = frozenset({
+    "paths", "data", "heldout", "prompts", "replay", "suite", "data_root", "space", "seeds",
+    "out", "json_out",
+})  # fmt: skip
+
+
+def absolute_job(job: list[str] | JobSpec, base: Path) -> list[str] | JobSpec:
+    """A command line or spec whose strings that name existing files are made absolute (a
+    spec's recipe file and path parameters only: a prompt or name is never rewritten)."""
+    if not isinstance(job, JobSpec):
+        return absolute_job_args(list(job), base)
+
+    def absolute(value: Any) -> Any:
+        if isinstance(value, list):
+            return [absolute(v) for v in value]
+        if not isinstance(value, str) or not value or value.startswith("-"):
+            return value
+        p = resolve_user_path(value, base)
+        return str(p) if p is not None and _exists(p) else value
+
+    params = {k: absolute(v) if k in PATH_PARAMS else v for k, v in job.params.model_dump().items()}
+    return job.model_copy(
+        update={
+            "params": type(job.params).model_validate(params),
+            "recipe_file": absolute(job.recipe_file),
+        }
+    )
+
+
 def _exists(path: Path) -> bool:
     try:
         return path.exists()
@@ -205,6 +241,11 @@ def eval_record(reg: Registry, ref: str) -> dict[str, Any]:
         run = reg.get_run(asset.producer_run)
         out["stage"], out["metrics"], out["inputs"] = run.stage, run.metrics, run.inputs
     return out
+
+
+def _job_of(job: list[str] | dict[str, Any]) -> list[str] | JobSpec:
+    """A request's job: a command line as it is, a JSON spec validated into a JobSpec."""
+    return spec_from_request(job) if isinstance(job, dict) else list(job)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -235,6 +276,15 @@ class ControlPlane:
     def _audit(self, event: str, who: Principal, **fields: Any) -> None:
         self.audit.append(event, principal=who.name, key_id=who.key_id, **fields)
 
+    def _pending_approval(
+        self, who: Principal, action: str, params: dict[str, Any], reason: str
+    ) -> dict[str, Any]:
+        """Ask a human to approve `action` (run later as `who`) and say that it waits."""
+        pending = approvals_mod.request_approval(
+            self.reg, self.audit, action, params, requested_by=who.name, reason=reason
+        )
+        return {"status": "pending_approval", "approval": _jsonable(pending.to_dict())}
+
     def _cleared(self, who: Principal, ref: str | Asset, action: str = "read") -> Asset:
         """The asset, if the key's clearance covers its effective label (lineage included)."""
         asset = ref if isinstance(ref, Asset) else self.reg.get_asset(ref, deleted_ok=True)
@@ -260,37 +310,45 @@ class ControlPlane:
             raise NotFoundError(f"unknown job '{ref}'", hint="list your jobs")
         return job
 
-    def plan(self, who: Principal, args: list[str]) -> JobPlan:
+    def plan(self, who: Principal, job: list[str] | dict[str, Any]) -> JobPlan:
+        """The dry run of a job: a command line, or a spec as JSON (JobSpec's fields)."""
         self.require(who, "jobs:submit")
-        args = absolute_job_args(list(args), self.ws.root)
         return plan_job(
-            self.ws, self.reg, args, principal=who.name, is_admin=who.is_admin,
-            clearance=who.clearance,
+            self.ws, self.reg, absolute_job(_job_of(job), self.ws.root), principal=who.name,
+            is_admin=who.is_admin, clearance=who.clearance,
         )  # fmt: skip
 
-    def submit_job(self, who: Principal, args: list[str], max_attempts: int = 3) -> dict[str, Any]:
+    def submit_job(
+        self, who: Principal, job: list[str] | dict[str, Any], max_attempts: int = 3
+    ) -> dict[str, Any]:
         """Plan, refuse if over budget, else queue; the plan is stored and charged."""
         self.require(who, "jobs:submit")
-        job, plan = admit_job(
-            self.ws, self.reg, self.audit, self._with_summary(args),
+        queued, plan = admit_job(
+            self.ws, self.reg, self.audit, self._with_summary(_job_of(job)),
             Submitter(who.name, who.is_admin, who.clearance), key_id=who.key_id,
             max_attempts=max_attempts,
         )  # fmt: skip
-        return {"job": self._job_dict(job), "plan": plan.to_dict()}
+        return {"job": self._job_dict(queued), "plan": plan.to_dict()}
 
-    def _with_summary(self, args: list[str]) -> list[str]:
+    def _with_summary(self, job: list[str] | JobSpec) -> list[str] | JobSpec:
         """A pipeline job also writes its summary (stages, outputs, metrics) into the
         workspace, so `show_job` can name the assets it made."""
-        if args[:2] != ["pipeline", "run"] or any(a.startswith("--json") for a in args):
-            return list(args)
-        path = self.ws.runs_dir / "jobs" / "summaries" / f"{secrets.token_hex(8)}.json"
-        return [*args, "--json", str(path)]
+        path = str(self.ws.runs_dir / "jobs" / "summaries" / f"{secrets.token_hex(8)}.json")
+        if isinstance(job, JobSpec):
+            params = job.params
+            if not isinstance(params, PipelineRunParams) or params.json_out:
+                return job
+            return job.model_copy(update={"params": params.model_copy(update={"json_out": path})})
+        if job[:2] != ["pipeline", "run"] or any(a.startswith("--json") for a in job):
+            return list(job)
+        return [*job, "--json", path]
 
     def _summary(self, job: jobs_mod.Job) -> dict[str, Any] | None:
-        args = job.args
-        if args[:2] != ["pipeline", "run"] or "--json" not in args[:-1]:
+        spec = job.spec or {}
+        out = (spec.get("params") or {}).get("json_out")
+        if spec.get("command") != "pipeline run" or not out:
             return None
-        path = Path(args[args.index("--json") + 1]).resolve()
+        path = Path(out).resolve()
         if not path.is_relative_to(self.ws.root) or not path.is_file():
             return None
         return json.loads(path.read_text())
@@ -422,10 +480,7 @@ class ControlPlane:
         self.require(who, "assets:delete")
         asset = self.reg.check_deletable(ref)
         params = {"asset": asset.id, "kind": asset.kind, "name": asset.name, "reason": reason}
-        pending = approvals_mod.request_approval(
-            self.reg, self.audit, "delete", params, requested_by=who.name, reason=reason
-        )
-        return {"status": "pending_approval", "approval": _jsonable(pending.to_dict())}
+        return self._pending_approval(who, "delete", params, reason)
 
     def label_asset(self, who: Principal, ref: str, level: str, reason: str = "") -> dict[str, Any]:
         """Set an asset's classification label (audited); raising it takes effect at once for
@@ -459,10 +514,7 @@ class ControlPlane:
             "reason": reason,
         }
         if alias in approvals_mod.PRODUCTION_ALIASES:
-            pending = approvals_mod.request_approval(
-                self.reg, self.audit, "promote", params, requested_by=who.name, reason=reason
-            )
-            return {"status": "pending_approval", "approval": _jsonable(pending.to_dict())}
+            return self._pending_approval(who, "promote", params, reason)
         result = approvals_mod.EXECUTORS["promote"](self.ws, params, who.name)
         self._audit("alias_promoted", who, **result)
         return {"status": "done", **result}
@@ -485,10 +537,7 @@ class ControlPlane:
         asset = self._cleared(who, self.reg.get_asset(model), action="export")
         params = {"model": asset.id, "out": str(path)}
         if not path.is_relative_to(self.ws.root):
-            pending = approvals_mod.request_approval(
-                self.reg, self.audit, "export", params, requested_by=who.name, reason=reason
-            )
-            return {"status": "pending_approval", "approval": _jsonable(pending.to_dict())}
+            return self._pending_approval(who, "export", params, reason)
         result = approvals_mod.EXECUTORS["export"](self.ws, params, who.name)
         self._audit("model_exported", who, **params)
         return {"status": "done", **result}

@@ -1,6 +1,7 @@
 """Dry-run plans: what a job will do and cost before it is queued.
 
-`plan_job` reads the command a job would run (a recipe's stages, or one stage), estimates
+`plan_job` reads the job a command line asks for into its typed spec (forgeml.control.job_spec),
+validating its recipe once, here; then it takes the stages it will run, estimates
 each stage's time and the training memory (the preflight of forgeml.train.preflight), and
 checks it against the submitter's budget. A plan with refusals is not queued.
 
@@ -32,9 +33,10 @@ from forgeml.control.budgets import (
     get_budget,
     usage,
 )
-from forgeml.control.limits import InvalidRequest, check_job_args, check_running, int_option
+from forgeml.control.job_spec import JOB_COMMANDS, JobSpec, job_command, parse_job_args
+from forgeml.control.limits import InvalidRequest, check_job_args, check_running
 from forgeml.control.roots import agent_roots, looks_like_path, outside_roots, resolve_user_path
-from forgeml.core.config import Recipe, load_recipe, validate_recipe
+from forgeml.core.config import Recipe, validate_recipe
 from forgeml.core.errors import ForgeError
 from forgeml.core.workspace import Workspace
 from forgeml.governance.labels import label_origin
@@ -55,13 +57,8 @@ UNKNOWN_STAGE_S = 60.0  # a command this planner does not model
 AGENT_COMMANDS = {
     "data", "tokenizer", "train", "eval", "pipeline", "generate", "hpo", "hpo-trial", "synth",
 }  # fmt: skip
+# Commands whose recipe the planner models (stages, time, memory); others count a default.
 RECIPE_COMMANDS = {("pipeline", "run"), ("train", "pretrain"), ("train", "cpt"), ("hpo",)}
-VALUE_OPTIONS = {
-    "--data", "--tokenizer", "--from", "--replay", "--json", "--out", "--suite", "--data-root",
-    "--trials", "--space", "--name", "--recipe", "--against", "--max-attempts", "--teacher",
-    "--parallel", "--offset", "--executor", "--study", "--base",
-}  # fmt: skip
-OUTPUT_OPTIONS = {"--json", "--out"}
 # Fields of YAML files other than recipes that label things rather than name what a job reads.
 LABEL_FIELDS = {"name", "description"}
 # The recipe fields (by the Recipe schema) that name data a job reads: a dataset asset, or a
@@ -88,6 +85,7 @@ class JobPlan:
 
     args: list[str]
     principal: str
+    command: str | None = None  # the job command (JobSpec.command) when it is one
     is_admin: bool = False
     clearance: str | None = None  # the key's; a budget's data_clearance takes precedence
     device: str = "cpu"
@@ -100,13 +98,15 @@ class JobPlan:
     budget: dict[str, Any] | None = None
     used: dict[str, Any] | None = None
     refusals: list[str] = field(default_factory=list)
+    spec: JobSpec | None = field(default=None, repr=False)  # what it runs, recipe resolved
 
     @property
     def ok(self) -> bool:
         return not self.refusals
 
     def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps({**asdict(self), "ok": self.ok}, default=str))
+        fields = {k: v for k, v in asdict(self).items() if k != "spec"}
+        return json.loads(json.dumps({**fields, "ok": self.ok}, default=str))
 
     def summary(self) -> str:
         lines = [f"plan for `forgeml {' '.join(self.args)}` by {self.principal} ({self.device})"]
@@ -125,29 +125,6 @@ class JobPlan:
             )
         lines += [f"  REFUSED: {r}" for r in self.refusals] or ["  ok: within budget"]
         return "\n".join(lines)
-
-
-def _split_args(args: list[str]) -> tuple[list[str], list[str], dict[str, str]]:
-    """(positional args, dotted overrides, option values) of a forgeml command line."""
-    positional, overrides, options = [], [], {}
-    i = 0
-    while i < len(args):
-        tok = args[i]
-        if tok.startswith("--"):
-            name, eq, value = tok.partition("=")
-            if eq:
-                options[name] = value
-            elif name in VALUE_OPTIONS and i + 1 < len(args):
-                options[name] = args[i + 1]
-                i += 1
-            else:
-                options[name] = ""
-        elif "=" in tok and not tok.startswith("-"):
-            overrides.append(tok)
-        else:
-            positional.append(tok)
-        i += 1
-    return positional, overrides, options
 
 
 def _source_bytes(sources: list[str], cap: int = 100_000) -> int:
@@ -446,16 +423,20 @@ def _outside_roots(ws: Workspace, paths: Reads) -> list[str]:
 def plan_job(
     ws: Workspace,
     reg: Registry,
-    args: list[str],
+    job: list[str] | JobSpec,
     *,
     principal: str,
     is_admin: bool = False,
     clearance: str | None = None,
 ) -> JobPlan:
-    """The dry run of `forgeml ARGS...` for `principal`, refusals included (never raises for
-    an over-budget job: the caller decides; raises for a command that cannot be parsed)."""
+    """The dry run of a job (a `forgeml ARGS...` command line, read once into its JobSpec
+    here, or a spec) for `principal`, refusals included: never raises for an over-budget job
+    (the caller decides); raises for a command that cannot be read and for a recipe that is
+    not valid, so a bad recipe is refused at submit. `plan.spec` is what the job will run."""
+    spec = job if isinstance(job, JobSpec) else None
+    args = spec.command_line() if spec is not None else list(job)
     check_job_args(args)
-    plan = JobPlan(args=list(args), principal=principal, is_admin=is_admin, clearance=clearance)
+    plan = JobPlan(args=args, principal=principal, is_admin=is_admin, clearance=clearance)
     if not args:
         raise ForgeError("a job needs a command", hint="e.g. ['pipeline', 'run', 'recipe.yaml']")
     if not is_admin and args[0] not in AGENT_COMMANDS:
@@ -464,58 +445,65 @@ def plan_job(
             f"(allowed: {', '.join(sorted(AGENT_COMMANDS))})"
         )
         return plan
-    positional, overrides, options = _split_args(args)
-    hpo = positional[:1] in (["hpo"], ["hpo-trial"])
-    command = tuple(positional[:1]) if hpo else tuple(positional[:2])
-    tokens = positional[len(command) :] + list(options.values())
+    if spec is None:
+        if job_command(args) is None:
+            plan.refusals.append(
+                f"'{' '.join(args[:2])}' cannot be queued as a job "
+                f"(job commands: {', '.join(JOB_COMMANDS)})"
+            )
+            return plan
+        spec = parse_job_args(args)
+    plan.command = spec.command
+    command = tuple(spec.command.split())
+    overrides = list(spec.overrides)
     # what an agent's job reads (its outputs are checked below): nothing, not even a recipe,
     # may be read outside the agent roots
-    read = positional[len(command) :] + [v for k, v in options.items() if k not in OUTPUT_OPTIONS]
+    read = [value for _, value in spec.named()]
     if not is_admin:
         plan.refusals += _outside_roots(
             ws, _job_reads(ws, read, overrides, None, contents=False)[1]
         )
         if plan.refusals:
             return plan
-    for opt in OUTPUT_OPTIONS & options.keys():
-        out = resolve_user_path(options[opt], ws.root)
+    for opt, value in spec.outputs().items():
+        out = resolve_user_path(value, ws.root)
         if out is None:
-            raise InvalidRequest(f"{opt} {options[opt][:80]!r} is not a usable path")
+            raise InvalidRequest(f"{opt} {value[:80]!r} is not a usable path")
         if not is_admin and not out.is_relative_to(ws.root):
             plan.refusals.append(
-                f"{opt} {options[opt]} writes outside the workspace; "
+                f"{opt} {value} writes outside the workspace; "
                 "exports outside it need a human's approval (use the export action)"
             )
-    rec: Recipe | None = None
-    recipe: str | None = None
-    study_inputs: list[str] = []
-    if command in RECIPE_COMMANDS:
-        recipe = positional[1] if command == ("hpo",) else (positional[2:3] or [""])[0]
-        if not recipe:
-            raise ForgeError(f"`{' '.join(command)}` needs a recipe", hint="pass a recipe YAML")
-        rec = load_recipe(recipe, overrides)
+    spec, rec = spec.resolved()  # the recipe is validated here, once
+    plan.spec = spec
+    recipe = spec.recipe_file
     if not is_admin:  # the paths inside the recipe (overrides applied) and other YAML files
         plan.refusals += _outside_roots(ws, _job_reads(ws, read, overrides, rec, recipe)[1])
         if plan.refusals:
             return plan
-    if rec is not None:
+    study_inputs: list[str] = []
+    if rec is not None and command in RECIPE_COMMANDS:
         trials, trial_jobs = 1, 0
         if command == ("hpo",):
-            trials = int_option(options, "--trials", 10)
-            if int_option(options, "--parallel", 1) > 1 and options.get("--executor") != "ray":
+            from forgeml.hpo.space import load_space
+
+            hpo = spec.params
+            load_space(hpo.space)  # like the recipe, a bad search space is refused at submit
+            trials = hpo.trials
+            if hpo.parallel > 1 and hpo.executor != "ray":
                 # the trials become jobs of their own, each planned and charged when queued
-                trials, trial_jobs = int("--no-baseline" not in options), trials
+                trials, trial_jobs = int(hpo.baseline), trials
         _recipe_stages(rec, command, trials, plan, trial_jobs)
-    elif command == ("hpo-trial",) and len(positional) > 1:
+    elif command == ("hpo-trial",):
         from forgeml.hpo.study import study_context
 
-        _, rec, _, shards, tokenizer = study_context(ws, positional[1])
+        _, rec, _, shards, tokenizer = study_context(ws, spec.params.study)
         study_inputs = [shards, tokenizer]
         _recipe_stages(rec, command, 1, plan)
     else:
         plan.stages.append(StagePlan(" ".join(command), UNKNOWN_STAGE_S, "not modelled: default"))
     plan.estimated_hours = sum(s.seconds for s in plan.stages) / 3600
-    reads = _job_reads(ws, tokens + study_inputs, overrides, rec, recipe)[0]
+    reads = _job_reads(ws, read + study_inputs, overrides, rec, recipe)[0]
     plan.datasets = _datasets_read(reg, reads)
 
     budget = get_budget(reg, principal)

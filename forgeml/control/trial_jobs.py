@@ -10,7 +10,8 @@ import subprocess
 import sys
 import time
 
-from forgeml.control.jobs import FINISHED, get_job
+from forgeml.control.job_spec import HpoTrialParams, JobSpec
+from forgeml.control.jobs import SUCCEEDED, get_job
 from forgeml.control.ops import BudgetExceeded, admit_job, current_submitter
 from forgeml.core.errors import ForgeError
 from forgeml.core.workspace import Workspace
@@ -18,6 +19,10 @@ from forgeml.governance.audit import AuditLog, audit_log_path
 from forgeml.hpo.study import TrialJobs
 from forgeml.pipeline.runtime import Notify
 from forgeml.registry import open_registry
+
+# Backoff before a local worker retries a failed trial: a trial is cheap to run again, and
+# the search waits for it (the local workers stay up four times this long when idle).
+LOCAL_RETRY_S = 1.0
 
 
 def queue_trial_jobs(ws: Workspace, name: str, todo: int, notify: Notify | None) -> list[str]:
@@ -29,7 +34,8 @@ def queue_trial_jobs(ws: Workspace, name: str, todo: int, notify: Notify | None)
     jobs: list[str] = []
     for i in range(todo):
         try:
-            job, _ = admit_job(ws, reg, audit, ["hpo-trial", name, "--offset", str(i + 1)], who)
+            trial = JobSpec(command="hpo-trial", params=HpoTrialParams(study=name, offset=i + 1))
+            job, _ = admit_job(ws, reg, audit, trial, who)
         except BudgetExceeded as exc:
             if not jobs:
                 raise
@@ -46,26 +52,29 @@ def run_trial_jobs(
     ws: Workspace, name: str, todo: int, *, parallel: int, start_workers: bool,
     notify: Notify | None,
 ) -> None:  # fmt: skip
-    """Queue one job per trial and wait for all of them; with `start_workers`, `parallel`
-    local `forgeml worker` processes are started to run them."""
+    """Queue one job per trial and wait until none will run again (a failed-retryable trial
+    is waited for: a worker retries it); with `start_workers`, `parallel` local workers are
+    started to run them (retrying a failed trial after a short backoff, and staying up longer
+    than it)."""
     reg = open_registry(ws)
     jobs = queue_trial_jobs(ws, name, todo, notify)
     workers = []
     if start_workers:
-        cmd = [sys.executable, "-m", "forgeml.cli", "-q", "-w", str(ws.root), "worker",
-               "--idle-exit", "2", "--poll", "0.3", "--heartbeat", "1"]  # fmt: skip
+        cmd = [sys.executable, "-m", "forgeml.control.worker", str(ws.root),
+               "--idle-exit", str(4 * LOCAL_RETRY_S), "--poll", "0.3", "--heartbeat", "1",
+               "--retry-backoff", str(LOCAL_RETRY_S)]  # fmt: skip
         workers = [
             subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for _ in range(parallel)
         ]
     try:
         while True:
-            states = [get_job(reg, j).status for j in jobs]
-            if all(s in FINISHED for s in states):
+            states = [get_job(reg, j) for j in jobs]
+            if all(s.done for s in states):
                 break
             if workers and all(w.poll() is not None for w in workers):
                 raise ForgeError(
-                    f"the local workers exited with {sum(s not in FINISHED for s in states)} "
+                    f"the local workers exited with {sum(not s.done for s in states)} "
                     "trial job(s) unfinished",
                     hint="see `forgeml jobs list`; run `forgeml worker` to finish them",
                 )
@@ -73,7 +82,7 @@ def run_trial_jobs(
     finally:
         for w in workers:
             w.wait(timeout=60)
-    failed = [j for j, s in zip(jobs, states, strict=True) if s != "succeeded"]
+    failed = [s.id for s in states if s.status != SUCCEEDED]
     if failed and notify:
         notify(f"hpo {name}: {len(failed)} trial job(s) did not succeed: {', '.join(failed)}")
 

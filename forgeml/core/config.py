@@ -1,8 +1,10 @@
 """Recipes: small frozen pydantic models loaded from YAML, with dotted CLI overrides.
 
 A recipe names every setting of a pipeline (data, tokenizer, model, optim, train, eval,
-generate). Unknown keys are rejected with the closest valid key suggested, and every run
-saves its resolved recipe next to its canonical sha256 (`config_hash`).
+generate, and each post-training objective with its own loop). Unknown keys are rejected with
+the closest valid key suggested (a moved key names its new place), and every run saves its
+resolved recipe next to its canonical sha256 (`config_hash`). The data-preparation sections
+live in forgeml.core.data_config.
 """
 
 from __future__ import annotations
@@ -16,69 +18,26 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from forgeml.core.data_config import (  # noqa: F401 (re-exported: callers import them here)
+    BoilerplateConfig,
+    CodeFilterConfig,
+    CurateConfig,
+    DataConfig,
+    DedupConfig,
+    FimConfig,
+    GopherQualityConfig,
+    GopherRepetitionConfig,
+    LanguageFilterConfig,
+    LengthFilterConfig,
+    MixConfig,
+    RedactConfig,
+    TokenizerConfig,
+)
 from forgeml.core.errors import ConfigError, NotFoundError
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MixConfig(_Section):
-    """Weighted mixing of the data sources (forgeml.data.mix) after ingest and curation, before
-    the tokenizer: each source gets its weight's share of the characters, repeated (whole
-    epochs, then a seeded sample) or sampled down to reach it."""
-
-    weights: dict[str, float] = Field(
-        description="each data.sources entry -> its weight (shares: divided by their sum)"
-    )
-    total_chars: int | None = Field(
-        None, gt=0, description="characters in the mixture; None: all sources' characters"
-    )
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _positive_weights(self) -> MixConfig:
-        for source, weight in self.weights.items():
-            if not weight > 0:
-                raise ValueError(f"weight of {source} is {weight}; weights must be > 0")
-        return self
-
-
-class DataConfig(_Section):
-    """Which files become the raw dataset."""
-
-    sources: list[str] = Field(default_factory=list, description="files or folders to ingest")
-    include: list[str] = Field(default_factory=lambda: ["**/*"], description="glob patterns kept")
-    exclude: list[str] = Field(default_factory=list, description="glob patterns dropped")
-    name: str = "corpus"
-    max_file_bytes: int = Field(16 * 1024 * 1024, gt=0)
-    heldout_fraction: float = Field(0.05, ge=0.0, lt=1.0, description="documents held out for eval")
-    text_fields: list[str] = Field(
-        default_factory=list, description="JSONL/CSV/Parquet records: fields holding the text"
-    )
-    curate: bool = Field(False, description="run the `curate` section between ingest and tokenizer")
-    mix: MixConfig | None = Field(None, description="re-weight the sources; None: as ingested")
-
-    @model_validator(mode="after")
-    def _mix_names_every_source(self) -> DataConfig:
-        if self.mix is None:
-            return self
-        unknown = [s for s in self.mix.weights if s not in self.sources]
-        if unknown:
-            raise ValueError(
-                f"mix.weights names {unknown[0]}, which is not in data.sources {self.sources}; "
-                "key each weight by a data.sources entry, written the same way"
-            )
-        missing = [s for s in self.sources if s not in self.mix.weights]
-        if missing:
-            raise ValueError(f"mix.weights has no weight for data.sources entry {missing[0]}")
-        return self
-
-
-class TokenizerConfig(_Section):
-    vocab_size: int = Field(4096, ge=300, le=1 << 20)
-    min_frequency: int = Field(2, ge=1)
-    max_train_bytes: int = Field(256 * 1024 * 1024, gt=0, description="cap on text fed to BPE")
 
 
 class ModelConfig(_Section):
@@ -123,6 +82,10 @@ class ModelConfig(_Section):
 
 
 class OptimConfig(_Section):
+    """AdamW and its lr schedule. The recipe's `optim` is pre-training's (and continued
+    pre-training's); each post-training objective has its own (`sft.optim`, `dpo.optim`,
+    `reward_model.optim`, `rl.optim`)."""
+
     lr: float = Field(3e-3, gt=0)
     min_lr_ratio: float = Field(0.1, ge=0, le=1)
     weight_decay: float = Field(0.1, ge=0)
@@ -136,6 +99,10 @@ class OptimConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """The loop: steps, batches, seed, dtype, checkpoints. The recipe's `train` is
+    pre-training's (and continued pre-training's); each post-training objective has its own
+    (`sft.train`, `dpo.train`, `reward_model.train`, `rl.train`)."""
+
     max_steps: int = Field(300, gt=0)
     micro_batch_size: int = Field(8, gt=0)
     grad_accum_steps: int = Field(1, gt=0)
@@ -145,12 +112,23 @@ class TrainConfig(_Section):
     eval_batches: int = Field(8, gt=0)
     checkpoint_every: int = Field(100, ge=0, description="0: only at the end")
     keep_checkpoints: int = Field(2, gt=0)
+    async_checkpoint: bool = Field(
+        False, description="write checkpoints in the background while training goes on"
+    )
     dtype: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto: bf16 autocast where the hardware makes it fast, else fp32"
     )
     compile: bool = False
     activation_checkpointing: bool = Field(
         False, description="recompute each block's activations in backward (less memory)"
+    )
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto",
+        description="several processes: ddp (whole replicas) or fsdp (FSDP2, sharded weights, "
+        "gradients and optimizer state); auto: ddp when it fits in memory, else fsdp",
+    )
+    cpu_offload: bool = Field(
+        False, description="fsdp: keep the shards and the optimizer step in host memory (GPU)"
     )
     init_from: str | None = Field(
         None,
@@ -180,26 +158,6 @@ class GenerateConfig(_Section):
     stop: list[str] = Field(default_factory=list)
 
 
-class FimConfig(_Section):
-    """Fill-in-the-middle at packing time (Bavarian et al., arXiv:2207.14255); rate 0 = off."""
-
-    rate: float = Field(0.0, ge=0, le=1, description="share of documents turned into FIM examples")
-    spm_rate: float = Field(0.5, ge=0, le=1, description="share of FIM examples in SPM order")
-    unit: Literal["char", "line", "word"] = Field(
-        "char", description="middles: random char spans, whole lines, or runs of whole words"
-    )
-    span_mix: dict[Literal["char", "line", "word"], float] = Field(
-        default_factory=dict,
-        description="draw each middle's unit with these weights, e.g. {word: 0.6, line: 0.2, "
-        "char: 0.2}; empty: always `unit`",
-    )
-    max_span_words: int = Field(3, ge=1, description="word middles: 1..this many words")
-    chunk_chars: int = Field(
-        0, ge=0, description="FIM per chunk of ~this many chars (0: whole document); ~3x seq_len"
-    )
-    seed: int = 0
-
-
 class ContinueConfig(_Section):
     """Continued pre-training from a model that already exists (`forgeml train cpt`)."""
 
@@ -209,165 +167,6 @@ class ContinueConfig(_Section):
     replay_fraction: float = Field(
         0.0, ge=0, lt=1, description="share of the training text (bytes) taken from replay_data"
     )
-
-
-class LengthFilterConfig(_Section):
-    min_chars: int = Field(20, ge=0)
-    max_chars: int = Field(1_000_000, gt=0)
-
-
-class GopherQualityConfig(_Section):
-    """Gopher quality rules (Rae et al., arXiv 2112.11446, appendix A), prose only."""
-
-    enabled: bool = True
-    min_words: int = Field(50, ge=0)
-    max_words: int = Field(100_000, gt=0)
-    min_mean_word_length: float = 3.0
-    max_mean_word_length: float = 10.0
-    max_symbol_word_ratio: float = 0.1
-    max_bullet_lines_ratio: float = 0.9
-    max_ellipsis_lines_ratio: float = 0.3
-    min_alpha_words_ratio: float = 0.8
-    min_stop_words: int = Field(2, ge=0)
-
-
-class GopherRepetitionConfig(_Section):
-    """Gopher repetition rules (Rae et al., arXiv 2112.11446, table A1), prose only."""
-
-    enabled: bool = True
-    max_dup_line_fraction: float = 0.30
-    max_dup_para_fraction: float = 0.30
-    max_dup_line_char_fraction: float = 0.20
-    max_dup_para_char_fraction: float = 0.20
-    max_top_ngram_char_fraction: dict[int, float] = Field(
-        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16}
-    )
-    max_dup_ngram_char_fraction: dict[int, float] = Field(
-        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
-    )
-
-
-class LanguageFilterConfig(_Section):
-    """Language id with langdetect (seeded: deterministic); prose only."""
-
-    enabled: bool = True
-    keep: list[str] = Field(default_factory=list, description="ISO codes kept; empty: all")
-    min_confidence: float = Field(0.0, ge=0, le=1)
-    sample_chars: int = Field(1000, gt=0, description="characters looked at per document")
-
-
-class BoilerplateConfig(_Section):
-    """Drop boilerplate lines (C4-style, Raffel et al., arXiv 1910.10683)."""
-
-    enabled: bool = True
-    patterns: list[str] = Field(
-        default_factory=lambda: [
-            r"(?i)\b(cookie policy|cookies? (?:help|to improve)|accept (?:all )?cookies)\b",
-            r"(?i)^\s*(all rights reserved|privacy policy|terms of (?:use|service))\b.*$",
-            r"(?i)^\s*(?:©|\(c\)|copyright)\s*\d{4}.*$",
-            r"(?i)\b(javascript (?:is )?(?:required|disabled)|enable javascript)\b",
-            r"(?i)^\s*(click here|subscribe to our newsletter|share this|read more)\b.*$",
-            r"(?i)lorem ipsum",
-        ]
-    )
-    apply_to: list[str] = Field(default_factory=lambda: ["text", "markdown", "html", "pdf", "docx"])
-
-
-class CodeFilterConfig(_Section):
-    """Code heuristics from The Stack / StarCoder (arXiv 2211.15533, 2305.06161)."""
-
-    enabled: bool = True
-    max_line_length: int = Field(1000, gt=0)
-    max_mean_line_length: float = Field(100.0, gt=0)
-    min_alnum_fraction: float = Field(0.25, ge=0, le=1)
-    max_blob_fraction: float = Field(0.5, ge=0, le=1, description="base64/hex runs share")
-    generated_markers: list[str] = Field(
-        default_factory=lambda: [
-            "auto-generated",
-            "autogenerated",
-            "automatically generated",
-            "do not edit",
-            "@generated",
-            "generated by",
-            "code generated",
-        ]
-    )
-    lock_files: list[str] = Field(
-        default_factory=lambda: [
-            "package-lock.json",
-            "yarn.lock",
-            "pnpm-lock.yaml",
-            "poetry.lock",
-            "Pipfile.lock",
-            "Cargo.lock",
-            "Gemfile.lock",
-            "composer.lock",
-            "go.sum",
-            "uv.lock",
-        ]
-    )
-
-
-class RedactConfig(_Section):
-    """PII and secrets: per type, `redact` (typed placeholder), `drop` the record, or `keep`."""
-
-    email: Literal["redact", "drop", "keep"] = "redact"
-    phone: Literal["redact", "drop", "keep"] = "redact"
-    iban: Literal["redact", "drop", "keep"] = "redact"
-    credit_card: Literal["redact", "drop", "keep"] = "redact"
-    ip: Literal["redact", "drop", "keep"] = "redact"
-    # Person names come from a heuristic recogniser (forgeml.data.names): opt in.
-    person: Literal["redact", "drop", "keep"] = "keep"
-    secret: Literal["redact", "drop"] = "redact"  # secrets are never kept
-    min_entropy: float = Field(4.0, gt=0, description="bits/char for unnamed key-like tokens")
-    min_token_length: int = Field(24, gt=8)
-
-
-class DedupConfig(_Section):
-    """Exact (normalised hash) and near-duplicate (MinHash + LSH) removal."""
-
-    exact: bool = True
-    near: bool = True
-    threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity of shingles")
-    num_perm: int = Field(128, ge=16, le=1024)
-    shingle_words: int = Field(5, ge=1)
-    seed: int = 1
-
-
-class CurateConfig(_Section):
-    """Curation of a raw dataset: filters -> redaction -> dedup (forgeml.data.curate)."""
-
-    seed: int = 0
-    length: LengthFilterConfig = LengthFilterConfig()
-    gopher_quality: GopherQualityConfig = GopherQualityConfig()
-    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
-    language: LanguageFilterConfig = LanguageFilterConfig()
-    boilerplate: BoilerplateConfig = BoilerplateConfig()
-    code: CodeFilterConfig = CodeFilterConfig()
-    user_filters: list[str] = Field(
-        default_factory=list, description="import paths 'pkg.module:function' (text, record)"
-    )
-    redact: RedactConfig = RedactConfig()
-    dedup: DedupConfig = DedupConfig()
-    prose_types: list[str] = Field(
-        default_factory=lambda: ["text", "markdown", "html", "pdf", "docx", "records"]
-    )
-    executor: Literal["local", "processes", "ray"] = Field(
-        "local",
-        description="processes: the per-record work in `workers` processes on this machine; "
-        "ray: as Ray tasks (forgeml[ray]); same output",
-    )
-    workers: int | None = Field(
-        None, ge=1, description="processes: how many; None: one per CPU core"
-    )
-    ray_address: str | None = Field(
-        None, description="ray: cluster address (host:port); None: a local cluster on 127.0.0.1"
-    )
-
-    def output_settings(self) -> dict[str, Any]:
-        """The settings that decide the curated output: all but where it runs, so a Ray run,
-        a multi-process run and a local run share their config hash and the stage cache."""
-        return self.model_dump(mode="json", exclude={"executor", "workers", "ray_address"})
 
 
 class RewardConfig(_Section):
@@ -398,8 +197,15 @@ class RewardConfig(_Section):
     memory_mb: int = Field(512, ge=32, description="execution: address-space limit")
 
 
+# A preference objective's loop (DPO, online DPO, reward model): a short fine-tune at a
+# small lr from a trained model.
+_PREFERENCE_OPTIM = OptimConfig(lr=5e-5, warmup_steps=5, weight_decay=0.0)
+_PREFERENCE_TRAIN = TrainConfig(max_steps=40, micro_batch_size=4, eval_every=0)
+
+
 class RLConfig(_Section):
-    """GRPO (Shao et al., arXiv:2402.03300) against reward plugins (`forgeml train rl`)."""
+    """GRPO (Shao et al., arXiv:2402.03300) against reward plugins (`forgeml train rl`, and the
+    pipeline's RL stage); `optim` and `train` are its own, whatever the entry point."""
 
     rewards: list[RewardConfig] = Field(default_factory=list)
     prompt_format: Literal["raw", "chat"] = Field(
@@ -429,11 +235,14 @@ class RLConfig(_Section):
         "are all equal (no signal) is swapped for a fresh prompt's, up to this many per step; "
         "0: off",
     )
+    optim: OptimConfig = OptimConfig(lr=1e-5, warmup_steps=5, schedule="constant", weight_decay=0.0)
+    train: TrainConfig = TrainConfig(max_steps=20, checkpoint_every=10, log_every=1)
 
 
 class DPOConfig(_Section):
-    """Preference optimisation (`forgeml train dpo`): offline DPO/IPO/APO-zero on preference
-    pairs, or online DPO (Guo et al., arXiv:2402.04792) ranking the policy's own samples."""
+    """Preference optimisation (`forgeml train dpo`, and the pipeline's DPO stage): offline
+    DPO/IPO/APO-zero on preference pairs, or online DPO (Guo et al., arXiv:2402.04792) ranking
+    the policy's own samples; `optim` and `train` are its own, whatever the entry point."""
 
     loss: Literal["sigmoid", "ipo", "apo_zero"] = Field(
         "sigmoid",
@@ -463,6 +272,8 @@ class DPOConfig(_Section):
     max_new_tokens: int = Field(64, gt=0, description="online: tokens sampled per completion")
     temperature: float = Field(1.0, gt=0, description="online: sampling temperature")
     top_k: int | None = Field(None, gt=0, description="online: sample from the top k tokens")
+    optim: OptimConfig = _PREFERENCE_OPTIM
+    train: TrainConfig = _PREFERENCE_TRAIN
 
     @model_validator(mode="after")
     def _online_reward(self) -> DPOConfig:
@@ -482,13 +293,15 @@ class DPOConfig(_Section):
 
 class RewardModelConfig(_Section):
     """Reward model (`forgeml train rm`): a scalar head trained on preference pairs with the
-    Bradley-Terry loss; held-out pair accuracy is reported."""
+    Bradley-Terry loss; held-out pair accuracy is reported. `optim` and `train` are its own."""
 
     max_length: int = Field(512, gt=1, description="prompt + completion tokens per sequence")
     over_length: Literal["drop", "truncate"] = "drop"
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="pairs kept out for accuracy")
     center_coef: float = Field(0.0, ge=0, description="pull rewards towards 0 (arXiv:2312.09244)")
     use_margin: bool = Field(True, description="subtract a pair's `margin` field when present")
+    optim: OptimConfig = _PREFERENCE_OPTIM
+    train: TrainConfig = _PREFERENCE_TRAIN
 
 
 class LoRAConfig(_Section):
@@ -513,7 +326,7 @@ class SFTConfig(_Section):
     lora: LoRAConfig = LoRAConfig()
     packing: bool = Field(True, description="pack short examples into rows (block-diagonal mask)")
     overlength: Literal["truncate", "drop"] = Field(
-        "truncate", description="examples longer than train.seq_len + 1 tokens"
+        "truncate", description="examples longer than sft.train.seq_len + 1 tokens"
     )
     on_invalid: Literal["error", "skip"] = Field(
         "error", description="invalid records: stop with file:line:field, or count and skip"
@@ -523,8 +336,8 @@ class SFTConfig(_Section):
 
 
 class PreferenceStageConfig(_Section):
-    """`pipeline run`: DPO (the recipe's `dpo` section) from the SFT model on these pairs,
-    with its own optimiser and loop settings; measured by sampled win-rate vs the SFT model."""
+    """`pipeline run`: DPO (the recipe's `dpo` section, its loop in `dpo.train`/`dpo.optim`)
+    from the SFT model on these pairs; measured by sampled win-rate vs the SFT model."""
 
     data: str = Field(description="preference JSONL ({messages|prompt, chosen, rejected})")
     judge: str | None = Field(
@@ -537,13 +350,12 @@ class PreferenceStageConfig(_Section):
         ge=1,
         description="win-rate samples per held-out prompt and model; None: dpo.samples_per_prompt",
     )
-    optim: OptimConfig = OptimConfig(lr=5e-5, warmup_steps=5, weight_decay=0.0)
-    train: TrainConfig = TrainConfig(max_steps=40, micro_batch_size=4, eval_every=0)
 
 
 class RLStageConfig(_Section):
-    """`pipeline run`: GRPO (the recipe's `rl` section) from the last post-trained model,
-    measured by greedy (and optionally sampled) reward on held-out prompts before and after."""
+    """`pipeline run`: GRPO (the recipe's `rl` section, its loop in `rl.train`/`rl.optim`) from
+    the last post-trained model, measured by greedy (and optionally sampled) reward on held-out
+    prompts before and after."""
 
     prompts: str = Field(description="training prompts JSONL ({messages|prompt, ...metadata})")
     heldout: str | None = Field(None, description="held-out prompts JSONL for the before/after")
@@ -553,8 +365,6 @@ class RLStageConfig(_Section):
         description="also sample this many completions per held-out prompt as GRPO "
         "samples them (pass@1 from n samples, and pass@n); 0: greedy only",
     )
-    optim: OptimConfig = OptimConfig(lr=1e-5, warmup_steps=5, schedule="constant", weight_decay=0.0)
-    train: TrainConfig = TrainConfig(max_steps=20, checkpoint_every=10, log_every=1)
 
 
 class PostTrainConfig(_Section):
@@ -567,7 +377,8 @@ class PostTrainConfig(_Section):
 
 
 class Recipe(_Section):
-    """A whole factory run: every stage's settings."""
+    """A whole factory run: every stage's settings. `optim` and `train` are pre-training's
+    (and continued pre-training's); each post-training objective carries its own."""
 
     name: str = "recipe"
     description: str = ""
@@ -642,7 +453,30 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
+# Keys that moved, old -> new: each post-training objective reads its loop from its own
+# section whatever the entry point; `train`/`optim` are pre-training's.
+MOVED_KEYS = {
+    "posttrain.dpo.train": "dpo.train",
+    "posttrain.dpo.optim": "dpo.optim",
+    "posttrain.rl.train": "rl.train",
+    "posttrain.rl.optim": "rl.optim",
+}
+# The post-training objectives' sections, each with its own `train` and `optim`.
+OBJECTIVE_SECTIONS = ("sft", "dpo", "reward_model", "rl")
+
+
+def _moved(exc: ValidationError, source: str) -> ConfigError | None:
+    for err in exc.errors():
+        old = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden" and old in MOVED_KEYS:
+            return ConfigError(f"{source}: {old} moved: write {MOVED_KEYS[old]}")
+    return None
+
+
 def _describe(exc: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
+    moved = _moved(exc, source)
+    if moved is not None:
+        return moved
     err = exc.errors()[0]
     loc = tuple(err["loc"])
     dotted = ".".join(str(p) for p in loc)
@@ -671,11 +505,37 @@ def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
         raise _describe(exc, Recipe, source) from None
 
 
-def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> Recipe:
+def _check_objective_keys(
+    objective: str, raw: dict[str, Any], overrides: list[str], source: str
+) -> None:
+    """Refuse `train.*`/`optim.*` meant for a post-training objective: they are pre-training's,
+    and `forgeml train <objective>` reads `<objective>.train`/`<objective>.optim`."""
+    if objective not in OBJECTIVE_SECTIONS:
+        raise ValueError(f"objective {objective!r} is none of {OBJECTIVE_SECTIONS}")
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key.split(".")[0] in ("train", "optim"):
+            raise ConfigError(f"override {key} is pre-training's: write {objective}.{key}")
+    data = raw.get("data")
+    if isinstance(data, dict) and data.get("sources"):
+        return  # a recipe that also pre-trains: its train/optim are pre-training's
+    for section in ("train", "optim"):
+        if section in raw and section not in (raw.get(objective) or {}):
+            raise ConfigError(
+                f"{source}: {section} is pre-training's and this recipe pre-trains nothing: "
+                f"write {objective}.{section}"
+            )
+
+
+def load_recipe(
+    path: str | Path | None, overrides: list[str] | None = None, *, objective: str | None = None
+) -> Recipe:
     """Load a YAML recipe (or defaults when `path` is None) and apply dotted overrides.
 
     Relative `data.sources` (and the keys of `data.mix.weights`) are resolved against the
-    recipe file's folder.
+    recipe file's folder. With `objective` (one of OBJECTIVE_SECTIONS: the command trains
+    that objective only), `train.*`/`optim.*` settings meant for it are refused with the key
+    to write instead.
     """
     raw: dict[str, Any] = {}
     source = "overrides"
@@ -699,6 +559,8 @@ def load_recipe(path: str | Path | None, overrides: list[str] | None = None) -> 
             mix = raw["data"].get("mix")
             if isinstance(mix, dict) and isinstance(mix.get("weights"), dict):
                 mix["weights"] = {resolved(s): w for s, w in mix["weights"].items()}
+    if objective is not None and isinstance(raw, dict):
+        _check_objective_keys(objective, raw, overrides or [], source)
     raw = apply_overrides(raw, overrides or []) if isinstance(raw, dict) else raw
     return validate_recipe(raw, source)
 

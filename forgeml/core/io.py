@@ -1,5 +1,5 @@
 """Atomic file writes (temp file in the same folder, fsync, rename), the modes new files and
-folders get under the process umask, and hashing helpers."""
+folders get under the process umask, hashing helpers, and reading JSONL and YAML files."""
 
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+import yaml
+
+from forgeml.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -112,6 +116,14 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield number, json.loads(line), None
             except json.JSONDecodeError as exc:
                 yield number, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+
+
+def read_yaml(path: Path) -> Any:
+    """The parsed content of the YAML file `path`; a ConfigError naming it if it does not parse."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
 def parquet_batches(

@@ -37,6 +37,9 @@ SEED_STREAMS: dict[str, SeedStream] = {
     # the first prompt of the batch)
     "online_dpo.eval": SeedStream(1, offset=7_000_000, index_factor=0),
     "sample.prompt_batch": SeedStream(1, index_factor=1000),
+    # one process's sampling generator under torchrun: base = the step's sampling seed,
+    # index = the rank (rank 0 keeps the step's seed, so one process draws as before)
+    "sample.rank": SeedStream(1, index_factor=104_729),
     # one generator per evaluated example or prompt: samples do not depend on batching
     "eval.example": SeedStream(1_000_003),
     # one teacher request: 2 * i for the instruction, 2 * i + 1 for its answer

@@ -37,6 +37,7 @@ from forgeml.data.dedup import (
     ExactHashSpill,
     MinHasher,
     SignatureSpill,
+    Sketches,
     exact_groups_spilled,
     exact_hash,
     near_duplicate_clusters_spilled,
@@ -293,7 +294,7 @@ class BatchOutcome:
 
     survivors: pa.Table
     exact_hashes: list[str]
-    signatures: np.ndarray | None
+    signatures: Sketches | None  # MinHash signatures and shingles, for near dedup
     input: int
     chars_input: int
     hist_input: list[int]
@@ -397,7 +398,7 @@ def curate_batch(
     return BatchOutcome(
         survivors=pa.Table.from_pylist(rows, schema=_WORK_SCHEMA),
         exact_hashes=[exact_hash(t) for t in texts] if cfg.dedup.exact else [],
-        signatures=steps.hasher.signatures(texts) if cfg.dedup.near and texts else None,
+        signatures=steps.hasher.sketch(texts) if cfg.dedup.near and texts else None,
         input=batch.num_rows,
         chars_input=chars_in,
         hist_input=hist_in,
@@ -495,6 +496,7 @@ def _find_duplicates(
     if cfg.dedup.near:
         near = near_duplicate_clusters_spilled(
             signatures, cfg.dedup.threshold, seed=cfg.dedup.seed, exclude=exact_dups,
+            candidate_threshold=cfg.dedup.candidate_threshold, containment=cfg.dedup.containment,
             max_entries=_DEDUP_MAX_ENTRIES, work_dir=tmp,
         )  # fmt: skip
     near_dups = np.array(sorted(i for c in near for i in c[1:]), dtype=np.int64)

@@ -1,15 +1,13 @@
-"""Deduplication for curation: exact (normalised-text hash) and near-duplicate (MinHash + LSH).
+"""Deduplication for curation: exact (normalised-text hash) and near duplicates (MinHash + LSH
+candidates, each verified on the exact shingle sets), in memory or out of core.
 
-Near duplicates follow Broder's MinHash ("On the resemblance and containment of documents",
-1997) over word n-gram shingles, with banded LSH (Leskovec et al., Mining of Massive
-Datasets, ch. 3) and a check of the estimated Jaccard of every candidate pair, as in
-Lee et al., "Deduplicating training data makes language models better" (arXiv 2107.06499).
-Our MinHash is vectorised numpy multiply-shift hashing over a batch of documents at once
-(`benchmarks/dedup_throughput.py` compares it with datasketch). For corpora whose signatures
-do not fit in memory, `SignatureSpill` + `near_duplicate_clusters_spilled` run the same LSH
-out of core: band keys are hash-partitioned to disk and each partition grouped on its own
-(the layout of datatrove's MinHash stages), so memory follows the partition size and the
-number of duplicates, not the corpus size.
+MinHash: Broder, "On the resemblance and containment of documents" (1997); banded LSH:
+Leskovec et al., Mining of Massive Datasets, ch. 3; exact verification of candidates as in Lee
+et al., arXiv 2107.06499. LSH proposes pairs below the decision threshold and the exact Jaccard
+(or containment, for copies with boilerplate added) decides, so documents that only share a
+template or long passages are kept. Out of core, band keys are hash-partitioned to disk as in
+datatrove's MinHash stages. `benchmarks/dedup_throughput.py` and `near_dup_recall.py` compare
+with datasketch.
 """
 
 from __future__ import annotations
@@ -21,13 +19,14 @@ import re
 import tempfile
 import unicodedata
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-_WORD = re.compile(rb"(?:\w|[\x80-\xff])+")  # on UTF-8 bytes: multi-byte letters count
+_WORD = re.compile(rb"[\w\x80-\xff]+")  # on UTF-8 bytes: multi-byte letters count
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier for combining word hashes
 _BLOCK = 1 << 12  # shingles per numpy block: (128 x 4096) uint64 = 4 MiB, near cache size
 
@@ -73,14 +72,20 @@ class MinHasher:
         return g
 
     def signatures(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), num_perm) uint32 signatures. All shingles of the batch are hashed in
-        fixed blocks (a cache-sized buffer, written in place); each block's minima per
-        document come from one `minimum.reduceat`, so short documents cost no numpy calls."""
+        """(len(texts), num_perm) uint32 signatures."""
+        return self.sketch(texts).signatures
+
+    def sketch(self, texts: Sequence[str]) -> Sketches:
+        """Signatures plus every document's shingle hashes, for verifying candidates. All
+        shingles of the batch are hashed in fixed blocks (a cache-sized buffer, written in
+        place); each block's minima per document come from one `minimum.reduceat`, so short
+        documents cost no numpy calls."""
         hashes = [self.shingle_hashes(t) for t in texts]
         n_docs = len(hashes)
         best = np.full((n_docs, self.num_perm), np.iinfo(np.uint64).max, dtype=np.uint64)
         if n_docs == 0:
-            return best.astype(np.uint32)
+            empty = np.zeros(0, dtype=np.uint32)
+            return Sketches(best.astype(np.uint32), empty, np.zeros(1, dtype=np.int64))
         flat = np.concatenate(hashes)
         doc_starts = np.cumsum([0] + [len(h) for h in hashes[:-1]])
         buf = np.empty((self.num_perm, _BLOCK), dtype=np.uint64)
@@ -96,14 +101,45 @@ class MinHasher:
             segments = np.maximum(doc_starts[first:last], lo) - lo
             mins = np.minimum.reduceat(vals, segments, axis=1).T
             np.minimum(best[first:last], mins, out=best[first:last])
-        return (best >> np.uint64(32)).astype(np.uint32)
+        signatures = (best >> np.uint64(32)).astype(np.uint32)
+        offsets = np.append(doc_starts, len(flat)).astype(np.int64)
+        return Sketches(signatures, (flat >> np.uint64(32)).astype(np.uint32), offsets)
+
+
+@dataclass
+class Sketches:
+    """A batch's MinHash signatures and the 32-bit hashes of each document's shingles (in
+    text order, repeats included: document i owns shingles[offsets[i]:offsets[i + 1]])."""
+
+    signatures: np.ndarray  # (n, num_perm) uint32
+    shingles: np.ndarray  # uint32
+    offsets: np.ndarray  # (n + 1,) int64
+
+    def __len__(self) -> int:
+        return len(self.signatures)
+
+    def shingle_set(self, i: int) -> np.ndarray:
+        """Sorted distinct shingle hashes of document i."""
+        return np.unique(self.shingles[self.offsets[i] : self.offsets[i + 1]])
+
+
+def shingle_overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(Jaccard, containment of the smaller set in the larger) of two sorted distinct
+    shingle-hash arrays."""
+    if len(a) > len(b):
+        a, b = b, a
+    if len(a) == 0:
+        return 0.0, 0.0
+    pos = np.minimum(np.searchsorted(b, a), len(b) - 1)
+    common = int(np.count_nonzero(b[pos] == a))
+    return common / (len(a) + len(b) - common), common / len(a)
 
 
 def lsh_params(threshold: float, num_perm: int, fn_weight: float = 0.8) -> tuple[int, int]:
     """(bands, rows) minimising the weighted false-positive and false-negative areas of the
     S-curve 1 - (1 - s^r)^b around `threshold` (datasketch's criterion, weights 0.5/0.5).
-    Candidates are verified on the full signature afterwards, so a false positive costs a
-    comparison while a false negative is a missed duplicate: misses weigh more."""
+    Candidates are verified afterwards, so a false positive costs a comparison while a false
+    negative is a missed duplicate: misses weigh more."""
     s = np.linspace(0.0, 1.0, 1001)
     best, best_err = (1, num_perm), float("inf")
     for bands in range(1, num_perm + 1):
@@ -145,12 +181,63 @@ def _band_keys(sig64: np.ndarray, band: int, rows: int, mult: np.ndarray) -> np.
         return (sig64[:, band * rows : (band + 1) * rows] * mult).sum(axis=1)
 
 
-def _link_bucket(members: np.ndarray, sigs: np.ndarray, threshold: float, union) -> None:
-    """One LSH bucket (sorted member indices, their signatures): link each member whose
-    signature agrees with the first member's on at least `threshold` of the positions."""
-    same = (sigs[1:] == sigs[0]).mean(axis=1)
-    for other in members[1:][same >= threshold]:
-        union(int(members[0]), int(other))
+_ALL_PAIRS = 16  # LSH buckets up to this size yield every pair as a candidate
+
+
+def _bucket_pairs(members: np.ndarray) -> np.ndarray:
+    """Candidate pairs (k, 2) of one LSH bucket (ascending member indices): every pair of a
+    small bucket; in a larger one each member with the first and with its predecessor, so
+    that a band shared by a big cluster costs linear, not quadratic, work."""
+    m = len(members)
+    if m <= _ALL_PAIRS:
+        i, j = np.triu_indices(m, 1)
+    else:
+        i = np.r_[np.zeros(m - 1, dtype=np.int64), np.arange(1, m - 1)]
+        j = np.r_[np.arange(1, m), np.arange(2, m)]
+    return np.stack([members[i], members[j]], axis=1).astype(np.int64)
+
+
+class _PairCheck:
+    """Decides whether a candidate pair is a near duplicate. With shingle sets: Jaccard >=
+    `threshold`, or (copies with boilerplate added) the smaller set at least `containment`
+    inside the larger with Jaccard >= the candidate threshold. Without: the signatures'
+    estimated Jaccard >= `threshold`."""
+
+    def __init__(
+        self,
+        threshold: float,
+        candidate_threshold: float,
+        containment: float | None,
+        shingle_set: Callable[[int], np.ndarray] | None,
+        signature_rows: Callable[[np.ndarray], np.ndarray],
+    ) -> None:
+        self.threshold, self.floor, self.containment = threshold, candidate_threshold, containment
+        self._set = lru_cache(maxsize=1024)(shingle_set) if shingle_set else None
+        self._rows = signature_rows
+        # Out of core, a pair meets again in every band it shares: remember recent verdicts.
+        self.is_near = lru_cache(maxsize=1 << 16)(self._is_near)
+
+    def _is_near(self, a: int, b: int) -> bool:
+        assert self._set is not None
+        jaccard, contained = shingle_overlap(self._set(a), self._set(b))
+        boilerplate_copy = self.containment is not None and contained >= self.containment
+        return jaccard >= self.threshold or (boilerplate_copy and jaccard >= self.floor)
+
+    def link(self, pairs: np.ndarray, union: Callable[[int, int], None], find) -> None:
+        """Union every verified pair; pairs already in one cluster are not checked again."""
+        if not len(pairs):
+            return
+        if self._set is None:
+            docs, inverse = np.unique(pairs, return_inverse=True)
+            sigs = self._rows(docs)
+            inverse = inverse.reshape(pairs.shape)
+            same = (sigs[inverse[:, 0]] == sigs[inverse[:, 1]]).mean(axis=1)
+            for a, b in pairs[same >= self.threshold].tolist():
+                union(a, b)
+            return
+        for a, b in pairs.tolist():
+            if find(a) != find(b) and self.is_near(a, b):
+                union(a, b)
 
 
 def _clusters_of(find, nodes) -> list[list[int]]:
@@ -160,17 +247,16 @@ def _clusters_of(find, nodes) -> list[list[int]]:
     return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
 
 
-def near_duplicate_clusters(
+def lsh_candidate_pairs(
     signatures: np.ndarray, threshold: float, *, bands: int | None = None, seed: int = 0
-) -> list[list[int]]:
-    """Clusters (sorted index lists, size >= 2, sorted by first index) of documents whose
-    estimated Jaccard similarity reaches `threshold`, found by banded LSH and verified on
-    the full signatures; transitive pairs join one cluster."""
+) -> np.ndarray:
+    """Distinct candidate pairs (k, 2), (smaller, larger) index, sorted: documents that share
+    a bucket in some band of an LSH whose S-curve has its midpoint near `threshold`."""
     n, num_perm = signatures.shape
+    found = [np.zeros((0, 2), dtype=np.int64)]
     if n < 2:
-        return []
+        return found[0]
     bands, rows, mult = _band_layout(threshold, num_perm, bands, seed)
-    uf = _UnionFind(n)
     sig64 = signatures.astype(np.uint64)
     for band in range(bands):
         keys = _band_keys(sig64, band, rows, mult)
@@ -178,9 +264,44 @@ def near_duplicate_clusters(
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         sizes = np.diff(np.r_[starts, n])
-        for s, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
-            members = np.sort(order[s : s + size])
-            _link_bucket(members, signatures[members], threshold, uf.union)
+        two = starts[sizes == 2]  # most buckets with a candidate hold one pair
+        found.append(np.sort(np.stack([order[two], order[two + 1]], axis=1), axis=1))
+        for s, size in zip(starts[sizes > 2], sizes[sizes > 2], strict=True):
+            found.append(_bucket_pairs(np.sort(order[s : s + size])))
+    pairs = np.concatenate(found).astype(np.int64)
+    codes = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return np.stack([codes // n, codes % n], axis=1)
+
+
+def near_duplicate_clusters(
+    signatures: np.ndarray | Sketches,
+    threshold: float,
+    *,
+    candidate_threshold: float | None = None,
+    containment: float | None = None,
+    bands: int | None = None,
+    seed: int = 0,
+) -> list[list[int]]:
+    """Clusters (sorted index lists, size >= 2, sorted by first index) of near duplicates;
+    transitive pairs join one cluster. Banded LSH at `candidate_threshold` (default and
+    cap: `threshold`) proposes pairs; given `Sketches`, each pair is verified on exact shingle
+    sets (`_PairCheck`), given bare signatures on their estimated Jaccard."""
+    sketches = signatures if isinstance(signatures, Sketches) else None
+    sigs = sketches.signatures if sketches is not None else signatures
+    n = len(sigs)
+    if n < 2:
+        return []
+    candidate = threshold if candidate_threshold is None else min(candidate_threshold, threshold)
+    pairs = lsh_candidate_pairs(sigs, candidate, bands=bands, seed=seed)
+    uf = _UnionFind(n)
+    check = _PairCheck(
+        threshold,
+        candidate,
+        containment,
+        sketches.shingle_set if sketches is not None else None,
+        lambda idx: sigs[idx],
+    )
+    check.link(pairs, uf.union, uf.find)
     return _clusters_of(uf.find, range(n))
 
 
@@ -190,20 +311,51 @@ def near_duplicate_clusters(
 
 class SignatureSpill:
     """Append-only file of MinHash signatures ((n, num_perm) uint32, row-major): memory
-    holds one appended batch at a time; rows are read back by range or by index."""
+    holds one appended batch at a time; rows are read back by range or by index. Appended
+    as `Sketches`, the documents' shingle hashes go to two side files (`<path>.shingles`,
+    and `<path>.offsets`: 0 and each document's end), read back by `shingle_set`."""
 
     def __init__(self, path: str | Path, num_perm: int) -> None:
         self.path = Path(path)
         self.num_perm = num_perm
         self.n = 0
+        self.has_shingles: bool | None = None  # set by the first append
         self._fh = open(self.path, "w+b")  # noqa: SIM115 (closed by close())
+        self._shingles = self._offsets = None
+        self._n_shingles = 0
 
-    def append(self, signatures: np.ndarray) -> None:
-        if signatures.ndim != 2 or signatures.shape[1] != self.num_perm:
-            raise ValueError(f"expected (n, {self.num_perm}) signatures, got {signatures.shape}")
+    def append(self, signatures: np.ndarray | Sketches) -> None:
+        sketches = signatures if isinstance(signatures, Sketches) else None
+        sigs = sketches.signatures if sketches is not None else signatures
+        if sigs.ndim != 2 or sigs.shape[1] != self.num_perm:
+            raise ValueError(f"expected (n, {self.num_perm}) signatures, got {sigs.shape}")
+        if self.has_shingles is None:
+            self.has_shingles = sketches is not None
+            if sketches is not None:
+                self._shingles = open(f"{self.path}.shingles", "w+b")  # noqa: SIM115
+                self._offsets = open(f"{self.path}.offsets", "w+b")  # noqa: SIM115
+                self._offsets.write(np.zeros(1, "<i8").tobytes())  # document 0 starts at 0
+        elif self.has_shingles != (sketches is not None):
+            raise ValueError("append Sketches to every batch of a spill, or to none")
         self._fh.seek(0, os.SEEK_END)
-        self._fh.write(np.ascontiguousarray(signatures, dtype=np.uint32).tobytes())
-        self.n += len(signatures)
+        self._fh.write(np.ascontiguousarray(sigs, dtype=np.uint32).tobytes())
+        self.n += len(sigs)
+        if sketches is not None:
+            self._shingles.write(np.ascontiguousarray(sketches.shingles, "<u4").tobytes())
+            ends = self._n_shingles + sketches.offsets[1:].astype("<i8")
+            self._offsets.write(ends.tobytes())
+            self._n_shingles += int(sketches.offsets[-1])
+
+    def shingle_set(self, i: int) -> np.ndarray:
+        """Sorted distinct shingle hashes of document i (the spill was given `Sketches`)."""
+        if not self.has_shingles:
+            raise ValueError(f"{self.path} holds signatures only: append Sketches")
+        self._shingles.flush()
+        self._offsets.flush()
+        raw = os.pread(self._offsets.fileno(), 16, i * 8)
+        start, stop = (int(v) for v in np.frombuffer(raw, "<i8"))
+        raw = os.pread(self._shingles.fileno(), (stop - start) * 4, start * 4)
+        return np.unique(np.frombuffer(raw, dtype="<u4"))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows start..stop-1."""
@@ -225,7 +377,12 @@ class SignatureSpill:
             yield start, self.read(start, min(self.n, start + size))
 
     def close(self) -> None:
-        self._fh.close()
+        for fh in (self._fh, self._shingles, self._offsets):
+            if fh is not None:
+                fh.close()
+        if self.has_shingles:
+            for suffix in (".shingles", ".offsets"):
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
     def __enter__(self) -> SignatureSpill:
         return self
@@ -305,6 +462,8 @@ def near_duplicate_clusters_spilled(
     spill: SignatureSpill,
     threshold: float,
     *,
+    candidate_threshold: float | None = None,
+    containment: float | None = None,
     bands: int | None = None,
     seed: int = 0,
     exclude: np.ndarray | None = None,
@@ -312,19 +471,21 @@ def near_duplicate_clusters_spilled(
     work_dir: str | Path | None = None,
 ) -> list[list[int]]:
     """`near_duplicate_clusters` over signatures on disk, with the same result (rows in
-    the sorted array `exclude` take no part, as if they were not in the spill).
+    the sorted array `exclude` take no part, as if they were not in the spill); candidates
+    are verified on exact shingle sets when the spill holds them.
 
     Pass one reads the signatures in chunks and appends each (band, key, doc) entry to one
     of P partition files chosen by key, P sized so a partition holds about `max_entries`
     entries (20 bytes each). Pass two loads one partition at a time, groups equal
-    (band, key) entries and verifies each bucket against the first member's signature, read
-    back from the spill. Peak memory: one chunk, one partition, and the union-find over
-    documents that have duplicates. (A partition can exceed `max_entries` only when very
-    many documents share one band key, i.e. a cluster of that size.)"""
+    (band, key) entries and verifies each bucket's candidate pairs, reading signatures or
+    shingle sets back from the spill. Peak memory: one chunk, one partition, and the
+    union-find over documents that have duplicates. (A partition can exceed `max_entries`
+    only when very many documents share one band key, i.e. a cluster of that size.)"""
     n, num_perm = spill.n, spill.num_perm
     if n < 2:
         return []
-    bands, rows, mult = _band_layout(threshold, num_perm, bands, seed)
+    candidate = threshold if candidate_threshold is None else min(candidate_threshold, threshold)
+    bands, rows, mult = _band_layout(candidate, num_perm, bands, seed)
     parts = min(_MAX_PARTS, max(1, math.ceil(n * bands / max_entries)))
     chunk = max(1, min(max_entries // bands, 1 << 13))  # signature rows read at once
 
@@ -343,9 +504,16 @@ def near_duplicate_clusters_spilled(
             yield out.ravel()
 
     uf = _DictUnionFind()
+    check = _PairCheck(
+        threshold,
+        candidate,
+        containment,
+        spill.shingle_set if spill.has_shingles else None,
+        spill.rows,
+    )
     with tempfile.TemporaryDirectory(prefix="lsh-", dir=work_dir) as tmp:
         for members in _partitioned_runs(entries(), "key", ("band", "key"), parts, Path(tmp)):
-            _link_bucket(members, spill.rows(members), threshold, uf.union)
+            check.link(_bucket_pairs(members), uf.union, uf.find)
     return _clusters_of(uf.find, uf.parent)
 
 
@@ -422,12 +590,16 @@ def deduplicate(
     *,
     exact: bool = True,
     near: bool = True,
-    threshold: float = 0.8,
+    threshold: float = 0.6,
+    candidate_threshold: float = 0.5,
+    containment: float | None = 0.9,
     num_perm: int = 128,
     shingle_words: int = 5,
     seed: int = 1,
 ) -> DedupResult:
-    """Exact then near-duplicate removal over `texts`, keeping the first of each cluster."""
+    """Exact then near-duplicate removal over `texts`, keeping the first of each cluster.
+    Near duplicates: exact shingle-set Jaccard >= `threshold`, or containment >=
+    `containment` (see `_PairCheck`), among LSH candidates at `candidate_threshold`."""
     n = len(texts)
     keep = np.ones(n, dtype=bool)
     reason = [""] * n
@@ -441,8 +613,15 @@ def deduplicate(
     result = DedupResult(keep, reason, sorted(g for g in exact_groups.values() if len(g) > 1))
     if near:
         alive = np.flatnonzero(keep)
-        sigs = MinHasher(num_perm, shingle_words, seed).signatures([texts[i] for i in alive])
-        for cluster in near_duplicate_clusters(sigs, threshold, seed=seed):
+        sketches = MinHasher(num_perm, shingle_words, seed).sketch([texts[i] for i in alive])
+        clusters = near_duplicate_clusters(
+            sketches,
+            threshold,
+            candidate_threshold=candidate_threshold,
+            containment=containment,
+            seed=seed,
+        )
+        for cluster in clusters:
             members = [int(alive[i]) for i in cluster]
             result.near_clusters.append(members)
             for i in members[1:]:

@@ -2,8 +2,9 @@
 
 First stage of the data pipeline (`forgeml data ingest`): it walks the sources in sorted
 order, reads each file with the reader for its type (`forgeml.data.readers`), and reports
-what happened to every file. A record file (JSONL/CSV/Parquet) or an archive becomes one row
-per record or member, located by `path` + `locator`. Curation (`forgeml.data.curate`) comes later.
+what happened to every file. A record file (JSONL/CSV/Parquet), a spreadsheet, a mailbox or
+an archive becomes one row per record, sheet, message or member, located by `path` +
+`locator`. Curation (`forgeml.data.curate`) comes later.
 
 Include/exclude patterns are matched against the path relative to its source root, in
 posix form, case-sensitively:
@@ -39,6 +40,7 @@ from forgeml.data.readers import (
     looks_binary,
     read_parts,
     reader_for,
+    sniffed_reader,
     supported_extensions,
 )
 
@@ -53,7 +55,7 @@ SCHEMA = pa.schema(
         ("source", pa.string()),  # the source root as given
         ("sha256", pa.string()),  # of the raw file bytes
         ("bytes", pa.int64()),  # size of the raw file
-        ("type", pa.string()),  # text / markdown / code / html / pdf / docx / records
+        ("type", pa.string()),  # text, code, pdf, records, spreadsheet, mail, sensitive_file...
         ("language", pa.string()),  # code only
         ("locator", pa.string()),  # within the file: "line 3", "row 12"; "" = whole file
         ("metadata", pa.string()),  # JSON: record fields other than the text; null if none
@@ -236,8 +238,10 @@ def _examine(
         if st.st_size == 0:
             return "skipped", "empty", "0 bytes", [], {}
         reader = reader_for(path)
-        if reader is None:
+        if reader is None:  # no reader by name: text by content (README.api), else why not
             head = _read_limited(path, 8192)
+            reader = sniffed_reader(path, head)
+        if reader is None:
             if looks_binary(head):
                 return "skipped", "binary", "NUL byte in the first 8 KiB", [], {}
             suffix = path.suffix or path.name
@@ -299,6 +303,7 @@ def ingest_files(
     exclude: Sequence[str] = (),
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     text_fields: Sequence[str] = (),
+    notebook_outputs: bool = False,
     progress: bool = False,
 ) -> IngestReport:
     """Read every file under `sources` into one Parquet file at `out_path` (written atomically).
@@ -308,7 +313,8 @@ def ingest_files(
     duplicates are kept (dedup is a curation step). Raises `DataError` when a source does
     not exist or when no file at all could be kept; the inputs are never modified.
     `text_fields` names the record fields (JSONL/CSV/Parquet) that make a document's text;
-    empty: the first of `text`, `content`, `body`.
+    empty: the first of `text`, `content`, `body`. `notebook_outputs`: .ipynb documents
+    include their cells' text outputs.
     """
     if not sources:
         raise DataError("no sources to ingest", "pass one or more files or folders")
@@ -317,7 +323,11 @@ def ingest_files(
     out_path = Path(out_path)
     inc = [(p, compile_glob(p)) for p in include]
     exc = [(p, compile_glob(p)) for p in exclude]
-    options = ReadOptions(text_fields=tuple(text_fields), max_member_bytes=max_file_bytes)
+    options = ReadOptions(
+        text_fields=tuple(text_fields),
+        max_member_bytes=max_file_bytes,
+        notebook_outputs=notebook_outputs,
+    )
     entries: list[_Entry] = []
     for src in sources:  # list everything first: a missing source fails before any work
         entries += _list_source(Path(src))
@@ -391,8 +401,8 @@ def _nothing_kept(report: IngestReport, sources: Sequence) -> DataError:
         reasons += (", " if reasons else "") + f"{report.failed} failed to read"
     return DataError(
         f"no readable text files in {where} ({report.found - report.kept} skipped: {reasons})",
-        "check the include/exclude patterns; supported types are UTF-8 text, markdown and "
-        f"source code ({' '.join(supported_extensions()[:12])} ...)",
+        "check the include/exclude patterns; supported types are text in any encoding, "
+        f"source code, office files, mail and records ({' '.join(supported_extensions()[:12])} ...)",
     )
 
 

@@ -10,7 +10,6 @@ model, the model's own per-token loss on the prompts (inputs it finds surprising
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -24,6 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgeml.core.errors import DataError
+from forgeml.core.io import iter_jsonl
 
 REFUSAL_PATTERNS = (
     r"\bI can(?:'|no)t (?:help|assist|do|provide)",
@@ -105,15 +105,11 @@ def load_traffic(path: str | Path) -> TrafficLog:
     records: list[dict[str, Any]] = []
     skipped: Counter = Counter()
     for f in files:
-        # Lines end at "\n" only: str.splitlines would also break at U+2028 and U+0085,
-        # which JSON leaves unescaped inside completions.
-        for n, line in enumerate(f.read_text(encoding="utf-8").split("\n"), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{f}:{n}: not valid JSON ({exc.msg})") from None
+        # Read by lines of the file (U+2028 and U+0085, which JSON leaves unescaped inside
+        # completions, end no line there, as they would for str.splitlines).
+        for n, rec, error in iter_jsonl(f):
+            if error is not None:
+                raise DataError(f"{f}:{n}: {error}")
             if not isinstance(rec, dict):
                 raise DataError(f"{f}:{n}: expected a JSON object, got {type(rec).__name__}")
             if "event" in rec:
@@ -356,15 +352,27 @@ def _length_checks(
         float(np.mean(cur)),
         detail=f"chance level {chance:.3f}" if chance > th.psi else "",
     )
+    yield _ks_check(f"{name} length", ref, cur, alpha, np.median)
+
+
+def _ks_check(
+    name: str,
+    ref: Sequence[float],
+    cur: Sequence[float],
+    alpha: float,
+    summary: Callable[[Sequence[float]], Any] = np.mean,
+) -> DriftCheck:
+    """Two-sample Kolmogorov-Smirnov test of two windows' values, flagged below `alpha`;
+    `summary` (mean or median) of each window is reported beside it."""
     d, p = ks_test(ref, cur)
-    yield DriftCheck(
-        f"{name} length",
+    return DriftCheck(
+        name,
         "ks_p_value",
         p,
         alpha,
         p < alpha,
-        float(np.median(ref)),
-        float(np.median(cur)),
+        float(summary(ref)),
+        float(summary(cur)),
         detail=f"D={d:.3f}",
     )
 
@@ -455,19 +463,7 @@ def drift_report(
 
         a = per_token([r["prompt"] for r in reference])
         b = per_token([r["prompt"] for r in current])
-        d, p = ks_test(a, b)
-        report.checks.append(
-            DriftCheck(
-                "prompt loss under model",
-                "ks_p_value",
-                p,
-                alpha,
-                p < alpha,
-                float(np.mean(a)),
-                float(np.mean(b)),
-                detail=f"D={d:.3f}",
-            )
-        )
+        report.checks.append(_ks_check("prompt loss under model", a, b, alpha))
     return report
 
 

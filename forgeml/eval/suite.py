@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from forgeml.core.config import config_hash
 from forgeml.core.errors import ConfigError, DataError, NotFoundError
+from forgeml.core.io import read_yaml
 
 TaskKind = Literal["multiple_choice", "generate", "perplexity", "infill", "code_exec", "custom"]
 
@@ -189,10 +189,7 @@ def load_suite(path: str | Path, *, data_root: str | Path | None = None) -> Suit
     path = Path(path).expanduser()
     if not path.is_file():
         raise NotFoundError(f"suite not found: {path}", hint="check the path")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path)
     suite = suite_from_dict(raw, source=str(path), base=path.parent, data_root=data_root)
     return Suite(
         spec=suite.spec, path=path.resolve(), data_root=suite.data_root, digest=suite.digest

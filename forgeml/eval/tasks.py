@@ -330,6 +330,21 @@ def run_multiple_choice(
     return _aggregate(task.name, task.kind, "acc", examples)
 
 
+def _generate_from_prompts(
+    lm: LanguageModel, task: TaskSpec, records: list[dict], pool: list[dict], opts: RunOptions
+) -> tuple[list[str], list[str]]:
+    """The few-shot prompt of each record (shots show prompt + target) and the model's output."""
+
+    def shot(r: dict) -> str:
+        return render(task.prompt, r, task.name) + render(task.target, r, task.name)
+
+    prompts = [
+        fewshot_prefix(task, i, rec, pool, shot) + render(task.prompt, rec, task.name)
+        for i, rec in enumerate(records)
+    ]
+    return prompts, lm.generate(_generation_requests(task, prompts, opts))
+
+
 def _generation_requests(task: TaskSpec, prompts: list[str], opts: RunOptions) -> list:
     return [
         GenerationRequest(
@@ -351,15 +366,7 @@ def run_generate(
 ) -> TaskResult:
     """Generate from the prompt and score against the target with each of `task.scorers`."""
     scorers = {name: resolve_scorer(name) for name in task.scorers}
-
-    def shot(r: dict) -> str:
-        return render(task.prompt, r, task.name) + render(task.target, r, task.name)
-
-    prompts = [
-        fewshot_prefix(task, i, rec, pool, shot) + render(task.prompt, rec, task.name)
-        for i, rec in enumerate(records)
-    ]
-    outputs = lm.generate(_generation_requests(task, prompts, opts))
+    prompts, outputs = _generate_from_prompts(lm, task, records, pool, opts)
     examples = []
     for rec, prompt, out in zip(records, prompts, outputs, strict=True):
         ref = render(task.target, rec, task.name)
@@ -443,15 +450,7 @@ def run_code_exec(
     checker = CHECKERS.get(task.checker) or load_plugin(task.checker)
     if not callable(checker):
         raise ConfigError(f"task {task.name}: checker '{task.checker}' is not callable")
-
-    def shot(r: dict) -> str:
-        return render(task.prompt, r, task.name) + render(task.target, r, task.name)
-
-    prompts = [
-        fewshot_prefix(task, i, rec, pool, shot) + render(task.prompt, rec, task.name)
-        for i, rec in enumerate(records)
-    ]
-    outputs = lm.generate(_generation_requests(task, prompts, opts))
+    _, outputs = _generate_from_prompts(lm, task, records, pool, opts)
     examples = []
     for rec, out in zip(records, outputs, strict=True):
         rate = float(checker(out, rec, task))

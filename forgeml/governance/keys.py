@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,19 @@ class KeyInfo:
     label: str
     created_at: datetime
     revoked_at: datetime | None
+
+
+def _scopes(row: Mapping[str, Any], seq: type[tuple] | type[list]) -> dict[str, Any]:
+    """What a key allows, read from its row: roles, models and endpoints (as `seq`), its
+    rate limits and clearance."""
+    return {
+        "roles": seq(row["roles"]),
+        "models": seq(row["models"]),
+        "endpoints": seq(row["endpoints"]),
+        "requests_per_minute": row["requests_per_minute"],
+        "tokens_per_minute": row["tokens_per_minute"],
+        "clearance": row["clearance"],
+    }
 
 
 def _digest(salt: str, secret: str) -> str:
@@ -171,16 +185,7 @@ class KeyStore:
             return None
         if row["revoked_at"] is not None:
             return None
-        return Principal(
-            name=row["principal"],
-            key_id=row["id"],
-            roles=tuple(row["roles"]),
-            models=tuple(row["models"]),
-            endpoints=tuple(row["endpoints"]),
-            requests_per_minute=row["requests_per_minute"],
-            tokens_per_minute=row["tokens_per_minute"],
-            clearance=row["clearance"],
-        )
+        return Principal(name=row["principal"], key_id=row["id"], **_scopes(row, tuple))
 
     @staticmethod
     def _parse(key: str) -> tuple[str, str] | None:
@@ -194,12 +199,7 @@ class KeyStore:
         return KeyInfo(
             id=row["id"],
             principal=row["principal"],
-            roles=list(row["roles"]),
-            models=list(row["models"]),
-            endpoints=list(row["endpoints"]),
-            requests_per_minute=row["requests_per_minute"],
-            tokens_per_minute=row["tokens_per_minute"],
-            clearance=row["clearance"],
+            **_scopes(row, list),
             label=row["label"] or "",
             created_at=row["created_at"],
             revoked_at=row["revoked_at"],
@@ -236,12 +236,7 @@ def create_api_key(
         actor=actor,
         key_id=info.id,
         principal=info.principal,
-        roles=info.roles,
-        models=info.models,
-        endpoints=info.endpoints,
-        requests_per_minute=info.requests_per_minute,
-        tokens_per_minute=info.tokens_per_minute,
-        clearance=info.clearance,
+        **_scopes(asdict(info), list),
     )
     return key, info
 

@@ -94,6 +94,25 @@ def require_clearance(
     return label
 
 
+def require_run_clearance(
+    reg: Registry, run_id: str, clearance: str | None, *, action: str = "read"
+) -> str | None:
+    """The most sensitive effective label of a run's inputs (what its checkpoints were trained
+    on), or `ClearanceError` when `clearance` does not cover it. For files a run wrote that
+    are not assets of their own, e.g. training checkpoints under the workspace's runs/."""
+    run = reg.get_run(run_id)
+    found = [(label_origin(reg, reg.get_asset(ref, deleted_ok=True))) for ref in run.inputs]
+    label = most_sensitive([lab for lab, _ in found])
+    if not clearance_covers(clearance, label):
+        source = next(src for lab, src in found if lab == label)
+        raise ClearanceError(
+            f"run {run.id} was trained on data labelled {label} (from {source}); clearance "
+            f"{clearance or 'none'} may not {action} its checkpoints",
+            hint=f"use a key whose clearance is {label} or higher",
+        )
+    return label
+
+
 def stamp_effective_label(reg: Registry, ref: str) -> Asset:
     """Write the asset's effective label into its metadata (`classification`, and
     `classification_from` when it comes from upstream, its own label kept under

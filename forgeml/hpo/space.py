@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import optuna
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from forgeml.core.config import Recipe, validate_recipe
 from forgeml.core.errors import ConfigError, NotFoundError
+from forgeml.core.io import read_yaml
 
 
 class _Spec(BaseModel):
@@ -157,11 +157,7 @@ def load_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"search space not found: {path}", hint="check the --space path")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_space(raw, str(path))
+    return parse_space(read_yaml(path), str(path))
 
 
 def apply_params(recipe: Recipe, values: dict[str, Any], source: str = "trial") -> Recipe:

@@ -1,1 +1,2 @@
-"""Model architectures (plain single-device PyTorch), HF import/export, sampling, parallelize."""
+"""Model architectures (plain single-device PyTorch), HF import/export, sampling (parallelism is
+train.parallelize)."""

@@ -7,6 +7,7 @@ Used by pre-training, fine-tuning, eval and generation; `hf_io` maps it to and f
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -238,14 +239,9 @@ class Transformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ConfigError(
-                "model.vocab_size is not set",
-                hint="fill it from the tokenizer: cfg.model_copy(update={'vocab_size': n})",
-            )
         self.cfg = cfg
         self.head_dim = cfg.dim // cfg.n_heads
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_embeddings = nn.Embedding(require_vocab_size(cfg), cfg.dim)
         self.layers = nn.ModuleList(TransformerBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -253,24 +249,9 @@ class Transformer(nn.Module):
             self.output.weight = self.tok_embeddings.weight
         self.init_weights()
 
-    @torch.no_grad()
     def init_weights(self) -> None:
         """Normal(0, init_std); residual out-projections scaled by 1/sqrt(2 * n_layers) (GPT-2)."""
-        std = self.cfg.init_std
-        out_std = std / math.sqrt(2 * self.cfg.n_layers)
-        nn.init.normal_(self.tok_embeddings.weight, std=std)
-        if not self.cfg.tie_embeddings:
-            nn.init.normal_(self.output.weight, std=std)
-        for layer in self.layers:
-            nn.init.normal_(layer.attention.wqkv.weight, std=std)
-            if layer.attention.wqkv.bias is not None:
-                layer.attention.wqkv.bias.zero_()
-            nn.init.normal_(layer.attention.wo.weight, std=out_std)
-            nn.init.normal_(layer.feed_forward.w13.weight, std=std)
-            nn.init.normal_(layer.feed_forward.w2.weight, std=out_std)
-            layer.attention_norm.weight.fill_(1.0)
-            layer.ffn_norm.weight.fill_(1.0)
-        self.norm.weight.fill_(1.0)
+        init_decoder_weights(self, init_feed_forward)
 
     def num_params(self) -> int:
         """Number of distinct parameters (a tied embedding counts once)."""
@@ -324,34 +305,98 @@ class Transformer(nn.Module):
         (`packed_rope_and_mask`). `logits_at` [B] picks one position per row: the logits are
         then [B, V], of that position only (a batched prefill needs each prompt's last).
         """
-        seq = idx.shape[1]
-        end = start_pos + seq
-        if kv_cache is not None and end > kv_cache.max_len:
-            raise ValueError(f"positions up to {end} do not fit a kv cache of {kv_cache.max_len}")
-        positions = torch.arange(start_pos, end, device=idx.device)
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.cfg.rope_theta)
-        cos, sin = cos[:, None, :], sin[:, None, :]
-        mask = None
-        window = self.cfg.sliding_window
-        needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
-        if needs_mask or (kv_cache is None and window is not None and seq > window):
-            mask = attention_mask(start_pos, seq, end, window, idx.device)
-        if doc_ids is not None:
-            if kv_cache is not None:
-                raise ValueError("doc_ids (packed documents) cannot be used with a kv cache")
-            cos, sin, mask = packed_rope_and_mask(
-                doc_ids, self.head_dim, self.cfg.rope_theta, window
-            )
+        cos, sin, mask = sequence_rope_and_mask(self.cfg, idx, start_pos, kv_cache, doc_ids)
         h = self.tok_embeddings(idx)
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
             h = layer(h, cos, sin, mask, cache, start_pos)
-        if logits_at is not None:
-            h = h[torch.arange(h.shape[0], device=h.device), logits_at]
-        h = self.norm(h)
-        if targets is None:
-            return self.output(h).float()
-        return cross_entropy_loss(h, self.output.weight, targets)
+        return logits_or_loss(self, h, targets, logits_at)
+
+
+def require_vocab_size(cfg: ModelConfig) -> int:
+    """The model's vocabulary size, which the tokenizer fills in before a model is built."""
+    if cfg.vocab_size is None:
+        raise ConfigError(
+            "model.vocab_size is not set",
+            hint="fill it from the tokenizer: cfg.model_copy(update={'vocab_size': n})",
+        )
+    return cfg.vocab_size
+
+
+def init_feed_forward(ffn: FeedForward, std: float, out_std: float) -> None:
+    nn.init.normal_(ffn.w13.weight, std=std)
+    nn.init.normal_(ffn.w2.weight, std=out_std)
+
+
+@torch.no_grad()
+def init_decoder_weights(
+    model: nn.Module, init_mlp: Callable[[nn.Module, float, float], None]
+) -> None:
+    """Normal(0, init_std) for embeddings and input projections, std / sqrt(2 * n_layers) for
+    the residual out-projections (GPT-2), unit norms; `init_mlp(feed_forward, std, out_std)`
+    initialises each layer's MLP (dense or experts). Layers are drawn in order, attention
+    before MLP, so a seed gives the same weights whatever MLP the layers hold."""
+    cfg = model.cfg
+    std = cfg.init_std
+    out_std = std / math.sqrt(2 * cfg.n_layers)
+    nn.init.normal_(model.tok_embeddings.weight, std=std)
+    if not cfg.tie_embeddings:
+        nn.init.normal_(model.output.weight, std=std)
+    for layer in model.layers:
+        nn.init.normal_(layer.attention.wqkv.weight, std=std)
+        if layer.attention.wqkv.bias is not None:
+            layer.attention.wqkv.bias.zero_()
+        nn.init.normal_(layer.attention.wo.weight, std=out_std)
+        init_mlp(layer.feed_forward, std, out_std)
+        layer.attention_norm.weight.fill_(1.0)
+        layer.ffn_norm.weight.fill_(1.0)
+    model.norm.weight.fill_(1.0)
+
+
+def sequence_rope_and_mask(
+    cfg: ModelConfig,
+    idx: torch.Tensor,
+    start_pos: int,
+    kv_cache: KVCache | None,
+    doc_ids: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """RoPE tables [T, 1, D] and attention mask for `forward` over idx [B, T] at positions
+    start_pos.. (None where SDPA's causal flag, or slicing the cache, does the masking);
+    with `doc_ids`, the packed documents' tables and block-diagonal mask."""
+    head_dim = cfg.dim // cfg.n_heads
+    seq = idx.shape[1]
+    end = start_pos + seq
+    if kv_cache is not None and end > kv_cache.max_len:
+        raise ValueError(f"positions up to {end} do not fit a kv cache of {kv_cache.max_len}")
+    positions = torch.arange(start_pos, end, device=idx.device)
+    cos, sin = rope_cos_sin(positions, head_dim, cfg.rope_theta)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    mask = None
+    window = cfg.sliding_window
+    needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
+    if needs_mask or (kv_cache is None and window is not None and seq > window):
+        mask = attention_mask(start_pos, seq, end, window, idx.device)
+    if doc_ids is not None:
+        if kv_cache is not None:
+            raise ValueError("doc_ids (packed documents) cannot be used with a kv cache")
+        cos, sin, mask = packed_rope_and_mask(doc_ids, head_dim, cfg.rope_theta, window)
+    return cos, sin, mask
+
+
+def logits_or_loss(
+    model: nn.Module,
+    h: torch.Tensor,
+    targets: torch.Tensor | None,
+    logits_at: torch.Tensor | None,
+) -> torch.Tensor:
+    """The head on the last layer's states h [B, T, D]: fp32 logits (of one position per row
+    with `logits_at`), or the mean cross-entropy against `targets`."""
+    if logits_at is not None:
+        h = h[torch.arange(h.shape[0], device=h.device), logits_at]
+    h = model.norm(h)
+    if targets is None:
+        return model.output(h).float()
+    return cross_entropy_loss(h, model.output.weight, targets)
 
 
 def cross_entropy_loss(
@@ -367,7 +412,7 @@ def cross_entropy_loss(
     targets = targets.reshape(-1)
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return LinearCrossEntropy.apply(h, weight, targets)
-    dtype = _compute_dtype(h)
+    dtype = matmul_dtype(h)
     logits = (h.to(dtype) @ weight.to(dtype).t()).float()
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX)
 
@@ -376,8 +421,9 @@ def cross_entropy_loss(
 CE_CHUNK = 1024
 
 
-def _compute_dtype(h: torch.Tensor) -> torch.dtype:
-    """The matmul dtype autocast would pick (autograd Functions run outside its dispatch)."""
+def matmul_dtype(h: torch.Tensor) -> torch.dtype:
+    """The matmul dtype autocast would pick: our autograd Functions and `F.grouped_mm` run
+    outside its dispatch, so they cast by hand."""
     device = h.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
 
@@ -387,7 +433,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
-        dtype = _compute_dtype(h)
+        dtype = matmul_dtype(h)
         w = weight.to(dtype)
         valid = targets != IGNORE_INDEX
         n_valid = valid.sum()

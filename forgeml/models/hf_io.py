@@ -29,6 +29,7 @@ from forgeml.tokenizer.train import TOKENIZER_FILES
 
 FORGEML_CONFIG = "forgeml_model.json"
 GENERATION_CONFIG = "generation_config.json"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 # Our parameter name -> HF name, with {i} the layer index. Fused weights are split below.
 WEIGHT_MAP = {
@@ -345,9 +346,18 @@ def _special_token_ids(tokenizer_dir: Path) -> dict[str, int | None]:
 
 
 def save_model(
-    model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path | None = None
+    model: nn.Module,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None = None,
+    *,
+    max_shard_size: int | str | None = None,
 ) -> Path:
-    """Write `model` as an HF-loadable folder (every file written atomically); return it."""
+    """Write `model` as an HF-loadable folder (every file written atomically); return it.
+
+    `max_shard_size` (bytes or "5GB"): split the weights into `model-0000i-of-0000n.safetensors`
+    files of at most that size plus `model.safetensors.index.json`, as transformers'
+    `save_pretrained` does (one file when they fit); None: always one `model.safetensors`.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
@@ -364,9 +374,7 @@ def save_model(
             src = tokenizer_dir / name
             if src.is_file():
                 atomic_write_bytes(out_dir / name, src.read_bytes())
-    atomic_write_bytes(
-        out_dir / "model.safetensors", save(to_hf_state_dict(model), {"format": "pt"})
-    )
+    _write_weights(to_hf_state_dict(model), out_dir, max_shard_size)
     atomic_write_text(out_dir / "config.json", json.dumps(hf_config(cfg, special_ids), indent=2))
     atomic_write_text(
         out_dir / GENERATION_CONFIG,
@@ -376,11 +384,30 @@ def save_model(
     return out_dir
 
 
-def export_hf(
-    model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path | None = None
-) -> Path:
-    """Export for `transformers`: our saved format already is an HF checkpoint."""
-    return save_model(model, out_dir, tokenizer_dir)
+def _write_weights(
+    tensors: dict[str, torch.Tensor], out_dir: Path, max_shard_size: int | str | None
+) -> None:
+    """model.safetensors, or shards and their index (huggingface_hub's split, the one
+    transformers uses); weight files of the other layout left from an earlier save go."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    split = split_torch_state_dict_into_shards(tensors, max_shard_size=max_shard_size or 2**62)
+    stale = {p.name for p in out_dir.glob("model*.safetensors")} | {SAFETENSORS_INDEX}
+    for filename, names in split.filename_to_tensors.items():
+        atomic_write_bytes(
+            out_dir / filename, save({n: tensors[n] for n in names}, {"format": "pt"})
+        )
+        stale.discard(filename)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        atomic_write_text(out_dir / SAFETENSORS_INDEX, json.dumps(index, indent=2, sort_keys=True))
+        stale.discard(SAFETENSORS_INDEX)
+    for name in stale:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+# Export for `transformers`: our saved format already is an HF checkpoint.
+export_hf = save_model
 
 
 def config_from_hf(hf: dict[str, Any]) -> ModelConfig:
@@ -455,7 +482,7 @@ def _read_safetensors(model_dir: Path) -> dict[str, torch.Tensor]:
     single = model_dir / "model.safetensors"
     if single.is_file():
         return load_file(single)
-    index = model_dir / "model.safetensors.index.json"
+    index = model_dir / SAFETENSORS_INDEX
     if index.is_file():
         tensors: dict[str, torch.Tensor] = {}
         for shard in sorted(set(json.loads(index.read_text())["weight_map"].values())):

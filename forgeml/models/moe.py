@@ -6,7 +6,6 @@ The dense model's attention and norms with the MLP replaced by top-k routed SwiG
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,11 +21,13 @@ from forgeml.models.dense import (
     KVCache,
     RMSNorm,
     Transformer,
-    attention_mask,
-    cross_entropy_loss,
-    packed_rope_and_mask,
+    init_decoder_weights,
+    init_feed_forward,
+    logits_or_loss,
+    matmul_dtype,
     per_row_rope_and_mask,
-    rope_cos_sin,
+    require_vocab_size,
+    sequence_rope_and_mask,
 )
 
 
@@ -108,12 +109,6 @@ class CombineRows(torch.autograd.Function):
         return out.index_copy_(0, slot_of_pair, grad), None
 
 
-def _compute_dtype(x: torch.Tensor) -> torch.dtype:
-    # grouped_mm is not covered by autocast (nor are our autograd Functions): cast by hand.
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-
-
 # Under torch.compile the expert MLP runs eagerly (a graph break on each side): inductor's
 # fake-tensor rule for `_grouped_mm` accepts only bf16 (torch 2.13), while the CPU kernel runs
 # fp32 too, and the sort/segment sizes are data-dependent anyway. The GEMMs are the same.
@@ -139,7 +134,7 @@ def grouped_expert_mlp(
     order = flat.argsort(stable=True)  # sorted row -> pair
     position = torch.empty_like(order)  # pair -> sorted row
     position[order] = torch.arange(flat.numel(), device=x.device)
-    dtype = _compute_dtype(x)
+    dtype = matmul_dtype(x)
     rows = DispatchRows.apply(x.to(dtype), order // k, position)
     offsets = counts.cumsum(0).to(torch.int32)
     gate, up = F.grouped_mm(rows, w13.to(dtype).transpose(1, 2), offs=offsets).chunk(2, dim=-1)
@@ -178,7 +173,7 @@ def padded_expert_mlp(
     # they need no zero row (which would cost a copy of x).
     token_of_slot = flat.new_zeros(n_experts * capacity)
     token_of_slot[slot_of_pair] = torch.arange(n_pairs, device=x.device) // k
-    dtype = _compute_dtype(x)
+    dtype = matmul_dtype(x)
     block = DispatchRows.apply(x.to(dtype), token_of_slot, slot_of_pair)
     block = block.view(n_experts, capacity, dim)
     gate, up = torch.bmm(block, w13.to(dtype).transpose(1, 2)).chunk(2, dim=-1)
@@ -234,6 +229,15 @@ class MoEFeedForward(nn.Module):
         return out.view(shape), routing
 
 
+@torch.no_grad()
+def init_moe_feed_forward(ffn: MoEFeedForward, std: float, out_std: float) -> None:
+    nn.init.normal_(ffn.router.weight, std=std)
+    nn.init.normal_(ffn.w13, std=std)
+    nn.init.normal_(ffn.w2, std=out_std)
+    if ffn.shared is not None:
+        init_feed_forward(ffn.shared, std, out_std)
+
+
 class MoEBlock(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -267,11 +271,7 @@ class MoETransformer(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        if cfg.vocab_size is None:
-            raise ConfigError(
-                "model.vocab_size is not set",
-                hint="fill it from the tokenizer: cfg.model_copy(update={'vocab_size': n})",
-            )
+        vocab_size = require_vocab_size(cfg)
         if cfg.top_k > cfg.n_experts:
             raise ConfigError(
                 f"model.top_k ({cfg.top_k}) > model.n_experts ({cfg.n_experts})",
@@ -279,7 +279,7 @@ class MoETransformer(nn.Module):
             )
         self.cfg = cfg
         self.head_dim = cfg.dim // cfg.n_heads
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_embeddings = nn.Embedding(vocab_size, cfg.dim)
         self.layers = nn.ModuleList(MoEBlock(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
@@ -288,29 +288,9 @@ class MoETransformer(nn.Module):
         self.last_router_stats: dict[str, torch.Tensor] = {}
         self.init_weights()
 
-    @torch.no_grad()
     def init_weights(self) -> None:
         """As the dense model; experts like its MLP, the router like its input projections."""
-        std = self.cfg.init_std
-        out_std = std / math.sqrt(2 * self.cfg.n_layers)
-        nn.init.normal_(self.tok_embeddings.weight, std=std)
-        if not self.cfg.tie_embeddings:
-            nn.init.normal_(self.output.weight, std=std)
-        for layer in self.layers:
-            ffn = layer.feed_forward
-            nn.init.normal_(layer.attention.wqkv.weight, std=std)
-            nn.init.normal_(layer.attention.wo.weight, std=out_std)
-            nn.init.normal_(ffn.router.weight, std=std)
-            if layer.attention.wqkv.bias is not None:
-                layer.attention.wqkv.bias.zero_()
-            nn.init.normal_(ffn.w13, std=std)
-            nn.init.normal_(ffn.w2, std=out_std)
-            if ffn.shared is not None:
-                nn.init.normal_(ffn.shared.w13.weight, std=std)
-                nn.init.normal_(ffn.shared.w2.weight, std=out_std)
-            layer.attention_norm.weight.fill_(1.0)
-            layer.ffn_norm.weight.fill_(1.0)
-        self.norm.weight.fill_(1.0)
+        init_decoder_weights(self, init_moe_feed_forward)
 
     # The cache and the parameter count only read cfg, head_dim and the embedding.
     new_kv_cache = Transformer.new_kv_cache
@@ -346,24 +326,7 @@ class MoETransformer(nn.Module):
         """idx [B, T] -> logits [B, T, V] (fp32), or the mean loss if `targets` given;
         `doc_ids` [B, T] marks packed documents and `logits_at` [B] picks one position per row
         (logits [B, V]), as in the dense model."""
-        seq = idx.shape[1]
-        end = start_pos + seq
-        if kv_cache is not None and end > kv_cache.max_len:
-            raise ValueError(f"positions up to {end} do not fit a kv cache of {kv_cache.max_len}")
-        positions = torch.arange(start_pos, end, device=idx.device)
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.cfg.rope_theta)
-        cos, sin = cos[:, None, :], sin[:, None, :]
-        mask = None
-        window = self.cfg.sliding_window
-        needs_mask = kv_cache is not None and seq > 1 and (start_pos > 0 or window is not None)
-        if needs_mask or (kv_cache is None and window is not None and seq > window):
-            mask = attention_mask(start_pos, seq, end, window, idx.device)
-        if doc_ids is not None:
-            if kv_cache is not None:
-                raise ValueError("doc_ids (packed documents) cannot be used with a kv cache")
-            cos, sin, mask = packed_rope_and_mask(
-                doc_ids, self.head_dim, self.cfg.rope_theta, window
-            )
+        cos, sin, mask = sequence_rope_and_mask(self.cfg, idx, start_pos, kv_cache, doc_ids)
         h = self.tok_embeddings(idx)
         routings = []
         for i, layer in enumerate(self.layers):
@@ -378,15 +341,10 @@ class MoETransformer(nn.Module):
             "z_loss": z.detach(),
             "load": (counts.float() / counts.sum(dim=1, keepdim=True)).detach(),
         }
-        if logits_at is not None:
-            h = h[torch.arange(h.shape[0], device=h.device), logits_at]
-        h = self.norm(h)
-        if targets is None:
-            return self.output(h).float()
-        loss = cross_entropy_loss(h, self.output.weight, targets)
-        if not self.training:
-            return loss
-        return loss + self.cfg.aux_loss_coef * aux + self.cfg.z_loss_coef * z
+        out = logits_or_loss(self, h, targets, logits_at)
+        if targets is None or not self.training:
+            return out
+        return out + self.cfg.aux_loss_coef * aux + self.cfg.z_loss_coef * z
 
 
 def router_metrics(model: nn.Module) -> dict[str, float]:

@@ -134,32 +134,10 @@ def iter_generate(
         pos += 1
 
 
-def generate(
-    model: Transformer,
-    prompt_ids: list[int],
-    *,
-    max_new_tokens: int,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    stop_ids: set[int] | None = None,
-    seed: int | None = None,
-    device: str | torch.device = "cpu",
-) -> list[int]:
-    """The new token ids (prompt excluded, stop id excluded); see `iter_generate`."""
-    return list(
-        iter_generate(
-            model,
-            prompt_ids,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            stop_ids=stop_ids,
-            seed=seed,
-            device=device,
-        )
-    )
+def generate(model: Transformer, prompt_ids: list[int], **options: Any) -> list[int]:
+    """The new token ids (prompt excluded, stop id excluded); `options` are `iter_generate`'s
+    (`max_new_tokens`, required; `temperature`, `top_k`, `top_p`, `stop_ids`, `seed`, `device`)."""
+    return list(iter_generate(model, prompt_ids, **options))
 
 
 def greedy_replies(

@@ -2,7 +2,8 @@
 
 `import_hf_stage` registers an HF folder on disk (Mistral/Llama dense or Mixtral MoE, with its
 tokenizer) as tokenizer + model assets through `run_stage`, so eval, generate and continued
-pre-training use it like a trained model; `export_model` writes any model asset as an HF folder.
+pre-training use it like a trained model; `export_model` writes any model asset as an HF folder,
+`export_checkpoint` a (sharded) training checkpoint's weights.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from forgeml.models.registry import build_model
 from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
 from forgeml.registry import open_registry
 from forgeml.tokenizer.train import TOKENIZER_FILES
+from forgeml.train.checkpoint import (
+    checkpoint_model_keys,
+    consolidated_model_state,
+    is_checkpoint,
+    latest_checkpoint,
+    read_checkpoint_meta,
+)
 
 # What an HF model folder needs besides the weights; READMEs, .git and the like stay behind.
 MODEL_SIDE_FILES = ("config.json", "generation_config.json", "model.safetensors.index.json")
@@ -153,34 +161,103 @@ def _check_weights(hf_dir: Path, weights: list[Path], cfg: ModelConfig) -> int:
     return n_params
 
 
-def export_model(ws: Workspace, model_ref: str, out_dir: str | Path) -> Path:
+def export_model(
+    ws: Workspace, model_ref: str, out_dir: str | Path, *, max_shard_size: int | str | None = None
+) -> Path:
     """Write model asset `model_ref` (id, prefix, name or alias) as an HF folder at `out_dir`
-    (config.json, model.safetensors, tokenizer files), refusing a non-empty `out_dir`.
-
-    The folder appears complete or not at all: it is written next to `out_dir` and renamed.
-    """
+    (config.json, model.safetensors or shards with their index, tokenizer files), refusing a
+    non-empty `out_dir`. The folder appears complete or not at all."""
     reg = open_registry(ws)
     asset = reg.get_asset(model_ref)
     if asset.kind != "model":
         raise ForgeError(f"{asset.id} is a {asset.kind}, not a model", hint="pass a model id")
+    cfg = read_model_config(asset.path)
+    _check_exportable(cfg, f"model {asset.id}")
+    return _write_export(load_model(asset.path), out_dir, asset.path, max_shard_size)
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    max_shard_size: int | str | None = None,
+) -> Path:
+    """Write the model weights of a training checkpoint as an HF folder at `out_dir`.
+
+    `checkpoint`: a `step_NNNNNNNN` folder, a checkpoints folder or a run folder (its latest
+    checkpoint). A sharded (DCP) checkpoint saved by any number of processes is gathered in
+    this one process; the architecture comes from the checkpoint's meta.json.
+    """
+    path = resolve_checkpoint(checkpoint)
+    _empty_target(out_dir)  # before reading any weights
+    meta = read_checkpoint_meta(path)
+    saved_cfg = meta["model_config"] or meta["extra"].get("results_config", {}).get("model")
+    if not saved_cfg:
+        raise DataError(
+            f"{path} does not record its model architecture",
+            hint="export the run's model/ folder (forgeml export MODEL) instead",
+        )
+    cfg = ModelConfig.model_validate(saved_cfg)
+    _check_exportable(cfg, f"checkpoint {path}")
+    model = build_model(cfg)
+    extra = sorted(set(checkpoint_model_keys(path)) - set(model.state_dict()))
+    if extra:
+        raise DataError(
+            f"{path} holds weights the {cfg.arch} architecture has not ({extra[0]}, ...): "
+            "a LoRA or reward-model run",
+            hint="export the run's model/ folder (its adapter or merged model) instead",
+        )
+    consolidated_model_state(path, model)
+    return _write_export(model, out_dir, tokenizer_dir, max_shard_size)
+
+
+def resolve_checkpoint(checkpoint: str | Path) -> Path:
+    """The checkpoint folder meant by `checkpoint`: itself, or the latest one in it or in
+    its `checkpoints/` subfolder."""
+    path = Path(checkpoint).expanduser().resolve()
+    if is_checkpoint(path):
+        return path
+    for folder in (path, path / "checkpoints"):
+        latest = latest_checkpoint(folder)
+        if latest is not None:
+            return latest
+    raise NotFoundError(
+        f"no checkpoint at {path}", hint="pass a step_NNNNNNNN folder or a run's checkpoints/"
+    )
+
+
+def _check_exportable(cfg: ModelConfig, what: str) -> None:
+    if cfg.arch == "moe" and not mixtral_compatible(cfg):
+        raise ConfigError(
+            f"{what} uses {cfg.gating} gating"
+            f"{' and a shared expert' if cfg.shared_expert else ''}, which transformers' "
+            "Mixtral cannot express",
+            hint="only softmax-gated MoE without a shared expert exports to HF format",
+        )
+
+
+def _empty_target(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ForgeError(
             f"{out_dir} exists and is not empty", hint="export into a new or empty folder"
         )
-    cfg = read_model_config(asset.path)
-    if cfg.arch == "moe" and not mixtral_compatible(cfg):
-        raise ConfigError(
-            f"model {asset.id} uses {cfg.gating} gating"
-            f"{' and a shared expert' if cfg.shared_expert else ''}, which transformers' "
-            "Mixtral cannot express",
-            hint="only softmax-gated MoE without a shared expert exports to HF format",
-        )
-    model = load_model(asset.path)
+    return out_dir
+
+
+def _write_export(
+    model: torch.nn.Module,
+    out_dir: str | Path,
+    tokenizer_dir: str | Path | None,
+    max_shard_size: int | str | None,
+) -> Path:
+    """`save_model` into a staging folder beside `out_dir`, renamed into place when done."""
+    out_dir = _empty_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_model(model, staging, tokenizer_dir=asset.path)
+        save_model(model, staging, tokenizer_dir=tokenizer_dir, max_shard_size=max_shard_size)
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)

@@ -2,9 +2,9 @@
 
 After pre-training (and SFT, sft_stage.py) a recipe's `posttrain` section adds:
 - the SFT lift: held-out answer exact match of the pre-trained vs the SFT model;
-- DPO from the SFT model (`dpo` section, `posttrain.dpo` data and loop) and its sampled
+- DPO from the SFT model (`dpo` section and loop, `posttrain.dpo` data) and its sampled
   win-rate against the SFT model on the held-out prompts, ranked by a judge function;
-- GRPO from the last model (`rl` section, `posttrain.rl` prompts and loop) and the reward of
+- GRPO from the last model (`rl` section and loop, `posttrain.rl` prompts) and the reward of
   the model before and after on the held-out prompts: greedy, and with
   `posttrain.rl.eval_samples` also sampled (pass@1 estimated from n seeded samples per
   prompt at the policy's temperature, as GRPO samples, and pass@n).
@@ -191,12 +191,12 @@ def win_rate_stage(
         "suite": "win-rate", "pairs_sha256": sha256_file(pairs_path), "judge": judge,
         "limit": limit, "samples_per_prompt": dcfg.samples_per_prompt,
         "max_new_tokens": dcfg.max_new_tokens, "temperature": dcfg.temperature,
-        "top_k": dcfg.top_k, "seed": recipe.train.seed,
+        "top_k": dcfg.top_k, "seed": dcfg.train.seed,
     }  # fmt: skip
 
     def body(work: Path):
         metrics = model_win_rate(
-            policy.path, baseline.path, heldout, dcfg, judge, seed=recipe.train.seed,
+            policy.path, baseline.path, heldout, dcfg, judge, seed=dcfg.train.seed,
             device=pick_device(),
         )  # fmt: skip
         out = work / "eval"
@@ -237,8 +237,7 @@ def posttrain_stages(
         lifts.append(Lift("sft", "held-out answer exact match", before.metrics["exact_match"],
                           after.metrics["exact_match"], after.metrics["n"]))  # fmt: skip
     if cfg.dpo is not None:
-        sub = recipe.model_copy(update={"optim": cfg.dpo.optim, "train": cfg.dpo.train})
-        dpo = dpo_stage(ws, sub, current, cfg.dpo.data, force=force, progress=progress,
+        dpo = dpo_stage(ws, recipe, current, cfg.dpo.data, force=force, progress=progress,
                         notify=notify)  # fmt: skip
         stages.append(dpo)
         m = dpo.metrics  # DPO's own held-out numbers: the start model is the reference
@@ -250,7 +249,7 @@ def posttrain_stages(
                               m["heldout_rewards_margins_before"], m["heldout_rewards_margins"],
                               m["heldout_pairs"]))  # fmt: skip
         if cfg.dpo.judge:
-            wr = win_rate_stage(ws, sub, dpo.output, current, cfg.dpo.data, cfg.dpo.judge,
+            wr = win_rate_stage(ws, recipe, dpo.output, current, cfg.dpo.data, cfg.dpo.judge,
                                 limit=cfg.eval_limit, samples=cfg.dpo.eval_samples,
                                 force=force, notify=notify)  # fmt: skip
             stages.append(wr)
@@ -262,14 +261,13 @@ def posttrain_stages(
                               wr.metrics["n"]))  # fmt: skip
         current = dpo.output
     if cfg.rl is not None:
-        sub = recipe.model_copy(update={"optim": cfg.rl.optim, "train": cfg.rl.train})
         before = None
         if cfg.rl.heldout:
             before = reward_eval_stage(ws, current, cfg.rl.heldout, recipe.rl,
                                        limit=cfg.eval_limit, samples=cfg.rl.eval_samples,
                                        force=force, notify=notify)  # fmt: skip
             stages.append(before)
-        rl = rl_stage(ws, sub, current, cfg.rl.prompts, force=force, progress=progress,
+        rl = rl_stage(ws, recipe, current, cfg.rl.prompts, force=force, progress=progress,
                       notify=notify)  # fmt: skip
         stages.append(rl)
         if before is not None:

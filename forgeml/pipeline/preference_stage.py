@@ -88,7 +88,8 @@ def dpo_stage(
     progress: bool = True,
     notify: Notify | None = None,
 ) -> StageResult:
-    """`forgeml train dpo`: offline DPO/IPO, or online DPO when `dpo.online` → model asset."""
+    """`forgeml train dpo` and the pipeline's DPO stage: offline DPO/IPO, or online DPO when
+    `dpo.online` → model asset; the loop is `dpo.train`/`dpo.optim` either way."""
     from forgeml.train.dpo import train_dpo
     from forgeml.train.online_dpo import train_online_dpo
 
@@ -113,9 +114,9 @@ def dpo_stage(
             hint="offline DPO needs pairs; set dpo.online=true to sample them",
         )
     config = {
-        "dpo": dcfg.model_dump(mode="json"),
-        "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(mode="json"),
+        "dpo": dcfg.model_dump(mode="json", exclude={"optim", "train"}),
+        "optim": dcfg.optim.model_dump(mode="json"),
+        "train": dcfg.train.model_dump(mode="json"),
         "eval_batch_size": recipe.eval.batch_size,
     }
     objective = "online-dpo" if dcfg.online else dcfg.loss
@@ -141,7 +142,7 @@ def dpo_stage(
         return [Output("model", name, Path(summary["model_dir"]), meta, parents=inputs)], metrics
 
     return run_stage(
-        ws, "dpo", config, inputs, body, force=force, seed=recipe.train.seed, notify=notify
+        ws, "dpo", config, inputs, body, force=force, seed=dcfg.train.seed, notify=notify
     )
 
 
@@ -155,7 +156,8 @@ def reward_model_stage(
     progress: bool = True,
     notify: Notify | None = None,
 ) -> StageResult:
-    """`forgeml train rm`: a reward model (model asset with metadata task=reward)."""
+    """`forgeml train rm`: a reward model (model asset with metadata task=reward); the loop is
+    `reward_model.train`/`reward_model.optim`."""
     from forgeml.train.reward_model import train_reward_model
 
     reg = open_registry(ws)
@@ -164,10 +166,11 @@ def reward_model_stage(
     if data.metadata.get("pairs", 0) == 0:
         raise DataError(f"{data.id} has no chosen/rejected pairs to train a reward model on")
     inputs = [base.id, data.id]
+    rcfg = recipe.reward_model
     config = {
-        "reward_model": recipe.reward_model.model_dump(mode="json"),
-        "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(mode="json"),
+        "reward_model": rcfg.model_dump(mode="json", exclude={"optim", "train"}),
+        "optim": rcfg.optim.model_dump(mode="json"),
+        "train": rcfg.train.model_dump(mode="json"),
         "eval_batch_size": recipe.eval.batch_size,
     }
 
@@ -185,6 +188,6 @@ def reward_model_stage(
         return [Output("model", name, Path(summary["model_dir"]), meta, parents=inputs)], metrics
 
     return run_stage(
-        ws, "reward-model", config, inputs, body, force=force, seed=recipe.train.seed,
+        ws, "reward-model", config, inputs, body, force=force, seed=rcfg.train.seed,
         notify=notify,
     )  # fmt: skip

@@ -1,12 +1,14 @@
 """The pretrain stage: token shards and a tokenizer in, a model asset out (HF layout + tokenizer).
 
-`train.init_from` (a registered model: id, name or alias) is resolved here for every entry
-point (`pipeline run`, `train pretrain`): the run starts from those weights, trains their
-architecture and lists the model among its inputs.
+`train.init_from` (a registered model: id, name or alias) is resolved here, once, for every
+entry point (`pipeline run`, `train pretrain`): to the model's folder and architecture, which
+the loop (forgeml.train.pretrain) receives in the recipe and starts from; the run lists the
+model among its inputs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +77,11 @@ def pretrain_stage(
     force: bool = False,
     progress: bool = True,
     notify: Notify | None = None,
+    train_fn: Callable[..., dict[str, Any]] | None = None,
 ) -> StageResult:
-    """Pre-train a model on packed shards → model asset (HF format + tokenizer files)."""
+    """Pre-train a model on packed shards → model asset (HF format + tokenizer files).
+    `train_fn` stands in for `forgeml.train.pretrain.pretrain` (same arguments, e.g. the
+    torchrun launcher's), so a multi-process run is registered like a one-process one."""
     from forgeml.train.pretrain import pretrain
 
     reg = open_registry(ws)
@@ -106,7 +111,7 @@ def pretrain_stage(
     heldout = Path(shards.path) / "heldout"
 
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
-        summary = pretrain(
+        summary = (train_fn or pretrain)(
             recipe,
             train_shards=Path(shards.path) / "train",
             eval_shards=heldout if heldout.is_dir() else None,

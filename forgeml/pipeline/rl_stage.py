@@ -87,7 +87,8 @@ def rl_stage(
     progress: bool = True,
     notify: Notify | None = None,
 ) -> StageResult:
-    """GRPO-train `base_model_ref` on the prompts with the recipe's reward plugins → model."""
+    """GRPO-train `base_model_ref` on the prompts with the recipe's reward plugins → model
+    (`forgeml train rl` and the pipeline's RL stage; the loop is `rl.train`/`rl.optim`)."""
     from forgeml.train.rewards import build_rewards
     from forgeml.train.rl import train_rl
 
@@ -99,9 +100,9 @@ def rl_stage(
     prompts = _prompts_asset(reg, prompts_ref)
     prompts_file = _prompts_file(prompts)
     config: dict[str, Any] = {
-        "rl": recipe.rl.model_dump(mode="json"),
-        "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(mode="json"),
+        "rl": recipe.rl.model_dump(mode="json", exclude={"optim", "train"}),
+        "optim": recipe.rl.optim.model_dump(mode="json"),
+        "train": recipe.rl.train.model_dump(mode="json"),
         "reward_sources": reward_fingerprints(list(recipe.rl.rewards)),
     }
     inputs = [base.id, prompts.id]
@@ -123,6 +124,6 @@ def rl_stage(
         return [Output("model", name, Path(summary["model_dir"]), meta, parents=inputs)], metrics
 
     return run_stage(
-        ws, "rl", config, inputs, body, force=force or resume, seed=recipe.train.seed,
+        ws, "rl", config, inputs, body, force=force or resume, seed=recipe.rl.train.seed,
         work_dir=work_dir, notify=notify,
     )  # fmt: skip

@@ -1,7 +1,8 @@
 """Every table of the registry database, and the Alembic migrations create exactly these.
 
-ORM classes (assets, runs, lineage, aliases, jobs) are touched only by `forgeml.registry.store`;
-Core tables (API keys, control budgets/plans/approvals, the HPO journal) by their packages.
+ORM classes (assets, runs, lineage, aliases, jobs) are touched only by `registry.store` and
+`registry.rows`; Core tables (API keys, control budgets/plans/approvals, the HPO journal) by
+their packages.
 """
 
 from __future__ import annotations
@@ -116,12 +117,14 @@ class AliasEventRow(Base):
 
 
 class JobRow(Base):
-    """A queued CLI command for `forgeml worker` processes (the agent-first control plane)."""
+    """A queued job for `forgeml worker` processes (the agent-first control plane): its typed
+    spec (forgeml.control.job_spec; NULL for jobs queued before 0006) and its command line."""
 
     __tablename__ = "jobs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     args: Mapped[list[str]] = mapped_column(JSON)
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status: Mapped[str] = mapped_column(String(24), index=True)
     submitted_by: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=False))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,7 +20,7 @@ from forgeml.governance.audit import AuditLog
 from forgeml.governance.keys import KeyStore
 from forgeml.governance.policy import Policy
 from forgeml.registry.store import Registry
-from forgeml.serve.gateway import DEFAULT_CHAT_TOKENS, Gateway
+from forgeml.serve.gateway import Gateway
 from forgeml.serve.loading import (
     ServedModel,
     load_served_models,
@@ -36,31 +38,16 @@ from forgeml.serve.routes import api_routes
 from forgeml.serve.upstream import Upstream
 
 
-def create_app(
-    models: dict[str, ServedModel],
-    *,
-    keys: KeyStore | None,
-    policy: Policy | None = None,
-    audit: AuditLog | None = None,
-    log_bodies: bool = False,
-    max_default_tokens: int = DEFAULT_CHAT_TOKENS,
-    limits: RequestLimits | None = None,
-) -> FastAPI:
-    """The API over loaded `models`. `keys=None` turns authentication off (local development
-    only): every request then acts as an `anonymous` admin. `limits` caps what one request may
-    send (default: derived from the models' contexts, see `RequestLimits`).
+def create_app(models: dict[str, ServedModel], **gateway_options: Any) -> FastAPI:
+    """The API over loaded `models`, behind a `Gateway` built with `gateway_options` (its
+    keyword arguments: `keys`, required, where None turns authentication off for local
+    development, every request then acting as an `anonymous` admin; `policy`, `audit`,
+    `log_bodies`, `max_default_tokens`; `limits`, what one request may send, by default
+    derived from the models' contexts, see `RequestLimits`).
 
     There is no /docs page (Swagger UI loads from a CDN); the schema is at /openapi.json, for
     keys with the `models` scope."""
-    gateway = Gateway(
-        models,
-        keys=keys,
-        policy=policy,
-        audit=audit,
-        log_bodies=log_bodies,
-        max_default_tokens=max_default_tokens,
-        limits=limits,
-    )
+    gateway = Gateway(models, **gateway_options)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -134,6 +121,58 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ServerOptions:
+    """How a server listens and what it applies to every request."""
+
+    host: str
+    port: int
+    policy: Policy | None
+    log_bodies: bool
+    limits: RequestLimits | None
+    ssl_certfile: str | None
+    ssl_keyfile: str | None
+
+
+def run_server(
+    models: dict[str, ServedModel],
+    keys: KeyStore | None,
+    audit: AuditLog,
+    options: ServerOptions,
+    **started: Any,
+) -> None:
+    """Serve `models` behind `keys` (None: no authentication), the policy, limits and `audit`
+    until interrupted; the start is audited with what serves them (`started`). Shared by the
+    local engines, upstream mode and vLLM replicas."""
+    import uvicorn
+
+    app = create_app(
+        models,
+        keys=keys,
+        policy=options.policy,
+        audit=audit,
+        log_bodies=options.log_bodies,
+        limits=options.limits,
+    )
+    audit.append(
+        "server_started",
+        models={m.name: m.asset_id for m in models.values()},
+        host=options.host,
+        port=options.port,
+        auth=keys is not None,
+        **started,
+        tls=options.ssl_certfile is not None,
+    )
+    uvicorn.run(
+        app,
+        host=options.host,
+        port=options.port,
+        ssl_certfile=options.ssl_certfile,
+        ssl_keyfile=options.ssl_keyfile,
+        log_level="info",
+    )
+
+
 def serve(
     workspace_root: str | Path,
     refs: list[str] | None,
@@ -162,8 +201,6 @@ def serve(
     its key is read from the environment variable named `upstream_key_env`. `alias` serves the
     one model under that name too (`served_under_alias`).
     """
-    import uvicorn
-
     from forgeml.core.workspace import open_workspace
     from forgeml.governance.audit import audit_log_path
     from forgeml.governance.policy import load_policy
@@ -184,27 +221,13 @@ def serve(
     if alias is not None and alias not in models:
         models = served_under_alias(models, alias)
     audit = AuditLog(audit_log_path(ws.root))
-    keys = None if no_auth else KeyStore(registry.engine)
-    app = create_app(
-        models, keys=keys, policy=policy, audit=audit, log_bodies=log_bodies, limits=limits
-    )
-    audit.append(
-        "server_started",
-        models={m.name: m.asset_id for m in models.values()},
-        host=host,
-        port=port,
-        auth=not no_auth,
-        upstream=upstream_base_url(upstream) if upstream else None,
-        tls=ssl_certfile is not None,
-    )
     try:
-        uvicorn.run(
-            app,
-            host=host,
-            port=port,
-            ssl_certfile=ssl_certfile,
-            ssl_keyfile=ssl_keyfile,
-            log_level="info",
+        run_server(
+            models,
+            None if no_auth else KeyStore(registry.engine),
+            audit,
+            ServerOptions(host, port, policy, log_bodies, limits, ssl_certfile, ssl_keyfile),
+            upstream=upstream_base_url(upstream) if upstream else None,
         )
     finally:
         for m in models.values():

@@ -305,7 +305,8 @@ class Gateway:
         self, call: Call, rules: EffectiveRules, body: ChatRequest | CompletionRequest
     ) -> None:
         """The body for the upstream, its texts through the input policy (the upstream renders
-        and tokenizes) and its budget capped by the rules."""
+        and tokenizes) and its budget capped by the rules. The audited prompt is the governed
+        one, as in engine mode: what the input rules redacted is not logged."""
         payload = body.model_dump(exclude_none=True)
         payload["model"] = call.model.upstream_model
         if isinstance(body, ChatRequest):
@@ -317,8 +318,8 @@ class Gateway:
             text, ids = _completion_prompt(body.prompt)
             if ids:
                 raise ApiError(400, "prompt: give text in upstream mode (the policy reads it)")
-            prompt = text or ""
-            payload["prompt"], fired = self.policy.apply_input(rules, prompt)
+            payload["prompt"], fired = self.policy.apply_input(rules, text or "")
+            prompt = payload["prompt"]
             requested = body.max_tokens
         call.decisions += fired
         if rules.max_tokens is not None:

@@ -17,7 +17,7 @@ from forgeml.core.errors import ConfigError, DataError
 from forgeml.governance.labels import effective_label, most_sensitive
 from forgeml.registry.store import Asset, Registry
 from forgeml.serve.engine import Engine
-from forgeml.serve.upstream import Upstream, UpstreamError
+from forgeml.serve.upstream import ReplicaPool, Upstream, UpstreamError
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
 
 # Seconds a served model's label read from the registry is trusted: a relabel (`forgeml assets
@@ -52,8 +52,9 @@ class CurrentLabel:
 @dataclass
 class ServedModel:
     """A served model: the name clients use, every name that refers to it, and its engine, or
-    (upstream mode) the upstream that generates for it under `upstream_model`. `label` is its
-    classification when loaded; `current_label`, where set, keeps it fresh."""
+    (upstream mode) the upstream, or pool of replicas, that generates for it under
+    `upstream_model`. `label` is its classification when loaded; `current_label`, where set,
+    keeps it fresh."""
 
     name: str
     asset_id: str
@@ -63,12 +64,14 @@ class ServedModel:
     special_ids: dict[str, int]
     label: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
-    upstream: Upstream | None = None
+    upstream: Upstream | ReplicaPool | None = None
     upstream_model: str | None = None
     current_label: CurrentLabel | None = None
 
 
-def upstream_served_models(upstream: Upstream, refs: list[str] | None) -> dict[str, ServedModel]:
+def upstream_served_models(
+    upstream: Upstream | ReplicaPool, refs: list[str] | None
+) -> dict[str, ServedModel]:
     """The upstream's models (all, or those named in `refs`), served under their own ids.
 
     Their classification label comes from the policy's `models:` section (default: the lowest
@@ -123,7 +126,7 @@ def load_served_models(
     for ref in refs:
         asset = registry.get_asset(ref)
         if asset.kind == "adapter":
-            base = _adapter_base(registry, asset)
+            base = adapter_base(registry, asset)
             model = _merged_adapter(load_model(base.path, device=device), asset.path)
             tokenizer_dir = base.path
             labelled = [asset.id, base.id]
@@ -170,7 +173,8 @@ def served_under_alias(models: dict[str, ServedModel], alias: str) -> dict[str, 
     return {alias: replace(model, name=alias, names=model.names | {alias})}
 
 
-def _adapter_base(registry: Registry, adapter: Asset) -> Asset:
+def adapter_base(registry: Registry, adapter: Asset) -> Asset:
+    """The base model asset an adapter asset was trained on (`metadata.base_model`)."""
     base_id = adapter.metadata.get("base_model")
     if not base_id:
         raise DataError(

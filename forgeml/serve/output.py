@@ -58,7 +58,8 @@ def governed_messages(
     policy: Policy, rules: EffectiveRules, messages: list[dict[str, Any]]
 ) -> tuple[list[dict[str, Any]], str, list[PolicyDecision]]:
     """Chat messages with the input rules applied to every text in them (upstream mode, where
-    the gateway never renders a prompt), their joined text, and the decisions that fired.
+    the gateway never renders a prompt), their joined text after the rules, and the decisions
+    that fired.
 
     `max_prompt_chars` counts all texts together; redactions are summed per rule.
     """
@@ -97,6 +98,7 @@ def governed_messages(
                 for p in content
             ]
         governed.append(message)
+    joined = "\n".join(t for m in governed for t in texts_of(m.get("content")))
     return governed, joined, [PolicyDecision(r, a, n) for (r, a), n in counts.items()]
 
 

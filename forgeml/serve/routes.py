@@ -13,10 +13,20 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 
 from forgeml.governance.keys import Principal
-from forgeml.serve.gateway import Gateway
+from forgeml.serve.gateway import Call, Gateway
 from forgeml.serve.generation import complete, stream
 from forgeml.serve.metrics import CONTENT_TYPE
 from forgeml.serve.schemas import ChatRequest, CompletionRequest
+
+
+def _response_base(id_prefix: str, call: Call) -> dict[str, Any]:
+    """The fields every chunk and answer of one generation call share (OpenAI's shape)."""
+    return {
+        "id": f"{id_prefix}-{call.request_id}",
+        "created": int(time.time()),
+        "model": call.model.name,
+        "system_fingerprint": call.model.asset_id,
+    }
 
 
 def api_routes(gateway: Gateway) -> APIRouter:
@@ -52,12 +62,7 @@ def api_routes(gateway: Gateway) -> APIRouter:
         body: ChatRequest, request: Request, principal: Principal = Depends(require("chat"))
     ):
         call = await gateway.prepare(principal, "chat", body, request)
-        base = {
-            "id": f"chatcmpl-{call.request_id}",
-            "created": int(time.time()),
-            "model": call.model.name,
-            "system_fingerprint": call.model.asset_id,
-        }
+        base = _response_base("chatcmpl", call)
 
         def chunk(text: str | None, finish: str | None) -> dict:
             delta = {"content": text} if text is not None else {}
@@ -123,12 +128,7 @@ def api_routes(gateway: Gateway) -> APIRouter:
         principal: Principal = Depends(require("completions")),
     ):
         call = await gateway.prepare(principal, "completions", body, request)
-        base = {
-            "id": f"cmpl-{call.request_id}",
-            "created": int(time.time()),
-            "model": call.model.name,
-            "system_fingerprint": call.model.asset_id,
-        }
+        base = _response_base("cmpl", call)
 
         def chunk(text: str | None, finish: str | None) -> dict:
             return {

@@ -2,16 +2,20 @@
 
 The request pipeline (`gateway.py`) authenticates, applies policies and rate limits and audits
 every request; this module only talks to the upstream: list its models, forward a body, stream
-its SSE chunks.
-Upstream failures become `UpstreamError` (502, or 504 on a timeout) whose text never holds the
-upstream key or the upstream's own error details beyond a short, scrubbed message.
+its SSE chunks, and balance requests over several replicas of one server (`ReplicaPool`).
+Upstream failures become `UpstreamError` (502, 503 when no replica answers, 504 on a timeout)
+whose text never holds the upstream key or the upstream's own error details beyond a short,
+scrubbed message.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,16 +26,38 @@ from forgeml.serve.engine import StreamEvent
 
 # Characters of an upstream's own 4xx message passed on to the client.
 UPSTREAM_MESSAGE_CHARS = 300
+# Seconds a replica that could not be reached is passed over before it is tried again.
+REPLICA_COOLDOWN_S = 5.0
+# Transport failures after which nothing was generated for the client: another replica may
+# answer the same request (a read timeout is not one: the replica may still be generating).
+_UNREACHABLE = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.RemoteProtocolError,
+    httpx.ReadError,
+    httpx.WriteError,
+)
+
+log = logging.getLogger(__name__)
 
 
 class UpstreamError(Exception):
-    """The upstream failed: `status` is what the gateway answers (400, 429, 502, 504)."""
+    """The upstream failed: `status` is what the gateway answers (400, 429, 502, 503, 504).
+    `unreachable`: the upstream could not be reached or dropped the connection before it
+    answered, so another replica of it may serve the request."""
 
     def __init__(
-        self, status: int, message: str, code: str, retry_after: str | None = None
+        self,
+        status: int,
+        message: str,
+        code: str,
+        retry_after: str | None = None,
+        *,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
+        self.unreachable = unreachable
 
 
 def upstream_base_url(url: str) -> str:
@@ -127,8 +153,11 @@ class Upstream:
             raise UpstreamError(502, "the upstream's answer has no choices", "bad_upstream")
         return data
 
-    async def open_stream(self, path: str, body: dict) -> UpstreamStream:
-        """Send a streaming request and wait for the upstream's status; then iterate chunks."""
+    async def open_stream(
+        self, path: str, body: dict, on_close: Callable[[], None] | None = None
+    ) -> UpstreamStream:
+        """Send a streaming request and wait for the upstream's status; then iterate chunks.
+        `on_close` is handed to the stream (see `UpstreamStream`)."""
         client = self.client()
         try:
             resp = await client.send(client.build_request("POST", path, json=body), stream=True)
@@ -142,7 +171,7 @@ class Upstream:
             finally:
                 await resp.aclose()
             raise self._status_error(resp.status_code, text, resp.headers)
-        return UpstreamStream(resp, self)
+        return UpstreamStream(resp, self, on_close)
 
     # -- error mapping --------------------------------------------------------------------
 
@@ -154,9 +183,17 @@ class Upstream:
 
     @staticmethod
     def _transport_error(exc: httpx.HTTPError) -> UpstreamError:
+        unreachable = isinstance(exc, _UNREACHABLE)
         if isinstance(exc, httpx.TimeoutException):
-            return UpstreamError(504, "the upstream did not answer in time", "upstream_timeout")
-        return UpstreamError(502, "the upstream is unreachable", "upstream_unavailable")
+            return UpstreamError(
+                504,
+                "the upstream did not answer in time",
+                "upstream_timeout",
+                unreachable=unreachable,
+            )
+        return UpstreamError(
+            502, "the upstream is unreachable", "upstream_unavailable", unreachable=unreachable
+        )
 
     def _status_error(self, status: int, text: str, headers: httpx.Headers) -> UpstreamError:
         if status == 429:
@@ -183,10 +220,16 @@ class Upstream:
 
 
 class UpstreamStream:
-    """An open SSE response: iterate `chunks()` for the upstream's JSON chunks until [DONE]."""
+    """An open SSE response: iterate `chunks()` for the upstream's JSON chunks until [DONE].
+    `on_close` runs once, when the response is closed."""
 
-    def __init__(self, response: httpx.Response, upstream: Upstream) -> None:
-        self.response, self.upstream = response, upstream
+    def __init__(
+        self,
+        response: httpx.Response,
+        upstream: Upstream,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.response, self.upstream, self._on_close = response, upstream, on_close
 
     async def chunks(self) -> AsyncIterator[dict]:
         try:
@@ -209,10 +252,135 @@ class UpstreamStream:
         except httpx.HTTPError as exc:
             raise Upstream._transport_error(exc) from None
         finally:
-            await self.response.aclose()
+            await self.aclose()
 
     async def aclose(self) -> None:
-        await self.response.aclose()
+        try:
+            await self.response.aclose()
+        finally:
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close()
+
+
+@dataclass
+class Replica:
+    """One replica of a pool: its upstream, the requests it is answering now, and until when
+    (monotonic seconds) it is passed over after it could not be reached."""
+
+    upstream: Upstream
+    outstanding: int = 0
+    down_until: float = 0.0
+
+
+class ReplicaPool:
+    """Several replicas of one OpenAI-compatible server (e.g. vLLM on several GPUs) behind one
+    `Upstream` interface. Each request goes to the live replica with the fewest outstanding
+    requests (round-robin among equals); a replica that cannot be reached is passed over for
+    `cooldown` seconds, and the request is tried on the next one. Replicas that are down are
+    tried last, so a request is refused (503, `upstream_unavailable`) only when no replica
+    answered it."""
+
+    def __init__(self, upstreams: list[Upstream], *, cooldown: float = REPLICA_COOLDOWN_S) -> None:
+        if not upstreams:
+            raise ConfigError("a replica pool needs at least one upstream")
+        self.replicas = [Replica(u) for u in upstreams]
+        self.cooldown = cooldown
+        self._turn = 0
+
+    @property
+    def base_url(self) -> str:
+        return ", ".join(r.upstream.base_url for r in self.replicas)
+
+    def scrub(self, text: str) -> str:
+        for replica in self.replicas:
+            text = replica.upstream.scrub(text)
+        return text
+
+    def order(self) -> list[Replica]:
+        """The replicas in the order this request tries them: live ones by outstanding
+        requests (the rotation breaks ties), then those that are down, soonest back first."""
+        n, now = len(self.replicas), time.monotonic()
+        start, self._turn = self._turn, (self._turn + 1) % n
+        rotated = [self.replicas[(start + i) % n] for i in range(n)]
+        live = sorted((r for r in rotated if r.down_until <= now), key=lambda r: r.outstanding)
+        down = sorted((r for r in rotated if r.down_until > now), key=lambda r: r.down_until)
+        return live + down
+
+    def _failed(self, replica: Replica, exc: UpstreamError) -> None:
+        if replica.down_until <= time.monotonic():
+            log.warning(
+                "upstream replica %s unreachable (%s); passed over for %.0f s",
+                replica.upstream.base_url,
+                exc.message,
+                self.cooldown,
+            )
+        replica.down_until = time.monotonic() + self.cooldown
+
+    def _none_answered(self) -> UpstreamError:
+        n = len(self.replicas)
+        return UpstreamError(
+            503,
+            f"no replica of the upstream is reachable ({n} of {n} down); retry shortly",
+            "upstream_unavailable",
+            str(math.ceil(self.cooldown)),
+        )
+
+    def list_models(self) -> list[str]:
+        """The model ids of the first replica that answers (replicas serve the same models)."""
+        for replica in self.order():
+            try:
+                models = replica.upstream.list_models()
+            except UpstreamError as exc:
+                if not exc.unreachable:
+                    raise
+                self._failed(replica, exc)
+                continue
+            replica.down_until = 0.0
+            return models
+        raise self._none_answered()
+
+    async def post(self, path: str, body: dict) -> dict:
+        """`Upstream.post` on the first replica that answers."""
+        for replica in self.order():
+            replica.outstanding += 1
+            try:
+                data = await replica.upstream.post(path, body)
+            except UpstreamError as exc:
+                if not exc.unreachable:
+                    raise
+                self._failed(replica, exc)
+                continue
+            finally:
+                replica.outstanding -= 1
+            replica.down_until = 0.0
+            return data
+        raise self._none_answered()
+
+    async def open_stream(self, path: str, body: dict) -> UpstreamStream:
+        """`Upstream.open_stream` on the first replica that answers; the replica counts the
+        stream as outstanding until it is closed."""
+        for replica in self.order():
+            replica.outstanding += 1
+
+            def done(replica: Replica = replica) -> None:
+                replica.outstanding -= 1
+
+            try:
+                stream = await replica.upstream.open_stream(path, body, on_close=done)
+            except UpstreamError as exc:
+                done()
+                if not exc.unreachable:
+                    raise
+                self._failed(replica, exc)
+                continue
+            replica.down_until = 0.0
+            return stream
+        raise self._none_answered()
+
+    async def aclose(self) -> None:
+        for replica in self.replicas:
+            await replica.upstream.aclose()
 
 
 async def upstream_stream_events(

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from forgeml.core.errors import ConfigError, ForgeError
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
+from forgeml.pipeline.runtime import Notify, Output, StageResult, documents_parquet, run_stage
 from forgeml.registry import open_registry
 from forgeml.synth.records import CHAT_FORMAT, SynthRecord, filter_duplicates, write_synth_dataset
 
@@ -209,14 +209,8 @@ def synth_rules_stage(
     notify: Notify | None = None,
 ) -> StageResult:
     """Rule-based tasks from a document dataset → chat dataset asset (lineage to the dataset)."""
-    reg = open_registry(ws)
-    dataset = reg.get_asset(dataset_ref)
-    parquet = Path(dataset.path) / "data.parquet"
-    if dataset.kind != "dataset" or not parquet.is_file():
-        raise ForgeError(
-            f"{dataset.id} is not a document dataset",
-            hint="pass a dataset from `forgeml data ingest` or `data curate`",
-        )
+    dataset = open_registry(ws).get_asset(dataset_ref)
+    parquet = documents_parquet(dataset)
     config = {
         "rules": sorted(rules or RULES), "pairs": parse_pairs(pairs or []),
         "languages": languages or {}, "infill_per_doc": infill_per_doc,

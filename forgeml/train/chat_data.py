@@ -48,20 +48,27 @@ class ChatExample:
 
 
 @dataclass
-class ChatDataReport:
-    """What happened to every record of one file: kept + truncated + dropped + failed = total."""
+class RecordReport:
+    """What happened to the records of one training file: how many were kept, truncated to
+    fit, or dropped (counted by reason). The chat and preference readers extend it."""
 
     path: str
-    total: int = 0
     kept: int = 0
     truncated: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    tokens: int = 0
-    label_tokens: int = 0
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+
+@dataclass
+class ChatDataReport(RecordReport):
+    """Every record of one chat file: kept + truncated + dropped + failed = total."""
+
+    total: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    tokens: int = 0
+    label_tokens: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {

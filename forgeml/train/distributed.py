@@ -1,4 +1,5 @@
-"""Process-group setup for multi-process training launched by `torchrun`.
+"""Process-group setup for multi-process training launched by `torchrun`, and the checks and
+reductions the loops share across processes.
 
 Reads RANK / LOCAL_RANK / WORLD_SIZE from the environment torchrun sets; gloo on CPU,
 nccl on CUDA. Without those variables everything is a no-op single process.
@@ -6,13 +7,19 @@ nccl on CUDA. Without those variables everything is a no-op single process.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
+from forgeml.core.errors import ConfigError
 from forgeml.core.runtime import pick_device
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +46,48 @@ def init_distributed(device: str = "auto") -> DistInfo:
     return DistInfo(rank, local_rank, world_size, device, is_main=rank == 0)
 
 
+def check_ranks_agree(**fingerprints: str) -> None:
+    """Refuse to start a run whose processes disagree: each process's fingerprints (the
+    recipe's hash, the data's) are all-gathered and a `ConfigError` names, for each one, the
+    ranks whose value differs from rank 0's. Every process raises it, so torchrun stops the
+    whole job before any step (a silent mismatch would train on a mix of recipes or data)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    gathered: list[dict[str, str]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, fingerprints)
+    problems = []
+    for name, ours in gathered[0].items():
+        differ = [rank for rank, theirs in enumerate(gathered) if theirs.get(name) != ours]
+        if differ:
+            problems.append(
+                f"{name} of rank(s) {', '.join(map(str, differ))} differs from rank 0's"
+            )
+    if problems:
+        raise ConfigError(
+            f"the processes of this run disagree: {'; '.join(problems)}",
+            hint="start every process with the same recipe, overrides and data files",
+        )
+
+
+def file_fingerprint(path: str | os.PathLike[str], sample: int = 1 << 16) -> str:
+    """A cheap content fingerprint of a file or folder for `check_ranks_agree`: each file's
+    name, size, and first and last `sample` bytes (whole small files), hashed in name order."""
+    from pathlib import Path
+
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(root) if root.is_dir() else file.name}:{size}".encode())
+        with open(file, "rb") as fh:
+            digest.update(fh.read(sample))
+            if size > sample:
+                fh.seek(max(sample, size - sample))
+                digest.update(fh.read(sample))
+    return digest.hexdigest()
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of `value` over all processes (returned as a new tensor; identity when alone)."""
     value = value.detach().clone()
@@ -46,6 +95,28 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= dist.get_world_size()
     return value
+
+
+def all_reduce_sum(values: dict[str, float]) -> dict[str, float]:
+    """Each value summed over all processes (unchanged when alone); every process passes the
+    same keys."""
+    if not dist.is_initialized() or not values:
+        return values
+    keys = sorted(values)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return dict(zip(keys, total.tolist(), strict=True))
+
+
+def concat_over_ranks(local: dict[str, list]) -> dict[str, list]:
+    """Each list concatenated over all processes in rank order (unchanged when alone); every
+    process passes the same keys. For per-sample values a loop gathers (rewards, lengths)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return local
+    shares: list[dict[str, list]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(shares, local)
+    return {key: [x for share in shares for x in share[key]] for key in local}
 
 
 def barrier() -> None:
@@ -56,3 +127,17 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank_share(
+    items: Sequence[T], *, rank: int, world_size: int, lockstep: bool
+) -> list[tuple[T, bool]]:
+    """This process's share of `items` (every `world_size`-th from `rank`), each paired with
+    True. With `lockstep` (FSDP: every forward is a collective, so every process must run as
+    many as the others) the share is padded to the largest one with `(items[0], False)`: run
+    it, count nothing."""
+    mine = [(item, True) for item in items[rank::world_size]]
+    if not lockstep or not items:
+        return mine
+    rounds = -(-len(items) // world_size)
+    return mine + [(items[0], False)] * (rounds - len(mine))

@@ -17,17 +17,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from forgeml.core.config import Recipe, config_hash, save_resolved
 from forgeml.core.io import atomic_write_bytes, atomic_write_text, sha256_file
-from forgeml.core.runtime import autocast, pick_device, seed_everything
+from forgeml.core.runtime import autocast, seed_everything
 from forgeml.models.hf_io import load_model, save_model
+from forgeml.models.registry import build_model
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
 from forgeml.train.checkpoint import save_checkpoint
+from forgeml.train.distributed import (
+    all_reduce_sum,
+    barrier,
+    check_ranks_agree,
+    file_fingerprint,
+    init_distributed,
+    rank_share,
+)
 from forgeml.train.losses import PairLogps, preference_loss, sequence_logps
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, set_lr
+from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
+from forgeml.train.parallelize import (
+    Strategy,
+    gathered_model,
+    gradient_sync,
+    parallelize,
+    parallelize_for_training,
+)
 from forgeml.train.preference_data import (
     PreferencePair,
     batch_indices,
@@ -35,16 +52,18 @@ from forgeml.train.preference_data import (
     load_preference_pairs,
     split_heldout,
 )
+from forgeml.train.preflight import choose_strategy, placement
 from forgeml.train.resume import RESULT_NEUTRAL_TRAIN_FIELDS, identity_record, resume_or_start
 
 
 def results_config(recipe: Recipe) -> dict[str, Any]:
-    """The run's identity: the settings that decide the trained weights. `train.max_steps`
+    """The run's identity: the settings that decide the trained weights. `dpo.train.max_steps`
     may grow on resume (a run is extended); the batch split decides which pairs a step sees."""
+    dcfg = recipe.dpo
     return {
-        "dpo": recipe.dpo.model_dump(mode="json"),
-        "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(
+        "dpo": dcfg.model_dump(mode="json", exclude={"optim", "train"}),
+        "optim": dcfg.optim.model_dump(mode="json"),
+        "train": dcfg.train.model_dump(
             mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | {"max_steps"}
         ),
     }
@@ -66,26 +85,36 @@ def _reference_forward(
     ref: nn.Module, pairs: Sequence[PreferencePair], pad_id: int, batch_size: int,
     device: str, dtype: str,
 ) -> dict[str, tuple[float, float]]:  # fmt: skip
+    """The reference's log-probs of every pair: each process computes its share (all of them
+    in lockstep when the reference is sharded), and the shares are merged on every process."""
     ref.eval()
     out = {}
-    for start in range(0, len(pairs), batch_size):
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    starts = range(0, len(pairs), batch_size)
+    for start, counted in rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
         chunk = pairs[start : start + batch_size]
         sums, _ = pair_logps(ref, chunk, pad_id, device, dtype)
         chosen, rejected = sums.chunk(2)
         for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
-            out[pair.key] = (c, r)
+            if counted:
+                out[pair.key] = (c, r)
+    if world > 1:
+        shares: list[dict[str, tuple[float, float]]] = [{} for _ in range(world)]
+        dist.all_gather_object(shares, out)
+        out = {key: value for share in shares for key, value in share.items()}
     return out
 
 
 def reference_logps(
     ref_dir: Path, pairs: Sequence[PreferencePair], *, cache_dir: Path, pad_id: int,
-    batch_size: int, device: str, dtype: str,
+    batch_size: int, device: str, dtype: str, strategy: Strategy = "single",
 ) -> tuple[dict[str, tuple[float, float]], bool]:  # fmt: skip
     """(pair key -> reference log-probs of chosen and rejected, cache hit?).
 
     The reference is frozen, so its log-probs depend only on its weights, the dtype and the
     tokenized pairs: they are computed once and read from `cache_dir` by every later run
-    (and every step) on the same data.
+    (and every step) on the same data. Training never holds the reference: under FSDP it is
+    sharded like the policy for this one pass without gradients, then freed.
     """
     weights = sha256_file(ref_dir / "model.safetensors")
     key = config_hash({"ref": weights, "dtype": dtype, "pairs": sorted(p.key for p in pairs)})
@@ -93,10 +122,13 @@ def reference_logps(
     if path.is_file():
         return torch.load(path, weights_only=True), True
     ref = load_model(ref_dir, device=device)
+    if strategy == "fsdp":
+        ref = parallelize(ref, device=device, strategy="fsdp", dtype=dtype)
     table = _reference_forward(ref, pairs, pad_id, batch_size, device, dtype)
-    buf = io.BytesIO()
-    torch.save(table, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        buf = io.BytesIO()
+        torch.save(table, buf)
+        atomic_write_bytes(path, buf.getvalue())
     return table, False
 
 
@@ -115,17 +147,21 @@ def evaluate_preferences(
     policy: nn.Module, pairs: Sequence[PreferencePair], table: dict[str, tuple[float, float]],
     cfg: Any, *, pad_id: int, batch_size: int, device: str, dtype: str,
 ) -> dict[str, float]:  # fmt: skip
-    """Held-out loss, implicit-reward margin and accuracy (chosen reward > rejected), averaged."""
+    """Held-out loss, implicit-reward margin and accuracy (chosen reward > rejected), averaged
+    (split over processes, in lockstep)."""
     was_training = policy.training
     policy.eval()
     totals: dict[str, float] = {}
-    for start in range(0, len(pairs), batch_size):
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    starts = range(0, len(pairs), batch_size)
+    for start, counted in rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
         chunk = pairs[start : start + batch_size]
         lp = _pair_logps_with_ref(policy, chunk, table, pad_id, device, dtype)
         loss, m = preference_loss(lp, cfg)
         for key, value in {"loss": loss, **m}.items():
-            totals[key] = totals.get(key, 0.0) + value.item() * len(chunk)
+            totals[key] = totals.get(key, 0.0) + value.item() * len(chunk) * counted
     policy.train(was_training)
+    totals = all_reduce_sum(totals)
     return {key: value / max(len(pairs), 1) for key, value in totals.items()}
 
 
@@ -140,9 +176,14 @@ def train_dpo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """DPO/IPO from the model in `base_model_dir` (also the reference) on `pairs_path`."""
-    dcfg, tcfg, ocfg = recipe.dpo, recipe.train, recipe.optim
+    dcfg, tcfg, ocfg = recipe.dpo, recipe.dpo.train, recipe.dpo.optim
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    device = pick_device(tcfg.device)
+    procs = init_distributed(tcfg.device)
+    device = procs.device
+    check_ranks_agree(
+        recipe=config_hash(recipe.model_dump(mode="json")), base=file_fingerprint(base_dir),
+        data=file_fingerprint(pairs_path),
+    )  # fmt: skip
     tok = load_tokenizer(base_dir)
     pad_id = special_token_ids(tok)["pad"]
     seed_everything(tcfg.seed)
@@ -152,10 +193,12 @@ def train_dpo(
         over_length=dcfg.over_length,
     )  # fmt: skip
     train, held = split_heldout(pairs, dcfg.heldout_fraction)
+    strategy = choose_strategy(policy.cfg, tcfg, **placement(device, procs.world_size))
     table, cache_hit = reference_logps(
         base_dir, pairs, cache_dir=Path(cache_dir or out_dir / "cache"), pad_id=pad_id,
-        batch_size=recipe.eval.batch_size, device=device, dtype=tcfg.dtype,
+        batch_size=recipe.eval.batch_size, device=device, dtype=tcfg.dtype, strategy=strategy,
     )  # fmt: skip
+    train_policy = parallelize_for_training(policy, tcfg, device=device, strategy=strategy)
     optimizer = build_optimizer(policy, ocfg, device)
     ckpt_dir = out_dir / "checkpoints"
     run_config = results_config(recipe)
@@ -168,7 +211,7 @@ def train_dpo(
     before = evaluate_preferences(policy, held, table, dcfg, **eval_kw) if held else {}
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
-        resume_step=start_step if resume else None,
+        resume_step=start_step if resume else None, is_main=procs.is_main,
     )  # fmt: skip
     accum, micro = tcfg.grad_accum_steps, tcfg.micro_batch_size
     t_start = t_log = time.perf_counter()
@@ -176,19 +219,21 @@ def train_dpo(
     policy.train()
     for step in range(start_step, tcfg.max_steps):
         lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
-        order = batch_indices(len(train), micro * accum, step, tcfg.seed)
+        # The global batch is micro x accum x processes pairs; each process takes its slice.
+        order = batch_indices(len(train), micro * accum * procs.world_size, step, tcfg.seed)
+        order = order[procs.rank * micro * accum : (procs.rank + 1) * micro * accum]
         sums: dict[str, float] = {}
         for i in range(accum):
             chunk = [train[j] for j in order[i * micro : (i + 1) * micro]]
-            lp = _pair_logps_with_ref(policy, chunk, table, pad_id, device, tcfg.dtype)
-            loss, m = preference_loss(lp, dcfg)
-            (loss / accum).backward()
+            with gradient_sync(train_policy, i == accum - 1):
+                lp = _pair_logps_with_ref(train_policy, chunk, table, pad_id, device, tcfg.dtype)
+                loss, m = preference_loss(lp, dcfg)
+                (loss / accum).backward()
             for key, value in {"loss": loss.detach(), **m}.items():
-                sums[key] = sums.get(key, 0.0) + value.item() / accum
+                sums[key] = sums.get(key, 0.0) + value.item() / accum / procs.world_size
             tokens += sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in chunk)  # fmt: skip
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), ocfg.grad_clip or float("inf"))  # fmt: skip
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        sums = all_reduce_sum(sums)
+        grad_norm = clip_and_step(optimizer, policy.parameters(), ocfg.grad_clip)
         step_metrics = sums
         done = step + 1
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
@@ -205,7 +250,9 @@ def train_dpo(
             )  # fmt: skip
     metrics.close()
     after = evaluate_preferences(policy, held, table, dcfg, **eval_kw) if held else {}
-    save_model(policy, out_dir / "model", base_dir)
+    final_policy = gathered_model(policy, lambda: build_model(policy.cfg))  # every rank
+    if procs.is_main:
+        save_model(final_policy, out_dir / "model", base_dir)
     summary = {
         "loss": dcfg.loss, "final_train_loss": step_metrics.get("loss"), "steps": tcfg.max_steps,
         "train_pairs": len(train), "heldout_pairs": len(held), "reference_cache_hit": cache_hit,
@@ -213,8 +260,10 @@ def train_dpo(
         **{f"heldout_{k.replace('/', '_')}": v for k, v in after.items()},
         "train_rewards_margins": step_metrics.get("rewards/margins"),
         "seconds": time.perf_counter() - t_start, "data_report": report.to_dict(),
-        "model_dir": str(out_dir / "model"),
+        "model_dir": str(out_dir / "model"), "world_size": procs.world_size, "strategy": strategy,
     }  # fmt: skip
-    save_resolved(recipe, out_dir / "recipe.yaml")
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if procs.is_main:
+        save_resolved(recipe, out_dir / "recipe.yaml")
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier()
     return summary

@@ -17,25 +17,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-from forgeml.core.config import DPOConfig, Recipe, save_resolved
+from forgeml.core.config import DPOConfig, Recipe, config_hash, save_resolved
 from forgeml.core.errors import ConfigError, DataError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.plugins import load_plugin
-from forgeml.core.runtime import pick_device, seed_everything
+from forgeml.core.runtime import seed_everything
 from forgeml.core.seeds import derive_seed
 from forgeml.core.workspace import Workspace
 from forgeml.eval.win_rate import win_rate
 from forgeml.models.hf_io import load_model, save_model
+from forgeml.models.registry import build_model
 from forgeml.models.sampling import sample_groups
 from forgeml.tokenizer.chat import END
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
 from forgeml.train.checkpoint import save_checkpoint
+from forgeml.train.distributed import (
+    all_reduce_sum,
+    barrier,
+    check_ranks_agree,
+    concat_over_ranks,
+    file_fingerprint,
+    init_distributed,
+)
 from forgeml.train.dpo import pair_logps, results_config
 from forgeml.train.losses import PairLogps, preference_loss
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer, set_lr
+from forgeml.train.parallelize import full_weights, gathered_model, gradient_sync, parallelize
 from forgeml.train.preference_data import (
     PreferencePair,
     PreferenceRecord,
@@ -45,6 +56,7 @@ from forgeml.train.preference_data import (
     prompt_text,
     read_preference_records,
 )
+from forgeml.train.preflight import choose_strategy
 from forgeml.train.resume import identity_record, resume_or_start
 
 # (prompts, completions, metadatas) -> one reward per completion.
@@ -133,21 +145,31 @@ def mean_sampled_reward(
     decode: Callable[[list[int]], str], cfg: DPOConfig, *, stop_id: int, seed: int, device: str,
     dtype: str = "fp32",
 ) -> float:  # fmt: skip
-    """Mean reward of `samples_per_prompt` seeded samples per prompt (the before/after metric)."""
-    texts, recs = _sample_texts(policy, prompts, decode, cfg, stop_id=stop_id, seed=seed, device=device, dtype=dtype)  # fmt: skip
+    """Mean reward of `samples_per_prompt` seeded samples per prompt (the before/after metric).
+    Under torchrun each process samples and scores a share of the prompt batches; each batch
+    has its own seed, so the samples are those of one process."""
+    share = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    with full_weights(policy):
+        texts, recs = _sample_texts(
+            policy, prompts, decode, cfg, stop_id=stop_id, seed=seed, device=device,
+            dtype=dtype, share=share,
+        )  # fmt: skip
     rewards = ranker([r.prompt for r in recs], texts, [r.metadata for r in recs])
-    return sum(rewards) / max(len(rewards), 1)
+    total = all_reduce_sum({"reward": sum(rewards), "n": len(rewards)})
+    return total["reward"] / max(total["n"], 1)
 
 
 def _sample_texts(
     model: nn.Module, prompts: Sequence[tuple[PreferenceRecord, list[int]]],
     decode: Callable[[list[int]], str], cfg: DPOConfig, *, stop_id: int, seed: int, device: str,
-    dtype: str, chunk: int = 16,
+    dtype: str, chunk: int = 16, share: tuple[int, int] = (0, 1),
 ) -> tuple[list[str], list[PreferenceRecord]]:  # fmt: skip
     """`samples_per_prompt` decoded samples per prompt (batched `chunk` prompts at a time, each
-    chunk seeded from `seed`), with the record of each sample."""
+    chunk seeded from `seed`), with the record of each sample. `share` (rank, processes): only
+    every processes-th chunk from the rank-th."""
     texts, recs = [], []
-    for start in range(0, len(prompts), chunk):
+    rank, world = share
+    for start in range(rank * chunk, len(prompts), chunk * world):
         part = prompts[start : start + chunk]
         groups = sample_completions(
             model, [ids for _, ids in part], cfg.samples_per_prompt, cfg, stop_id=stop_id,
@@ -171,10 +193,21 @@ def train_online_dpo(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Online DPO from the model in `base_model_dir` (also the frozen reference) on the
-    prompts of `prompts_path` (JSONL with prompt/messages; chosen/rejected are ignored)."""
-    dcfg, tcfg, ocfg = recipe.dpo, recipe.train, recipe.optim
+    prompts of `prompts_path` (JSONL with prompt/messages; chosen/rejected are ignored).
+
+    Under torchrun (`dpo.train.strategy` ddp/fsdp) a step's prompts are micro x accum x
+    processes; each process samples (from its own generator, `sample.rank`), ranks and trains
+    on its share, the loss weighted over every process's pairs. N processes sample other
+    completions than one: equal at any N are the update on the same samples, and the
+    before/after reward (seeded per batch of prompts)."""
+    dcfg, tcfg, ocfg = recipe.dpo, recipe.dpo.train, recipe.dpo.optim
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    device = pick_device(tcfg.device)
+    procs = init_distributed(tcfg.device)
+    device, world = procs.device, procs.world_size
+    check_ranks_agree(
+        recipe=config_hash(recipe.model_dump(mode="json")), base=file_fingerprint(base_dir),
+        prompts=file_fingerprint(prompts_path),
+    )  # fmt: skip
     ranker = ranker or build_ranker(dcfg, ws)
     tok = load_tokenizer(base_dir)
     pad_id, stop_id, tail = (
@@ -200,6 +233,18 @@ def train_online_dpo(
         stop_id=stop_id, seed=derive_seed(tcfg.seed, "online_dpo.eval"), device=device,
         dtype=tcfg.dtype,
     )  # fmt: skip
+    fit = dict(
+        device=device, world_size=world, processes_per_device=world if device == "cpu" else 1
+    )
+    strategy = choose_strategy(policy.cfg, tcfg, **fit)
+    # Not compiled: sampling changes the input shapes every token. Under FSDP the reference
+    # is sharded like the policy and runs without gradients in lockstep.
+    train_policy = parallelize(
+        policy, device=device, strategy=strategy, dtype=tcfg.dtype, cpu_offload=tcfg.cpu_offload,
+        activation_checkpointing=tcfg.activation_checkpointing,
+    )  # fmt: skip
+    if strategy == "fsdp":
+        ref = parallelize(ref, device=device, strategy="fsdp", dtype=tcfg.dtype)
     reward_before = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
     optimizer = build_optimizer(policy, ocfg, device)
     ckpt_dir = out_dir / "checkpoints"
@@ -209,7 +254,7 @@ def train_online_dpo(
     ).step
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
-        resume_step=start_step if resume else None,
+        resume_step=start_step if resume else None, is_main=procs.is_main,
     )  # fmt: skip
     k = dcfg.samples_per_prompt
     micro, accum = tcfg.micro_batch_size, tcfg.grad_accum_steps
@@ -218,12 +263,17 @@ def train_online_dpo(
     for step in range(start_step, tcfg.max_steps):
         lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
         # 1. Sample k completions per prompt from the current policy and rank them.
+        #    Each process takes its slice of the step's prompts and its own generator (rank
+        #    0's is the one of a single process).
         policy.eval()
-        batch = [train[i] for i in batch_indices(len(train), micro * accum, step, tcfg.seed)]
-        samples = sample_completions(
-            policy, [ids for _, ids in batch], k, dcfg, stop_id=stop_id, device=device,
-            seed=derive_seed(tcfg.seed, "online_dpo.sample_step", step), dtype=tcfg.dtype,
-        )  # fmt: skip
+        order = batch_indices(len(train), micro * accum * world, step, tcfg.seed)
+        batch = [train[i] for i in order[procs.rank * micro * accum :][: micro * accum]]
+        seed = derive_seed(tcfg.seed, "online_dpo.sample_step", step)
+        with full_weights(policy):
+            samples = sample_completions(
+                policy, [ids for _, ids in batch], k, dcfg, stop_id=stop_id, device=device,
+                seed=derive_seed(seed, "sample.rank", procs.rank), dtype=tcfg.dtype,
+            )  # fmt: skip
         texts = [decode(gen) for group in samples for gen, _ in group]
         recs = [rec for rec, _ in batch for _ in range(k)]
         rewards = ranker([r.prompt for r in recs], texts, [r.metadata for r in recs])
@@ -235,28 +285,40 @@ def train_online_dpo(
             ranked = rank_pairs(rewards[n * k : (n + 1) * k], dcfg.pairs_per_prompt)
             pairs += [PreferencePair(rec, ids, full[b], full[w]) for b, w in ranked]
             ties += not ranked
-        # 3. The DPO loss on those pairs, reference log-probs from the frozen copy.
+        # 3. The DPO loss on those pairs, reference log-probs from the frozen copy. Every
+        #    process runs as many micro-batches as the most (a forward is a collective under
+        #    FSDP): the extra ones, on a stand-in pair, count nothing.
         policy.train()
         sums: dict[str, float] = {}
-        chunks = [pairs[i : i + micro] for i in range(0, len(pairs), micro)]
-        for chunk in chunks:
-            with torch.no_grad():
-                ref_sums, _ = pair_logps(ref, chunk, pad_id, device, tcfg.dtype)
-            pol_sums, counts = pair_logps(policy, chunk, pad_id, device, tcfg.dtype)
-            (pc, pr), (rc, rr), (nc, nr) = pol_sums.chunk(2), ref_sums.chunk(2), counts.chunk(2)
-            loss, m = preference_loss(PairLogps(pc, pr, rc, rr, nc, nr), dcfg)
-            (loss * len(chunk) / len(pairs)).backward()
+        n_pairs = int(all_reduce_sum({"pairs": len(pairs)})["pairs"])  # every process's
+        chunks = [(pairs[i : i + micro], True) for i in range(0, len(pairs), micro)]
+        rounds = max(concat_over_ranks({"chunks": [len(chunks)]})["chunks"])
+        stand_in = PreferencePair(batch[0][0], batch[0][1], tail, tail)
+        chunks += [([stand_in], False)] * (rounds - len(chunks))
+        for j, (chunk, counted) in enumerate(chunks):
+            with gradient_sync(train_policy, j == len(chunks) - 1):
+                with torch.no_grad():
+                    ref_sums, _ = pair_logps(ref, chunk, pad_id, device, tcfg.dtype)
+                pol_sums, counts = pair_logps(train_policy, chunk, pad_id, device, tcfg.dtype)
+                (pc, pr), (nc, nr) = pol_sums.chunk(2), counts.chunk(2)
+                rc, rr = ref_sums.chunk(2)
+                loss, m = preference_loss(PairLogps(pc, pr, rc, rr, nc, nr), dcfg)
+                # DDP and FSDP average the processes' gradients, hence x world
+                (loss * len(chunk) * counted / n_pairs * world).backward()
             for key, value in {"loss": loss.detach(), **m}.items():
-                sums[key] = sums.get(key, 0.0) + value.item() * len(chunk) / len(pairs)
+                sums[key] = sums.get(key, 0.0) + value.item() * len(chunk) * counted / n_pairs
+        sums = all_reduce_sum(sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), ocfg.grad_clip or float("inf"))  # fmt: skip
-        if pairs:
+        if n_pairs:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
+        every = concat_over_ranks({"rewards": rewards, "ties": [ties]})
         record = {
-            "step": done, "lr": lr, "grad_norm": grad_norm.item(), **sums, "pairs": len(pairs),
-            "ties": ties, "reward_mean": sum(rewards) / len(rewards),
-            "reward_best": max(rewards), "elapsed": time.perf_counter() - t_start,
+            "step": done, "lr": lr, "grad_norm": grad_norm.item(), **sums, "pairs": n_pairs,
+            "ties": sum(every["ties"]),
+            "reward_mean": sum(every["rewards"]) / len(every["rewards"]),
+            "reward_best": max(every["rewards"]), "elapsed": time.perf_counter() - t_start,
         }  # fmt: skip
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
             metrics.log(record)
@@ -267,16 +329,21 @@ def train_online_dpo(
             )  # fmt: skip
     metrics.close()
     reward_after = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
-    save_model(policy, out_dir / "model", base_dir)
+    final_policy = gathered_model(policy, lambda: build_model(policy.cfg))  # every rank: gathers
+    if procs.is_main:
+        save_model(final_policy, out_dir / "model", base_dir)
     summary = {
         "loss": dcfg.loss, "online": True, "steps": tcfg.max_steps,
         "final_train_loss": record.get("loss"), "prompts": len(train),
         "eval_prompts": len(evaluation), "dropped_long_prompts": len(encoded) - len(usable),
         "reward_before": reward_before, "reward_after": reward_after,
         "seconds": time.perf_counter() - t_start, "model_dir": str(out_dir / "model"),
+        "world_size": world, "strategy": strategy,
     }  # fmt: skip
-    save_resolved(recipe, out_dir / "recipe.yaml")
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if procs.is_main:
+        save_resolved(recipe, out_dir / "recipe.yaml")
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier()
     return summary
 
 

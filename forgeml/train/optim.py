@@ -7,6 +7,7 @@ WSD (warmup-stable-decay) or constant learning rate.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -65,3 +66,14 @@ def set_lr(optimizer: torch.optim.Optimizer, step: int, max_steps: int, cfg: Opt
     for group in optimizer.param_groups:
         group["lr"] = lr
     return lr
+
+
+def clip_and_step(
+    optimizer: torch.optim.Optimizer, params: Iterable[torch.Tensor], grad_clip: float
+) -> torch.Tensor:
+    """One optimizer step: clip the gradients' global norm to `grad_clip` (0: no clipping),
+    step, and free the gradients. Returns the norm before clipping, for the metrics log."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip or float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm

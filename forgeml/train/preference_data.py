@@ -13,7 +13,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 from forgeml.core.errors import DataError
 from forgeml.core.seeds import derive_seed
 from forgeml.tokenizer.chat import END, render_chat
+from forgeml.train.chat_data import RecordReport
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_ERRORS_SHOWN = 5
@@ -58,20 +59,16 @@ class PreferencePair:
 
 
 @dataclass
-class PreferenceReport:
+class PreferenceReport(RecordReport):
     """Every record of the file: kept + sum(dropped) == records."""
 
-    path: str
     records: int = 0
-    kept: int = 0
-    truncated: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "path": self.path, "records": self.records, "kept": self.kept,
+            "truncated": self.truncated, "dropped": dict(self.dropped),
+        }  # fmt: skip
 
 
 def _text(value: Any) -> str | None:

@@ -12,9 +12,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import asdict, dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from forgeml.core.config import ModelConfig, TrainConfig
 from forgeml.core.errors import ConfigError, ForgeError
@@ -25,6 +27,7 @@ GiB = 1024**3
 # workspaces and allocator slack on GPU.
 RUNTIME_BYTES = {"cpu": 96 * 1024**2, "cuda": 256 * 1024**2}
 CE_CHUNK = 1024  # rows per chunk of forgeml.models.dense.LinearCrossEntropy
+HEADROOM = 0.9  # share of the free memory a run may plan to use
 
 Strategy = Literal["ddp", "fsdp"]
 
@@ -58,9 +61,10 @@ class MemoryEstimate:
         return f"~{self.total / GiB:.2f} GiB per process ({body} GiB)"
 
 
-def _param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
-    """(all parameters, the largest block's parameters, embedding rows x dim), counted on a
-    model built on the meta device, so every architecture is counted exactly for free."""
+def _param_counts(cfg: ModelConfig) -> tuple[int, int, int, int]:
+    """(all parameters, the largest block's parameters, embedding rows x dim, parameters outside
+    the blocks: embedding, output head, final norm), counted on a model built on the meta
+    device, so every architecture is counted exactly for free."""
     import torch
 
     from forgeml.models.registry import build_model
@@ -68,8 +72,8 @@ def _param_counts(cfg: ModelConfig) -> tuple[int, int, int]:
     with torch.device("meta"):
         model = build_model(cfg)
     total = sum(p.numel() for p in model.parameters())
-    block = max(sum(p.numel() for p in layer.parameters()) for layer in model.layers)
-    return total, block, cfg.vocab_size * cfg.dim
+    blocks = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
+    return total, max(blocks), cfg.vocab_size * cfg.dim, total - sum(blocks)
 
 
 def _activation_bytes(cfg: ModelConfig, tokens: int, seq_len: int, act: int) -> tuple[int, int]:
@@ -118,8 +122,8 @@ def estimate_memory(
     of one micro-batch plus the cross-entropy chunk buffers; plus gradients when they are
     accumulated over micro-batches) and the backward peak (gradients plus one block's
     working set). DDP adds its gradient buckets (a copy of the gradients); FSDP shards
-    weights, gradients and optimizer state over `world_size` and adds the gathered copy of
-    the largest unit (current and prefetched) and its unsharded gradient.
+    weights, gradients and optimizer state over `world_size` and adds the gathered root
+    (embedding, head), the gathered current and prefetched block and one unsharded gradient.
     """
     from forgeml.core.runtime import resolve_dtype
 
@@ -132,7 +136,7 @@ def estimate_memory(
     kind = "cuda" if device.startswith("cuda") else "cpu"
     dtype = resolve_dtype(train_cfg.dtype, device)
     act = 2 if dtype == "bf16" else 4
-    params, block_params, emb = _param_counts(model_cfg)
+    params, block_params, emb, root_params = _param_counts(model_cfg)
     tokens = train_cfg.micro_batch_size * train_cfg.seq_len
     block_act, outside_act = _activation_bytes(model_cfg, tokens, train_cfg.seq_len, act)
     layers = model_cfg.n_layers
@@ -143,8 +147,10 @@ def estimate_memory(
         activations = kept_inputs + block_act + outside_act
     else:
         activations = layers * block_act + outside_act
-    if act == 2:
-        # Autocast keeps the bf16 copy of every block matrix for the backward pass.
+    sharded = strategy == "fsdp" and world_size > 1
+    if act == 2 and not sharded:
+        # Autocast keeps the bf16 copy of every block matrix for the backward pass (under
+        # FSDP the gathered bf16 parameters are those copies: counted with the gathers).
         activations += 2 * (params - emb - (0 if model_cfg.tie_embeddings else emb))
     vocab, d = model_cfg.vocab_size, model_cfg.dim
     rows = min(tokens, CE_CHUNK)
@@ -152,14 +158,17 @@ def estimate_memory(
     # added into the output-matrix gradient (and the bf16 copy of the matrix under autocast).
     transient = 8 * rows * vocab + (4 if act == 4 else 8) * vocab * d
 
-    shards = world_size if strategy == "fsdp" else 1
+    shards = world_size if sharded else 1
     weights, grads, optimizer = 4 * params // shards, 4 * params // shards, 8 * params // shards
     communication = 0
     if world_size > 1 and strategy == "ddp":
         communication = 4 * params
-    elif world_size > 1:
-        unit = max(block_params, emb)
-        communication = 3 * 4 * unit
+    elif sharded:
+        # FSDP2 as `parallelize` applies it, in the compute dtype: the root (embedding, head,
+        # final norm) stays gathered through the step; a block and the prefetched next one are
+        # gathered at a time, plus one block's unsharded gradient before its reduce-scatter,
+        # or, at the end of backward, the root's unsharded gradient.
+        communication = act * root_params + max(3 * act * block_params, act * root_params)
     accumulating = train_cfg.grad_accum_steps > 1
     forward_peak = activations + transient + (grads if accumulating else 0)
     backward_peak = grads + block_act + kept_inputs
@@ -192,7 +201,7 @@ def check_fits(
     *,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
-    headroom: float = 0.9,
+    headroom: float = HEADROOM,
 ) -> None:
     """Raise `ForgeError` when `estimate` exceeds `headroom` x `available_bytes`, naming the
     setting to change: the largest micro-batch that fits (with the grad_accum_steps that keeps
@@ -277,17 +286,50 @@ def preflight(
     *,
     device: str = "cpu",
     world_size: int = 1,
-    strategy: Strategy = "ddp",
+    strategy: Literal["single", "ddp", "fsdp"] = "ddp",
     processes_per_device: int = 1,
 ) -> MemoryEstimate:
     """Estimate, and raise `ForgeError` if the run will not fit in the free memory of `device`
-    (shared by `processes_per_device` processes, e.g. CPU DDP on one machine)."""
+    (shared by `processes_per_device` processes, e.g. CPU DDP on one machine). `strategy`
+    single (one process) is estimated as ddp, which then has nothing to communicate."""
     est = estimate_memory(
-        model_cfg, train_cfg, world_size=world_size, strategy=strategy, device=device
-    )
+        model_cfg, train_cfg, world_size=world_size,
+        strategy="ddp" if strategy == "single" else strategy, device=device,
+    )  # fmt: skip
     free = available_memory(device) // max(1, processes_per_device)
     check_fits(est, free, model_cfg=model_cfg, train_cfg=train_cfg)
     return est
+
+
+def placement(device: str, world_size: int) -> dict[str, Any]:
+    """`choose_strategy`/`preflight` keywords for `world_size` training processes on `device`:
+    CPU processes share one machine's memory, GPU processes have a device each."""
+    return {
+        "device": device, "world_size": world_size,
+        "processes_per_device": world_size if device == "cpu" else 1,
+    }  # fmt: skip
+
+
+def choose_strategy(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    *,
+    device: str = "cpu",
+    world_size: int = 1,
+    processes_per_device: int = 1,
+) -> Literal["single", "ddp", "fsdp"]:
+    """The parallel strategy of a run: `single` in one process, else `train.strategy`, where
+    `auto` is ddp when a whole replica (weights, gradients, AdamW state, activations) fits each
+    process's share of the free memory, and fsdp (sharded state) when it does not."""
+    if world_size == 1:
+        return "single"
+    if train_cfg.strategy != "auto":
+        return train_cfg.strategy
+    replica = estimate_memory(
+        model_cfg, train_cfg, world_size=world_size, strategy="ddp", device=device
+    )
+    free = available_memory(device) // max(1, processes_per_device)
+    return "ddp" if replica.total <= HEADROOM * free else "fsdp"
 
 
 _MEASURE = textwrap.dedent(
@@ -296,12 +338,13 @@ _MEASURE = textwrap.dedent(
     import torch
     from forgeml.core.config import ModelConfig, OptimConfig, TrainConfig
     from forgeml.core.runtime import autocast
-    from forgeml.models.dense import Transformer
     from forgeml.train.optim import build_optimizer
+    import forgeml.models.dense  # the model code's imports belong to the baseline
 
     spec = json.loads(sys.argv[1])
     mcfg, tcfg = ModelConfig(**spec["model"]), TrainConfig(**spec["train"])
     device = spec["device"]
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.manual_seed(0)
     n = tcfg.micro_batch_size * tcfg.grad_accum_steps
     x = torch.randint(0, mcfg.vocab_size, (n, tcfg.seq_len), device=device)
@@ -311,20 +354,39 @@ _MEASURE = textwrap.dedent(
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    base = rss() if device == "cpu" else torch.cuda.memory_allocated()
-    model = Transformer(mcfg).to(device)
-    if tcfg.activation_checkpointing:
-        from forgeml.models.parallelize import apply_activation_checkpointing
+    def local_bytes(t):
+        t = getattr(t, "_local_tensor", t)  # a DTensor's shard on this process
+        return t.numel() * t.element_size()
 
-        apply_activation_checkpointing(model)
+    base = rss() if device == "cpu" else torch.cuda.memory_allocated()
+    # What a training process loads beyond torch (the distributed runtime, the process
+    # group's buffers) counts towards its peak, as in `RUNTIME_BYTES`.
+    import torch.distributed as dist
+    from forgeml.models.registry import build_model
+    from forgeml.train.parallelize import gradient_sync, parallelize
+
+    if world > 1:
+        dist.init_process_group("gloo" if device == "cpu" else "nccl")
+    model = build_model(mcfg)
+    strategy = spec["strategy"] if world > 1 else "single"
+    train_model = parallelize(
+        model, device=device, strategy=strategy, dtype=tcfg.dtype,
+        activation_checkpointing=tcfg.activation_checkpointing,
+    )
     opt = build_optimizer(model, OptimConfig(), device)
+    state = 0
     for _ in range(spec["steps"]):
-        for xs, ys in zip(x.split(tcfg.micro_batch_size), y.split(tcfg.micro_batch_size)):
-            with autocast(device, tcfg.dtype):
-                loss = model(xs, ys)
-            (loss / tcfg.grad_accum_steps).backward()
+        micro = list(zip(x.split(tcfg.micro_batch_size), y.split(tcfg.micro_batch_size)))
+        for i, (xs, ys) in enumerate(micro):
+            with gradient_sync(train_model, i == len(micro) - 1):
+                with autocast(device, tcfg.dtype):
+                    loss = train_model(xs, ys)
+                (loss / tcfg.grad_accum_steps).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        # Weights, gradients and AdamW state held by this process after a step.
+        state = sum(local_bytes(p) + local_bytes(p.grad) for p in model.parameters())
+        state += sum(local_bytes(v) for s in opt.state.values() for v in s.values() if v.dim())
         opt.zero_grad(set_to_none=True)
     if device == "cpu":
         # VmHWM is this address space's own high-water mark; ru_maxrss is not: exec keeps
@@ -334,29 +396,61 @@ _MEASURE = textwrap.dedent(
         peak = int(hwm.split()[1]) * 1024
     else:
         peak = torch.cuda.max_memory_allocated()
-    print(json.dumps({"peak_bytes": peak - base}))
+    rank = dist.get_rank() if world > 1 else 0
+    result = {"rank": rank, "peak_bytes": peak - base, "state_bytes": state}
+    with open(os.path.join(spec["out"], f"rank{rank}.json"), "w") as fh:
+        json.dump(result, fh)
+    if world > 1:
+        dist.destroy_process_group()
     """
 )
 
 
+def measure_memory(
+    model_cfg: ModelConfig, train_cfg: TrainConfig, *, device: str = "cpu", steps: int = 2,
+    world_size: int = 1, strategy: Strategy = "ddp",
+) -> list[dict[str, int]]:  # fmt: skip
+    """Per process of a real `steps`-step training run (AdamW and `parallelize`, as in
+    `pretrain`; `world_size` processes under torchrun with `strategy`), in fresh processes so
+    nothing else shares the peak: `peak_bytes`, on CPU the peak RSS above the RSS after imports
+    (and process-group setup), with glibc's mmap threshold fixed so freed tensors go back to
+    the OS at once (RSS then tracks live memory), on CUDA the allocator's
+    max_memory_allocated; and `state_bytes`, this process's weights, gradients and AdamW
+    state after a step (its shards under FSDP)."""
+    with tempfile.TemporaryDirectory(prefix="forgeml-memory-") as out:
+        spec = {
+            "model": model_cfg.model_dump(mode="json"),
+            "train": train_cfg.model_dump(mode="json"),
+            "device": device,
+            "steps": steps,
+            "strategy": strategy,
+            "out": out,
+        }
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
+        cmd = [sys.executable, "-c", _MEASURE, json.dumps(spec)]
+        if world_size > 1:
+            run = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+            cmd = [*run, f"--nproc-per-node={world_size}", "--no-python", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise ForgeError(f"memory measurement failed: {proc.stderr.strip()[-2000:]}")
+        files = sorted(Path(out).glob("rank*.json"), key=lambda p: int(p.stem[4:]))
+        return [json.loads(f.read_text()) for f in files]
+
+
 def measure_peak_memory(
-    model_cfg: ModelConfig, train_cfg: TrainConfig, *, device: str = "cpu", steps: int = 2
-) -> int:
-    """Measured peak bytes of `steps` training steps (AdamW, as in `pretrain`), in a fresh
-    process so nothing else shares the peak: on CPU the peak RSS above the RSS after imports,
-    with glibc's mmap threshold fixed so freed tensors go back to the OS at once (RSS then
-    tracks live memory); on CUDA the allocator's max_memory_allocated."""
-    spec = {
-        "model": model_cfg.model_dump(mode="json"),
-        "train": train_cfg.model_dump(mode="json"),
-        "device": device,
-        "steps": steps,
-    }
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [sys.executable, "-c", _MEASURE, json.dumps(spec)],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        raise ForgeError(f"memory measurement failed: {proc.stderr.strip()[-2000:]}")
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
+    model_cfg: ModelConfig, train_cfg: TrainConfig, *, device: str = "cpu", steps: int = 2,
+    world_size: int = 1, strategy: Strategy = "ddp",
+) -> int:  # fmt: skip
+    """The largest per-process peak of `measure_memory`: what each device must hold."""
+    return max(
+        r["peak_bytes"]
+        for r in measure_memory(
+            model_cfg,
+            train_cfg,
+            device=device,
+            steps=steps,
+            world_size=world_size,
+            strategy=strategy,
+        )  # fmt: skip
+    )

@@ -2,21 +2,21 @@
 
 One readable loop, nanoGPT-style: build model and optimizer, optionally resume, then per
 step set the lr, accumulate gradients over micro-batches, clip, step, log, evaluate and
-checkpoint. Runs as one process or under `torchrun` (DDP); checkpoints resume exactly,
-also on a different number of processes. out_dir: checkpoints/, metrics.jsonl, model/.
+checkpoint. Runs as one process or under `torchrun` (DDP or FSDP2, `train.strategy`);
+checkpoints resume exactly, also on a different number of processes.
+out_dir: checkpoints/, metrics.jsonl, model/.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,17 +25,30 @@ from forgeml.core.config import ModelConfig, Recipe, config_hash, load_recipe, s
 from forgeml.core.errors import ConfigError, ForgeError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
-from forgeml.models.hf_io import load_model, read_model_config, save_model
+from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.moe import router_metrics
-from forgeml.models.parallelize import parallelize
 from forgeml.models.registry import build_model
 from forgeml.tokenizer.pack import TokenShards
 from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.data import PretrainBatches, eval_batches
-from forgeml.train.distributed import all_reduce_mean, barrier, cleanup, init_distributed
+from forgeml.train.distributed import (
+    all_reduce_mean,
+    barrier,
+    check_ranks_agree,
+    cleanup,
+    file_fingerprint,
+    init_distributed,
+    rank_share,
+)
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, set_lr
-from forgeml.train.preflight import preflight
+from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
+from forgeml.train.parallelize import (
+    gathered_model,
+    gradient_sync,
+    is_fsdp,
+    parallelize_for_training,
+)
+from forgeml.train.preflight import choose_strategy, placement, preflight
 from forgeml.train.resume import (
     BATCH_SPLIT_FIELDS,
     RESULT_NEUTRAL_TRAIN_FIELDS,
@@ -63,14 +76,18 @@ def evaluate_loss(
     model: nn.Module, shards: TokenShards, *, seq_len: int, batch_size: int,
     max_batches: int, device: str, dtype: str, rank: int = 0, world_size: int = 1,
 ) -> float:  # fmt: skip
-    """Token-weighted mean loss on fixed held-out windows, split over processes."""
+    """Token-weighted mean loss on fixed held-out windows, split over processes.
+
+    Under FSDP every process runs as many forwards as the others (each gathers weights)."""
     model.eval()
     total = torch.zeros(2, device=device)  # loss * tokens, tokens
-    for i, (x, y) in enumerate(eval_batches(shards, seq_len, batch_size, max_batches)):
-        if i % world_size == rank:
-            with autocast(device, dtype):
-                loss = model(x.to(device), y.to(device))
-            total += torch.stack([loss.float() * y.numel(), torch.tensor(y.numel(), device=device)])
+    windows = list(eval_batches(shards, seq_len, batch_size, max_batches))
+    share = rank_share(windows, rank=rank, world_size=world_size, lockstep=is_fsdp(model))
+    for (x, y), counted in share:
+        tokens = y.numel() if counted else 0
+        with autocast(device, dtype):
+            loss = model(x.to(device), y.to(device))
+        total += torch.stack([loss.float() * tokens, torch.tensor(tokens, device=device)])
     model.train()
     total = all_reduce_mean(total)
     return (total[0] / total[1]).item()
@@ -83,11 +100,14 @@ def pretrain(
     out_dir: Path,
     eval_shards: Path | None = None,
     tokenizer_dir: Path | None = None,
-    resume: bool = False,
+    resume: bool | Literal["auto"] = False,
     progress: bool = True,
     on_eval: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:
     """Train `recipe.model` on `train_shards`; return a summary (losses, steps, tokens, ...).
+
+    `resume`: continue the latest checkpoint in `out_dir`; "auto": continue it if there is
+    one, else start (what an elastic restart or a requeued job wants).
 
     `on_eval(step, eval_loss)` is called after every evaluation, on every process (a
     hyper-parameter search reports to its trial there; an exception it raises, such as a
@@ -102,7 +122,7 @@ def pretrain(
 
 def _pretrain(
     recipe: Recipe, train_shards: Path, out_dir: Path, eval_shards: Path | None,
-    tokenizer_dir: Path | None, resume: bool, progress: bool,
+    tokenizer_dir: Path | None, resume: bool | Literal["auto"], progress: bool,
     on_eval: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     tcfg, ocfg = recipe.train, recipe.optim
@@ -110,8 +130,11 @@ def _pretrain(
     device = dist.device
     train_data = TokenShards(train_shards)
     eval_data = TokenShards(eval_shards) if eval_shards is not None else None
-    if tcfg.init_from:  # continued pre-training: the weights' architecture, not recipe.model
-        recipe = recipe.model_copy(update={"model": read_model_config(tcfg.init_from)})
+    check_ranks_agree(
+        recipe=config_hash(recipe.model_dump(mode="json")),
+        data=file_fingerprint(train_shards),
+        eval_data=file_fingerprint(eval_shards) if eval_shards is not None else "",
+    )
     model_cfg = recipe.model.model_copy(
         update={"vocab_size": recipe.model.vocab_size or train_data.vocab_size}
     )
@@ -127,17 +150,29 @@ def _pretrain(
             hint="lower train.seq_len or raise model.max_seq_len",
         )
     # Refuse a run that will not fit before spending anything on it (says what to change).
-    preflight(
-        model_cfg, tcfg, device=device, world_size=dist.world_size,
-        processes_per_device=dist.world_size if device == "cpu" else 1,
-    )  # fmt: skip
+    fit = placement(device, dist.world_size)
+    strategy = choose_strategy(model_cfg, tcfg, **fit)
+    preflight(model_cfg, tcfg, strategy=strategy, **fit)
     run_config = results_config(recipe, model_cfg)
     ckpt_dir = out_dir / "checkpoints"
 
     seed_everything(tcfg.seed)
     model = build_model(model_cfg).to(device)
-    if tcfg.init_from and not resume:
-        model.load_state_dict(load_model(tcfg.init_from, device=device).state_dict())
+    if tcfg.init_from and resume is not True:  # "auto": a checkpoint found replaces them
+        # The caller resolved `train.init_from` (pipeline/pretrain_stage.resolve_init_from, or
+        # cpt): a model folder whose architecture `recipe.model` already is.
+        init = load_model(tcfg.init_from, device=device)
+        if init.cfg != model_cfg:
+            raise ConfigError(
+                f"train.init_from {tcfg.init_from} is not the recipe's `model` architecture",
+                hint="start through `forgeml train pretrain`/`pipeline run`, which resolve it",
+            )
+        model.load_state_dict(init.state_dict())
+    # Compilation and DDP/FSDP are applied from outside, before the optimizer sees the
+    # parameters (FSDP replaces them with shards). `model` stays the module that is
+    # checkpointed, evaluated and exported; `train_model` the one a training step calls
+    # (the DDP wrapper, or `model` itself when sharded).
+    train_model = parallelize_for_training(model, tcfg, device=device, strategy=strategy)
     optimizer = build_optimizer(model, ocfg, device)
     start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
     start_step, saved = start.step, start.saved
@@ -165,16 +200,9 @@ def _pretrain(
     if start.resumed:
         batches.load_state_dict(start.data)
 
-    # Compilation and DDP wrap the plain model from outside; `model` stays the module whose
-    # state is checkpointed, evaluated and exported.
-    train_model = parallelize(
-        model, compile=tcfg.compile, ddp=dist.world_size > 1, device=device,
-        activation_checkpointing=tcfg.activation_checkpointing,
-    )  # fmt: skip
-
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
-        progress=progress, resume_step=start_step if resume else None,
+        progress=progress, resume_step=start_step if start.resumed else None,
     )  # fmt: skip
     tokens_per_step = global_batch * tcfg.seq_len
     eval_kw = dict(
@@ -192,21 +220,13 @@ def _pretrain(
         micro_batches = batches.next_micro_batches(tcfg.micro_batch_size, grad_accum)
         for i, (x, y) in enumerate(micro_batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            # Under DDP, all-reduce gradients only once, on the last micro-batch.
-            last = i == grad_accum - 1
-            sync = (
-                contextlib.nullcontext() if last or dist.world_size == 1 else train_model.no_sync()
-            )
-            with sync:
+            # Reduce gradients over processes only once, on the last micro-batch.
+            with gradient_sync(train_model, i == grad_accum - 1):
                 with autocast(device, tcfg.dtype):
                     loss = train_model(x, y)
                 (loss / grad_accum).backward()
             loss_sum += loss.detach().float()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), ocfg.grad_clip or float("inf")
-        )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
 
         done = step + 1
         final = done == tcfg.max_steps
@@ -229,7 +249,8 @@ def _pretrain(
         if final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
             save_checkpoint(
                 ckpt_dir, done, model=model, optimizer=optimizer, data_state=batches.state_dict(),
-                keep=tcfg.keep_checkpoints, extra={
+                keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoint and not final,
+                extra={
                     **identity_record(run_config), "train_loss": train_loss, "eval_loss": eval_loss,
                     "elapsed": elapsed_before + time.perf_counter() - t_start,
                 },
@@ -247,12 +268,13 @@ def _pretrain(
     summary = {
         "final_train_loss": train_loss, "final_eval_loss": eval_loss, "steps": tcfg.max_steps,
         "tokens": tcfg.max_steps * tokens_per_step, "tokens_per_s": trained_tokens / seconds,
-        "params": model.num_params(), "world_size": dist.world_size,
+        "params": model.num_params(), "world_size": dist.world_size, "strategy": strategy,
         "config_hash": config_hash(run_config), "model_dir": str(out_dir / "model"),
         "checkpoint_dir": str(ckpt_dir), "metrics_path": str(out_dir / "metrics.jsonl"),
     }  # fmt: skip
+    final_model = gathered_model(model, lambda: build_model(model_cfg))  # every rank: gathers
     if dist.is_main:
-        save_model(model, out_dir / "model", tokenizer_dir)
+        save_model(final_model, out_dir / "model", tokenizer_dir)
         save_resolved(recipe, out_dir / "recipe.yaml")
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     barrier()  # every rank returns only once the final model is on disk
@@ -270,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-shards", type=Path)
     parser.add_argument("--tokenizer-dir", type=Path, help="copied next to the final weights")
     parser.add_argument("--resume", action="store_true", help="continue the latest checkpoint")
+    parser.add_argument(
+        "--auto-resume", action="store_true",
+        help="continue the latest checkpoint if there is one, else start (what a torchrun "
+        "elastic restart or a requeued Slurm job wants)",
+    )  # fmt: skip
     parser.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     parser.add_argument("overrides", nargs="*", help="dotted key=value, e.g. train.max_steps=50")
     args = parser.parse_args(argv)
@@ -278,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = pretrain(
             recipe, train_shards=args.train_shards, out_dir=args.out,
             eval_shards=args.eval_shards, tokenizer_dir=args.tokenizer_dir,
-            resume=args.resume, progress=not args.quiet,
+            resume="auto" if args.auto_resume and not args.resume else args.resume,
+            progress=not args.quiet,
         )  # fmt: skip
     except ForgeError as exc:
         print(f"error: {exc}", file=sys.stderr)

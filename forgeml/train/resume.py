@@ -9,19 +9,22 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from forgeml.core.config import config_hash
 from forgeml.core.errors import ConfigError, NotFoundError
-from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint
+from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_meta
 
 # `train` settings that never change the trained weights: a resumed run may change them.
+# (compile, activation checkpointing and the parallel strategy change only rounding: the
+# order of sums, like the batch split; a run may resume under another strategy.)
 RESULT_NEUTRAL_TRAIN_FIELDS = frozenset({
     "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints", "log_every",
-    "compile", "device", "activation_checkpointing",
+    "compile", "device", "activation_checkpointing", "async_checkpoint", "strategy",
+    "cpu_offload",
 })  # fmt: skip
 # How the global batch is split (micro-batch x accumulation x processes): neutral in the
 # loops that record the global batch in the checkpoint and keep it on resume.
@@ -46,20 +49,25 @@ def identity_record(identity: dict[str, Any]) -> dict[str, Any]:
 
 def resume_or_start(
     ckpt_dir: Path, identity: dict[str, Any], *, model: nn.Module,
-    optimizer: torch.optim.Optimizer, resume: bool,
+    optimizer: torch.optim.Optimizer, resume: bool | Literal["auto"],
 ) -> RunStart:  # fmt: skip
     """A new run (`resume` False), or the latest checkpoint in `ckpt_dir` restored into
     `model` and `optimizer` (with the RNG states) after checking it belongs to the same run:
-    a checkpoint whose identity differs from `identity` is refused, naming what changed."""
+    a checkpoint whose identity differs from `identity` is refused, naming what changed,
+    before any tensor is read. The checkpoint may come from any number of processes (it is
+    resharded on load); every process calls this. `resume="auto"` continues the latest
+    checkpoint when there is one and starts otherwise (elastic restarts, requeued jobs)."""
     if not resume:
         return RunStart()
     path = latest_checkpoint(ckpt_dir)
+    if path is None and resume == "auto":
+        return RunStart()
     if path is None:
         raise NotFoundError(
             f"--resume: no checkpoint in {ckpt_dir}", hint="run without --resume to start"
         )
+    check_same_run(read_checkpoint_meta(path)["extra"], identity, path)
     state = load_checkpoint(path, model=model, optimizer=optimizer)
-    check_same_run(state["extra"], identity, path)
     return RunStart(state["step"], state["extra"], state["data"], resumed=True)
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 
-from forgeml.core.config import Recipe, save_resolved
+from forgeml.core.config import Recipe, config_hash, save_resolved
 from forgeml.core.errors import ForgeError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
@@ -29,9 +30,18 @@ from forgeml.models.reward import (
 )
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
 from forgeml.train.checkpoint import save_checkpoint
+from forgeml.train.distributed import (
+    all_reduce_sum,
+    barrier,
+    check_ranks_agree,
+    file_fingerprint,
+    init_distributed,
+    rank_share,
+)
 from forgeml.train.losses import bradley_terry_loss
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, set_lr
+from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
+from forgeml.train.parallelize import gathered_model, gradient_sync, parallelize_for_training
 from forgeml.train.preference_data import (
     PreferencePair,
     batch_indices,
@@ -42,16 +52,19 @@ from forgeml.train.preference_data import (
     prompt_text,
     split_heldout,
 )
+from forgeml.train.preflight import choose_strategy, placement
 from forgeml.train.resume import RESULT_NEUTRAL_TRAIN_FIELDS, identity_record, resume_or_start
 
 
 def results_config(recipe: Recipe) -> dict[str, Any]:
-    """The run's identity: the settings that decide the trained weights. `train.max_steps`
-    may grow on resume (a run is extended); the batch split decides which pairs a step sees."""
+    """The run's identity: the settings that decide the trained weights. `reward_model.train.
+    max_steps` may grow on resume (a run is extended); the batch split decides which pairs a
+    step sees."""
+    rcfg = recipe.reward_model
     return {
-        "reward_model": recipe.reward_model.model_dump(mode="json"),
-        "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(
+        "reward_model": rcfg.model_dump(mode="json", exclude={"optim", "train"}),
+        "optim": rcfg.optim.model_dump(mode="json"),
+        "train": rcfg.train.model_dump(
             mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | {"max_steps"}
         ),
     }
@@ -69,20 +82,24 @@ def evaluate_reward_pairs(
     model: RewardModel, pairs: Sequence[PreferencePair], *, pad_id: int, batch_size: int,
     device: str, dtype: str,
 ) -> dict[str, float]:  # fmt: skip
-    """Share of pairs where the chosen completion gets the higher reward, and the mean margin."""
+    """Share of pairs where the chosen completion gets the higher reward, and the mean margin
+    (split over processes, in lockstep)."""
     was_training = model.training
     model.eval()
     wins, margin = 0.0, 0.0
-    for start in range(0, len(pairs), batch_size):
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    starts = range(0, len(pairs), batch_size)
+    for start, counted in rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
         chunk = pairs[start : start + batch_size]
         ids, mask = collate_pairs(chunk, pad_id)
         with autocast(device, dtype):
             chosen, rejected = _rewards(model, ids.to(device), mask.to(device)).chunk(2)
-        wins += (chosen > rejected).float().sum().item()
-        margin += (chosen - rejected).sum().item()
+        wins += (chosen > rejected).float().sum().item() * counted
+        margin += (chosen - rejected).sum().item() * counted
     model.train(was_training)
     n = max(len(pairs), 1)
-    return {"accuracy": wins / n, "margin": margin / n}
+    totals = all_reduce_sum({"wins": wins, "margin": margin})
+    return {"accuracy": totals["wins"] / n, "margin": totals["margin"] / n}
 
 
 def train_reward_model(
@@ -96,9 +113,14 @@ def train_reward_model(
 ) -> dict[str, Any]:
     """Fit a reward model on the pairs in `pairs_path`, starting from the LM in `base_model_dir`
     (with its tokenizer); return a summary with held-out accuracy before and after."""
-    rcfg, tcfg, ocfg = recipe.reward_model, recipe.train, recipe.optim
+    rcfg, tcfg, ocfg = recipe.reward_model, recipe.reward_model.train, recipe.reward_model.optim
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    device = pick_device(tcfg.device)
+    procs = init_distributed(tcfg.device)
+    device = procs.device
+    check_ranks_agree(
+        recipe=config_hash(recipe.model_dump(mode="json")), base=file_fingerprint(base_dir),
+        data=file_fingerprint(pairs_path),
+    )  # fmt: skip
     tok = load_tokenizer(base_dir)
     pad_id = special_token_ids(tok)["pad"]
     lm = load_model(base_dir)
@@ -110,6 +132,8 @@ def train_reward_model(
     seed_everything(tcfg.seed)
     model = RewardModel.from_language_model(lm).to(device)
     del lm
+    strategy = choose_strategy(model.cfg, tcfg, **placement(device, procs.world_size))
+    train_model = parallelize_for_training(model, tcfg, device=device, strategy=strategy)
     optimizer = build_optimizer(model, ocfg, device)
     ckpt_dir = out_dir / "checkpoints"
     run_config = results_config(recipe)
@@ -122,7 +146,7 @@ def train_reward_model(
     before = evaluate_reward_pairs(model, held, **eval_kw) if held else {}
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
-        resume_step=start_step if resume else None,
+        resume_step=start_step if resume else None, is_main=procs.is_main,
     )  # fmt: skip
     accum, micro = tcfg.grad_accum_steps, tcfg.micro_batch_size
     t_start = time.perf_counter()
@@ -130,7 +154,9 @@ def train_reward_model(
     model.train()
     for step in range(start_step, tcfg.max_steps):
         lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
-        order = batch_indices(len(train), micro * accum, step, tcfg.seed)
+        # The global batch is micro x accum x processes pairs; each process takes its slice.
+        order = batch_indices(len(train), micro * accum * procs.world_size, step, tcfg.seed)
+        order = order[procs.rank * micro * accum : (procs.rank + 1) * micro * accum]
         loss_sum, sums = 0.0, {}
         for i in range(accum):
             chunk = [train[j] for j in order[i * micro : (i + 1) * micro]]
@@ -138,20 +164,20 @@ def train_reward_model(
             margin = None
             if rcfg.use_margin and any(p.record.margin is not None for p in chunk):
                 margin = torch.tensor([p.record.margin or 0.0 for p in chunk], device=device)
-            with autocast(device, tcfg.dtype):
-                chosen, rejected = _rewards(model, ids.to(device), mask.to(device)).chunk(2)
-            loss, m = bradley_terry_loss(
-                chosen, rejected, margin=margin, center_coef=rcfg.center_coef
-            )
-            (loss / accum).backward()
-            loss_sum += loss.item() / accum
+            with gradient_sync(train_model, i == accum - 1):
+                with autocast(device, tcfg.dtype):
+                    rewards = _rewards(train_model, ids.to(device), mask.to(device))
+                chosen, rejected = rewards.chunk(2)
+                loss, m = bradley_terry_loss(
+                    chosen, rejected, margin=margin, center_coef=rcfg.center_coef
+                )
+                (loss / accum).backward()
+            loss_sum += loss.item() / accum / procs.world_size
             for key, value in m.items():
-                sums[key] = sums.get(key, 0.0) + value.item() / accum
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), ocfg.grad_clip or float("inf")
-        )
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+                sums[key] = sums.get(key, 0.0) + value.item() / accum / procs.world_size
+        loss_sum = all_reduce_sum({"loss": loss_sum})["loss"]
+        sums = all_reduce_sum(sums)
+        grad_norm = clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
         loss_value, step_metrics = loss_sum, sums
         done = step + 1
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
@@ -166,7 +192,9 @@ def train_reward_model(
             )  # fmt: skip
     metrics.close()
     after = evaluate_reward_pairs(model, held, **eval_kw) if held else {}
-    save_reward_model(model, out_dir / "model", base_dir, pad_id=pad_id)
+    final_model = gathered_model(model, lambda: RewardModel(model.cfg))  # every rank
+    if procs.is_main:
+        save_reward_model(final_model, out_dir / "model", base_dir, pad_id=pad_id)
     summary = {
         "final_train_loss": loss_value, "steps": tcfg.max_steps,
         "train_pairs": len(train), "heldout_pairs": len(held),
@@ -175,10 +203,12 @@ def train_reward_model(
         "heldout_accuracy": after.get("accuracy"), "heldout_margin": after.get("margin"),
         "train_accuracy": step_metrics.get("accuracy"),
         "seconds": time.perf_counter() - t_start, "data_report": report.to_dict(),
-        "model_dir": str(out_dir / "model"),
+        "model_dir": str(out_dir / "model"), "world_size": procs.world_size, "strategy": strategy,
     }  # fmt: skip
-    save_resolved(recipe, out_dir / "recipe.yaml")
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    if procs.is_main:
+        save_resolved(recipe, out_dir / "recipe.yaml")
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier()
     return summary
 
 

@@ -19,18 +19,30 @@ import torch
 from torch import nn
 
 from forgeml.core.config import Recipe, config_hash, save_resolved
-from forgeml.core.errors import DataError
+from forgeml.core.errors import ConfigError, DataError
 from forgeml.core.io import atomic_write_text
-from forgeml.core.runtime import autocast, pick_device, seed_everything
+from forgeml.core.runtime import autocast, seed_everything
 from forgeml.core.seeds import derive_seed
 from forgeml.models.hf_io import load_model, save_model
+from forgeml.models.registry import build_model
 from forgeml.models.sampling import sample_groups
 from forgeml.tokenizer.chat import END, EOS
 from forgeml.tokenizer.train import load_tokenizer
 from forgeml.train.checkpoint import save_checkpoint
+from forgeml.train.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    check_ranks_agree,
+    concat_over_ranks,
+    file_fingerprint,
+    init_distributed,
+)
 from forgeml.train.losses import token_logps
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, set_lr
+from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
+from forgeml.train.parallelize import full_weights, gathered_model, gradient_sync, parallelize
+from forgeml.train.preflight import choose_strategy
 from forgeml.train.resume import (
     BATCH_SPLIT_FIELDS,
     RESULT_NEUTRAL_TRAIN_FIELDS,
@@ -79,13 +91,16 @@ def _frozen_logps(
 
 def results_config(recipe: Recipe) -> dict[str, Any]:
     """The run's identity: the part of a recipe that decides the trained weights (GRPO
-    batches by `rl.*`; `train.micro_batch_size`/`grad_accum_steps` are unused)."""
+    batches by `rl.*`; `rl.train.micro_batch_size`/`grad_accum_steps` are unused)."""
+    rcfg = recipe.rl
     return {
-        "optim": recipe.optim.model_dump(mode="json"),
-        "train": recipe.train.model_dump(
+        "optim": rcfg.optim.model_dump(mode="json"),
+        "train": rcfg.train.model_dump(
             mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | BATCH_SPLIT_FIELDS
         ),
-        "rl": recipe.rl.model_dump(mode="json", exclude=RESULT_NEUTRAL_RL_FIELDS),
+        "rl": rcfg.model_dump(
+            mode="json", exclude={**RESULT_NEUTRAL_RL_FIELDS, "optim": True, "train": True}
+        ),
     }
 
 
@@ -94,20 +109,35 @@ def train_rl(
     rewards: list[RewardPlugin] | None = None, workspace: Any = None, progress: bool = True,
 ) -> dict[str, Any]:  # fmt: skip
     """GRPO-train the model in `base_model` (a model folder with its tokenizer) on the
-    prompts JSONL; `rewards` defaults to the plugins of `recipe.rl.rewards`."""
-    device = pick_device(recipe.train.device)
-    with deterministic(device == "cpu"):
+    prompts JSONL; `rewards` defaults to the plugins of `recipe.rl.rewards`.
+
+    Under torchrun (`rl.train.strategy` ddp/fsdp) each process samples, scores and trains on
+    its share of a step's prompts, whole groups each; the advantages see every process's
+    rewards. Each process draws from its own generator (`sample.rank`), so N processes sample
+    other completions than one: what is equal at any N is the update on the same samples."""
+    procs = init_distributed(recipe.rl.train.device)
+    with deterministic(procs.device == "cpu"):
         return _train_rl(
             recipe, Path(base_model), Path(prompts), Path(out_dir), resume,
-            rewards or build_rewards(recipe.rl.rewards, workspace), device, progress,
+            rewards or build_rewards(recipe.rl.rewards, workspace), procs, progress,
         )  # fmt: skip
 
 
 def _train_rl(
     recipe: Recipe, base_model: Path, prompts_path: Path, out_dir: Path, resume: bool,
-    rewards: list[RewardPlugin], device: str, progress: bool,
+    rewards: list[RewardPlugin], procs: DistInfo, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
-    rcfg, tcfg, ocfg = recipe.rl, recipe.train, recipe.optim
+    rcfg, tcfg, ocfg = recipe.rl, recipe.rl.train, recipe.rl.optim
+    device, world = procs.device, procs.world_size
+    check_ranks_agree(
+        recipe=config_hash(recipe.model_dump(mode="json")), base=file_fingerprint(base_model),
+        prompts=file_fingerprint(prompts_path),
+    )  # fmt: skip
+    if rcfg.prompts_per_step % world:
+        raise ConfigError(
+            f"rl.prompts_per_step {rcfg.prompts_per_step} does not split over {world} processes",
+            hint=f"make it a multiple of {world}: each process takes whole groups",
+        )
     tok = load_tokenizer(base_model)
     eos_id = tok.token_to_id(EOS)
     if eos_id is None:
@@ -133,13 +163,25 @@ def _train_rl(
         load_model(base_model, device=device).requires_grad_(False).eval()
         if rcfg.kl_coef > 0 else None
     )  # fmt: skip
+    fit = dict(
+        device=device, world_size=world, processes_per_device=world if device == "cpu" else 1
+    )
+    strategy = choose_strategy(model.cfg, tcfg, **fit)
+    # Not compiled: sampling changes the input shapes every token. Under FSDP the reference
+    # is sharded like the policy and runs without gradients in lockstep.
+    train_model = parallelize(
+        model, device=device, strategy=strategy, dtype=tcfg.dtype, cpu_offload=tcfg.cpu_offload,
+        activation_checkpointing=tcfg.activation_checkpointing,
+    )  # fmt: skip
+    if reference is not None and strategy == "fsdp":
+        reference = parallelize(reference, device=device, strategy="fsdp", dtype=tcfg.dtype)
     optimizer = build_optimizer(model, ocfg, device)
     start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
     start_step, saved = start.step, start.saved
     loss_fn = LOSSES["grpo"]
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=False,
-        resume_step=start_step if resume else None,
+        resume_step=start_step if resume else None, is_main=procs.is_main,
     )  # fmt: skip
     elapsed_before = saved.get("elapsed", 0.0)
     t_start = time.perf_counter()
@@ -152,55 +194,72 @@ def _train_rl(
         # 1. Sample G completions per prompt from the current policy (seeded per step), and
         # 2. score them. With dynamic sampling a group of equal rewards (no signal) is swapped
         # for a group of a fresh prompt, while the step's spare prompts last.
+        # Each process takes whole groups: its slice of the step's prompts and of the spares,
+        # sampled from its own generator (rank 0's is the one of a single process).
         model.eval()
-        gen = torch.Generator(device=device).manual_seed(
-            derive_seed(tcfg.seed, "rl.sample_step", step)
-        )
+        gen = torch.Generator(device=device).manual_seed(derive_seed(
+            derive_seed(tcfg.seed, "rl.sample_step", step), "sample.rank", procs.rank
+        ))  # fmt: skip
         chosen = prompts_for_step(len(records), step, rcfg.prompts_per_step, tcfg.seed)
+        per_rank = len(chosen) // world
+        chosen = chosen[procs.rank * per_rank : (procs.rank + 1) * per_rank]
         spare = iter(prompts_for_step(
             len(records), step, rcfg.dynamic_sampling, derive_seed(tcfg.seed, "rl.spare_prompts")
-        ))  # fmt: skip
+        )[procs.rank :: world])  # fmt: skip
         kept: list[dict[str, Any]] = []
         drawn: list[float] = []
         resampled = 0
         t_sample = t_score = 0.0
-        while chosen:
-            t0 = time.perf_counter()
-            groups = list(zip(chosen, sample_groups(
-                model, [encoded[i] for i in chosen], G, max_new_tokens=rcfg.max_new_tokens,
-                stop_ids=stop_ids, temperature=rcfg.temperature, top_k=rcfg.top_k,
-                top_p=rcfg.top_p, generator=gen, device=device, dtype=tcfg.dtype,
-            ), strict=True))  # fmt: skip
-            t1 = time.perf_counter()
-            completions = [
-                tok.decode([t for t in ids if t not in stop_ids])
-                for _, rows in groups
-                for ids in rows
-            ]
-            total, each = score_completions(
-                rewards, [records[i].text for i, _ in groups for _ in range(G)], completions,
-                [records[i].metadata for i, _ in groups for _ in range(G)],
-            )  # fmt: skip
-            t_sample += t1 - t0
-            t_score += time.perf_counter() - t1
-            drawn += total
-            chosen = []
-            for g, (i, rows) in enumerate(groups):
-                got = total[g * G : (g + 1) * G]
-                if max(got) == min(got) and (swap := next(spare, None)) is not None:
-                    chosen.append(swap)
-                    resampled += 1
-                    continue
-                kept.append({
-                    "prompt": i, "rows": rows, "rewards": got,
-                    "each": {k: v[g * G : (g + 1) * G] for k, v in each.items()},
-                })  # fmt: skip
+        # Under FSDP the weights are gathered once for the whole sampling: the processes
+        # decode different numbers of tokens and rounds, without collectives.
+        with full_weights(model):
+            while chosen:
+                t0 = time.perf_counter()
+                groups = list(zip(chosen, sample_groups(
+                    model, [encoded[i] for i in chosen], G, max_new_tokens=rcfg.max_new_tokens,
+                    stop_ids=stop_ids, temperature=rcfg.temperature, top_k=rcfg.top_k,
+                    top_p=rcfg.top_p, generator=gen, device=device, dtype=tcfg.dtype,
+                ), strict=True))  # fmt: skip
+                t1 = time.perf_counter()
+                completions = [
+                    tok.decode([t for t in ids if t not in stop_ids])
+                    for _, rows in groups
+                    for ids in rows
+                ]
+                total, each = score_completions(
+                    rewards, [records[i].text for i, _ in groups for _ in range(G)], completions,
+                    [records[i].metadata for i, _ in groups for _ in range(G)],
+                )  # fmt: skip
+                t_sample += t1 - t0
+                t_score += time.perf_counter() - t1
+                drawn += total
+                chosen = []
+                for g, (i, rows) in enumerate(groups):
+                    got = total[g * G : (g + 1) * G]
+                    if max(got) == min(got) and (swap := next(spare, None)) is not None:
+                        chosen.append(swap)
+                        resampled += 1
+                        continue
+                    kept.append({
+                        "prompt": i, "rows": rows, "rewards": got,
+                        "each": {k: v[g * G : (g + 1) * G] for k, v in each.items()},
+                    })  # fmt: skip
         prompt_lens = [len(encoded[k["prompt"]]) for k in kept for _ in range(G)]
         sequences = [encoded[k["prompt"]] + ids for k in kept for ids in k["rows"]]
-        reward_list = [r for k in kept for r in k["rewards"]]
-        per_plugin = {name: [r for k in kept for r in k["each"][name]] for name in kept[0]["each"]}
-        rewards_t = torch.tensor(reward_list)
-        advantages = group_advantages(rewards_t, G, rcfg.scale_rewards).to(device)
+        lengths = [len(s) - p for s, p in zip(sequences, prompt_lens, strict=True)]
+        # Every process's groups, in rank order (the order of one process's step).
+        every = concat_over_ranks({
+            "rewards": [r for k in kept for r in k["rewards"]], "drawn": drawn,
+            "resampled": [resampled], "lengths": lengths, "sample_s": [t_sample],
+            "score_s": [t_score],
+            **{f"reward/{name}": [r for k in kept for r in k["each"][name]]
+               for name in kept[0]["each"]},
+        })  # fmt: skip
+        rewards_t = torch.tensor(every["rewards"])
+        # Advantages of every group (`scale_rewards: batch` takes the std over all of them);
+        # this process keeps its own rows.
+        mine = slice(procs.rank * len(sequences), (procs.rank + 1) * len(sequences))
+        advantages = group_advantages(rewards_t, G, rcfg.scale_rewards)[mine].to(device)
 
         # 3. Log-probs of the sampling policy (old) and of the reference, without gradients.
         batches = [
@@ -216,41 +275,44 @@ def _train_rl(
         sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
         for _ in range(rcfg.inner_steps):
             for j, b in enumerate(batches):
-                logps, mask = completion_token_logps(
-                    model, prompt_lens[b], sequences[b], device, tcfg.dtype
-                )
-                old_j = old[j] if old[j] is not None else logps.detach()
-                loss, parts = loss_fn(logps, old_j, ref[j], advantages[b], mask, rcfg)
-                share = len(sequences[b]) / len(sequences)
-                (loss * share).backward()
+                with gradient_sync(train_model, j == len(batches) - 1):
+                    logps, mask = completion_token_logps(
+                        train_model, prompt_lens[b], sequences[b], device, tcfg.dtype
+                    )
+                    old_j = old[j] if old[j] is not None else logps.detach()
+                    loss, parts = loss_fn(logps, old_j, ref[j], advantages[b], mask, rcfg)
+                    # the micro-batch's share of the whole step's sequences, all processes';
+                    # DDP and FSDP average the processes' gradients, hence x world
+                    share = len(sequences[b]) / len(rewards_t)
+                    (loss * share * world).backward()
                 sums["loss"] += loss.item() * share / rcfg.inner_steps
                 for key in ("kl", "clip_fraction"):
                     if key in parts:
                         sums[key] += parts[key].item() * share / rcfg.inner_steps
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), ocfg.grad_clip or float("inf")
-            )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
+        sums = all_reduce_sum(sums)
 
         done = step + 1
         final = done == tcfg.max_steps
-        lengths = [len(s) - p for s, p in zip(sequences, prompt_lens, strict=True)]
+        drawn, lengths = every["drawn"], every["lengths"]
         record = {
             "step": done, "loss": sums["loss"], "lr": lr, "grad_norm": grad_norm.item(),
             "reward_mean": rewards_t.mean().item(), "reward_std": rewards_t.std().item(),
             # every group sampled this step, the swapped-out ones too: the policy's own rate
-            "reward_mean_drawn": sum(drawn) / len(drawn), "groups_resampled": resampled,
-            **{f"reward/{k}": sum(v) / len(v) for k, v in per_plugin.items()},
+            "reward_mean_drawn": sum(drawn) / len(drawn),
+            "groups_resampled": sum(every["resampled"]),
+            **{k: sum(v) / len(v) for k, v in every.items() if k.startswith("reward/")},
             "kl": sums["kl"] if reference is not None else None,
             "clip_fraction": sums["clip_fraction"],
             "completion_len": sum(lengths) / len(lengths),
-            "sample_s": t_sample, "score_s": t_score, "step_s": time.perf_counter() - t_step,
+            # the slowest process's time: the step waits for it
+            "sample_s": max(every["sample_s"]), "score_s": max(every["score_s"]),
+            "step_s": time.perf_counter() - t_step,
             "elapsed": elapsed_before + time.perf_counter() - t_start,
         }  # fmt: skip
         if final or done % tcfg.log_every == 0:
             metrics.log(record)
-            if progress:
+            if progress and procs.is_main:
                 kl = f"  kl {record['kl']:.4f}" if record["kl"] is not None else ""
                 print(
                     f"rl  step {done}/{tcfg.max_steps}  reward {record['reward_mean']:.3f}"
@@ -269,13 +331,16 @@ def _train_rl(
     metrics.close()
     summary = {
         "steps": tcfg.max_steps, "final_reward_mean": record.get("reward_mean"),
-        "final_kl": record.get("kl"), "reference": "base model" if reference else None,
+        "final_kl": record.get("kl"), "reference": "base model" if reference is not None else None,
         "rewards": [p.name for p in rewards], "n_prompts": len(records),
         "config_hash": config_hash(run_config), "model_dir": str(out_dir / "model"),
         "metrics_path": str(out_dir / "metrics.jsonl"), "checkpoint_dir": str(ckpt_dir),
-        "seconds": time.perf_counter() - t_start,
+        "seconds": time.perf_counter() - t_start, "world_size": world, "strategy": strategy,
     }  # fmt: skip
-    save_model(model, out_dir / "model", base_model)
-    save_resolved(recipe, out_dir / "recipe.yaml")
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    final_model = gathered_model(model, lambda: build_model(model.cfg))  # every rank: gathers
+    if procs.is_main:
+        save_model(final_model, out_dir / "model", base_model)
+        save_resolved(recipe, out_dir / "recipe.yaml")
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier()
     return summary

@@ -9,7 +9,6 @@ adapter/ (LoRA, PEFT format).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import sys
@@ -28,7 +27,7 @@ from forgeml.models.dense import IGNORE_INDEX
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.lora import apply_lora, save_adapter, trainable_parameters
 from forgeml.models.moe import router_metrics
-from forgeml.models.parallelize import parallelize
+from forgeml.models.registry import build_model
 from forgeml.tokenizer.train import TOKENIZER_FILES, load_tokenizer
 from forgeml.train.chat_data import (
     PAD_DOC,
@@ -40,9 +39,23 @@ from forgeml.train.chat_data import (
     rows_to_batch,
 )
 from forgeml.train.checkpoint import save_checkpoint
-from forgeml.train.distributed import all_reduce_mean, barrier, init_distributed
+from forgeml.train.distributed import (
+    all_reduce_mean,
+    barrier,
+    check_ranks_agree,
+    file_fingerprint,
+    init_distributed,
+    rank_share,
+)
 from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, set_lr
+from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
+from forgeml.train.parallelize import (
+    gathered_model,
+    gradient_sync,
+    is_fsdp,
+    parallelize_for_training,
+)
+from forgeml.train.preflight import choose_strategy, placement
 from forgeml.train.resume import (
     BATCH_SPLIT_FIELDS,
     RESULT_NEUTRAL_TRAIN_FIELDS,
@@ -76,23 +89,34 @@ def evaluate_loss(
     model: nn.Module, rows: PackedRows, *, batch_size: int, device: str, dtype: str,
     packing: bool, rank: int = 0, world_size: int = 1,
 ) -> float:  # fmt: skip
-    """Mean loss per assistant token over all held-out rows (split over processes)."""
+    """Mean loss per assistant token over all held-out rows (split over processes; under
+    FSDP every process runs as many forwards as the others)."""
     model.eval()
     total = torch.zeros(2, device=device)  # loss * label tokens, label tokens
-    for i, start in enumerate(range(0, len(rows), batch_size)):
-        if i % world_size != rank:
-            continue
+    lockstep = is_fsdp(model)
+    starts = range(0, len(rows), batch_size)
+    for start, counted in rank_share(starts, rank=rank, world_size=world_size, lockstep=lockstep):
         index = range(start, min(start + batch_size, len(rows)))
         x, y, docs = (t.to(device) for t in rows_to_batch(rows, index))
-        n = (y != IGNORE_INDEX).sum()
-        if n == 0:
+        n = (y != IGNORE_INDEX).sum() if counted else 0
+        if n == 0 and not lockstep:
             continue
         with autocast(device, dtype):
             loss = model(x, y, doc_ids=docs if packing else None)
-        total += torch.stack([loss.float() * n, n.float()])
+        if n:
+            total += torch.stack([loss.float() * n, n.float()])
     model.train()
     total = all_reduce_mean(total)
     return (total[0] / total[1]).item()
+
+
+def _empty_like(model: nn.Module, cfg: SFTConfig) -> nn.Module:
+    """A fresh module of `model`'s architecture (with its LoRA layers) to gather weights into."""
+    empty = build_model(model.cfg)
+    if cfg.method == "lora":
+        lc = cfg.lora
+        apply_lora(empty, list(lc.targets), lc.rank, lc.alpha, lc.dropout)
+    return empty
 
 
 def sft(
@@ -119,6 +143,11 @@ def _sft(
     tcfg, ocfg = cfg.train, cfg.optim
     dist = init_distributed(tcfg.device)
     device = dist.device
+    check_ranks_agree(
+        recipe=config_hash(cfg.model_dump(mode="json")), base=file_fingerprint(base_dir),
+        data=file_fingerprint(train_data),
+        heldout=file_fingerprint(heldout_data) if heldout_data is not None else "",
+    )  # fmt: skip
     tok = load_tokenizer(base_dir)
     data_kw = dict(
         max_tokens=tcfg.seq_len + 1, overlength=cfg.overlength, on_invalid=cfg.on_invalid
@@ -140,6 +169,10 @@ def _sft(
     if cfg.method == "lora":
         lc = cfg.lora
         apply_lora(model, list(lc.targets), lc.rank, lc.alpha, lc.dropout)
+    strategy = choose_strategy(model.cfg, tcfg, **placement(device, dist.world_size))
+    # DDP/FSDP from outside, before the optimizer sees the parameters (FSDP shards them; LoRA
+    # layers are sharded with their block, frozen base weights included).
+    train_model = parallelize_for_training(model, tcfg, device=device, strategy=strategy)
     optimizer = build_optimizer(model, ocfg, device)
     run_config = results_config(cfg, _file_sha256(base_dir / "model.safetensors"))
     ckpt_dir = out_dir / "checkpoints"
@@ -160,7 +193,6 @@ def _sft(
                          world_size=dist.world_size)  # fmt: skip
     if start.resumed:
         batches.load_state_dict(start.data)
-    train_model = parallelize(model, compile=tcfg.compile, ddp=dist.world_size > 1, device=device)
     metrics = MetricsLogger(
         out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
         progress=progress, resume_step=start_step if resume else None,
@@ -185,20 +217,14 @@ def _sft(
         loss_sum = torch.zeros((), device=device)
         for i, (x, y, docs) in enumerate(micro_batches):
             x, y, docs = x.to(device), y.to(device), docs.to(device)
-            last = i == grad_accum - 1
-            sync = (
-                contextlib.nullcontext() if last or dist.world_size == 1 else train_model.no_sync()
-            )
-            with sync:
+            with gradient_sync(train_model, i == grad_accum - 1):
                 with autocast(device, tcfg.dtype):
                     loss = train_model(x, y, doc_ids=docs if cfg.packing else None)
                 weight = counts[i].to(device) / batch_tokens
                 (loss * weight * dist.world_size).backward()
             loss_sum += loss.detach().float() * weight * dist.world_size
         params = [p for p in model.parameters() if p.requires_grad]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, ocfg.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_and_step(optimizer, params, ocfg.grad_clip)
 
         done = step + 1
         final = done == tcfg.max_steps
@@ -234,20 +260,22 @@ def _sft(
         "tokens_per_s": (tokens_seen - saved.get("tokens", 0)) / max(seconds, 1e-9),
         "params": model.num_params(), "trainable_params": trainable_parameters(model),
         "rows": len(rows), "examples": len(examples), "world_size": dist.world_size,
+        "strategy": strategy,
         "config_hash": config_hash(run_config), "data": report.to_dict(),
         "heldout": eval_report.to_dict() if eval_report else None,
         "metrics_path": str(out_dir / "metrics.jsonl"),
     }  # fmt: skip
+    final_model = gathered_model(model, lambda: _empty_like(model, cfg))  # every rank: gathers
     if dist.is_main:
         if cfg.method == "lora":
             summary["adapter_dir"] = str(
-                save_adapter(model, out_dir / "adapter", base_model=base_model_id)
+                save_adapter(final_model, out_dir / "adapter", base_model=base_model_id)
             )
             for name in TOKENIZER_FILES:
                 if (base_dir / name).is_file():
                     atomic_write_bytes(out_dir / "adapter" / name, (base_dir / name).read_bytes())
         else:
-            summary["model_dir"] = str(save_model(model, out_dir / "model", base_dir))
+            summary["model_dir"] = str(save_model(final_model, out_dir / "model", base_dir))
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     barrier()
     return summary
