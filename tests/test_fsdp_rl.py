@@ -107,8 +107,7 @@ def _close_weights(a: Path, b: Path) -> None:
         torch.testing.assert_close(got[name], ref[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+@pytest.mark.parametrize("strategy", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
 def test_grpo_two_processes_match_one_process_on_the_same_samples(
     tiny, reward_file, tmp_path, monkeypatch, strategy  # noqa: F811
 ):  # fmt: skip
@@ -174,8 +173,7 @@ def test_grpo_processes_that_disagree_refuse_to_start(tiny, reward_file, tmp_pat
     assert "rl.prompts_per_step 3 does not split over 2 processes" in odd.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+@pytest.mark.parametrize("strategy", ["fsdp", pytest.param("ddp", marks=pytest.mark.slow)])
 def test_online_dpo_two_processes_match_one_process_on_the_same_samples(
     tmp_path, monkeypatch, strategy
 ):  # fmt: skip
@@ -221,3 +219,30 @@ def test_online_dpo_two_processes_match_one_process_on_the_same_samples(
         for key in ("loss", "grad_norm", "rewards/margins", "rewards/accuracies"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (a["step"], key)
     _close_weights(tmp_path / "two" / "model", tmp_path / "one" / "model")
+
+
+@pytest.mark.slow
+def test_grpo_two_processes_resume_equals_uninterrupted_run(tiny, reward_file, tmp_path):  # noqa: F811
+    """Each process's samples are a function of the step and its rank, so a 2-process run
+    resumed from its sharded step-2 checkpoint continues as if never stopped."""
+    import shutil
+
+    base, prompts = tiny
+    overrides = [
+        *FAST, reward_file, "rl.train.max_steps=4", "rl.train.checkpoint_every=2",
+        "rl.train.keep_checkpoints=3", "rl.kl_coef=0.05", "rl.train.strategy=fsdp",
+    ]  # fmt: skip
+    kw = dict(base_model=base, prompts=prompts, progress=False)
+    full, split = tmp_path / "full", tmp_path / "split"
+    done = run_distributed("forgeml.train.rl:train_rl", overrides, out_dir=full, **kw)
+    assert done.returncode == 0, done.stderr[-4000:]
+    shutil.copytree(full / "checkpoints" / "step_00000002", split / "checkpoints" / "step_00000002")
+    shutil.copy(full / "metrics.jsonl", split / "metrics.jsonl")
+    done = run_distributed("forgeml.train.rl:train_rl", overrides, out_dir=split, resume=True, **kw)
+    assert done.returncode == 0, done.stderr[-4000:]
+    a, b = read_metrics(full / "metrics.jsonl"), read_metrics(split / "metrics.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    assert [r["reward_mean"] for r in a] == [r["reward_mean"] for r in b]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    got, ref = load_file(split / "model/model.safetensors"), load_file(full / "model/model.safetensors")  # fmt: skip
+    assert all(torch.equal(got[k], ref[k]) for k in ref)

@@ -15,7 +15,9 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel
 
+from forgeml.core.config import config_hash
 from forgeml.core.errors import ConfigError
 from forgeml.core.runtime import pick_device
 
@@ -67,6 +69,15 @@ def check_ranks_agree(**fingerprints: str) -> None:
             f"the processes of this run disagree: {'; '.join(problems)}",
             hint="start every process with the same recipe, overrides and data files",
         )
+
+
+def check_inputs_agree(recipe: BaseModel, **inputs: str | os.PathLike[str] | None) -> None:
+    """`check_ranks_agree` on the recipe's hash and each input's `file_fingerprint` (an input
+    given as None counts as absent on that process)."""
+    check_ranks_agree(
+        recipe=config_hash(recipe.model_dump(mode="json")),
+        **{name: "" if path is None else file_fingerprint(path) for name, path in inputs.items()},
+    )
 
 
 def file_fingerprint(path: str | os.PathLike[str], sample: int = 1 << 16) -> str:

@@ -30,8 +30,7 @@ from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     all_reduce_sum,
     barrier,
-    check_ranks_agree,
-    file_fingerprint,
+    check_inputs_agree,
     init_distributed,
     rank_share,
 )
@@ -180,10 +179,7 @@ def train_dpo(
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
     procs = init_distributed(tcfg.device)
     device = procs.device
-    check_ranks_agree(
-        recipe=config_hash(recipe.model_dump(mode="json")), base=file_fingerprint(base_dir),
-        data=file_fingerprint(pairs_path),
-    )  # fmt: skip
+    check_inputs_agree(recipe, base=base_dir, data=pairs_path)
     tok = load_tokenizer(base_dir)
     pad_id = special_token_ids(tok)["pad"]
     seed_everything(tcfg.seed)

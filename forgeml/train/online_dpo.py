@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from forgeml.core.config import DPOConfig, Recipe, config_hash, save_resolved
+from forgeml.core.config import DPOConfig, Recipe, save_resolved
 from forgeml.core.errors import ConfigError, DataError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.plugins import load_plugin
@@ -37,16 +37,20 @@ from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     all_reduce_sum,
     barrier,
-    check_ranks_agree,
+    check_inputs_agree,
     concat_over_ranks,
-    file_fingerprint,
     init_distributed,
 )
 from forgeml.train.dpo import pair_logps, results_config
 from forgeml.train.losses import PairLogps, preference_loss
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer, set_lr
-from forgeml.train.parallelize import full_weights, gathered_model, gradient_sync, parallelize
+from forgeml.train.parallelize import (
+    full_weights,
+    gathered_model,
+    gradient_sync,
+    parallelize_for_sampling,
+)
 from forgeml.train.preference_data import (
     PreferencePair,
     PreferenceRecord,
@@ -56,7 +60,7 @@ from forgeml.train.preference_data import (
     prompt_text,
     read_preference_records,
 )
-from forgeml.train.preflight import choose_strategy
+from forgeml.train.preflight import choose_strategy, placement
 from forgeml.train.resume import identity_record, resume_or_start
 
 # (prompts, completions, metadatas) -> one reward per completion.
@@ -204,10 +208,7 @@ def train_online_dpo(
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
     procs = init_distributed(tcfg.device)
     device, world = procs.device, procs.world_size
-    check_ranks_agree(
-        recipe=config_hash(recipe.model_dump(mode="json")), base=file_fingerprint(base_dir),
-        prompts=file_fingerprint(prompts_path),
-    )  # fmt: skip
+    check_inputs_agree(recipe, base=base_dir, prompts=prompts_path)
     ranker = ranker or build_ranker(dcfg, ws)
     tok = load_tokenizer(base_dir)
     pad_id, stop_id, tail = (
@@ -233,18 +234,10 @@ def train_online_dpo(
         stop_id=stop_id, seed=derive_seed(tcfg.seed, "online_dpo.eval"), device=device,
         dtype=tcfg.dtype,
     )  # fmt: skip
-    fit = dict(
-        device=device, world_size=world, processes_per_device=world if device == "cpu" else 1
+    strategy = choose_strategy(policy.cfg, tcfg, **placement(device, world))
+    train_policy, ref = parallelize_for_sampling(
+        policy, ref, tcfg, device=device, strategy=strategy
     )
-    strategy = choose_strategy(policy.cfg, tcfg, **fit)
-    # Not compiled: sampling changes the input shapes every token. Under FSDP the reference
-    # is sharded like the policy and runs without gradients in lockstep.
-    train_policy = parallelize(
-        policy, device=device, strategy=strategy, dtype=tcfg.dtype, cpu_offload=tcfg.cpu_offload,
-        activation_checkpointing=tcfg.activation_checkpointing,
-    )  # fmt: skip
-    if strategy == "fsdp":
-        ref = parallelize(ref, device=device, strategy="fsdp", dtype=tcfg.dtype)
     reward_before = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
     optimizer = build_optimizer(policy, ocfg, device)
     ckpt_dir = out_dir / "checkpoints"

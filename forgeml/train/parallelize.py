@@ -153,6 +153,23 @@ def parallelize_for_training(
     )  # fmt: skip
 
 
+def parallelize_for_sampling(
+    policy: nn.Module, reference: nn.Module | None, train_cfg: TrainConfig, *,
+    device: str | torch.device, strategy: Strategy,
+) -> tuple[nn.Module, nn.Module | None]:  # fmt: skip
+    """`parallelize` for the loops that sample from their policy (online DPO, GRPO): never
+    compiled (sampling changes the input shapes every token). Under FSDP the frozen
+    `reference` is sharded like the policy and runs without gradients in lockstep; returns
+    the module to train and the reference to score with."""
+    train_model = parallelize(
+        policy, device=device, strategy=strategy, dtype=train_cfg.dtype,
+        cpu_offload=train_cfg.cpu_offload, activation_checkpointing=train_cfg.activation_checkpointing,
+    )  # fmt: skip
+    if reference is not None and strategy == "fsdp":
+        reference = parallelize(reference, device=device, strategy="fsdp", dtype=train_cfg.dtype)
+    return train_model, reference
+
+
 def is_fsdp(model: nn.Module) -> bool:
     """True when `model` was sharded by `apply_fsdp` (its parameters are DTensor shards)."""
     from torch.distributed.fsdp import FSDPModule

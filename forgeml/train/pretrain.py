@@ -34,9 +34,8 @@ from forgeml.train.data import PretrainBatches, eval_batches
 from forgeml.train.distributed import (
     all_reduce_mean,
     barrier,
-    check_ranks_agree,
+    check_inputs_agree,
     cleanup,
-    file_fingerprint,
     init_distributed,
     rank_share,
 )
@@ -130,11 +129,7 @@ def _pretrain(
     device = dist.device
     train_data = TokenShards(train_shards)
     eval_data = TokenShards(eval_shards) if eval_shards is not None else None
-    check_ranks_agree(
-        recipe=config_hash(recipe.model_dump(mode="json")),
-        data=file_fingerprint(train_shards),
-        eval_data=file_fingerprint(eval_shards) if eval_shards is not None else "",
-    )
+    check_inputs_agree(recipe, data=train_shards, eval_data=eval_shards)
     model_cfg = recipe.model.model_copy(
         update={"vocab_size": recipe.model.vocab_size or train_data.vocab_size}
     )

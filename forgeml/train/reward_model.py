@@ -16,7 +16,7 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
-from forgeml.core.config import Recipe, config_hash, save_resolved
+from forgeml.core.config import Recipe, save_resolved
 from forgeml.core.errors import ForgeError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
@@ -33,8 +33,7 @@ from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     all_reduce_sum,
     barrier,
-    check_ranks_agree,
-    file_fingerprint,
+    check_inputs_agree,
     init_distributed,
     rank_share,
 )
@@ -117,10 +116,7 @@ def train_reward_model(
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
     procs = init_distributed(tcfg.device)
     device = procs.device
-    check_ranks_agree(
-        recipe=config_hash(recipe.model_dump(mode="json")), base=file_fingerprint(base_dir),
-        data=file_fingerprint(pairs_path),
-    )  # fmt: skip
+    check_inputs_agree(recipe, base=base_dir, data=pairs_path)
     tok = load_tokenizer(base_dir)
     pad_id = special_token_ids(tok)["pad"]
     lm = load_model(base_dir)

@@ -33,16 +33,20 @@ from forgeml.train.distributed import (
     DistInfo,
     all_reduce_sum,
     barrier,
-    check_ranks_agree,
+    check_inputs_agree,
     concat_over_ranks,
-    file_fingerprint,
     init_distributed,
 )
 from forgeml.train.losses import token_logps
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
-from forgeml.train.parallelize import full_weights, gathered_model, gradient_sync, parallelize
-from forgeml.train.preflight import choose_strategy
+from forgeml.train.parallelize import (
+    full_weights,
+    gathered_model,
+    gradient_sync,
+    parallelize_for_sampling,
+)
+from forgeml.train.preflight import choose_strategy, placement
 from forgeml.train.resume import (
     BATCH_SPLIT_FIELDS,
     RESULT_NEUTRAL_TRAIN_FIELDS,
@@ -129,10 +133,7 @@ def _train_rl(
 ) -> dict[str, Any]:  # fmt: skip
     rcfg, tcfg, ocfg = recipe.rl, recipe.rl.train, recipe.rl.optim
     device, world = procs.device, procs.world_size
-    check_ranks_agree(
-        recipe=config_hash(recipe.model_dump(mode="json")), base=file_fingerprint(base_model),
-        prompts=file_fingerprint(prompts_path),
-    )  # fmt: skip
+    check_inputs_agree(recipe, base=base_model, prompts=prompts_path)
     if rcfg.prompts_per_step % world:
         raise ConfigError(
             f"rl.prompts_per_step {rcfg.prompts_per_step} does not split over {world} processes",
@@ -163,18 +164,10 @@ def _train_rl(
         load_model(base_model, device=device).requires_grad_(False).eval()
         if rcfg.kl_coef > 0 else None
     )  # fmt: skip
-    fit = dict(
-        device=device, world_size=world, processes_per_device=world if device == "cpu" else 1
+    strategy = choose_strategy(model.cfg, tcfg, **placement(device, world))
+    train_model, reference = parallelize_for_sampling(
+        model, reference, tcfg, device=device, strategy=strategy
     )
-    strategy = choose_strategy(model.cfg, tcfg, **fit)
-    # Not compiled: sampling changes the input shapes every token. Under FSDP the reference
-    # is sharded like the policy and runs without gradients in lockstep.
-    train_model = parallelize(
-        model, device=device, strategy=strategy, dtype=tcfg.dtype, cpu_offload=tcfg.cpu_offload,
-        activation_checkpointing=tcfg.activation_checkpointing,
-    )  # fmt: skip
-    if reference is not None and strategy == "fsdp":
-        reference = parallelize(reference, device=device, strategy="fsdp", dtype=tcfg.dtype)
     optimizer = build_optimizer(model, ocfg, device)
     start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
     start_step, saved = start.step, start.saved

@@ -42,8 +42,7 @@ from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     all_reduce_mean,
     barrier,
-    check_ranks_agree,
-    file_fingerprint,
+    check_inputs_agree,
     init_distributed,
     rank_share,
 )
@@ -143,11 +142,7 @@ def _sft(
     tcfg, ocfg = cfg.train, cfg.optim
     dist = init_distributed(tcfg.device)
     device = dist.device
-    check_ranks_agree(
-        recipe=config_hash(cfg.model_dump(mode="json")), base=file_fingerprint(base_dir),
-        data=file_fingerprint(train_data),
-        heldout=file_fingerprint(heldout_data) if heldout_data is not None else "",
-    )  # fmt: skip
+    check_inputs_agree(cfg, base=base_dir, data=train_data, heldout=heldout_data)
     tok = load_tokenizer(base_dir)
     data_kw = dict(
         max_tokens=tcfg.seq_len + 1, overlength=cfg.overlength, on_invalid=cfg.on_invalid
