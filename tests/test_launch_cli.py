@@ -73,3 +73,30 @@ def test_job_names_and_shapes_are_checked() -> None:
         ClusterJob(name="Bad_Name", recipe="r.yaml", nodes=1, gpus_per_node=1, workspace="/w")
     with pytest.raises(ConfigError, match="at least 1"):
         ClusterJob(name="ok", recipe="r.yaml", nodes=0, gpus_per_node=8, workspace="/w")
+
+
+def test_join_timeout_and_agent_env_reach_every_node(tmp_path: Path) -> None:
+    """`--join-timeout` travels into each node's command, and a multi-node job's torchrun
+    agents run with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1; a one-node job needs neither."""
+    recipe = str(SCALE / "mistral-125m.yaml")
+    two = tmp_path / "two.sbatch"
+    result = invoke("launch", "slurm", recipe, "--nodes", "2", "--join-timeout", "7200",
+                    "--out", str(two))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    script = two.read_text()
+    assert "--auto-resume --join-timeout 7200'" in script
+    assert "\nexport TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1\n" in script
+    one = tmp_path / "one.sbatch"
+    assert invoke("launch", "slurm", recipe, "--out", str(one)).exit_code == 0
+    assert "--join-timeout" not in one.read_text()
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE" not in one.read_text()
+    manifests = tmp_path / "job.yaml"
+    result = invoke("launch", "k8s", recipe, "--nodes", "3", "--image", "forgeml:dev",
+                    "--join-timeout", "90", "--out", str(manifests))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = manifests.read_text()
+    assert text.count("--join-timeout 90") == 2  # the Master's and the Workers' template
+    assert text.count("name: TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == 2
+    with pytest.raises(ConfigError, match="--join-timeout"):
+        ClusterJob(name="j", recipe="r.yaml", nodes=2, gpus_per_node=1, workspace="/w",
+                   join_timeout=0)  # fmt: skip

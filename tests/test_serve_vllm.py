@@ -414,3 +414,93 @@ def test_vllm_accepts_our_arguments(env):
     parser = make_arg_parser(FlexibleArgumentParser())
     args = parser.parse_args(vllm_server_args(env["target"], VllmOptions(), 8123))
     assert args.port == 8123 and args.enable_lora and args.max_lora_rank == 8
+
+
+GATEWAY_THAT_DIES = """
+import json, sys, time
+from pathlib import Path
+from forgeml.serve.vllm import VllmOptions, VllmTarget, launch_replicas, wait_until_ready
+root = Path(sys.argv[1])
+target = VllmTarget(root, "m", {}, None, ())
+replicas = launch_replicas(target, VllmOptions(replicas=2), log_dir=root / "logs",
+                           api_key="k", command=sys.argv[2:])
+wait_until_ready(replicas, timeout=60)
+print(json.dumps([[r.process.pid, r.url] for r in replicas]), flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie nobody has reaped yet counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_replicas_die_with_a_killed_gateway(tmp_path):
+    """SIGKILL the process that launched the replicas (no cleanup runs): the replicas get
+    their parent-death SIGTERM and are gone within seconds, their ports closed."""
+    (tmp_path / "generation_config.json").write_text("{}")
+    gateway = subprocess.Popen(
+        [sys.executable, "-c", GATEWAY_THAT_DIES, str(tmp_path), *STANDIN],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    replicas: list = []
+    try:
+        replicas = json.loads(gateway.stdout.readline() or "[]")
+        assert len(replicas) == 2, "the gateway did not start its replicas"
+        assert all(_running(pid) for pid, _ in replicas)
+        gateway.kill()
+        gateway.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid, _ in replicas) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_running(pid) for pid, _ in replicas), "replicas outlived the gateway"
+        for _, url in replicas:
+            with pytest.raises(httpx.ConnectError):
+                httpx.get(f"{url}/health", timeout=2)
+    finally:
+        gateway.kill()
+        gateway.wait()
+        for pid, _ in replicas:
+            if _running(pid):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def test_a_replica_answering_503_is_retried_on_another(lone_pair):
+    """A replica that answers 502/503/504 before streaming anything: the request (plain or
+    streamed) goes to the other replica; a 500 is not retried (another would answer the
+    same); when every replica answers 503, the client gets the gateway's 502."""
+    sick, well = lone_pair["replicas"]
+    gw = client(lone_pair["url"], "unused")
+    httpx.post(f"{sick.url}/fail/503", timeout=10).raise_for_status()
+    for i in range(4):  # the rotation puts the sick replica first for half of them
+        got = gw.completions.create(model="champion", prompt=f"q{i}", max_tokens=3)
+        assert got.choices[0].text.startswith(f"[{well.port}]")
+        chat = gw.chat.completions.create(
+            model="champion", messages=[{"role": "user", "content": "c"}], stream=True
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in chat if c.choices)
+        assert text.startswith(f"[{well.port}]")
+    assert stats(sick.url)["failed"] >= 2  # it was tried, and passed over
+    statuses = [
+        json.loads(line).get("status") for line in lone_pair["audit"].read_text().splitlines()
+    ]
+    assert statuses.count(200) == 8 and not {502, 503} & set(statuses)
+    httpx.post(f"{sick.url}/fail/500", timeout=10).raise_for_status()
+    answers = []
+    for i in range(4):
+        try:
+            gw.completions.create(model="champion", prompt=f"r{i}", max_tokens=3)
+            answers.append(200)
+        except openai.InternalServerError as exc:
+            answers.append(exc.status_code)
+    assert 502 in answers and 200 in answers  # the 500 reached the client: not retried
+    httpx.post(f"{sick.url}/fail/503", timeout=10).raise_for_status()
+    httpx.post(f"{well.url}/fail/504", timeout=10).raise_for_status()
+    with pytest.raises(openai.InternalServerError) as caught:
+        gw.completions.create(model="champion", prompt="x", max_tokens=3)
+    assert caught.value.status_code == 502 and "the upstream failed (HTTP" in caught.value.message

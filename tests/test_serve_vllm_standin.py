@@ -4,6 +4,7 @@
 It parses the arguments forgeml passes vLLM, answers /health, /v1/models (the served model and
 its LoRA modules), /v1/completions and /v1/chat/completions (streamed too) with an echo that
 names its port, requires VLLM_API_KEY on /v1 as vLLM does, and reports what it saw on /stats.
+POST /fail/STATUS makes it answer every generation request with STATUS (0: answer again).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def build_app(args: argparse.Namespace, rest: list[str]) -> FastAPI:
         eos = json.loads(path.read_text()).get("eos_token_id")
     api_key = os.environ.get("VLLM_API_KEY")
     seen: list[dict] = []
+    failing = {"status": 0, "answered": 0}
     app = FastAPI()
 
     @app.middleware("http")
@@ -64,7 +66,13 @@ def build_app(args: argparse.Namespace, rest: list[str]) -> FastAPI:
             "rest": rest,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "logging_level": os.environ.get("VLLM_LOGGING_LEVEL"),
+            "failed": failing["answered"],
         }
+
+    @app.post("/fail/{status}")
+    async def fail(status: int):
+        failing["status"] = status
+        return {}
 
     @app.get("/v1/models")
     async def models():
@@ -72,6 +80,10 @@ def build_app(args: argparse.Namespace, rest: list[str]) -> FastAPI:
 
     async def generate(request: Request, chat: bool):
         body = await request.json()
+        if failing["status"]:
+            failing["answered"] += 1
+            message = f"stand-in failing with {failing['status']}"
+            return JSONResponse({"error": {"message": message}}, failing["status"])
         if body.get("model") not in names:
             message = f"The model `{body.get('model')}` does not exist."
             return JSONResponse({"error": {"message": message, "code": 404}}, 404)

@@ -177,3 +177,72 @@ def test_cli_pretrain_on_two_loopback_nodes(tmp_path, text_folder):
     assert run.status == "succeeded" and run.metrics["world_size"] == 2
     assert "node 1: trained in" in outs[0] and str(run.id) in outs[0]
     assert not list((ws.runs_dir / "torchrun").glob("*.json"))  # the join file is gone
+
+
+def test_multi_node_agents_meet_in_a_fresh_store_each_round() -> None:
+    """Several nodes: the torchrun agent runs with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (no
+    stale rendezvous keys after an elastic restart); one node leaves the environment alone."""
+    from forgeml.launch.torchrun import TorchrunLaunch, torchrun_env
+
+    assert torchrun_env(1) == {}
+    assert torchrun_env(2) == {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    two = TorchrunLaunch(nproc_per_node=1, nnodes=2, node_rank=1, rdzv_endpoint="h:1").env()
+    assert two["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1" and two["PATH"] == os.environ["PATH"]
+
+
+def test_joining_node_runs_node_0s_command_with_the_agent_env(tmp_path, monkeypatch) -> None:
+    import json
+    import subprocess
+
+    from forgeml.launch import torchrun
+
+    launch = torchrun.TorchrunLaunch(
+        nproc_per_node=1, nnodes=2, node_rank=1, rdzv_endpoint="h:1", rdzv_id="job9"
+    )
+    join = torchrun.join_file(tmp_path, "job9")
+    join.parent.mkdir(parents=True)
+    join.write_text(json.dumps({"module_args": ["-m", "x", "--out", str(tmp_path / "run")]}))
+    calls = []
+
+    def fake_run(argv, env, check):
+        calls.append((argv, env))
+        return subprocess.CompletedProcess(argv, 0)
+
+    monkeypatch.setattr(torchrun.subprocess, "run", fake_run)
+    assert torchrun.join_pretrain(launch, tmp_path, timeout_s=5) == tmp_path / "run"
+    ((argv, env),) = calls
+    assert "--node-rank=1" in argv and argv[-4:] == ["-m", "x", "--out", str(tmp_path / "run")]
+    assert env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+
+
+def test_join_timeout_is_a_clear_error(tmp_path) -> None:
+    """`forgeml train pretrain --nnodes 2 --node-rank 1 --join-timeout 0.5` with no node 0: it
+    stops after the timeout, naming the rendezvous file it waited for and what to do."""
+    import time
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from forgeml.cli import app
+    from forgeml.core.errors import ForgeError
+    from forgeml.core.workspace import init_workspace
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "tiny", "data": {"sources": [str(tmp_path)]}}))
+    ws = init_workspace(tmp_path / "ws")
+    start = time.monotonic()
+    res = CliRunner().invoke(app, [
+        "-q", "-w", str(ws.root), "train", "pretrain", str(recipe), "--nproc-per-node", "1",
+        "--nnodes", "2", "--node-rank", "1", "--rdzv-endpoint", "127.0.0.1:1",
+        "--rdzv-id", "late-job", "--join-timeout", "0.5",
+    ])  # fmt: skip
+    assert 0.5 <= time.monotonic() - start < 30
+    assert isinstance(res.exception, ForgeError), res.output
+    message = str(res.exception)
+    assert "within 0.5 s" in message and "late-job" in message
+    assert str(ws.runs_dir / "torchrun" / "late-job.json") in message
+    assert "--join-timeout" in message and "--rdzv-id" in message
+    with pytest.raises(ConfigError, match="--join-timeout"):
+        from forgeml.launch.torchrun import TorchrunLaunch, join_pretrain
+
+        join_pretrain(TorchrunLaunch(nproc_per_node=1), tmp_path, timeout_s=0)

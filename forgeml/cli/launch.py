@@ -30,6 +30,9 @@ MaxRestarts = Annotated[
     int, typer.Option(help="torchrun restarts of the whole group after a failure.")
 ]
 RdzvPort = Annotated[int, typer.Option(help="Port of the c10d rendezvous on the first node.")]
+JoinTimeout = Annotated[
+    float, typer.Option(help="Seconds the other nodes wait while the first prepares the data.")
+]
 GpuMemory = Annotated[float, typer.Option(help="GiB of memory per GPU, for the preflight.")]
 Preflight = Annotated[
     bool, typer.Option(help="Refuse a recipe whose preflight says it will not fit.")
@@ -84,6 +87,7 @@ def slurm_cmd(
     tokenizer: Tokenizer = None,
     max_restarts: MaxRestarts = 3,
     rdzv_port: RdzvPort = 29500,
+    join_timeout: JoinTimeout = 3600.0,
     gpu_memory: GpuMemory = 80.0,
     preflight: Preflight = True,
     out: Annotated[Path | None, typer.Option(help="Script path (default: NAME.sbatch).")] = None,
@@ -103,6 +107,7 @@ def slurm_cmd(
         recipe, overrides, name, recipe=str(recipe.resolve()), nodes=nodes,
         gpus_per_node=gpus_per_node, workspace=str(ws.resolve()), data=data,
         tokenizer=tokenizer, max_restarts=max_restarts, rdzv_port=rdzv_port,
+        join_timeout=join_timeout,
     )  # fmt: skip
     script = slurm.sbatch_script(job, partition=partition, time=time, account=account, setup=setup)
     path = slurm.write_sbatch(out or Path(f"{job.name}.sbatch"), script)
@@ -129,6 +134,7 @@ def k8s_cmd(
     tokenizer: Tokenizer = None,
     max_restarts: MaxRestarts = 3,
     rdzv_port: RdzvPort = 29500,
+    join_timeout: JoinTimeout = 3600.0,
     gpu_memory: GpuMemory = 80.0,
     preflight: Preflight = True,
     out: Annotated[Path | None, typer.Option(help="Manifest file (default: stdout).")] = None,
@@ -146,6 +152,7 @@ def k8s_cmd(
         recipe, overrides, name, recipe=f"{k8s.RECIPE_MOUNT}/recipe.yaml", nodes=nodes,
         gpus_per_node=gpus_per_node, workspace=k8s.WORKSPACE_MOUNT, data=data,
         tokenizer=tokenizer, max_restarts=max_restarts, rdzv_port=rdzv_port,
+        join_timeout=join_timeout,
     )  # fmt: skip
     objects = k8s.k8s_manifests(
         job,

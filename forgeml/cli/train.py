@@ -56,6 +56,9 @@ def train_pretrain(
     max_restarts: Annotated[
         int, typer.Option(help="torchrun restarts after a failure (resumes from checkpoint).")
     ] = 0,
+    join_timeout: Annotated[
+        float, typer.Option(help="Seconds a node other than 0 waits for node 0 to start.")
+    ] = 3600.0,
 ) -> None:
     """Pre-train a model from a recipe → model asset (packs the data first, cached).
 
@@ -77,7 +80,7 @@ def train_pretrain(
             rdzv_endpoint=rdzv_endpoint, rdzv_id=rdzv_id, max_restarts=max_restarts,
         )  # fmt: skip
         if not launch.coordinates:
-            run_dir = join_pretrain(launch, ws.runs_dir)
+            run_dir = join_pretrain(launch, ws.runs_dir, timeout_s=join_timeout)
             console.print(f"node {node_rank}: trained in {run_dir}", highlight=False)
             return
         train_fn = pretrain_under_torchrun(launch, ws.runs_dir)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from forgeml.core.config import ModelConfig, Recipe
 from forgeml.core.errors import ConfigError, ForgeError
+from forgeml.launch.torchrun import JOIN_TIMEOUT_S
 from forgeml.train.preflight import GiB, MemoryEstimate, check_fits, estimate_memory
 
 RDZV_PORT = 29500
@@ -40,6 +41,7 @@ class ClusterJob:
     tokenizer: str | None = None
     max_restarts: int = 3
     rdzv_port: int = RDZV_PORT
+    join_timeout: float = JOIN_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.gpus_per_node < 1:
@@ -55,6 +57,10 @@ class ClusterJob:
             )
         if self.max_restarts < 0:
             raise ConfigError(f"--max-restarts must be 0 or more (got {self.max_restarts})")
+        if self.join_timeout <= 0:
+            raise ConfigError(
+                f"--join-timeout must be more than 0 seconds (got {self.join_timeout:g})"
+            )
 
 
 def job_name(recipe: Path | str) -> str:
@@ -80,6 +86,8 @@ def node_command(job: ClusterJob, *, rdzv_host: str, node_rank: str, rdzv_id: st
         "--node-rank", f'"{node_rank}"', "--rdzv-endpoint", f'"{rdzv_host}:{job.rdzv_port}"',
         "--rdzv-id", f'"{rdzv_id}"', "--max-restarts", str(job.max_restarts), "--auto-resume",
     ]  # fmt: skip
+    if job.nodes > 1:  # node 0 prepares the data meanwhile (a large corpus can take long)
+        words += ["--join-timeout", f"{job.join_timeout:g}"]
     return " ".join(words)
 
 

@@ -15,6 +15,7 @@ import yaml
 
 from forgeml.core.errors import ConfigError
 from forgeml.launch.cluster import ClusterJob, node_command
+from forgeml.launch.torchrun import torchrun_env
 
 Kind = Literal["pytorchjob", "indexed-job"]
 KINDS: tuple[str, ...] = ("pytorchjob", "indexed-job")
@@ -43,7 +44,10 @@ def _pod_template(
                 "name": CONTAINER,
                 "image": image,
                 "command": ["/bin/bash", "-c", script],
-                "env": [{"name": "FORGEML_WORKSPACE", "value": WORKSPACE_MOUNT}],
+                "env": [{"name": "FORGEML_WORKSPACE", "value": WORKSPACE_MOUNT}]
+                # several nodes: each rendezvous round meets in a fresh store, so an elastic
+                # restart reads no stale keys (forgeml.launch.torchrun.torchrun_env)
+                + [{"name": k, "value": v} for k, v in torchrun_env(job.nodes).items()],
                 "ports": [{"name": "pytorchjob-port", "containerPort": job.rdzv_port}],
                 "resources": {"limits": {"nvidia.com/gpu": gpus}},
                 "volumeMounts": [

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from forgeml.core.errors import ConfigError, ForgeError
 from forgeml.launch.cluster import ClusterJob, node_command
+from forgeml.launch.torchrun import torchrun_env
 
 # Seconds between Slurm's time-limit warning and the kill: enough for a checkpoint in flight.
 WARN_SECONDS = 300
@@ -52,6 +53,12 @@ def sbatch_script(
     headers += [f"--time={time}"] if time else []
     headers += [f"--account={account}"] if account else []
     setup_line = f"{setup}\n" if setup else ""
+    # torchrun's elastic restarts on several nodes: see forgeml.launch.torchrun.torchrun_env
+    agent_env = "".join(
+        f"# each rendezvous round meets in a fresh store (no stale keys after a restart)\n"
+        f"export {k}={q(v)}\n"
+        for k, v in torchrun_env(job.nodes).items()
+    )
     command = node_command(
         job, rdzv_host="$HEAD_NODE", node_rank="$SLURM_NODEID", rdzv_id="$SLURM_JOB_ID"
     )
@@ -63,7 +70,7 @@ def sbatch_script(
 
 set -euo pipefail
 {setup_line}export FORGEML_WORKSPACE={q(job.workspace)}
-# srun gives a task one CPU unless told otherwise: the node's torchrun agent and its
+{agent_env}# srun gives a task one CPU unless told otherwise: the node's torchrun agent and its
 # {job.gpus_per_node} training processes get all of the (exclusive) node's CPUs.
 CPUS="${{SLURM_CPUS_ON_NODE:-{job.gpus_per_node}}}"
 THREADS=$(( CPUS / {job.gpus_per_node} ))

@@ -8,6 +8,7 @@ Kubernetes) all build their torchrun invocation here, so the flags are spelt in 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,6 +20,21 @@ from typing import Any
 from forgeml.core.config import Recipe, save_resolved
 from forgeml.core.errors import ConfigError, ForgeError
 from forgeml.core.io import atomic_write_text
+
+# How long a node other than node 0 waits for node 0's join file by default: node 0 first
+# prepares the data (ingest, tokenizer, packing), which can take long on a big corpus.
+JOIN_TIMEOUT_S = 3600.0
+
+
+def torchrun_env(nnodes: int) -> dict[str, str]:
+    """Environment for the torchrun agent of a job on `nnodes` nodes.
+
+    Several nodes: each rendezvous round's workers meet in a fresh store hosted by their rank
+    0 rather than in the agents' long-lived c10d store. After an elastic restart the agents of
+    nodes that restarted for a failure and of those that restarted for the membership change
+    count rounds differently, and in the shared store could read the last round's stale keys.
+    """
+    return {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"} if nnodes > 1 else {}
 
 
 def torchrun_argv(
@@ -82,6 +98,10 @@ class TorchrunLaunch:
     def argv(self, module_args: list[str]) -> list[str]:
         return torchrun_argv(module_args, **asdict(self))
 
+    def env(self) -> dict[str, str]:
+        """The environment the torchrun agent runs in: this process's, plus `torchrun_env`."""
+        return {**os.environ, **torchrun_env(self.nnodes)}
+
     @property
     def coordinates(self) -> bool:
         """This node prepares the data, registers the run and tells the other nodes where to
@@ -94,8 +114,8 @@ def join_file(runs_dir: Path, rdzv_id: str) -> Path:
     return Path(runs_dir) / "torchrun" / f"{rdzv_id}.json"
 
 
-def _run(argv: list[str]) -> None:
-    done = subprocess.run(argv, check=False)
+def _run(argv: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(argv, env=env, check=False)
     if done.returncode != 0:
         raise ForgeError(
             f"torchrun training exited with status {done.returncode}",
@@ -138,7 +158,7 @@ def pretrain_under_torchrun(
         if launch.nnodes > 1:
             atomic_write_text(join, json.dumps({"module_args": args}, indent=1))
         try:
-            _run(launch.argv(args))
+            _run(launch.argv(args), launch.env())
         finally:
             join.unlink(missing_ok=True)
         return json.loads((out_dir / "summary.json").read_text())
@@ -146,20 +166,26 @@ def pretrain_under_torchrun(
     return pretrain
 
 
-def join_pretrain(launch: TorchrunLaunch, runs_dir: Path, *, timeout_s: float = 600.0) -> Path:
-    """On a node other than node 0: wait for node 0's join file, then run this node's share
-    of the processes of the same training command; return the run folder they trained in.
-    The workspace must be on storage every node shares (as the cluster launchers set up)."""
+def join_pretrain(
+    launch: TorchrunLaunch, runs_dir: Path, *, timeout_s: float = JOIN_TIMEOUT_S
+) -> Path:
+    """On a node other than node 0: wait up to `timeout_s` for node 0's join file (written once
+    node 0 has prepared the data), then run this node's share of the processes of the same
+    training command; return the run folder they trained in. The workspace must be on
+    storage every node shares (as the cluster launchers set up)."""
+    if timeout_s <= 0:
+        raise ConfigError(f"--join-timeout must be more than 0 seconds (got {timeout_s:g})")
     join = join_file(runs_dir, launch.rdzv_id)
     deadline = time.monotonic() + timeout_s
     while not join.is_file():
         if time.monotonic() > deadline:
             raise ForgeError(
                 f"node {launch.node_rank}: node 0 did not start run {launch.rdzv_id!r} within "
-                f"{timeout_s:.0f} s (no {join})",
-                hint="start node 0 with the same --rdzv-id, on the same shared workspace",
+                f"{timeout_s:g} s: no rendezvous file {join}",
+                hint="start node 0 with the same --rdzv-id on the same shared workspace; if it "
+                "is still preparing the data (a large corpus), raise --join-timeout",
             )
-        time.sleep(0.5)
+        time.sleep(min(0.5, timeout_s / 10))
     args = json.loads(join.read_text())["module_args"]
-    _run(launch.argv(args))
+    _run(launch.argv(args), launch.env())
     return Path(args[args.index("--out") + 1])

@@ -15,14 +15,17 @@ import logging
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from forgeml.core.errors import ConfigError
 from forgeml.serve.engine import StreamEvent
+
+T = TypeVar("T")
 
 # Characters of an upstream's own 4xx message passed on to the client.
 UPSTREAM_MESSAGE_CHARS = 300
@@ -44,7 +47,9 @@ log = logging.getLogger(__name__)
 class UpstreamError(Exception):
     """The upstream failed: `status` is what the gateway answers (400, 429, 502, 503, 504).
     `unreachable`: the upstream could not be reached or dropped the connection before it
-    answered, so another replica of it may serve the request."""
+    answered; `replica_failed`: it answered 502, 503 or 504 itself (overloaded, restarting, a
+    proxy in front of it failed) before generating anything. Either way another replica of it
+    may serve the request."""
 
     def __init__(
         self,
@@ -54,10 +59,11 @@ class UpstreamError(Exception):
         retry_after: str | None = None,
         *,
         unreachable: bool = False,
+        replica_failed: bool = False,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.retry_after = status, message, code, retry_after
-        self.unreachable = unreachable
+        self.unreachable, self.replica_failed = unreachable, replica_failed
 
 
 def upstream_base_url(url: str) -> str:
@@ -216,7 +222,12 @@ class Upstream:
             return UpstreamError(
                 502, "the upstream refused the gateway's credentials", "upstream_auth"
             )
-        return UpstreamError(502, f"the upstream failed (HTTP {status})", "upstream_error")
+        return UpstreamError(
+            502,
+            f"the upstream failed (HTTP {status})",
+            "upstream_error",
+            replica_failed=status in (502, 503, 504),
+        )
 
 
 class UpstreamStream:
@@ -277,7 +288,9 @@ class ReplicaPool:
     """Several replicas of one OpenAI-compatible server (e.g. vLLM on several GPUs) behind one
     `Upstream` interface. Each request goes to the live replica with the fewest outstanding
     requests (round-robin among equals); a replica that cannot be reached is passed over for
-    `cooldown` seconds, and the request is tried on the next one. Replicas that are down are
+    `cooldown` seconds, and the request is tried on the next one, as it is when a replica
+    answers 502/503/504 before any of its answer was passed on (not once a stream has begun,
+    nor for a 4xx or 500: another replica would answer the same). Replicas that are down are
     tried last, so a request is refused (503, `upstream_unavailable`) only when no replica
     answered it."""
 
@@ -317,7 +330,23 @@ class ReplicaPool:
             )
         replica.down_until = time.monotonic() + self.cooldown
 
-    def _none_answered(self) -> UpstreamError:
+    def _try_another(self, replica: Replica, exc: UpstreamError) -> bool:
+        """Whether the request may go to the next replica after `exc` from `replica`."""
+        if exc.unreachable:
+            self._failed(replica, exc)
+            return True
+        if exc.replica_failed:
+            log.warning(
+                "upstream replica %s: %s; trying another", replica.upstream.base_url, exc.message
+            )
+            return True
+        return False
+
+    def _none_answered(self, failed: UpstreamError | None = None) -> UpstreamError:
+        """The error when every replica was tried: the last answer of a replica that failed
+        (it was reachable), else 503 (none was)."""
+        if failed is not None:
+            return failed
         n = len(self.replicas)
         return UpstreamError(
             503,
@@ -328,55 +357,65 @@ class ReplicaPool:
 
     def list_models(self) -> list[str]:
         """The model ids of the first replica that answers (replicas serve the same models)."""
+        failed = None
         for replica in self.order():
             try:
                 models = replica.upstream.list_models()
             except UpstreamError as exc:
-                if not exc.unreachable:
+                if not self._try_another(replica, exc):
                     raise
-                self._failed(replica, exc)
+                failed = exc if exc.replica_failed else failed
                 continue
             replica.down_until = 0.0
             return models
-        raise self._none_answered()
+        raise self._none_answered(failed)
+
+    async def _first_answer(self, attempt: Callable[[Replica], Awaitable[T]]) -> T:
+        """`attempt` on each replica in `order()` until one answers; a replica that cannot
+        answer (down, or 502/503/504 before any byte) is skipped, anything else is raised."""
+        failed = None
+        for replica in self.order():
+            try:
+                answer = await attempt(replica)
+            except UpstreamError as exc:
+                if not self._try_another(replica, exc):
+                    raise
+                failed = exc if exc.replica_failed else failed
+                continue
+            replica.down_until = 0.0
+            return answer
+        raise self._none_answered(failed)
 
     async def post(self, path: str, body: dict) -> dict:
         """`Upstream.post` on the first replica that answers."""
-        for replica in self.order():
+
+        async def attempt(replica: Replica) -> dict:
             replica.outstanding += 1
             try:
-                data = await replica.upstream.post(path, body)
-            except UpstreamError as exc:
-                if not exc.unreachable:
-                    raise
-                self._failed(replica, exc)
-                continue
+                return await replica.upstream.post(path, body)
             finally:
                 replica.outstanding -= 1
-            replica.down_until = 0.0
-            return data
-        raise self._none_answered()
+
+        return await self._first_answer(attempt)
 
     async def open_stream(self, path: str, body: dict) -> UpstreamStream:
-        """`Upstream.open_stream` on the first replica that answers; the replica counts the
-        stream as outstanding until it is closed."""
-        for replica in self.order():
+        """`Upstream.open_stream` on the first replica that answers (its status, before any
+        chunk: a stream that fails once begun is not retried); the replica counts the stream
+        as outstanding until it is closed."""
+
+        async def attempt(replica: Replica) -> UpstreamStream:
             replica.outstanding += 1
 
-            def done(replica: Replica = replica) -> None:
+            def done() -> None:
                 replica.outstanding -= 1
 
             try:
-                stream = await replica.upstream.open_stream(path, body, on_close=done)
-            except UpstreamError as exc:
+                return await replica.upstream.open_stream(path, body, on_close=done)
+            except UpstreamError:
                 done()
-                if not exc.unreachable:
-                    raise
-                self._failed(replica, exc)
-                continue
-            replica.down_until = 0.0
-            return stream
-        raise self._none_answered()
+                raise
+
+        return await self._first_answer(attempt)
 
     async def aclose(self) -> None:
         for replica in self.replicas:

@@ -5,6 +5,7 @@ classification labels, audit) that balances requests over them (`upstream.Replic
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,8 @@ VLLM_MODULE_COMMAND = ("-m", "vllm.entrypoints.openai.api_server")
 HEALTH_TIMEOUT_S = 900.0
 # Seconds replicas get to exit after SIGTERM before they are killed.
 STOP_GRACE_S = 30.0
+# prctl(2) option: the signal a process gets when the thread that started it ends (Linux).
+PR_SET_PDEATHSIG = 1
 # The LoRA ranks vLLM's kernels are built for (`--max-lora-rank` accepts these).
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 # Architectures in config.json that vLLM has no implementation of.
@@ -253,6 +256,27 @@ class ReplicaProcess:
             return ""
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` by which a replica gets SIGTERM when the gateway dies, even by SIGKILL
+    (which runs no cleanup): Linux's parent-death signal, which survives the exec of the
+    server. None elsewhere. libc's prctl is looked up here, before the fork, so the child only
+    calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    gateway, sigterm = os.getpid(), int(signal.SIGTERM)
+
+    def set_parent_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, sigterm)
+        if os.getppid() != gateway:  # the gateway died before prctl took effect
+            os.kill(os.getpid(), sigterm)
+
+    return set_parent_death_signal
+
+
 def launch_replicas(
     target: VllmTarget,
     options: VllmOptions,
@@ -263,8 +287,11 @@ def launch_replicas(
 ) -> list[ReplicaProcess]:
     """Start `options.replicas` servers, each in its own process group, on loopback ports;
     they accept only `api_key` (passed in the environment as VLLM_API_KEY, never in argv).
-    Returns at once: `wait_until_ready` waits for them."""
+    On Linux each gets SIGTERM when the calling thread ends, so a gateway that is killed
+    outright leaves no replica holding its GPUs: call this from the thread that outlives them
+    (the main thread). Returns at once: `wait_until_ready` waits for them."""
     cmd = vllm_command(command)
+    preexec = _die_with_parent()
     devices = replica_devices(options)
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -286,6 +313,7 @@ def launch_replicas(
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,
+                    preexec_fn=preexec,
                 )
             replicas.append(ReplicaProcess(i, port, process, log_path))
     except OSError as exc:
