@@ -11,13 +11,15 @@ import pytest
 from test_dedup import planted_corpus
 
 from forgeml.data.dedup import (
-    ExactHashSpill,
     MinHasher,
-    SignatureSpill,
     Sketches,
     deduplicate,
-    exact_groups_spilled,
     near_duplicate_clusters,
+)
+from forgeml.data.dedup_spill import (
+    ExactHashSpill,
+    SignatureSpill,
+    exact_groups_spilled,
     near_duplicate_clusters_spilled,
 )
 

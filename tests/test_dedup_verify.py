@@ -11,11 +11,13 @@ from test_dedup import shingles
 
 from forgeml.data.dedup import (
     MinHasher,
-    SignatureSpill,
     deduplicate,
     lsh_candidate_pairs,
     near_duplicate_clusters,
     shingle_overlap,
+)
+from forgeml.data.dedup_spill import (
+    SignatureSpill,
 )
 
 _RNG = random.Random(7)
@@ -173,7 +175,7 @@ def test_spilled_verified_lsh_equals_in_memory(tmp_path, max_entries):
     from test_dedup import planted_corpus
     from test_dedup_streaming import _spill
 
-    from forgeml.data.dedup import near_duplicate_clusters_spilled
+    from forgeml.data.dedup_spill import near_duplicate_clusters_spilled
 
     texts, _ = planted_corpus(4)
     sketches = MinHasher(128, 5, seed=1).sketch(texts)

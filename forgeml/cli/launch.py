@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -60,10 +60,20 @@ def _checked_recipe(
         err.print(f"preflight: {plan.reason}", highlight=False, soft_wrap=True)
 
 
-def _job(recipe_file: Path, overrides: list[str], name: str | None, **kw: object):
+def _checked_job(
+    recipe_file: Path, overrides: list[str] | None, name: str | None, *, gpu_memory: float,
+    preflight: bool, **kw: Any,
+):  # fmt: skip
+    """The cluster job for `recipe_file`, after its preflight on the job's shape (`kw`: the
+    `ClusterJob` fields the launcher sets)."""
     from forgeml.launch.cluster import ClusterJob, job_name
 
-    return ClusterJob(name=name or job_name(recipe_file), overrides=overrides, **kw)  # type: ignore[arg-type]
+    overrides = overrides or []
+    _checked_recipe(
+        recipe_file, overrides, nodes=kw["nodes"], gpus=kw["gpus_per_node"],
+        gpu_memory=gpu_memory, check=preflight,
+    )  # fmt: skip
+    return ClusterJob(name=name or job_name(recipe_file), overrides=overrides, **kw)
 
 
 @launch_app.command("slurm")
@@ -98,16 +108,12 @@ def slurm_cmd(
     from forgeml.core.workspace import default_workspace_dir
     from forgeml.launch import slurm
 
-    overrides = overrides or []
-    _checked_recipe(
-        recipe, overrides, nodes=nodes, gpus=gpus_per_node, gpu_memory=gpu_memory, check=preflight
-    )
     ws = Path(workspace) if workspace else default_workspace_dir(state.workspace)
-    job = _job(
-        recipe, overrides, name, recipe=str(recipe.resolve()), nodes=nodes,
-        gpus_per_node=gpus_per_node, workspace=str(ws.resolve()), data=data,
-        tokenizer=tokenizer, max_restarts=max_restarts, rdzv_port=rdzv_port,
-        join_timeout=join_timeout,
+    job = _checked_job(
+        recipe, overrides, name, gpu_memory=gpu_memory, preflight=preflight,
+        recipe=str(recipe.resolve()), workspace=str(ws.resolve()), nodes=nodes,
+        gpus_per_node=gpus_per_node, data=data, tokenizer=tokenizer, max_restarts=max_restarts,
+        rdzv_port=rdzv_port, join_timeout=join_timeout,
     )  # fmt: skip
     script = slurm.sbatch_script(job, partition=partition, time=time, account=account, setup=setup)
     path = slurm.write_sbatch(out or Path(f"{job.name}.sbatch"), script)
@@ -144,15 +150,11 @@ def k8s_cmd(
     from forgeml.launch import k8s
 
     k8s.check_options(kind=kind, image=image)
-    overrides = overrides or []
-    _checked_recipe(
-        recipe, overrides, nodes=nodes, gpus=gpus_per_node, gpu_memory=gpu_memory, check=preflight
-    )
-    job = _job(
-        recipe, overrides, name, recipe=f"{k8s.RECIPE_MOUNT}/recipe.yaml", nodes=nodes,
-        gpus_per_node=gpus_per_node, workspace=k8s.WORKSPACE_MOUNT, data=data,
-        tokenizer=tokenizer, max_restarts=max_restarts, rdzv_port=rdzv_port,
-        join_timeout=join_timeout,
+    job = _checked_job(
+        recipe, overrides, name, gpu_memory=gpu_memory, preflight=preflight,
+        recipe=f"{k8s.RECIPE_MOUNT}/recipe.yaml", workspace=k8s.WORKSPACE_MOUNT, nodes=nodes,
+        gpus_per_node=gpus_per_node, data=data, tokenizer=tokenizer, max_restarts=max_restarts,
+        rdzv_port=rdzv_port, join_timeout=join_timeout,
     )  # fmt: skip
     objects = k8s.k8s_manifests(
         job,

@@ -33,13 +33,11 @@ import pyarrow.parquet as pq
 from forgeml.core.config import CurateConfig, config_hash
 from forgeml.core.errors import DataError
 from forgeml.core.io import RowGroupWriter, atomic_open, parquet_batches
-from forgeml.data.dedup import (
+from forgeml.data.dedup import MinHasher, Sketches, exact_hash
+from forgeml.data.dedup_spill import (
     ExactHashSpill,
-    MinHasher,
     SignatureSpill,
-    Sketches,
     exact_groups_spilled,
-    exact_hash,
     near_duplicate_clusters_spilled,
 )
 from forgeml.data.filters import (
