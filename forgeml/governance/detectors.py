@@ -1,285 +1,40 @@
-"""The PII and secret detectors, shared by curation (forgeml.data.redact) and serving policies.
+"""The PII and secret detectors, shared by curation (forgeml.data.redact) and serving policies
+(forgeml.governance.policy): one import point for forgeml.governance.secrets and .pii.
 
 Regular expressions with validators that cut false positives: IBAN mod-97 (ISO 13616), Luhn
-for card numbers, octet ranges for IPv4, Shannon entropy for unnamed key-like tokens (the
-detect-secrets approach). No function here ever puts a matched value into a message, a log
-line or an exception.
+for card numbers, octet ranges for IPv4, Shannon entropy for unnamed key-like tokens.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import math
-import re
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from typing import NamedTuple
-
-from forgeml.core.config import RedactConfig
-
-
-class Span(NamedTuple):
-    start: int
-    end: int
-    kind: str
-
-
-def non_overlapping(spans: Iterable[Span]) -> list[Span]:
-    """The spans that overlap none taken before them (the earlier one wins), sorted by start."""
-    taken: list[Span] = []
-    for span in spans:
-        if not any(span.start < t.end and t.start < span.end for t in taken):
-            taken.append(span)
-    return sorted(taken)
-
-
-# ---------------------------------------------------------------------------------------
-# Secrets
-
-_PRIVATE_KEY = re.compile(
-    r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----"
-    r"(?:.*?-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----|[\sA-Za-z0-9+/=:,-]*)",
-    re.DOTALL,
+from forgeml.governance.pii import (
+    credit_card_spans,
+    email_spans,
+    iban_spans,
+    iban_valid,
+    ip_spans,
+    ipv4_spans,
+    ipv6_spans,
+    luhn_valid,
+    phone_spans,
+    pii_spans,
 )
-_CONNECTION_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/\s@]+:(?P<v>[^@\s/]+)@")
-_KNOWN_KEYS = re.compile(
-    r"\b(?:"
-    r"[a-z]{2,12}_(?:sk|pk|rk|key|secret|token)_[A-Za-z0-9]{16,}"  # acme_sk_..., stripe-like
-    r"|sk-(?:proj-)?[A-Za-z0-9_-]{20,}"  # OpenAI-style
-    r"|gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}"
-    r"|AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}"  # AWS access key ids
-    r"|xox[abprs]-[A-Za-z0-9-]{10,}"  # Slack
-    r"|AIza[0-9A-Za-z_-]{35}"  # Google
-    r"|glpat-[A-Za-z0-9_-]{20,}"  # GitLab
-    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"  # JWT
-    r")"
-)
-_SECRET_NAME = (
-    r"passw(?:or)?d|passwd|pwd|passphrase|secret|token|api[_-]?key|apikey|access[_-]?key"
-    r"|private[_-]?key|client[_-]?secret|auth[_-]?key|credentials?"
-)
-_NAMED_SECRET = re.compile(
-    r"(?i)(?:" + _SECRET_NAME + r")(?P<k>[\w.-]*)[\"']?\s*(?::=|=>|[:=])\s*"
-    r"(?P<q>[\"']?)(?P<v>[^\s\"',;]+)"
-)
-_SECRET_NAME_FOLDED = re.compile(_SECRET_NAME)  # case-sensitive: far faster than (?i)
-_PLACEHOLDER_VALUES = frozenset(
-    "none null nil true false undefined required optional string str bytes int password "
-    "secret token xxx yyy changeme redacted".split()
-)
-_TOKEN = re.compile(r"(?<![\w+/=-])[A-Za-z0-9+/_=-]{16,}(?![\w+/=-])")
-_WORD = re.compile(r"[a-z]+\d*|[A-Z]+\d*|[A-Z][a-z]+\d*")
-_CAMEL_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
-_HUMP = re.compile(r"[A-Z]?[a-z]{3,}")  # a camel-case word of 4+ letters (all-caps runs not)
-_PLAIN_PART = re.compile(r"[0-9a-fA-F-]+|[a-z]+|[A-Z]+|[A-Z][a-z]+")
-# A key named for a secret but holding something about it (`token_type = 'bearer'`,
-# `password_min_length = 12`, `api_key_header = 'X-Api-Key'`), not the secret itself.
-_ABOUT_A_SECRET = frozenset(
-    "type types kind name names field header length len min max count format prefix "
-    "pattern regex url uri path file dir env var expiry expires ttl policy label hint "
-    "class scope method endpoint algorithm algo mode size "
-    "java py js ts txt md html xml json yaml yml cfg ini conf c h cc cpp go rs rb sh".split()
-)
-# `args.password`, `self.tokens[1]`: a variable, maybe subscripted, not a literal.
-_IDENTIFIER_PATH = re.compile(r"^[A-Za-z_][\w]*(?:\.[A-Za-z_]\w*)*(?:\[[\w.'\"-]*\])*$")
+from forgeml.governance.secrets import secret_spans, shannon_entropy
+from forgeml.governance.spans import Span, non_overlapping
 
-
-def shannon_entropy(s: str) -> float:
-    """Bits per character of `s` from its own character frequencies."""
-    n = len(s)
-    return -sum(c / n * math.log2(c / n) for c in Counter(s).values()) if n else 0.0
-
-
-def _class_changes(token: str) -> float:
-    """Share of adjacent characters of different classes (lower/upper/digit/other): random
-    keys switch often, paths and identifiers (`docs/025_quick_ref`) seldom."""
-
-    def cls(c: str) -> int:
-        return 0 if c.islower() else 1 if c.isupper() else 2 if c.isdigit() else 3
-
-    classes = [cls(c) for c in token]
-    return sum(a != b for a, b in zip(classes, classes[1:], strict=False)) / max(1, len(token))
-
-
-def _wordy(token: str) -> bool:
-    """Paths and identifiers: most characters sit in plain words. Either separator-delimited
-    segments of three letters or more (`Modules/_blake2/impl/round`), or at least three
-    camel-case words of four letters or more (`InvalidBase64LengthDefect`; capitalised or
-    lower case, not all-caps runs), which a random key (`kJ8sD2mQ9xZ4vB7n`) seldom has."""
-    segments = [seg for seg in re.split(r"[/_.+=-]", token) if seg]
-    total = sum(map(len, segments))
-    if len(segments) >= 2:
-        words = sum(len(seg) for seg in segments if len(seg) >= 3 and _WORD.fullmatch(seg))
-        if words >= 0.6 * total:
-            return True
-    humps = [p for p in _CAMEL_PARTS.findall(token) if _HUMP.fullmatch(p)]
-    return len(humps) >= 3 and sum(map(len, humps)) >= 0.8 * total
-
-
-def _named_value_is_secret(value: str, quoted: bool, in_code: bool) -> bool:
-    if len(value) < 4 or value.lower().strip("<>[]{}()*") in _PLACEHOLDER_VALUES:
-        return False
-    if value[0] in "$%<{[(" or "(" in value or set(value) <= set("*xX.-_"):
-        return False  # an expression, template or mask, not a literal
-    # In code an unquoted name (`password = args.password`) is a variable, not a value.
-    return not (in_code and not quoted and _IDENTIFIER_PATH.match(value))
-
-
-def _named_secret_matches(text: str) -> Iterator[re.Match[str]]:
-    """`_NAMED_SECRET.finditer(text)`, fast: a case-sensitive scan of the case-folded text
-    finds where a name starts, and the full pattern is tried only there. Where a character
-    folds to several (the positions would shift) it scans the slow way."""
-    folded = text.casefold().replace("\u0131", "i")  # dotless i: (?i) matches it to "i"
-    if len(folded) != len(text):
-        yield from _NAMED_SECRET.finditer(text)
-        return
-    pos = 0
-    while hit := _SECRET_NAME_FOLDED.search(folded, pos):
-        m = _NAMED_SECRET.match(text, hit.start())
-        if m:
-            yield m
-        pos = m.end() if m else hit.start() + 1
-
-
-def secret_spans(
-    text: str, cfg: RedactConfig | None = None, in_code: bool = False
-) -> Iterator[Span]:
-    """Secrets in `text`: private keys, connection-string passwords, known key formats,
-    values named like secrets, and unnamed high-entropy tokens (may overlap)."""
-    cfg = cfg or RedactConfig()
-    for m in _PRIVATE_KEY.finditer(text):
-        yield Span(m.start(), m.end(), "secret")
-    for m in _CONNECTION_PASSWORD.finditer(text) if "://" in text else ():
-        yield Span(m.start("v"), m.end("v"), "secret")
-    for m in _KNOWN_KEYS.finditer(text):
-        yield Span(m.start(), m.end(), "secret")
-    for m in _named_secret_matches(text):
-        about = re.split(r"[_.-]", m.group("k"))[-1].lower()
-        if about in _ABOUT_A_SECRET:
-            continue
-        if _named_value_is_secret(m.group("v"), bool(m.group("q")), in_code):
-            yield Span(m.start("v"), m.end("v"), "secret")
-    for m in _TOKEN.finditer(text):
-        # A path whose every part is hex, one plain word or words (`node/commit/67a1f0c5...`)
-        # is not a key; else the token, or any part of it, decides (base64 has `/`).
-        token = m.group()
-        parts = token.split("/")
-        if len(parts) > 1 and all(not p or _PLAIN_PART.fullmatch(p) or _wordy(p) for p in parts):
-            continue
-        if _random_key(token, cfg) or (len(parts) > 1 and any(_random_key(p, cfg) for p in parts)):
-            yield Span(m.start(), m.end(), "secret")
-
-
-def _random_key(token: str, cfg: RedactConfig) -> bool:
-    """An unnamed token that looks like a generated key: long, letters and digits, high
-    entropy, frequent class changes, and not hex or made of words."""
-    if len(token) < cfg.min_token_length or re.fullmatch(r"[0-9a-fA-F-]+", token):
-        return False  # hex: commit ids and digests, which are everywhere and not secret
-    if not (re.search(r"\d", token) and re.search(r"[A-Za-z]", token)) or _wordy(token):
-        return False
-    return shannon_entropy(token) >= cfg.min_entropy and _class_changes(token) >= 0.2
-
-
-# ---------------------------------------------------------------------------------------
-# PII
-
-_EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-)
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
-# Digit-led patterns check the character before their first digit after matching it: a
-# leading lookbehind would hide the first digit from the scanner (several times slower).
-_CARD = re.compile(r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?![\d-])")
-# Not after a letter: `v1.5.0.1` is a version, not an address.
-_IPV4 = re.compile(r"\d(?<![\w.]\d)\d{0,2}\.(?:\d{1,3}\.){2}\d{1,3}(?![\d.])")
-_IPV6 = re.compile(r"(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
-_PHONE = re.compile(
-    r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?|\d{1,4}[\s.-])(?:\d{2,4}[\s.-]){0,3}"
-    r"\d{3,4}(?![\w-])"
-)
-_DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}$|^\d{1,2}[-./]\d{1,2}[-./]\d{2,4}$")
-
-
-def iban_valid(candidate: str) -> bool:
-    """ISO 13616 check: move the first four characters to the end, letters to 10..35,
-    and the number mod 97 must be 1."""
-    s = candidate.replace(" ", "")
-    if not 15 <= len(s) <= 34:
-        return False
-    digits = "".join(str(int(c, 36)) for c in s[4:] + s[:4])
-    return int(digits) % 97 == 1
-
-
-def luhn_valid(number: str) -> bool:
-    digits = [int(c) for c in number if c.isdigit()]
-    total = 0
-    for i, d in enumerate(reversed(digits)):
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _card_plausible(digits: str) -> bool:
-    # Issuer prefixes (Visa 4, Mastercard 51-55/2221-2720, Amex 34/37, Discover 6, JCB 35,
-    # Diners 30/36/38): cuts Luhn's 1-in-10 false positives on arbitrary digit runs.
-    return 13 <= len(digits) <= 19 and digits[0] in "23456" and len(set(digits)) > 1
-
-
-def email_spans(text: str) -> Iterator[Span]:
-    for m in _EMAIL.finditer(text) if "@" in text else ():
-        yield Span(m.start(), m.end(), "email")
-
-
-def iban_spans(text: str) -> Iterator[Span]:
-    for m in _IBAN.finditer(text):
-        if iban_valid(m.group()):
-            yield Span(m.start(), m.end(), "iban")
-
-
-def credit_card_spans(text: str) -> Iterator[Span]:
-    for m in _CARD.finditer(text):
-        digits = re.sub(r"\D", "", m.group())
-        if _card_plausible(digits) and luhn_valid(digits):
-            yield Span(m.start(), m.end(), "credit_card")
-
-
-def ipv4_spans(text: str) -> Iterator[Span]:
-    for m in _IPV4.finditer(text):
-        octets = [int(o) for o in m.group().split(".")]
-        if max(octets) <= 255 and octets[0] not in (0, 127, 255):
-            yield Span(m.start(), m.end(), "ip")
-
-
-def ipv6_spans(text: str) -> Iterator[Span]:
-    for m in _IPV6.finditer(text) if ":" in text else ():
-        if m.group().count(":") >= 3:
-            try:
-                ipaddress.IPv6Address(m.group())
-            except ValueError:
-                continue
-            yield Span(m.start(), m.end(), "ip")
-
-
-def ip_spans(text: str) -> Iterator[Span]:
-    yield from ipv4_spans(text)
-    yield from ipv6_spans(text)
-
-
-def phone_spans(text: str) -> Iterator[Span]:
-    for m in _PHONE.finditer(text):
-        s = m.group()
-        n_digits = sum(c.isdigit() for c in s)
-        if _DATE.match(s) or not 7 <= n_digits <= 15:
-            continue
-        if n_digits >= 9 or s.startswith(("(", "+")):
-            yield Span(m.start(), m.end(), "phone")
-
-
-def pii_spans(text: str) -> Iterator[Span]:
-    """Every PII span of `text` (may overlap), in the order curation resolves overlaps."""
-    yield from email_spans(text)
-    yield from iban_spans(text)
-    yield from credit_card_spans(text)
-    yield from ip_spans(text)
-    yield from phone_spans(text)
+__all__ = [
+    "Span",
+    "credit_card_spans",
+    "email_spans",
+    "iban_spans",
+    "iban_valid",
+    "ip_spans",
+    "ipv4_spans",
+    "ipv6_spans",
+    "luhn_valid",
+    "non_overlapping",
+    "phone_spans",
+    "pii_spans",
+    "secret_spans",
+    "shannon_entropy",
+]
