@@ -357,34 +357,20 @@ class ReplicaPool:
 
     def list_models(self) -> list[str]:
         """The model ids of the first replica that answers (replicas serve the same models)."""
-        failed = None
+        tries = _Tries(self)
         for replica in self.order():
-            try:
-                models = replica.upstream.list_models()
-            except UpstreamError as exc:
-                if not self._try_another(replica, exc):
-                    raise
-                failed = exc if exc.replica_failed else failed
-                continue
-            replica.down_until = 0.0
-            return models
-        raise self._none_answered(failed)
+            with tries.on(replica):
+                return replica.upstream.list_models()
+        raise self._none_answered(tries.failed)
 
     async def _first_answer(self, attempt: Callable[[Replica], Awaitable[T]]) -> T:
         """`attempt` on each replica in `order()` until one answers; a replica that cannot
         answer (down, or 502/503/504 before any byte) is skipped, anything else is raised."""
-        failed = None
+        tries = _Tries(self)
         for replica in self.order():
-            try:
-                answer = await attempt(replica)
-            except UpstreamError as exc:
-                if not self._try_another(replica, exc):
-                    raise
-                failed = exc if exc.replica_failed else failed
-                continue
-            replica.down_until = 0.0
-            return answer
-        raise self._none_answered(failed)
+            with tries.on(replica):
+                return await attempt(replica)
+        raise self._none_answered(tries.failed)
 
     async def post(self, path: str, body: dict) -> dict:
         """`Upstream.post` on the first replica that answers."""
@@ -446,3 +432,32 @@ async def upstream_stream_events(
     counts = [usage.get(k) for k in ("prompt_tokens", "completion_tokens")]
     prompt, completion = (c if isinstance(c, int) and c >= 0 else 0 for c in counts)
     yield StreamEvent("", [], finish or "stop", prompt_tokens=prompt, completion_tokens=completion)
+
+
+class _Tries:
+    """One request's walk over a pool's replicas: `with tries.on(replica):` around a call
+    swallows an error after which another replica may answer (remembering the last one from
+    a reachable replica for `_none_answered`), re-raises any other, and marks the replica up
+    when the call returns."""
+
+    def __init__(self, pool: ReplicaPool) -> None:
+        self.pool = pool
+        self.failed: UpstreamError | None = None
+        self.replica: Replica | None = None
+
+    def on(self, replica: Replica) -> _Tries:
+        self.replica = replica
+        return self
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> bool:
+        assert self.replica is not None
+        if exc is None:
+            self.replica.down_until = 0.0
+            return False
+        if not isinstance(exc, UpstreamError) or not self.pool._try_another(self.replica, exc):
+            return False
+        self.failed = exc if exc.replica_failed else self.failed
+        return True

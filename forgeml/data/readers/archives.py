@@ -12,7 +12,7 @@ import io
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from forgeml.data.readers.base import (
     ZIP_BOMB_MIN_BYTES,
@@ -51,11 +51,24 @@ def read_zip_parts(data: bytes, options: ReadOptions) -> Iterator[Part]:
             with archive.open(info) as fh:
                 return fh.read(limit)
 
-        try:
-            yield from contained_parts(info.filename, read_member, info.file_size, options)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
-            yield Part("", member=info.filename, skip="corrupt", detail=type(err).__name__)
+        yield from _member_parts(
+            info.filename, read_member, info.file_size, options, zipfile.BadZipFile
+        )
     yield from _members_left_out(len(infos), options)
+
+
+def _member_parts(
+    name: str,
+    read_member: Callable[[int], bytes],
+    size: int,
+    options: ReadOptions,
+    archive_error: type[Exception],
+) -> Iterator[Part]:
+    """One archive member's documents; a member the archive cannot give back is `corrupt`."""
+    try:
+        yield from contained_parts(name, read_member, size, options)
+    except (archive_error, OSError, EOFError, ValueError) as err:
+        yield Part("", member=name, skip="corrupt", detail=type(err).__name__)
 
 
 def read_tar_parts(data: bytes, options: ReadOptions) -> Iterator[Part]:
@@ -70,10 +83,7 @@ def read_tar_parts(data: bytes, options: ReadOptions) -> Iterator[Part]:
             fh = archive.extractfile(info)
             return fh.read(limit) if fh is not None else b""
 
-        try:
-            yield from contained_parts(info.name, read_member, info.size, options)
-        except (tarfile.TarError, OSError, EOFError, ValueError) as err:
-            yield Part("", member=info.name, skip="corrupt", detail=type(err).__name__)
+        yield from _member_parts(info.name, read_member, info.size, options, tarfile.TarError)
     yield from _members_left_out(len(members), options)
 
 
