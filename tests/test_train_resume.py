@@ -28,7 +28,8 @@ LOOPS = ("pretrain", "sft", "dpo", "online_dpo", "reward_model", "rl")
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_every_loop_resumes_through_the_kit(loop: str) -> None:
-    """The loop calls `resume_or_start` and loads no checkpoint itself."""
+    """The loop resumes through the kit (`open_run`, or `resume_or_start` directly) and loads
+    no checkpoint itself."""
     path = Path(forgeml.train.__file__).parent / f"{loop}.py"
     tree = ast.parse(path.read_text())
     calls = {
@@ -37,7 +38,7 @@ def test_every_loop_resumes_through_the_kit(loop: str) -> None:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     }
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
-    assert "resume_or_start" in calls
+    assert {"resume_or_start", "open_run"} & calls
     assert not {"load_checkpoint", "latest_checkpoint"} & imported
 
 

@@ -43,8 +43,7 @@ from forgeml.train.distributed import (
 )
 from forgeml.train.dpo import pair_logps, results_config
 from forgeml.train.losses import PairLogps, preference_loss
-from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, set_lr
+from forgeml.train.optim import set_lr
 from forgeml.train.parallelize import (
     full_weights,
     gathered_model,
@@ -61,7 +60,7 @@ from forgeml.train.preference_data import (
     read_preference_records,
 )
 from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import identity_record, resume_or_start
+from forgeml.train.resume import identity_record, open_run
 
 # (prompts, completions, metadatas) -> one reward per completion.
 Ranker = Callable[[list[str], list[str], list[dict[str, Any]]], list[float]]
@@ -239,21 +238,16 @@ def train_online_dpo(
         policy, ref, tcfg, device=device, strategy=strategy
     )
     reward_before = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
-    optimizer = build_optimizer(policy, ocfg, device)
-    ckpt_dir = out_dir / "checkpoints"
     run_config = results_config(recipe)
-    start_step = resume_or_start(
-        ckpt_dir, run_config, model=policy, optimizer=optimizer, resume=resume
-    ).step
-    metrics = MetricsLogger(
-        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
-        resume_step=start_step if resume else None, is_main=procs.is_main,
+    optimizer, ckpt_dir, start, metrics = open_run(
+        out_dir, run_config, model=policy, optim=ocfg, device=device, resume=resume,
+        max_steps=tcfg.max_steps, progress=progress, is_main=procs.is_main,
     )  # fmt: skip
     k = dcfg.samples_per_prompt
     micro, accum = tcfg.micro_batch_size, tcfg.grad_accum_steps
     t_start = time.perf_counter()
     record: dict[str, Any] = {}
-    for step in range(start_step, tcfg.max_steps):
+    for step in range(start.step, tcfg.max_steps):
         lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
         # 1. Sample k completions per prompt from the current policy and rank them.
         #    Each process takes its slice of the step's prompts and its own generator (rank

@@ -9,14 +9,16 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
-from forgeml.core.config import config_hash
+from forgeml.core.config import OptimConfig, config_hash
 from forgeml.core.errors import ConfigError, NotFoundError
 from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_meta
+from forgeml.train.metrics import MetricsLogger
+from forgeml.train.optim import build_optimizer
 
 # `train` settings that never change the trained weights: a resumed run may change them.
 # (compile, activation checkpointing and the parallel strategy change only rounding: the
@@ -69,6 +71,32 @@ def resume_or_start(
     check_same_run(read_checkpoint_meta(path)["extra"], identity, path)
     state = load_checkpoint(path, model=model, optimizer=optimizer)
     return RunStart(state["step"], state["extra"], state["data"], resumed=True)
+
+
+class OpenedRun(NamedTuple):
+    """A training loop's start: its optimizer, checkpoint folder, where it resumes, and its
+    metrics log (continued after the resumed step, or started empty)."""
+
+    optimizer: torch.optim.AdamW
+    ckpt_dir: Path
+    start: RunStart
+    metrics: MetricsLogger
+
+
+def open_run(
+    out_dir: Path, identity: dict[str, Any], *, model: nn.Module, optim: OptimConfig,
+    device: str, resume: bool | Literal["auto"], max_steps: int, progress: bool, is_main: bool,
+) -> OpenedRun:  # fmt: skip
+    """The optimizer for `model`, the run resumed from `out_dir/checkpoints` when asked
+    (`resume_or_start`), and `out_dir/metrics.jsonl` opened to go on from there."""
+    optimizer = build_optimizer(model, optim, device)
+    ckpt_dir = out_dir / "checkpoints"
+    start = resume_or_start(ckpt_dir, identity, model=model, optimizer=optimizer, resume=resume)
+    metrics = MetricsLogger(
+        out_dir / "metrics.jsonl", max_steps=max_steps, progress=progress,
+        resume_step=start.step if start.resumed else None, is_main=is_main,
+    )  # fmt: skip
+    return OpenedRun(optimizer, ckpt_dir, start, metrics)
 
 
 def check_same_run(saved: dict[str, Any], identity: dict[str, Any], path: Path) -> None:

@@ -38,8 +38,7 @@ from forgeml.train.distributed import (
     rank_share,
 )
 from forgeml.train.losses import bradley_terry_loss
-from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
+from forgeml.train.optim import clip_and_step, set_lr
 from forgeml.train.parallelize import gathered_model, gradient_sync, parallelize_for_training
 from forgeml.train.preference_data import (
     PreferencePair,
@@ -52,7 +51,7 @@ from forgeml.train.preference_data import (
     split_heldout,
 )
 from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import RESULT_NEUTRAL_TRAIN_FIELDS, identity_record, resume_or_start
+from forgeml.train.resume import RESULT_NEUTRAL_TRAIN_FIELDS, identity_record, open_run
 
 
 def results_config(recipe: Recipe) -> dict[str, Any]:
@@ -130,25 +129,20 @@ def train_reward_model(
     del lm
     strategy = choose_strategy(model.cfg, tcfg, **placement(device, procs.world_size))
     train_model = parallelize_for_training(model, tcfg, device=device, strategy=strategy)
-    optimizer = build_optimizer(model, ocfg, device)
-    ckpt_dir = out_dir / "checkpoints"
     run_config = results_config(recipe)
-    start_step = resume_or_start(
-        ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume
-    ).step
+    optimizer, ckpt_dir, start, metrics = open_run(
+        out_dir, run_config, model=model, optim=ocfg, device=device, resume=resume,
+        max_steps=tcfg.max_steps, progress=progress, is_main=procs.is_main,
+    )  # fmt: skip
     eval_kw = dict(
         pad_id=pad_id, batch_size=recipe.eval.batch_size, device=device, dtype=tcfg.dtype
     )
     before = evaluate_reward_pairs(model, held, **eval_kw) if held else {}
-    metrics = MetricsLogger(
-        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=progress,
-        resume_step=start_step if resume else None, is_main=procs.is_main,
-    )  # fmt: skip
     accum, micro = tcfg.grad_accum_steps, tcfg.micro_batch_size
     t_start = time.perf_counter()
     loss_value, step_metrics = None, {}
     model.train()
-    for step in range(start_step, tcfg.max_steps):
+    for step in range(start.step, tcfg.max_steps):
         lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
         # The global batch is micro x accum x processes pairs; each process takes its slice.
         order = batch_indices(len(train), micro * accum * procs.world_size, step, tcfg.seed)

@@ -38,8 +38,7 @@ from forgeml.train.distributed import (
     init_distributed,
 )
 from forgeml.train.losses import token_logps
-from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
+from forgeml.train.optim import clip_and_step, set_lr
 from forgeml.train.parallelize import (
     full_weights,
     gathered_model,
@@ -52,7 +51,7 @@ from forgeml.train.resume import (
     RESULT_NEUTRAL_TRAIN_FIELDS,
     deterministic,
     identity_record,
-    resume_or_start,
+    open_run,
 )
 from forgeml.train.rewards import RewardPlugin, build_rewards, score_completions
 from forgeml.train.rl_data import load_prompts, prompts_for_step
@@ -148,7 +147,6 @@ def _train_rl(
     records = load_prompts(prompts_path, rcfg.prompt_format)
     encoded = [tok.encode(p.text, add_special_tokens=False).ids for p in records]
     run_config = results_config(recipe)
-    ckpt_dir = out_dir / "checkpoints"
 
     seed_everything(tcfg.seed)
     model = load_model(base_model, device=device)
@@ -168,14 +166,12 @@ def _train_rl(
     train_model, reference = parallelize_for_sampling(
         model, reference, tcfg, device=device, strategy=strategy
     )
-    optimizer = build_optimizer(model, ocfg, device)
-    start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
+    optimizer, ckpt_dir, start, metrics = open_run(
+        out_dir, run_config, model=model, optim=ocfg, device=device, resume=resume,
+        max_steps=tcfg.max_steps, progress=False, is_main=procs.is_main,
+    )  # fmt: skip
     start_step, saved = start.step, start.saved
     loss_fn = LOSSES["grpo"]
-    metrics = MetricsLogger(
-        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, progress=False,
-        resume_step=start_step if resume else None, is_main=procs.is_main,
-    )  # fmt: skip
     elapsed_before = saved.get("elapsed", 0.0)
     t_start = time.perf_counter()
     record: dict[str, Any] = saved.get("last_record", {})
