@@ -10,7 +10,6 @@ out_dir: checkpoints/, metrics.jsonl, model/, summary.json. Online DPO: forgeml.
 from __future__ import annotations
 
 import io
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,16 +19,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from forgeml.core.config import Recipe, config_hash, save_resolved
-from forgeml.core.io import atomic_write_bytes, atomic_write_text, sha256_file
+from forgeml.core.config import Recipe, config_hash
+from forgeml.core.io import atomic_write_bytes, sha256_file
 from forgeml.core.runtime import autocast, seed_everything
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.registry import build_model
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     all_reduce_sum,
-    barrier,
     check_inputs_agree,
     init_distributed,
     rank_share,
@@ -51,7 +48,12 @@ from forgeml.train.preference_data import (
     split_heldout,
 )
 from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import RESULT_NEUTRAL_TRAIN_FIELDS, identity_record, open_run
+from forgeml.train.resume import (
+    RESULT_NEUTRAL_TRAIN_FIELDS,
+    checkpoint_if_due,
+    finish_run,
+    open_run,
+)
 
 
 def results_config(recipe: Recipe) -> dict[str, Any]:
@@ -233,11 +235,7 @@ def train_dpo(
                 "tok_per_s": tokens / max(now - t_log, 1e-9), "elapsed": now - t_start,
             })  # fmt: skip
             t_log, tokens = now, 0
-        if done == tcfg.max_steps or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
-            save_checkpoint(
-                ckpt_dir, done, model=policy, optimizer=optimizer, data_state={"step": done},
-                keep=tcfg.keep_checkpoints, extra=identity_record(run_config),
-            )  # fmt: skip
+        checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=policy, optimizer=optimizer)
     metrics.close()
     after = evaluate_preferences(policy, held, table, dcfg, **eval_kw) if held else {}
     final_policy = gathered_model(policy, lambda: build_model(policy.cfg))  # every rank
@@ -252,8 +250,5 @@ def train_dpo(
         "seconds": time.perf_counter() - t_start, "data_report": report.to_dict(),
         "model_dir": str(out_dir / "model"), "world_size": procs.world_size, "strategy": strategy,
     }  # fmt: skip
-    if procs.is_main:
-        save_resolved(recipe, out_dir / "recipe.yaml")
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    barrier()
+    finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
     return summary

@@ -10,7 +10,6 @@ out_dir: checkpoints/, metrics.jsonl, model/, summary.json (mean sampled reward 
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,9 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from forgeml.core.config import DPOConfig, Recipe, save_resolved
+from forgeml.core.config import DPOConfig, Recipe
 from forgeml.core.errors import ConfigError, DataError
-from forgeml.core.io import atomic_write_text
 from forgeml.core.plugins import load_plugin
 from forgeml.core.runtime import seed_everything
 from forgeml.core.seeds import derive_seed
@@ -33,10 +31,8 @@ from forgeml.models.registry import build_model
 from forgeml.models.sampling import sample_groups
 from forgeml.tokenizer.chat import END
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     all_reduce_sum,
-    barrier,
     check_inputs_agree,
     concat_over_ranks,
     init_distributed,
@@ -60,7 +56,7 @@ from forgeml.train.preference_data import (
     read_preference_records,
 )
 from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import identity_record, open_run
+from forgeml.train.resume import checkpoint_if_due, finish_run, open_run
 
 # (prompts, completions, metadatas) -> one reward per completion.
 Ranker = Callable[[list[str], list[str], list[dict[str, Any]]], list[float]]
@@ -309,11 +305,7 @@ def train_online_dpo(
         }  # fmt: skip
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
             metrics.log(record)
-        if done == tcfg.max_steps or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
-            save_checkpoint(
-                ckpt_dir, done, model=policy, optimizer=optimizer, data_state={"step": done},
-                keep=tcfg.keep_checkpoints, extra=identity_record(run_config),
-            )  # fmt: skip
+        checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=policy, optimizer=optimizer)
     metrics.close()
     reward_after = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
     final_policy = gathered_model(policy, lambda: build_model(policy.cfg))  # every rank: gathers
@@ -327,10 +319,7 @@ def train_online_dpo(
         "seconds": time.perf_counter() - t_start, "model_dir": str(out_dir / "model"),
         "world_size": world, "strategy": strategy,
     }  # fmt: skip
-    if procs.is_main:
-        save_resolved(recipe, out_dir / "recipe.yaml")
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    barrier()
+    finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
     return summary
 
 

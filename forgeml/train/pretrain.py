@@ -21,19 +21,16 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from forgeml.core.config import ModelConfig, Recipe, config_hash, load_recipe, save_resolved
+from forgeml.core.config import ModelConfig, Recipe, config_hash, load_recipe
 from forgeml.core.errors import ConfigError, ForgeError
-from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.moe import router_metrics
 from forgeml.models.registry import build_model
 from forgeml.tokenizer.pack import TokenShards
-from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.data import PretrainBatches, eval_batches
 from forgeml.train.distributed import (
     all_reduce_mean,
-    barrier,
     check_inputs_agree,
     cleanup,
     init_distributed,
@@ -51,8 +48,9 @@ from forgeml.train.preflight import choose_strategy, placement, preflight
 from forgeml.train.resume import (
     BATCH_SPLIT_FIELDS,
     RESULT_NEUTRAL_TRAIN_FIELDS,
+    checkpoint_if_due,
     deterministic,
-    identity_record,
+    finish_run,
     resume_or_start,
 )
 
@@ -241,15 +239,14 @@ def _pretrain(
                 **router_metrics(model),  # MoE: per-expert load, aux/z losses (last micro-batch)
             })  # fmt: skip
             t_log, step_log = now, done
-        if final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
-            save_checkpoint(
-                ckpt_dir, done, model=model, optimizer=optimizer, data_state=batches.state_dict(),
-                keep=tcfg.keep_checkpoints, async_save=tcfg.async_checkpoint and not final,
-                extra={
-                    **identity_record(run_config), "train_loss": train_loss, "eval_loss": eval_loss,
-                    "elapsed": elapsed_before + time.perf_counter() - t_start,
-                },
-            )  # fmt: skip
+        checkpoint_if_due(
+            ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer,
+            data_state=batches.state_dict, async_save=tcfg.async_checkpoint,
+            extra={
+                "train_loss": train_loss, "eval_loss": eval_loss,
+                "elapsed": elapsed_before + time.perf_counter() - t_start,
+            },
+        )  # fmt: skip
         if evaluate and on_eval is not None:
             try:
                 on_eval(done, eval_loss)
@@ -270,9 +267,7 @@ def _pretrain(
     final_model = gathered_model(model, lambda: build_model(model_cfg))  # every rank: gathers
     if dist.is_main:
         save_model(final_model, out_dir / "model", tokenizer_dir)
-        save_resolved(recipe, out_dir / "recipe.yaml")
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    barrier()  # every rank returns only once the final model is on disk
+    finish_run(out_dir, summary, is_main=dist.is_main, recipe=recipe)
     return summary
 
 

@@ -6,7 +6,8 @@ checkpoint only when that identity is unchanged. Used by all six loops in forgem
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -14,9 +15,16 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import nn
 
-from forgeml.core.config import OptimConfig, config_hash
+from forgeml.core.config import OptimConfig, Recipe, TrainConfig, config_hash, save_resolved
 from forgeml.core.errors import ConfigError, NotFoundError
-from forgeml.train.checkpoint import latest_checkpoint, load_checkpoint, read_checkpoint_meta
+from forgeml.core.io import atomic_write_text
+from forgeml.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+from forgeml.train.distributed import barrier
 from forgeml.train.metrics import MetricsLogger
 from forgeml.train.optim import build_optimizer
 
@@ -97,6 +105,38 @@ def open_run(
         resume_step=start.step if start.resumed else None, is_main=is_main,
     )  # fmt: skip
     return OpenedRun(optimizer, ckpt_dir, start, metrics)
+
+
+def checkpoint_if_due(
+    ckpt_dir: Path, done: int, tcfg: TrainConfig, identity: dict[str, Any], *,
+    model: nn.Module, optimizer: torch.optim.Optimizer,
+    data_state: Callable[[], dict[str, Any]] | None = None,
+    extra: dict[str, Any] | None = None, async_save: bool = False,
+) -> None:  # fmt: skip
+    """Checkpoint after step `done` when it is the run's last or `train.checkpoint_every`
+    divides it. The checkpoint records the run's identity (only the same run resumes it),
+    `data_state()` (default: the step) and `extra`; `async_save` never applies to the last."""
+    final = done == tcfg.max_steps
+    if not (final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0)):
+        return
+    save_checkpoint(
+        ckpt_dir, done, model=model, optimizer=optimizer,
+        data_state=data_state() if data_state else {"step": done}, keep=tcfg.keep_checkpoints,
+        async_save=async_save and not final,
+        extra={**identity_record(identity), **(extra or {})},
+    )  # fmt: skip
+
+
+def finish_run(
+    out_dir: Path, summary: dict[str, Any], *, is_main: bool, recipe: Recipe | None = None
+) -> None:
+    """The main process writes `summary.json` (and the resolved `recipe.yaml`); every process
+    returns only once they, and whatever it wrote before, are on disk."""
+    if is_main:
+        if recipe is not None:
+            save_resolved(recipe, out_dir / "recipe.yaml")
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    barrier()
 
 
 def check_same_run(saved: dict[str, Any], identity: dict[str, Any], path: Path) -> None:

@@ -7,7 +7,6 @@ online DPO and GRPO use as a ranker / reward plugin. out_dir: checkpoints/, metr
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +15,8 @@ from typing import Any, Literal
 import torch
 import torch.distributed as dist
 
-from forgeml.core.config import Recipe, save_resolved
+from forgeml.core.config import Recipe
 from forgeml.core.errors import ForgeError
-from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.core.workspace import Workspace
 from forgeml.models.hf_io import load_model
@@ -29,10 +27,8 @@ from forgeml.models.reward import (
     save_reward_model,
 )
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     all_reduce_sum,
-    barrier,
     check_inputs_agree,
     init_distributed,
     rank_share,
@@ -51,7 +47,12 @@ from forgeml.train.preference_data import (
     split_heldout,
 )
 from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import RESULT_NEUTRAL_TRAIN_FIELDS, identity_record, open_run
+from forgeml.train.resume import (
+    RESULT_NEUTRAL_TRAIN_FIELDS,
+    checkpoint_if_due,
+    finish_run,
+    open_run,
+)
 
 
 def results_config(recipe: Recipe) -> dict[str, Any]:
@@ -175,11 +176,7 @@ def train_reward_model(
                 "step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
                 **step_metrics, "elapsed": time.perf_counter() - t_start,
             })  # fmt: skip
-        if done == tcfg.max_steps or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
-            save_checkpoint(
-                ckpt_dir, done, model=model, optimizer=optimizer, data_state={"step": done},
-                keep=tcfg.keep_checkpoints, extra=identity_record(run_config),
-            )  # fmt: skip
+        checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer)
     metrics.close()
     after = evaluate_reward_pairs(model, held, **eval_kw) if held else {}
     final_model = gathered_model(model, lambda: RewardModel(model.cfg))  # every rank
@@ -195,10 +192,7 @@ def train_reward_model(
         "seconds": time.perf_counter() - t_start, "data_report": report.to_dict(),
         "model_dir": str(out_dir / "model"), "world_size": procs.world_size, "strategy": strategy,
     }  # fmt: skip
-    if procs.is_main:
-        save_resolved(recipe, out_dir / "recipe.yaml")
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    barrier()
+    finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
     return summary
 
 

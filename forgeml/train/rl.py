@@ -9,7 +9,6 @@ resume exactly. out_dir: checkpoints/, metrics.jsonl, model/, summary.json.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from forgeml.core.config import Recipe, config_hash, save_resolved
+from forgeml.core.config import Recipe, config_hash
 from forgeml.core.errors import ConfigError, DataError
-from forgeml.core.io import atomic_write_text
 from forgeml.core.runtime import autocast, seed_everything
 from forgeml.core.seeds import derive_seed
 from forgeml.models.hf_io import load_model, save_model
@@ -28,11 +26,9 @@ from forgeml.models.registry import build_model
 from forgeml.models.sampling import sample_groups
 from forgeml.tokenizer.chat import END, EOS
 from forgeml.tokenizer.train import load_tokenizer
-from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     DistInfo,
     all_reduce_sum,
-    barrier,
     check_inputs_agree,
     concat_over_ranks,
     init_distributed,
@@ -49,8 +45,9 @@ from forgeml.train.preflight import choose_strategy, placement
 from forgeml.train.resume import (
     BATCH_SPLIT_FIELDS,
     RESULT_NEUTRAL_TRAIN_FIELDS,
+    checkpoint_if_due,
     deterministic,
-    identity_record,
+    finish_run,
     open_run,
 )
 from forgeml.train.rewards import RewardPlugin, build_rewards, score_completions
@@ -309,14 +306,12 @@ def _train_rl(
                     f"  len {record['completion_len']:.1f}  {record['step_s']:.1f}s/step",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
-        if final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
-            save_checkpoint(
-                ckpt_dir, done, model=model, optimizer=optimizer, data_state={"step": done},
-                keep=tcfg.keep_checkpoints, extra={
-                    **identity_record(run_config), "elapsed": elapsed_before + time.perf_counter() - t_start,
-                    "last_record": record,
-                },
-            )  # fmt: skip
+        checkpoint_if_due(
+            ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer,
+            extra={
+                "elapsed": elapsed_before + time.perf_counter() - t_start, "last_record": record
+            },
+        )  # fmt: skip
     metrics.close()
     summary = {
         "steps": tcfg.max_steps, "final_reward_mean": record.get("reward_mean"),
@@ -329,7 +324,5 @@ def _train_rl(
     final_model = gathered_model(model, lambda: build_model(model.cfg))  # every rank: gathers
     if procs.is_main:
         save_model(final_model, out_dir / "model", base_model)
-        save_resolved(recipe, out_dir / "recipe.yaml")
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    barrier()
+    finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
     return summary

@@ -21,7 +21,7 @@ from torch import nn
 
 from forgeml.core.config import SFTConfig, config_hash
 from forgeml.core.errors import ConfigError
-from forgeml.core.io import atomic_write_bytes, atomic_write_text
+from forgeml.core.io import atomic_write_bytes
 from forgeml.core.runtime import autocast, pick_device, seed_everything
 from forgeml.models.dense import IGNORE_INDEX
 from forgeml.models.hf_io import load_model, save_model
@@ -38,10 +38,8 @@ from forgeml.train.chat_data import (
     pad_token_id,
     rows_to_batch,
 )
-from forgeml.train.checkpoint import save_checkpoint
 from forgeml.train.distributed import (
     all_reduce_mean,
-    barrier,
     check_inputs_agree,
     init_distributed,
     rank_share,
@@ -58,8 +56,9 @@ from forgeml.train.preflight import choose_strategy, placement
 from forgeml.train.resume import (
     BATCH_SPLIT_FIELDS,
     RESULT_NEUTRAL_TRAIN_FIELDS,
+    checkpoint_if_due,
     deterministic,
-    identity_record,
+    finish_run,
     resume_or_start,
 )
 
@@ -238,15 +237,14 @@ def _sft(
                 "elapsed": elapsed_before + now - t_start, **router_metrics(model),
             })  # fmt: skip
             t_log, tokens_log = now, tokens_seen
-        if final or (tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
-            save_checkpoint(
-                ckpt_dir, done, model=model, optimizer=optimizer, data_state=batches.state_dict(),
-                keep=tcfg.keep_checkpoints, extra={
-                    **identity_record(run_config), "train_loss": train_loss, "eval_loss": eval_loss,
-                    "tokens": tokens_seen,
-                    "elapsed": elapsed_before + time.perf_counter() - t_start,
-                },
-            )  # fmt: skip
+        checkpoint_if_due(
+            ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer,
+            data_state=batches.state_dict,
+            extra={
+                "train_loss": train_loss, "eval_loss": eval_loss, "tokens": tokens_seen,
+                "elapsed": elapsed_before + time.perf_counter() - t_start,
+            },
+        )  # fmt: skip
     metrics.close()
     seconds = time.perf_counter() - t_start
     summary = {
@@ -271,8 +269,7 @@ def _sft(
                     atomic_write_bytes(out_dir / "adapter" / name, (base_dir / name).read_bytes())
         else:
             summary["model_dir"] = str(save_model(final_model, out_dir / "model", base_dir))
-        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    barrier()
+    finish_run(out_dir, summary, is_main=dist.is_main)
     return summary
 
 
