@@ -296,6 +296,7 @@ class Transformer(nn.Module):
         start_pos: int = 0,
         doc_ids: torch.Tensor | None = None,
         logits_at: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, V] (fp32), or the mean cross-entropy if `targets` given.
 
@@ -304,9 +305,11 @@ class Transformer(nn.Module):
         marks packed documents: each attends only within itself, from position 0
         (`packed_rope_and_mask`). `logits_at` [B] picks one position per row: the logits are
         then [B, V], of that position only (a batched prefill needs each prompt's last).
+        `inputs_embeds` [B, T, D] replaces the token embeddings of idx (a multimodal model
+        splices image/audio features in; idx still gives the shape).
         """
         cos, sin, mask = sequence_rope_and_mask(self.cfg, idx, start_pos, kv_cache, doc_ids)
-        h = self.tok_embeddings(idx)
+        h = self.tok_embeddings(idx) if inputs_embeds is None else inputs_embeds
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
             h = layer(h, cos, sin, mask, cache, start_pos)

@@ -322,12 +322,14 @@ class MoETransformer(nn.Module):
         start_pos: int = 0,
         doc_ids: torch.Tensor | None = None,
         logits_at: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """idx [B, T] -> logits [B, T, V] (fp32), or the mean loss if `targets` given;
         `doc_ids` [B, T] marks packed documents and `logits_at` [B] picks one position per row
-        (logits [B, V]), as in the dense model."""
+        (logits [B, V]), and `inputs_embeds` replaces the token embeddings, as in the dense
+        model."""
         cos, sin, mask = sequence_rope_and_mask(self.cfg, idx, start_pos, kv_cache, doc_ids)
-        h = self.tok_embeddings(idx)
+        h = self.tok_embeddings(idx) if inputs_embeds is None else inputs_embeds
         routings = []
         for i, layer in enumerate(self.layers):
             cache = (kv_cache.k[i], kv_cache.v[i]) if kv_cache is not None else None
