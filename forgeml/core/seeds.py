@@ -46,6 +46,9 @@ SEED_STREAMS: dict[str, SeedStream] = {
     "synth.teacher_request": SeedStream(100_003),
     # an HPO trial's sampler: base = trials already in the study, index = the job's offset
     "hpo.trial_sampler": SeedStream(1, index_factor=10_007),
+    # multimodal SFT: the held-out split of the records, and the batch of optimizer step `index`
+    "mm.heldout": SeedStream(15_485_863, index_factor=0),
+    "mm.batch": SeedStream(15_485_863, offset=1, index_factor=7_919),
 }
 
 

@@ -19,8 +19,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: str) -> torch.op
     """AdamW where every parameter of 2+ dimensions (linear weights and the embedding,
     which is also the output head when tied) is decayed, and 1-D ones (norm gains,
     biases) are not: decaying a norm gain towards 0 only fights the normalisation
-    (as in nanoGPT). The fused kernel everywhere: on CPU it measured ~8x faster than the
-    default (12 ms vs 95 ms per step on the 6.8M-parameter benchmark model)."""
+    (as in nanoGPT). The fused kernel everywhere: on CPU it measured faster than the
+    default on the benchmark model (BENCHMARKS.md)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
