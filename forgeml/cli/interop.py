@@ -36,7 +36,12 @@ def export_cmd(
         typer.Argument(help="Model asset (id, name or alias), or a training checkpoint folder."),
     ],
     out: Annotated[Path, typer.Option("--out", help="Empty or new folder to write.")],
-    fmt: Annotated[str, typer.Option("--format", help="hf (safetensors + config.json).")] = "hf",
+    fmt: Annotated[
+        str, typer.Option("--format", help="hf (safetensors + config.json) or gguf (llama.cpp).")
+    ] = "hf",
+    quant: Annotated[
+        str, typer.Option(help="gguf: f16, f32, q8_0; q4_k_m, q5_k_m, q6_k need llama.cpp.")
+    ] = "f16",
     max_shard_size: Annotated[
         str,
         typer.Option(help="Split the weights into files of at most this size, with an index."),
@@ -49,17 +54,19 @@ def export_cmd(
         typer.Option(help="Your API key's file (default $FORGEML_API_KEY): its clearance."),
     ] = None,
 ) -> None:
-    """Write a model in HF format (transformers, PEFT, vLLM and llama.cpp converters read it).
+    """Write a model in HF format (transformers, PEFT, vLLM read it) or as GGUF (llama.cpp,
+    Ollama, LM Studio: a model with an Ollama Modelfile, or a LoRA adapter for `--lora`).
     A model labelled (or trained on data labelled) above `public` needs a key cleared for it.
     A checkpoint (a step_NNNNNNNN folder, or a run's checkpoints/ for its latest), sharded by
     any number of processes, is gathered into one folder."""
     from forgeml.control.approvals import caller_clearance
     from forgeml.governance.labels import require_clearance, require_run_clearance
+    from forgeml.pipeline.gguf_export import export_checkpoint_gguf, export_gguf
     from forgeml.pipeline.interop import export_checkpoint, export_model, resolve_checkpoint
     from forgeml.registry import open_registry
 
-    if fmt != "hf":
-        raise ForgeError(f"unknown format '{fmt}'", hint="this release writes: hf")
+    if fmt not in ("hf", "gguf"):
+        raise ForgeError(f"unknown format '{fmt}'", hint="this release writes: hf, gguf")
     size = int(max_shard_size) if max_shard_size.isdigit() else max_shard_size
     if Path(model).is_dir():
         path = resolve_checkpoint(model)
@@ -67,12 +74,18 @@ def export_cmd(
         if run_id is not None:  # a checkpoint of this workspace: cleared like its inputs
             reg = open_registry(current_workspace())
             require_run_clearance(reg, run_id, caller_clearance(reg, key_file), action="export")
-        done = export_checkpoint(path, out, tokenizer_dir=tokenizer, max_shard_size=size)
+        if fmt == "gguf":
+            done = export_checkpoint_gguf(path, out, tokenizer, quant=quant)
+        else:
+            done = export_checkpoint(path, out, tokenizer_dir=tokenizer, max_shard_size=size)
         console.print(f"wrote {done} (from {path})", highlight=False)
         return
     ws = current_workspace()
     reg = open_registry(ws)
     require_clearance(reg, reg.get_asset(model), caller_clearance(reg, key_file), action="export")
+    if fmt == "gguf":
+        console.print(f"wrote {export_gguf(ws, model, out, quant=quant)}", highlight=False)
+        return
     console.print(f"wrote {export_model(ws, model, out, max_shard_size=size)}", highlight=False)
 
 

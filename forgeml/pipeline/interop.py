@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,15 @@ def export_checkpoint(
     """
     path = resolve_checkpoint(checkpoint)
     _empty_target(out_dir)  # before reading any weights
+    model = load_checkpoint_model(path, _check_exportable)
+    return _write_export(model, out_dir, tokenizer_dir, max_shard_size)
+
+
+def load_checkpoint_model(
+    path: Path, check_exportable: Callable[[ModelConfig, str], None]
+) -> torch.nn.Module:
+    """The model of checkpoint folder `path` (gathered from any number of shards), its
+    architecture first passed to `check_exportable(cfg, what)`."""
     meta = read_checkpoint_meta(path)
     saved_cfg = meta["model_config"] or meta["extra"].get("results_config", {}).get("model")
     if not saved_cfg:
@@ -199,7 +209,7 @@ def export_checkpoint(
             hint="export the run's model/ folder (forgeml export MODEL) instead",
         )
     cfg = ModelConfig.model_validate(saved_cfg)
-    _check_exportable(cfg, f"checkpoint {path}")
+    check_exportable(cfg, f"checkpoint {path}")
     model = build_model(cfg)
     extra = sorted(set(checkpoint_model_keys(path)) - set(model.state_dict()))
     if extra:
@@ -209,7 +219,7 @@ def export_checkpoint(
             hint="export the run's model/ folder (its adapter or merged model) instead",
         )
     consolidated_model_state(path, model)
-    return _write_export(model, out_dir, tokenizer_dir, max_shard_size)
+    return model
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
@@ -253,11 +263,22 @@ def _write_export(
     max_shard_size: int | str | None,
 ) -> Path:
     """`save_model` into a staging folder beside `out_dir`, renamed into place when done."""
+    return staged_export(
+        out_dir,
+        lambda staging: save_model(
+            model, staging, tokenizer_dir=tokenizer_dir, max_shard_size=max_shard_size
+        ),
+    )
+
+
+def staged_export(out_dir: str | Path, write: Callable[[Path], Any]) -> Path:
+    """`write(staging)` fills a staging folder beside `out_dir` (which must be new or empty),
+    renamed into place when done: the export appears complete or not at all."""
     out_dir = _empty_target(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_model(model, staging, tokenizer_dir=tokenizer_dir, max_shard_size=max_shard_size)
+        write(staging)
         if out_dir.exists():
             out_dir.rmdir()
         staging.rename(out_dir)
