@@ -12,34 +12,25 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from torch import nn
 
-from forgeml.models.vision import EncoderBlock, init_encoder_weights
+from forgeml.models.vision import EncoderBlock, EncoderConfig, init_encoder_weights
 
 
-class AudioConfig(BaseModel):
+class AudioConfig(EncoderConfig):
     """Audio encoder over windows of `window_frames` log-mel frames (Whisper: 3000 = 30 s)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     sample_rate: int = Field(16000, gt=0)
     n_mels: int = Field(80, gt=0)
     n_fft: int = Field(400, gt=0)
     hop_length: int = Field(160, gt=0)
     window_frames: int = Field(3000, gt=0, description="mel frames per encoder window")
-    dim: int = Field(256, gt=0)
-    n_layers: int = Field(4, gt=0)
-    n_heads: int = Field(4, gt=0)
-    ffn_hidden: int = Field(1024, gt=0)
     norm_eps: float = 1e-5
     stack: int = Field(4, gt=0, description="encoder frames stacked into one LM token")
-    init_std: float = 0.02
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> AudioConfig:
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.window_frames % (2 * self.stack):
             raise ValueError(
                 f"window_frames ({self.window_frames}) must be a multiple of 2 * stack "
@@ -60,6 +51,10 @@ class AudioConfig(BaseModel):
     @property
     def window_samples(self) -> int:
         return self.window_frames * self.hop_length
+
+    def windows_for(self, n_samples: int) -> int:
+        """Encoder windows a clip of `n_samples` takes (at least one; see log_mel_windows)."""
+        return max(1, math.ceil(n_samples / self.window_samples))
 
     @property
     def feature_dim(self) -> int:
@@ -169,7 +164,7 @@ def log_mel_windows(waveform: np.ndarray | torch.Tensor, cfg: AudioConfig) -> to
     audio = torch.as_tensor(np.asarray(waveform, dtype=np.float32))
     if audio.ndim != 1:
         raise ValueError(f"expected mono audio [samples], got shape {tuple(audio.shape)}")
-    n_windows = max(1, math.ceil(audio.shape[0] / cfg.window_samples))
+    n_windows = cfg.windows_for(audio.shape[0])
     padded = F.pad(audio, (0, n_windows * cfg.window_samples - audio.shape[0]))
     windows = padded.view(n_windows, cfg.window_samples)
     return torch.stack([log_mel(w, cfg) for w in windows])

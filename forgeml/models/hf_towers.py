@@ -19,7 +19,7 @@ from torch import nn
 from forgeml.core.errors import ConfigError
 from forgeml.models.audio import AudioConfig, AudioEncoder
 from forgeml.models.hf_io import _read_safetensors
-from forgeml.models.vision import VisionConfig, VisionEncoder
+from forgeml.models.vision import EncoderConfig, VisionConfig, VisionEncoder
 
 
 @dataclass(frozen=True)
@@ -136,14 +136,21 @@ def tower_from_hf(
     return out
 
 
+def _transformer_fields(cfg: EncoderConfig) -> dict[str, Any]:
+    """The HF config fields every encoder config shares."""
+    return {
+        "hidden_size": cfg.dim,
+        "intermediate_size": cfg.ffn_hidden,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+    }
+
+
 def siglip_vision_config(v: VisionConfig) -> dict[str, Any]:
     """transformers' SiglipVisionConfig fields for our encoder (no attention-pooling head)."""
     return {
         "model_type": "siglip_vision_model",
-        "hidden_size": v.dim,
-        "intermediate_size": v.ffn_hidden,
-        "num_hidden_layers": v.n_layers,
-        "num_attention_heads": v.n_heads,
+        **_transformer_fields(v),
         "num_channels": v.channels,
         "image_size": v.image_size,
         "patch_size": v.patch_size,
@@ -158,10 +165,7 @@ def voxtral_encoder_config(a: AudioConfig) -> dict[str, Any]:
     """transformers' VoxtralEncoderConfig fields for our encoder (ffn_hidden = stack * dim)."""
     return {
         "model_type": "voxtral_encoder",
-        "hidden_size": a.dim,
-        "intermediate_size": a.ffn_hidden,
-        "num_hidden_layers": a.n_layers,
-        "num_attention_heads": a.n_heads,
+        **_transformer_fields(a),
         "num_mel_bins": a.n_mels,
         "max_source_positions": a.positions,
         "scale_embedding": False,

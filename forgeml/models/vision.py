@@ -19,26 +19,37 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
-class VisionConfig(BaseModel):
-    """Image encoder: a ViT over `image_size`-pixel squares cut into `patch_size` patches."""
+class EncoderConfig(BaseModel):
+    """The transformer of an image or audio encoder: width, depth, heads, MLP, norm."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    image_size: int = Field(224, gt=0)
-    patch_size: int = Field(16, gt=0)
-    channels: int = Field(3, gt=0)
     dim: int = Field(256, gt=0)
     n_layers: int = Field(4, gt=0)
     n_heads: int = Field(4, gt=0)
     ffn_hidden: int = Field(1024, gt=0)
     norm_eps: float = 1e-6
+    init_std: float = 0.02
+
+    @model_validator(mode="after")
+    def _heads_fit(self) -> EncoderConfig:
+        if self.dim % self.n_heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+        return self
+
+
+class VisionConfig(EncoderConfig):
+    """Image encoder: a ViT over `image_size`-pixel squares cut into `patch_size` patches."""
+
+    image_size: int = Field(224, gt=0)
+    patch_size: int = Field(16, gt=0)
+    channels: int = Field(3, gt=0)
     act: Literal["gelu_tanh", "gelu"] = Field("gelu_tanh", description="MLP activation")
     pixel_shuffle: int = Field(
         1, gt=0, description="merge s x s neighbouring patches into one token (1: off)"
     )
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    init_std: float = 0.02
 
     @model_validator(mode="after")
     def _shapes_fit(self) -> VisionConfig:
@@ -47,8 +58,6 @@ class VisionConfig(BaseModel):
                 f"image_size ({self.image_size}) must be a multiple of patch_size "
                 f"({self.patch_size})"
             )
-        if self.dim % self.n_heads:
-            raise ValueError(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
         if self.grid % self.pixel_shuffle:
             raise ValueError(
                 f"the patch grid ({self.grid}) must be a multiple of pixel_shuffle "
