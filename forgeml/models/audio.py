@@ -15,7 +15,12 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from forgeml.models.vision import EncoderBlock, EncoderConfig, init_encoder_weights
+from forgeml.models.vision import (
+    EncoderBlock,
+    EncoderConfig,
+    check_input,
+    init_encoder_weights,
+)
 
 
 class AudioConfig(EncoderConfig):
@@ -94,11 +99,8 @@ class AudioEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        if features.shape[-2:] != (cfg.n_mels, cfg.window_frames):
-            raise ValueError(
-                f"audio features are {tuple(features.shape[-2:])}, the encoder takes "
-                f"({cfg.n_mels}, {cfg.window_frames}) windows (see log_mel_windows)"
-            )
+        trailing = (cfg.n_mels, cfg.window_frames)
+        check_input(features, trailing, "audio features", "windows: see log_mel_windows")
         x = F.gelu(self.conv1(features.to(self.conv1.weight.dtype)))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         x = x + self.position_embedding.to(x.dtype)

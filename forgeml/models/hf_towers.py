@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +20,8 @@ from forgeml.core.errors import ConfigError
 from forgeml.models.audio import AudioConfig, AudioEncoder
 from forgeml.models.hf_io import _read_safetensors
 from forgeml.models.vision import EncoderConfig, VisionConfig, VisionEncoder
+
+EncoderT = TypeVar("EncoderT", VisionEncoder, AudioEncoder)
 
 
 @dataclass(frozen=True)
@@ -252,6 +254,17 @@ def _tower_prefix(hf: dict[str, torch.Tensor], first: str, prefixes: tuple[str, 
     raise ConfigError(f"checkpoint has no tensor '{first}' under any of {prefixes}")
 
 
+def _tower(
+    model_dir: Path, encoder: EncoderT, maps: TowerMaps, first: str, prefixes: tuple[str, ...]
+) -> EncoderT:
+    """`encoder` with the tower weights of the checkpoint in `model_dir` (found under the
+    first of `prefixes` that holds `first`)."""
+    hf = _read_safetensors(model_dir)
+    prefix = _tower_prefix(hf, first, prefixes)
+    encoder.load_state_dict(tower_from_hf(hf, maps, prefix, encoder.cfg.n_layers))
+    return encoder
+
+
 def load_vision_tower(model_dir: str | Path, **overrides: Any) -> VisionEncoder:
     """A pretrained SigLIP vision tower (a SiglipModel or SiglipVisionModel folder) as our
     VisionEncoder, to start a vision-LM from; `overrides` set VisionConfig fields (e.g.
@@ -267,11 +280,8 @@ def load_vision_tower(model_dir: str | Path, **overrides: Any) -> VisionEncoder:
     }
     base = vision_config_from_hf(llava_like, preprocessor).model_dump()
     cfg = VisionConfig.model_validate({**base, **overrides})
-    hf = _read_safetensors(model_dir)
-    prefix = _tower_prefix(hf, "embeddings.patch_embedding.weight", ("", "vision_model."))
-    encoder = VisionEncoder(cfg)
-    encoder.load_state_dict(tower_from_hf(hf, SIGLIP_MAPS, prefix, cfg.n_layers))
-    return encoder
+    first = "embeddings.patch_embedding.weight"
+    return _tower(model_dir, VisionEncoder(cfg), SIGLIP_MAPS, first, ("", "vision_model."))
 
 
 def load_audio_tower(model_dir: str | Path, **overrides: Any) -> AudioEncoder:
@@ -296,8 +306,5 @@ def load_audio_tower(model_dir: str | Path, **overrides: Any) -> AudioEncoder:
     }
     base = audio_config_from_hf(voxtral_like, preprocessor).model_dump()
     cfg = AudioConfig.model_validate({**base, **overrides})
-    hf = _read_safetensors(model_dir)
-    prefix = _tower_prefix(hf, "conv1.weight", ("model.encoder.", "encoder."))
-    encoder = AudioEncoder(cfg)
-    encoder.load_state_dict(tower_from_hf(hf, VOXTRAL_MAPS, prefix, cfg.n_layers))
-    return encoder
+    prefixes = ("model.encoder.", "encoder.")
+    return _tower(model_dir, AudioEncoder(cfg), VOXTRAL_MAPS, "conv1.weight", prefixes)

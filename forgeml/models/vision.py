@@ -126,6 +126,12 @@ class EncoderBlock(nn.Module):
         return x + self.fc2(self.act(self.fc1(self.ffn_norm(x))))
 
 
+def check_input(x: torch.Tensor, trailing: tuple[int, int], what: str, hint: str) -> None:
+    """Raise a ValueError naming both shapes unless `x` ends in `trailing`."""
+    if tuple(x.shape[-2:]) != trailing:
+        raise ValueError(f"{what} are {tuple(x.shape[-2:])}, the encoder takes {trailing} ({hint})")
+
+
 def pixel_shuffle(x: torch.Tensor, grid: int, factor: int) -> torch.Tensor:
     """[B, grid*grid, D] -> [B, (grid/s)^2, D*s^2]: each s x s square of patches becomes one
     token (the space-to-depth connector of Idefics3 and SmolVLM, arXiv:2504.05299)."""
@@ -164,11 +170,8 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
-        if pixel_values.shape[-2:] != (cfg.image_size, cfg.image_size):
-            raise ValueError(
-                f"pixel_values are {tuple(pixel_values.shape[-2:])}, the encoder takes "
-                f"{cfg.image_size}x{cfg.image_size} (resize with image_to_pixels)"
-            )
+        size = (cfg.image_size, cfg.image_size)
+        check_input(pixel_values, size, "pixel_values", "resize with image_to_pixels")
         x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
         x = x.flatten(2).transpose(1, 2) + self.position_embedding
         for layer in self.layers:
