@@ -72,7 +72,7 @@ def test_vision_encoder_shapes_and_pixel_shuffle():
                 [grid[:, 2 * r + i, 2 * c + j] for i in range(2) for j in range(2)], -1
             )
             assert torch.equal(y[:, r * 2 + c], want)
-    with pytest.raises(ValueError, match="32x32"):
+    with pytest.raises(ValueError, match=r"takes \(32, 32\)"):
         enc(torch.randn(1, 3, 16, 16))
 
 
@@ -158,7 +158,7 @@ def test_prefill_with_image_then_decode_matches_full_forward():
 
 
 def test_image_to_pixels_resizes_and_normalises():
-    from PIL import Image
+    Image = pytest.importorskip("PIL.Image", reason="Pillow is not installed")
 
     cfg = tiny_config().vision
     image = Image.new("L", (50, 20), color=255)  # grey, not square: converted and resized
@@ -182,3 +182,17 @@ def test_log_mel_matches_whisper_feature_extractor():
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
     # Longer than a window: zero-padded to two windows, each scaled on its own.
     assert log_mel_windows(np.zeros(16000 * 31, dtype=np.float32), cfg).shape == (2, 80, 3000)
+
+
+def test_expand_placeholders_gives_each_medium_its_rows():
+    from forgeml.models.multimodal import expand_placeholders
+
+    cfg = tiny_config()
+    ids = [9, IMAGE_ID, 10, IMAGE_ID, 11]
+    out = expand_placeholders(ids, IMAGE_ID, [cfg.vision.tokens_per_image] * 2)
+    assert out == [9] + [IMAGE_ID] * 16 + [10] + [IMAGE_ID] * 16 + [11]
+    clip = cfg.audio.window_samples + 1  # just over one window: two windows
+    n = cfg.audio.windows_for(clip) * cfg.audio.tokens_per_window
+    assert expand_placeholders([AUDIO_ID, 12], AUDIO_ID, [n]) == [AUDIO_ID] * 8 + [12]
+    with pytest.raises(ValueError, match="2 placeholders of id 3 for 1 media"):
+        expand_placeholders(ids, IMAGE_ID, [16])

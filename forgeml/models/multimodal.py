@@ -173,3 +173,18 @@ def _splice(
             f"{kind} placeholder to that many tokens"
         )
     return h.masked_scatter(mask[..., None], rows.to(h.dtype))
+
+
+def expand_placeholders(ids: list[int], token_id: int, counts: list[int]) -> list[int]:
+    """Token ids with the i-th `token_id` repeated counts[i] times: a chat renders one
+    placeholder per image or audio clip, the model takes one per feature row
+    (`tokens_per_image`; `tokens_per_window` times the clip's windows)."""
+    slots = [i for i, t in enumerate(ids) if t == token_id]
+    if len(slots) != len(counts):
+        raise ValueError(f"{len(slots)} placeholders of id {token_id} for {len(counts)} media")
+    out: list[int] = []
+    start = 0
+    for slot, count in zip(slots, counts, strict=True):
+        out += ids[start:slot] + [token_id] * count
+        start = slot + 1
+    return out + ids[start:]
