@@ -124,6 +124,9 @@ OLD_FORMULAS = {
     "eval.example": lambda s, i: s * 1_000_003 + i,
     "synth.teacher_request": lambda s, i: s * 100_003 + i,
     "hpo.trial_sampler": lambda s, i: s + 10_007 * i,
+    # streams added after derive_seed (no older call site to match): their own formulas
+    "mm.heldout": lambda s, i: s * 15_485_863,
+    "mm.batch": lambda s, i: s * 15_485_863 + 1 + 7_919 * i,
 }
 
 
