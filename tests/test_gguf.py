@@ -356,3 +356,20 @@ def test_a_training_checkpoint_exports_to_gguf(tmp_path, tokenizer_dir):
     with pytest.raises(ConfigError, match=r"^checkpoint .*sigmoid gating"):
         export_checkpoint_gguf(tmp_path / "moe", tmp_path / "out2", tokenizer_dir)
     assert not (tmp_path / "out2").exists()
+
+
+def test_an_adapter_asset_exports_as_gguf_lora(tmp_path, workspace):
+    from forgeml.pipeline.gguf_export import export_gguf
+    from forgeml.registry import open_registry
+
+    model = tiny()
+    apply_lora(model, ["wqkv"], rank=4, alpha=4.0)
+    save_adapter(model, tmp_path / "adapter")
+    asset = open_registry(workspace).add_asset("adapter", "tiny-lora", tmp_path / "adapter")
+    path = export_gguf(workspace, asset.id, tmp_path / "out", quant="f16")
+    assert path == tmp_path / "out" / "adapter-f16.gguf"
+    assert fields(path)["general.type"] == "adapter"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter-f16.gguf"]
+    with pytest.raises(ConfigError, match="not q4_k_m"):
+        export_gguf(workspace, asset.id, tmp_path / "out2", quant="q4_k_m")
+    assert not (tmp_path / "out2").exists()

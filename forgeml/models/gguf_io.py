@@ -1,10 +1,6 @@
-"""Models and LoRA adapters as GGUF files, the format llama.cpp, Ollama and LM Studio read.
-
-Dense and Mixtral-style MoE models become llama.cpp's `llama` architecture (q/k rows permuted
-to its interleaved rotary layout), the byte-level BPE tokenizer a `gpt2` vocabulary with its
-merges, special tokens and chat template. f32/f16/q8_0 are written here with the `gguf`
-library (llama.cpp's own writer); k-quants go through llama.cpp's quantizer.
-"""
+"""Models and LoRA adapters as GGUF files (llama.cpp, Ollama, LM Studio): llama.cpp's `llama`
+architecture with q/k rows permuted for its rotary layout, the BPE tokenizer as `gpt2` with
+merges, specials and chat template; f32/f16/q8_0 written here, k-quants by llama.cpp."""
 
 from __future__ import annotations
 
@@ -39,7 +35,9 @@ QUANTS = (*PYTHON_QUANTS, *LLAMA_CPP_QUANTS)
 # llama.cpp's pre-tokenizer names (src/llama-vocab.cpp) for a byte-level BPE split by forgeml's
 # SPLIT_PATTERN (the cl100k / Llama 3 regex): "llama-bpe" for tokenizers with `ignore_merges`
 # (a word that is a token is taken whole, Llama 3's tokenizer.json), "smaug-bpe" (same regex,
-# merges always applied) for the others, forgeml's among them.
+# merges always applied) for the others, forgeml's among them. llama.cpp spells the
+# contractions ASCII-case-insensitively ('[sS]...); our `(?i:'s...)` also folds the long s
+# U+017F, so "it'ſt" splits as "'ſ|t" here and "'ſt" there: the one difference.
 PRE_TOKENIZERS = {True: "llama-bpe", False: "smaug-bpe"}
 GPT2_PRE = "gpt-2"  # a ByteLevel pre-tokenizer with its own (GPT-2) regex
 
