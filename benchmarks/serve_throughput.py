@@ -1,4 +1,4 @@
-"""Generation throughput: forgeml's serving engine vs transformers' `generate`, in one process.
+"""Generation throughput: forgeml's serving engine vs llama.cpp and transformers' `generate`.
 
 The same tiny Mistral weights (ours, exported through `hf_io` and loaded by
 `MistralForCausalLM`, sdpa attention), the same dtype, greedy decoding (or, with
@@ -13,7 +13,16 @@ order) so load bursts from other jobs hit all alike; the ratios are medians of p
   `generate` on the batch of the N prompts (its best case: equal lengths, no padding), and vs
   HF serving them one at a time (its batch-1 rate: what a plain HF server does per request).
 
+llama.cpp (through llama-cpp-python's low-level API, when installed) decodes the same weights
+written as GGUF (`forgeml.models.gguf_io`, f16 and f32 by default, `--llama-cpp`) with the
+engine's thread count, greedy: one sequence alone, and the N prompts as N parallel sequences of
+one context (prefilled in one batch, then one token per sequence per `llama_decode`: its
+server's continuous batching without the HTTP layer). `--compile` adds the engine with its
+compiled decode step (`Engine(compile_step=True)`, its buckets compiled and probed before
+timing) beside the eager one.
+
     .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --record
+    .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --compile --profile
     .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --temperature 0.8
     .venv/bin/python benchmarks/serve_throughput.py --quick   # smoke run
 
@@ -42,7 +51,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_throughput import cpu_has_bf16, cpu_name  # noqa: E402
 
 from forgeml.core.config import ModelConfig  # noqa: E402
-from forgeml.models.dense import Transformer  # noqa: E402
+from forgeml.models.dense import KVCache, Transformer  # noqa: E402
+from forgeml.models.gguf_io import write_gguf  # noqa: E402
 from forgeml.models.hf_io import save_model  # noqa: E402
 from forgeml.serve.engine import Engine, SamplingParams  # noqa: E402
 from forgeml.tokenizer.train import load_tokenizer, train_bpe_tokenizer  # noqa: E402
@@ -117,6 +127,87 @@ def hf_run(model, prompts: list[list[int]], new: int, temperature: float) -> int
     return (out.shape[1] - x.shape[1]) * out.shape[0]
 
 
+class LlamaCpp:
+    """A GGUF model in one llama.cpp context of `n_seq` parallel sequences, decoded greedily
+    with its own sampler (argmax in C), as llama.cpp's `batched` example and server slots."""
+
+    def __init__(self, path: Path, n_seq: int, threads: int, ctx_per_seq: int) -> None:
+        import llama_cpp as lc
+
+        self.lc = lc
+        # Keep llama.cpp's loading log off stdout and stderr (the callback must outlive it).
+        self._quiet = lc.llama_log_callback(lambda level, text, data: None)
+        lc.llama_log_set(self._quiet, None)
+        lc.llama_backend_init()
+        self.model = lc.llama_model_load_from_file(
+            str(path).encode(), lc.llama_model_default_params()
+        )
+        params = lc.llama_context_default_params()
+        params.n_ctx = n_seq * ctx_per_seq
+        params.n_batch = params.n_ubatch = max(512, n_seq * ctx_per_seq)
+        params.n_seq_max = n_seq
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = False  # llama.cpp's advice for parallel sequences with no shared prefix
+        self.ctx = lc.llama_init_from_model(self.model, params)
+        self.batch = lc.llama_batch_init(params.n_batch, 0, 1)
+        self.sampler = lc.llama_sampler_init_greedy()
+
+    def _decode(self, entries: list[tuple[int, int, int, bool]]) -> None:
+        """One `llama_decode` of (token, position, sequence, wants logits) entries."""
+        b = self.batch
+        for i, (token, pos, seq, logits) in enumerate(entries):
+            b.token[i], b.pos[i], b.n_seq_id[i] = token, pos, 1
+            b.seq_id[i][0], b.logits[i] = seq, logits
+        b.n_tokens = len(entries)
+        if self.lc.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def generate(self, prompts: list[list[int]], new: int) -> list[list[int]]:
+        """Greedy `new` tokens after each prompt, the prompts decoded as parallel sequences."""
+        self.lc.llama_memory_clear(self.lc.llama_get_memory(self.ctx), True)
+        entries = [
+            (t, j, s, j == len(p) - 1) for s, p in enumerate(prompts) for j, t in enumerate(p)
+        ]
+        self._decode(entries)
+        last = [i for i, e in enumerate(entries) if e[3]]
+        out: list[list[int]] = [[] for _ in prompts]
+        for step in range(new):
+            for s, idx in enumerate(last):
+                out[s].append(self.lc.llama_sampler_sample(self.sampler, self.ctx, idx))
+            if step == new - 1:
+                break
+            self._decode([(out[s][-1], len(p) + step, s, True) for s, p in enumerate(prompts)])
+            last = list(range(len(prompts)))
+        return out
+
+    def run(self, prompts: list[list[int]], new: int) -> int:
+        return sum(len(t) for t in self.generate(prompts, new))
+
+
+def llama_cpp_runners(
+    model: torch.nn.Module, tok_dir: Path, out_dir: Path, kinds: list[str], n: int,
+    threads: int, ctx_per_seq: int,
+) -> dict[str, tuple[LlamaCpp, LlamaCpp]]:  # fmt: skip
+    """Per GGUF type: a one-sequence and an n-sequence llama.cpp context on `model`'s weights
+    ({} when llama-cpp-python is not installed)."""
+    try:
+        import llama_cpp
+    except ImportError:
+        print("llama-cpp-python is not installed: llama.cpp is left out")
+        return {}
+    # Which SIMD it was built for (a portable wheel lacks AVX-512; LLAMA_CPP_LIB_PATH points
+    # llama-cpp-python at a llama.cpp built with GGML_NATIVE=ON).
+    print("llama.cpp " + llama_cpp.llama_print_system_info().decode().strip())
+    runners = {}
+    for kind in kinds:
+        path = write_gguf(model, out_dir / f"model-{kind}.gguf", tok_dir, quant=kind)
+        runners[kind] = (
+            LlamaCpp(path, 1, threads, ctx_per_seq),
+            LlamaCpp(path, n, threads, ctx_per_seq),
+        )
+    return runners
+
+
 def check_same_tokens(engine: Engine, hf, prompts: list[list[int]], new: int) -> float:
     """Share of greedy tokens both produce identically (before timing anything)."""
     same = total = 0
@@ -136,7 +227,8 @@ def check_same_tokens(engine: Engine, hf, prompts: list[list[int]], new: int) ->
 
 
 def gemm_floor(model: torch.nn.Module, rows: int, repeats: int = 50) -> float:
-    """Seconds of one decode step's matmuls alone at `rows` rows: every linear of `model`
+    """CPU seconds (of this thread: other jobs' load does not count) of one decode step's
+    matmuls alone at `rows` rows: every linear of `model`
     applied once to random inputs of its width (median of `repeats` passes). With tied
     embeddings the output head is a linear too."""
     # Called as modules: the engine's prepacked linears multiply as they do in decoding.
@@ -145,15 +237,15 @@ def gemm_floor(model: torch.nn.Module, rows: int, repeats: int = 50) -> float:
     times = []
     with torch.inference_mode():
         for _ in range(repeats + 5):
-            start = time.perf_counter()
+            start = time.thread_time()
             for x, linear in zip(inputs, linears, strict=True):
                 linear(x)
-            times.append(time.perf_counter() - start)
+            times.append(time.thread_time() - start)
     return statistics.median(times[5:])
 
 
 def attention_floor(model: torch.nn.Module, rows: int, keys: int, repeats: int = 50) -> float:
-    """Seconds of one decode step's attention alone at `rows` rows over `keys` cached keys:
+    """CPU seconds of one decode step's attention alone at `rows` rows over `keys` cached keys:
     the SDPA call of every layer, at the engine's shapes (one query per row, GQA, an additive
     mask, keys a slice of a max-length cache), median of `repeats` passes."""
     cfg = model.cfg
@@ -166,7 +258,7 @@ def attention_floor(model: torch.nn.Module, rows: int, keys: int, repeats: int =
     times = []
     with torch.inference_mode():
         for _ in range(repeats + 5):
-            start = time.perf_counter()
+            start = time.thread_time()
             for layer in range(cfg.n_layers):
                 torch.nn.functional.scaled_dot_product_attention(
                     q,
@@ -175,7 +267,7 @@ def attention_floor(model: torch.nn.Module, rows: int, keys: int, repeats: int =
                     attn_mask=mask,
                     enable_gqa=cfg.n_kv_heads != cfg.n_heads,
                 )
-            times.append(time.perf_counter() - start)
+            times.append(time.thread_time() - start)
     return statistics.median(times[5:])
 
 
@@ -203,6 +295,90 @@ def report_ceiling(
             f"{hf_step / floors[rows]:.2f}x; / matmuls + attention ({keys} keys) "
             f"{both * 1e3:6.2f} ms = {hf_step / both:.2f}x (an engine's ratio to HF if everything "
             "else took no time)"
+        )
+
+
+def step_vs_floor(
+    engine: Engine, compiled: Engine | None, threads: int | None, n: int, keys: int,
+    repeats: int = 30,
+) -> None:  # fmt: skip
+    """The decode step alone, eager (`decode_rows`) and compiled, against its matmul +
+    attention floor, at 1 and n rows with `keys` cached keys: CPU seconds of this thread,
+    medians of `repeats` alternating passes, printed as a markdown table."""
+    model = engine.model
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    print("\n| rows | eager step ms | compiled step ms | matmuls ms | + attention ms "
+          "| eager / floor | compiled / floor |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    stepper = compiled.compiled_step if compiled is not None else None
+    try:
+        for rows in (1, n):
+            tokens = torch.randint(0, model.cfg.vocab_size, (rows,))
+            positions = torch.full((rows,), keys - 1)
+            live = KVCache(engine.cache.k[:, :rows], engine.cache.v[:, :rows])
+            steps = {"eager": lambda t=tokens, p=positions, c=live: model.decode_rows(t, c, p)}
+            if stepper is not None and stepper(tokens, positions) is not None:
+                steps["compiled"] = lambda t=tokens, p=positions: stepper(t, p)
+            times: dict[str, list[float]] = {name: [] for name in steps}
+            with torch.inference_mode():
+                for _ in range(repeats + 3):
+                    for name, step in steps.items():
+                        start = time.thread_time()
+                        step()
+                        times[name].append(time.thread_time() - start)
+            ms = {name: statistics.median(t[3:]) * 1e3 for name, t in times.items()}
+            gemm = gemm_floor(model, rows) * 1e3
+            floor = gemm + attention_floor(model, rows, keys) * 1e3
+            ours = ms.get("compiled")
+            print(
+                f"| {rows} | {ms['eager']:.2f} | {'-' if ours is None else f'{ours:.2f}'} | "
+                f"{gemm:.2f} | {floor:.2f} | {ms['eager'] / floor:.2f}x | "
+                f"{'-' if ours is None else f'{ours / floor:.2f}x'} |"
+            )
+    finally:
+        torch.set_num_threads(before)
+
+
+def warm_compiled(engine: Engine, prompts: list[list[int]], new: int) -> None:
+    """Run both workloads on the compiled engine until every bucket they use is compiled and
+    probed, and print each bucket's verdict and compile time."""
+    started = time.perf_counter()
+    for _ in range(2):
+        for batch in (prompts[:1], prompts):
+            forgeml_run(engine, batch, new, 0.0)
+        engine.compiled_step.wait()
+    for batch in (prompts[:1], prompts):  # the probes run at each bucket's first step
+        forgeml_run(engine, batch, new, 0.0)
+    print(f"compiled step warmed in {time.perf_counter() - started:.0f} s:")
+    for (rows, keys), b in sorted(engine.compiled_step.buckets.items()):
+        print(
+            f"  {rows:2d} rows x {keys:4d} keys: {b.state}, compiled in "
+            f"{b.compile_seconds:.0f} s; {b.verdict}"
+        )
+
+
+def print_table(rates: dict[str, list[float]], n: int, dtype: str, unit: str) -> None:
+    """Median rate of every contender, and each over llama.cpp's best at the same load
+    (median of per-round ratios), as a markdown table."""
+    print(
+        f"\n| {dtype} | 1 stream {unit} | vs best llama.cpp | {n} concurrent {unit} "
+        "| vs best llama.cpp |"
+    )
+    print("|---|---|---|---|---|")
+    names = dict.fromkeys(name.rsplit(" ", 1)[0] for name in rates)
+
+    def versus(name: str, load: str) -> str:
+        peers = [p for p in rates if p.startswith("llama.cpp") and p.endswith(f" {load}")]
+        if not peers:
+            return "-"
+        best = max(peers, key=lambda p: statistics.median(rates[p]))
+        ours = rates[f"{name} {load}"]
+        return f"{statistics.median(a / b for a, b in zip(ours, rates[best], strict=True)):.2f}x"
+
+    for name in names:
+        print(
+            f"| {name} | {statistics.median(rates[name + ' 1']):.0f} | {versus(name, '1')} | "
+            f"{statistics.median(rates[name + ' N']):.0f} | {versus(name, 'N')} |"
         )
 
 
@@ -235,6 +411,14 @@ def main() -> None:
     ap.add_argument(
         "--temperature", type=float, default=0.0, help="sample at this temperature (0: greedy)"
     )
+    ap.add_argument(
+        "--llama-cpp",
+        default="f16,f32",
+        help="GGUF types llama.cpp decodes, comma-separated (empty: leave llama.cpp out)",
+    )
+    ap.add_argument(
+        "--compile", action="store_true", help="also time the engine's compiled decode step"
+    )
     ap.add_argument("--record", action="store_true", help="add a result row to BENCHMARKS.md")
     ap.add_argument("--profile", action="store_true", help="matmul floor and speed-up ceiling")
     args = ap.parse_args()
@@ -256,12 +440,25 @@ def main() -> None:
         hf = transformers.MistralForCausalLM.from_pretrained(
             model_dir, attn_implementation="sdpa", dtype=dtype
         ).eval()
+        # llama.cpp maps the file: it may go with the directory once loaded.
+        kinds = [k for k in args.llama_cpp.split(",") if k]
+        ctx_per_seq = -(-(args.prompt + args.new) // 256) * 256
+        llama = llama_cpp_runners(
+            model, tok_dir, Path(tmp), kinds, args.concurrent, args.threads or 1, ctx_per_seq
+        )
     model = model.to(dtype).eval()
-    # Both would stop at EOS; exactly --new tokens each keeps the work identical.
+    # All would stop at EOS; exactly --new tokens each keeps the work identical.
     engine = Engine(
         model, tok, max_batch=args.concurrent, max_queue=4 * args.concurrent, threads=args.threads
     )
     prompts = make_prompts(tok, texts, args.concurrent, args.prompt)
+    compiled = None
+    if args.compile:
+        compiled = Engine(
+            model, tok, max_batch=args.concurrent, max_queue=4 * args.concurrent,
+            threads=args.threads, compile_step=True,
+        )  # fmt: skip
+        warm_compiled(compiled, prompts, args.new)
     print(
         f"model {model.num_params() / 1e6:.1f}M params, {args.dtype}, "
         f"{'sampled at T=' + str(args.temperature) if args.temperature > 0 else 'greedy'}, "
@@ -271,6 +468,16 @@ def main() -> None:
     )
     agree = check_same_tokens(engine, hf, prompts[:2], min(args.new, 32))
     print(f"greedy tokens identical to HF (agreeing prefix): {agree:.0%}")
+    for kind, (alone, _) in llama.items():
+        theirs = alone.generate(prompts[:1], min(args.new, 32))[0]
+        ours = engine.generate(prompts[0], SamplingParams(max_tokens=len(theirs), temperature=0))
+        agree = next(
+            (i for i, (a, b) in enumerate(zip(ours.token_ids, theirs, strict=True)) if a != b),
+            len(theirs),
+        )
+        print(
+            f"greedy tokens identical to llama.cpp {kind} (agreeing prefix): {agree}/{len(theirs)}"
+        )
 
     contenders = {
         "forgeml 1": lambda: forgeml_run(engine, prompts[:1], args.new, args.temperature),
@@ -278,20 +485,38 @@ def main() -> None:
         "forgeml N": lambda: forgeml_run(engine, prompts, args.new, args.temperature),
         "HF N": lambda: hf_run(hf, prompts, args.new, args.temperature),
     }
+    if compiled is not None:
+        contenders["forgeml compiled 1"] = lambda: forgeml_run(
+            compiled, prompts[:1], args.new, args.temperature
+        )
+        contenders["forgeml compiled N"] = lambda: forgeml_run(
+            compiled, prompts, args.new, args.temperature
+        )
+    if args.temperature == 0:  # llama.cpp decodes greedily here
+        for kind, (alone, together) in llama.items():
+            contenders[f"llama.cpp {kind} 1"] = lambda r=alone: r.run(prompts[:1], args.new)
+            contenders[f"llama.cpp {kind} N"] = lambda r=together: r.run(prompts, args.new)
     for fn in contenders.values():  # warm-up (allocator, kernels, thread pools)
         fn()
     rates: dict[str, list[float]] = {name: [] for name in contenders}
+    # Tokens per CPU second of the whole process: on a machine shared with other jobs it
+    # counts the work each contender does, not the time the scheduler gives it (fair when
+    # every contender uses one thread, `--threads 1`).
+    cpu_rates: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for r in range(args.rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             n = contenders[name]()
             rates[name].append(n / (time.perf_counter() - started))
+            cpu_rates[name].append(n / (time.process_time() - cpu_started))
         print(
             f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.0f} tok/s" for k, v in rates.items()),
             flush=True,
         )
     engine.close()
+    if compiled is not None:
+        compiled.close()
 
     def median_ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
@@ -307,8 +532,12 @@ def main() -> None:
         f"{args.concurrent} {med['HF N']:7.0f} tok/s   ratio {batched:.2f}x   vs HF one at a "
         f"time {serial:.2f}x"
     )
+    print_table(rates, args.concurrent, args.dtype, "tok/s")
+    print_table(cpu_rates, args.concurrent, args.dtype, "tok per CPU s")
     if args.profile:
-        report_ceiling(model, engine.threads, med, args.concurrent, args.prompt + args.new // 2)
+        keys = args.prompt + args.new // 2
+        report_ceiling(model, engine.threads, med, args.concurrent, keys)
+        step_vs_floor(engine, compiled, engine.threads, args.concurrent, keys)
     if args.record:
         record(
             f"| {dt.date.today()} | {cpu_name()} | {torch.__version__} / "

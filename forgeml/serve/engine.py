@@ -25,6 +25,7 @@ from torch import nn
 from forgeml.models.dense import KVCache
 from forgeml.models.sampling import filter_logits, sample_index
 from forgeml.serve.prepack import prepack_linears
+from forgeml.serve.step import CompiledDecodeStep, compilable
 
 # Byte-level BPE can end a step in the middle of a UTF-8 character; decode shows it as U+FFFD.
 _PARTIAL_CHAR = "\ufffd"
@@ -181,6 +182,11 @@ class Engine:
     `prepack_weights` (CPU) keeps a packed copy of each linear's weight (oneDNN for bf16 and
     fp16, MKL for fp32) for the decode step, used at the batch sizes where it gives bitwise
     the same outputs and is faster (see `prepack_linears`).
+    `compile_step` (dense models, CPU) decodes through graphs compiled with static shapes, one per
+    (batch, keys) bucket, each compiled in the background on first use and used only where a
+    probe finds its logits within floating-point tolerance of the eager step's and its step
+    faster (see `CompiledDecodeStep`); off by default: a bucket takes tens of seconds of a
+    core to compile, and its outputs are close to, not bitwise, the eager step's.
     """
 
     def __init__(
@@ -194,6 +200,7 @@ class Engine:
         stop_ids: frozenset[int] = frozenset(),
         threads: int | None = None,
         prepack_weights: bool = True,
+        compile_step: bool = False,
     ) -> None:
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
@@ -209,6 +216,10 @@ class Engine:
         # another job holds the other core (BENCHMARKS.md, serving).
         self.threads = threads or (1 if self.device.type == "cpu" else None)
         self.cache = model.new_kv_cache(max_batch, self.max_len, device=self.device)
+        self.compiled_step = None
+        # CPU only: the probe times a step in CPU time, which on a GPU counts only launches.
+        if compile_step and self.device.type == "cpu" and compilable(self.model):
+            self.compiled_step = CompiledDecodeStep(self.model, self.cache, self._eager_step)
         self._slots: list[_Slot | None] = [None] * max_batch
         self._pending: collections.deque[GenerationHandle] = collections.deque()
         self._cond = threading.Condition()
@@ -269,6 +280,8 @@ class Engine:
             self._running = False
             self._cond.notify()
         self._thread.join(timeout=10)
+        if self.compiled_step is not None:
+            self.compiled_step.close()
 
     # -- worker side ----------------------------------------------------------------------
 
@@ -362,13 +375,22 @@ class Engine:
         live = self._slots[:n]
         tokens = torch.tensor([s.next_token for s in live], device=self.device)
         positions = torch.tensor([s.pos for s in live], device=self.device)
-        rows = KVCache(self.cache.k[:, :n], self.cache.v[:, :n])
-        logits = self.model.decode_rows(tokens, rows, positions)
+        logits = None
+        if self.compiled_step is not None:
+            logits = self.compiled_step(tokens, positions)
+        if logits is None:
+            rows = KVCache(self.cache.k[:, :n], self.cache.v[:, :n])
+            logits = self._eager_step(tokens, positions, rows)
         for slot in live:
             slot.pos += 1
         self._sample(0, logits)
         elapsed = time.perf_counter() - started
         self._step_seconds = 0.9 * self._step_seconds + 0.1 * elapsed
+
+    def _eager_step(
+        self, tokens: torch.Tensor, positions: torch.Tensor, rows: KVCache
+    ) -> torch.Tensor:
+        return self.model.decode_rows(tokens, rows, positions)
 
     def _sample(self, first: int, logits: torch.Tensor) -> None:
         """Sample and accept the next token of slots first.. from their logits [n, V].
