@@ -193,3 +193,27 @@ def test_engine_with_compiled_step_gives_eager_greedy_tokens():
     assert first == expected and later == expected
     states = {b.state for b in compiled.compiled_step.buckets.values()}
     assert states <= {"fast", "eager"} and states, compiled.compiled_step.buckets
+
+
+def test_serve_compile_step_reaches_the_engine(tmp_path, monkeypatch):
+    """`forgeml serve --compile-step` is passed down to every engine it loads."""
+    from typer.testing import CliRunner
+
+    import forgeml.serve.api
+    import forgeml.serve.loading
+    from forgeml.cli import app
+    from forgeml.core.workspace import init_workspace
+
+    ws = init_workspace(tmp_path / "ws")
+    seen = {}
+
+    def fake_load(registry, refs, **kwargs):
+        seen.update(kwargs)
+        return {}
+
+    monkeypatch.setattr(forgeml.serve.api, "load_served_models", fake_load)
+    monkeypatch.setattr(forgeml.serve.api, "run_server", lambda *a, **k: None)
+    result = CliRunner().invoke(app, ["-w", str(ws.root), "serve", "m", "--compile-step"])
+    assert result.exit_code == 0, result.output
+    assert seen["compile_step"] is True
+    assert forgeml.serve.loading.load_served_models.__kwdefaults__["compile_step"] is False

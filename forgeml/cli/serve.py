@@ -37,6 +37,13 @@ def serve_cmd(
     max_batch: Annotated[int, typer.Option(help="Concurrent sequences per model.")] = 8,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before 429.")] = 64,
     device: Annotated[str, typer.Option()] = "cpu",
+    compile_step: Annotated[
+        bool,
+        typer.Option(
+            help="Builtin engine, dense models on CPU: decode through compiled static-shape "
+            "steps, each compiled in the background and used once probed equal and faster."
+        ),
+    ] = False,
     ssl_certfile: Annotated[str | None, typer.Option(help="TLS certificate (PEM).")] = None,
     ssl_keyfile: Annotated[str | None, typer.Option(help="TLS private key (PEM).")] = None,
     upstream: Annotated[
@@ -103,5 +110,5 @@ def serve_cmd(
         policy_path=policy, no_auth=no_auth, log_bodies=log_bodies, max_batch=max_batch,
         max_queue=max_queue, device=device, ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile,
         upstream=upstream, upstream_key_env=upstream_key, upstream_timeout=upstream_timeout,
-        alias=alias if refs else None,
+        alias=alias if refs else None, compile_step=compile_step,
     )  # fmt: skip

@@ -192,6 +192,7 @@ def serve(
     upstream_timeout: float = 120.0,
     alias: str | None = None,
     limits: RequestLimits | None = None,
+    compile_step: bool = False,
 ) -> None:
     """Run the server until interrupted (the `forgeml serve` command).
 
@@ -216,8 +217,9 @@ def serve(
     registry = Registry(ws.registry_url, ws.artifacts_dir)
     if upstream is None:
         models = load_served_models(
-            registry, refs or ["champion"], max_batch=max_batch, max_queue=max_queue, device=device
-        )
+            registry, refs or ["champion"], max_batch=max_batch, max_queue=max_queue,
+            device=device, compile_step=compile_step,
+        )  # fmt: skip
     if alias is not None and alias not in models:
         models = served_under_alias(models, alias)
     audit = AuditLog(audit_log_path(ws.root))

@@ -112,6 +112,7 @@ def load_served_models(
     max_batch: int = 8,
     max_queue: int = 64,
     device: str = "cpu",
+    compile_step: bool = False,
 ) -> dict[str, ServedModel]:
     """Load model assets by alias, id or name; each is served under the ref it was asked by.
 
@@ -147,6 +148,7 @@ def load_served_models(
             max_queue=max_queue,
             device=device,
             stop_ids=frozenset({special["eos"]}),
+            compile_step=compile_step,
         )
         served[ref] = ServedModel(
             name=ref,
