@@ -7,7 +7,7 @@ QS := build/quickstart
 DEMO := build/demo
 PYTEST_FLAGS ?= -q
 
-.PHONY: acme-data quickstart demo test test-slow test-all lint format bench clean-quickstart
+.PHONY: acme-data quickstart quickstart-mm demo test test-slow test-all lint format bench clean-quickstart
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	# torch first and pinned: the CPU wheel; anything that depends on torch then finds it.
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# OCR of scans at ingest: Debian's tesseract-ocr when we may install it, else a hint.
+	command -v tesseract >/dev/null || { [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq tesseract-ocr >/dev/null; } \
+	  || echo "tesseract-ocr not installed: scanned PDFs and page images will not be read" >&2
 	touch $(STAMP)
 
 # The demo domain's corpus and its chat, preference and RL data (build/acme-*), shared by both.
@@ -28,6 +32,14 @@ acme-data: $(STAMP)
 quickstart: acme-data
 	$(BIN)/forgeml init $(QS)
 	$(BIN)/forgeml -w $(QS) pipeline run recipes/quickstart.yaml --json $(QS)/summary.json
+
+# The multimodal demo (optional): ACME page scans, diagrams and spoken procedures (espeak-ng),
+# a vision+audio model trained from scratch, held-out CER / accuracy / WER before and after.
+quickstart-mm: $(STAMP)
+	command -v espeak-ng >/dev/null || { [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; } \
+	  || echo "espeak-ng not installed: the speech part is skipped" >&2
+	$(BIN)/python examples/acme/mm_demo.py --out build/acme-mm-demo
 
 # The full demo: post-training long enough for DPO and GRPO to lift their evals.
 demo: acme-data

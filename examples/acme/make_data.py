@@ -1,8 +1,10 @@
-"""Write the ACME demo's chat SFT, preference and RL data (the Makefile's `acme-data` target):
+"""Write the ACME demo's chat SFT, preference, RL and multimodal data (the Makefile's
+`acme-data` target; `mm` for the multimodal stage):
 
     python examples/acme/make_data.py sft --out build/acme-sft --seed 0
     python examples/acme/make_data.py prefs --out build/acme-prefs.jsonl --snippets --seed 0
     python examples/acme/make_data.py rl --out build/acme-rl --snippets
+    python examples/acme/make_data.py mm --out build/acme-mm --seed 0
 
 Deterministic; the held-out programs are the same in all three. See README.md next to this file.
 """
@@ -51,6 +53,16 @@ def write_rl(args: argparse.Namespace) -> str:
     return f"{counts['train']} train and {counts['heldout']} held-out prompts in {args.out}"
 
 
+def write_mm(args: argparse.Namespace) -> str:
+    """Damaged form pages, plant diagrams with questions and spoken procedures (espeak-ng)."""
+    from acme_media import generate_media_data
+
+    manifest = generate_media_data(
+        args.out, pages=args.pages, diagrams=args.diagrams, speech=args.speech, seed=args.seed
+    )
+    return f"wrote {args.out}: {json.dumps(manifest)}"
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(description="Write the ACME demo's SFT, preference or RL data.")
     kinds = top.add_subparsers(dest="kind", required=True)
@@ -87,6 +99,14 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     rl.add_argument("--seed", type=int, default=0, help="SFT data seed, with --snippets")
     rl.set_defaults(write=write_rl)
+
+    mm = kinds.add_parser("mm", help="multimodal data: pages/, diagrams/, speech/ (JSONL + media)")
+    mm.add_argument("--out", type=Path, required=True, help="folder to write")
+    mm.add_argument("--seed", type=int, default=0, help="random seed")
+    mm.add_argument("--pages", type=int, default=200, help="damaged form pages")
+    mm.add_argument("--diagrams", type=int, default=200, help="plant diagrams with a question")
+    mm.add_argument("--speech", type=int, default=150, help="spoken procedures (espeak-ng)")
+    mm.set_defaults(write=write_mm)
     return top
 
 

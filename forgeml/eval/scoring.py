@@ -16,6 +16,7 @@ import numpy as np
 
 from forgeml.core.errors import ConfigError
 from forgeml.core.plugins import load_plugin
+from forgeml.eval.media_scoring import MEDIA_SCORERS
 
 Scorer = Callable[[str, str], float]
 
@@ -68,6 +69,7 @@ SCORERS: dict[str, Scorer] = {
     "regex": regex_match,
     "contains": contains,
     "f1": token_f1,
+    **MEDIA_SCORERS,  # cer, wer: lower is better (media_scoring.LOWER_IS_BETTER)
 }
 
 

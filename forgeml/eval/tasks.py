@@ -23,6 +23,7 @@ from forgeml.core.errors import ConfigError, DataError
 from forgeml.core.plugins import load_plugin
 from forgeml.core.runtime import autocast
 from forgeml.core.seeds import derive_seed
+from forgeml.eval.media_scoring import LOWER_IS_BETTER
 from forgeml.eval.scoring import resolve_scorer, weighted_mean
 from forgeml.eval.suite import Examples, Suite, TaskSpec, load_examples
 from forgeml.tokenizer.chat import BOS, EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
@@ -509,7 +510,7 @@ def kpis_of(task: TaskSpec, result: TaskResult) -> list[dict[str, Any]]:
     """The task's KPIs, or its primary metric (lower is better for perplexity) if none."""
     if task.kpis:
         return [k.model_dump() for k in task.kpis]
-    lower = result.primary in ("bits_per_byte", "token_loss", "perplexity")
+    lower = result.primary in ("bits_per_byte", "token_loss", "perplexity", *LOWER_IS_BETTER)
     return [
         {"metric": result.primary, "higher_is_better": not lower, "tolerance": 0.0, "minimum": None}
     ]

@@ -1,9 +1,6 @@
-"""`forgeml export --format gguf`: registered models, LoRA adapters and training checkpoints
-as GGUF files for llama.cpp, Ollama and LM Studio, with an Ollama Modelfile beside a model.
-
-The asset lookup, checkpoint gathering and staged (all-or-nothing) folder are the HF
-export's (`pipeline.interop`); the GGUF writing is `models.gguf_io`.
-"""
+"""`forgeml export --format gguf`: model assets (with an Ollama Modelfile), LoRA adapters and
+training checkpoints as GGUF, through the HF export's asset lookup, checkpoint gathering and
+staged folder (`pipeline.interop`) and the writer in `models.gguf_io`."""
 
 from __future__ import annotations
 
