@@ -56,30 +56,40 @@ def _read_audio(path: str, sample_rate: int) -> np.ndarray:
     return audio.mean(axis=1)
 
 
+def media_inputs(
+    model: MultimodalLM, tokenizer: Any, images: Sequence[str | Path], clips: Sequence[str | Path]
+) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
+    """The placeholder text for `images` and audio `clips` (each image `tokens_per_image`
+    placeholders, each audio window `tokens_per_window`), their pixel values [images, C, H, W]
+    and log-mel windows [windows, n_mels, frames] (None where there are none)."""
+    from PIL import Image
+
+    cfg = model.cfg
+    if (images and cfg.vision is None) or (clips and cfg.audio is None):
+        raise DataError("media the model has no encoder for")
+    pixels = audio = None
+    marks = ""
+    if images:
+        pixels = torch.stack([image_to_pixels(Image.open(p), cfg.vision) for p in images])
+        marks += tokenizer.id_to_token(cfg.image_token_id) * (
+            cfg.vision.tokens_per_image * len(images)
+        )
+    if clips:
+        audio = torch.cat(
+            [log_mel_windows(_read_audio(p, cfg.audio.sample_rate), cfg.audio) for p in clips]
+        )
+        marks += tokenizer.id_to_token(cfg.audio_token_id) * (
+            cfg.audio.tokens_per_window * audio.shape[0]
+        )
+    return marks, pixels, audio
+
+
 def encode_media_prompt(
     model: MultimodalLM, tokenizer: Any, item: MediaPrompt
 ) -> tuple[list[int], torch.Tensor | None, torch.Tensor | None]:
     """Prompt token ids ending in the assistant header, pixel values [images, C, H, W] and
     log-mel windows [windows, n_mels, frames] (None where the prompt has none)."""
-    from PIL import Image
-
-    cfg = model.cfg
-    if (item.images and cfg.vision is None) or (item.audio and cfg.audio is None):
-        raise DataError(f"{item.images or item.audio}: media the model has no encoder for")
-    pixels = audio = None
-    marks = ""
-    if item.images:
-        pixels = torch.stack([image_to_pixels(Image.open(p), cfg.vision) for p in item.images])
-        marks += tokenizer.id_to_token(cfg.image_token_id) * (
-            cfg.vision.tokens_per_image * len(item.images)
-        )
-    if item.audio:
-        audio = torch.cat(
-            [log_mel_windows(_read_audio(p, cfg.audio.sample_rate), cfg.audio) for p in item.audio]
-        )
-        marks += tokenizer.id_to_token(cfg.audio_token_id) * (
-            cfg.audio.tokens_per_window * audio.shape[0]
-        )
+    marks, pixels, audio = media_inputs(model, tokenizer, item.images, item.audio)
     text = render_chat(
         [{"role": "user", "content": marks + item.prompt}], add_generation_prompt=True
     )

@@ -64,14 +64,21 @@ def _timed_rows(max_rows: int) -> set[int]:
     return {1 << i for i in range(max_rows.bit_length())} & set(range(1, max_rows)) | {max_rows}
 
 
+def best_time(
+    fn: Callable[[], object], repeats: int, clock: Callable[[], float] = time.perf_counter
+) -> float:
+    """The shortest of `repeats` calls of `fn`, timed by `clock`."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        best = min(best, clock() - start)
+    return best
+
+
 def _best_seconds(fn: Callable[[], torch.Tensor]) -> float:
     fn()  # warm-up: the library builds its kernel for the shape
-    best = float("inf")
-    for _ in range(PROBE_REPEATS):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(fn, PROBE_REPEATS)
 
 
 class PrepackedLinear(nn.Linear):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeml.models.dense import FeedForward, KVCache, Transformer, apply_rope, rope_cos_sin
-from forgeml.serve.prepack import PrepackedLinear, packer_for
+from forgeml.serve.prepack import PrepackedLinear, best_time, packer_for
 
 # The fewest keys a graph attends over: shorter requests share one graph.
 MIN_KV_BUCKET = 64
@@ -336,12 +336,7 @@ def _compiled_copy(fn: Callable, tag: str) -> Callable:
 
 
 def _fastest(fn: Callable[[], torch.Tensor]) -> float:
-    best = float("inf")
-    for _ in range(PROBE_STEPS):
-        started = time.thread_time()
-        fn()
-        best = min(best, time.thread_time() - started)
-    return best
+    return best_time(fn, PROBE_STEPS, time.thread_time)  # this thread's CPU time
 
 
 def _weights_key(model: nn.Module) -> tuple:

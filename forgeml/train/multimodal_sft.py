@@ -24,11 +24,10 @@ from forgeml.core.config import OptimConfig, TrainConfig
 from forgeml.core.errors import DataError
 from forgeml.core.runtime import autocast, seed_everything
 from forgeml.core.seeds import derive_seed
-from forgeml.models.audio import log_mel_windows
+from forgeml.eval.media_generate import media_inputs
 from forgeml.models.dense import IGNORE_INDEX
 from forgeml.models.hf_multimodal_io import save_multimodal
 from forgeml.models.multimodal import MultimodalLM
-from forgeml.models.vision import image_to_pixels
 from forgeml.tokenizer.train import load_tokenizer
 from forgeml.train.chat_data import pad_token_id, tokenize_conversation
 from forgeml.train.optim import clip_and_step, set_lr
@@ -63,22 +62,11 @@ def _media_list(record: dict[str, Any], key: str) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def _read_audio(path: Path, sample_rate: int) -> np.ndarray:
-    import soundfile
-
-    audio, rate = soundfile.read(path, dtype="float32", always_2d=True)
-    if rate != sample_rate:
-        raise DataError(f"{path}: {rate} Hz audio, the encoder takes {sample_rate} Hz")
-    return audio.mean(axis=1)
-
-
 def load_media_examples(
     path: str | Path, tokenizer: Any, model: MultimodalLM, max_len: int
 ) -> list[MediaExample]:
     """Tokenized examples with their pixels / log-mel windows; each image becomes
     `tokens_per_image` placeholders (each audio window `tokens_per_window`) before the prompt."""
-    from PIL import Image
-
     path, cfg = Path(path), model.cfg
     examples = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
@@ -93,25 +81,15 @@ def load_media_examples(
             raise DataError(
                 f"{where}: {type(err).__name__}", "give prompt, answer, image/audio"
             ) from None
-        if (images and cfg.vision is None) or (clips and cfg.audio is None):
-            raise DataError(f"{where}: media the model has no encoder for")
-        pixels = audio = None
-        marks = ""
-        if images:
-            pixels = torch.stack(
-                [image_to_pixels(Image.open(path.parent / p), cfg.vision) for p in images]
+        try:
+            marks, pixels, audio = media_inputs(
+                model,
+                tokenizer,
+                [path.parent / p for p in images],
+                [path.parent / c for c in clips],
             )
-            token = tokenizer.id_to_token(cfg.image_token_id)
-            marks += token * (cfg.vision.tokens_per_image * len(images))
-        if clips:
-            windows = [
-                log_mel_windows(_read_audio(path.parent / c, cfg.audio.sample_rate), cfg.audio)
-                for c in clips
-            ]
-            audio = torch.cat(windows)
-            marks += tokenizer.id_to_token(cfg.audio_token_id) * (
-                cfg.audio.tokens_per_window * audio.shape[0]
-            )
+        except DataError as err:
+            raise DataError(f"{where}: {err.message}", err.hint) from None
         messages = [
             {"role": "user", "content": marks + prompt},
             {"role": "assistant", "content": answer},
