@@ -103,12 +103,14 @@ def generate_corpus(path: Path, target_mb: float, seed: int = 0) -> dict:
 
 def forgeml_config():
     from forgeml.core.config import CurateConfig
+    from forgeml.governance.detectors import PII_KINDS
 
     return CurateConfig.model_validate(
         {
+            "profile": "web",  # the Gopher rules on every document, as datatrove runs them
             "language": {"enabled": False},
             "boilerplate": {"enabled": False},
-            "redact": {k: "keep" for k in ("email", "phone", "iban", "credit_card", "ip")},
+            "redact": {k: "keep" for k in PII_KINDS},
             "dedup": {"exact": False, "near": True, "threshold": 0.8, "num_perm": 128},
         }
     )

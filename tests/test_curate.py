@@ -76,8 +76,10 @@ def test_curate_stage_acme_no_leaks(workspace, tmp_path):
     # planted copies go, their originals stay and say how many they stand for
     paths = set(table.column("path").to_pylist())
     assert not paths & set(copies) and "zz_copies/exact.txt" not in paths
-    assert report["dropped_by_reason"]["dedup:near"] >= 3
-    assert report["dropped_by_reason"]["dedup:exact"] >= 1
+    # the upper-cased copy is exact under normalisation, or near once names are redacted in
+    # the original (ALL-CAPS names are not names to the recogniser)
+    dropped = report["dropped_by_reason"]
+    assert dropped["dedup:near"] >= 3 and dropped["dedup:near"] + dropped.get("dedup:exact", 0) >= 4
     assert sum(table.column("duplicates_removed").to_pylist()) >= 4
     assert "<svg" in html and "<script" not in html and "dedup:near" in html
 
@@ -93,7 +95,10 @@ def test_curate_stage_acme_no_leaks(workspace, tmp_path):
     assert stats["rows"] == table.num_rows and stats["redactions"]["email"] > 0
     diff = diff_datasets(Path(open_registry(workspace).get_asset(raw.output).path), out)
     assert diff["records_removed"] == report["input"] - report["kept"]
-    assert diff["records_changed"] == report["records_redacted"] + _changed_by_boilerplate(rows)
+    # records_redacted counts redactions before dedup; the diff sees the kept records only
+    kept_redacted = sum(bool(sum(r["redactions"].values())) for r in rows)
+    assert kept_redacted <= report["records_redacted"]
+    assert diff["records_changed"] == kept_redacted + _changed_by_boilerplate(rows)
 
 
 def raw_path(ws, ref: str) -> Path:

@@ -1,5 +1,5 @@
 """One detector set: serving policies redact what curation redacts, with the same validity
-checks (Luhn, IBAN mod-97, IP octets, entropy), plus the policy-only `ssn` pattern."""
+checks (Luhn, IBAN mod-97, IP octets, entropy), plus `ssn`, the US subset of `national_id`."""
 
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ def test_validity_checks_apply_to_serving():
     assert "999.1.2.3" in text and "10.1.2.3" not in text
 
 
-def test_ssn_is_a_policy_only_pattern():
-    text, decisions = _policy().redact("ssn 123-45-6789.", ("ssn",), "input")
-    assert text == "ssn [REDACTED:ssn]." and decisions[0].rule == "input.redact.ssn"
+def test_ssn_is_the_us_subset_of_national_id():
+    text, decisions = _policy().redact("ssn 123-45-6789, not 000-45-6789.", ("ssn",), "input")
+    assert text == "ssn [REDACTED:ssn], not 000-45-6789."
+    assert decisions[0].rule == "input.redact.ssn"

@@ -21,7 +21,7 @@ from forgeml.data.filters import (
     length_filter,
 )
 
-CFG = CurateConfig()
+CFG = CurateConfig(profile="web")  # the Gopher/C4 thresholds as published
 PROSE = (
     "The warehouse at Harbor Point receives three deliveries a week. Each crate is checked "
     "against the manifest before it is moved to the racks, and any damage is reported to the "

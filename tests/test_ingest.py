@@ -58,10 +58,10 @@ def test_counts_reasons_and_rows(docs, tmp_path):
     report = ingest_files([docs], out, max_file_bytes=4096)
     assert report.kept + report.skipped + report.failed == report.found == 16
     assert (report.kept, report.failed) == (11, 0)
-    assert report.skipped_by_reason == {"binary": 2, "empty": 2, "too large": 1}
+    assert report.skipped_by_reason == {"binary": 1, "corrupt": 1, "empty": 2, "too large": 1}
     status = {f["path"]: (f["status"], f["reason"]) for f in report.files}
     assert status["latin.txt"] == ("kept", "")  # legacy encodings are decoded, not skipped
-    assert status["logo.png"] == ("skipped", "binary")
+    assert status["logo.png"] == ("skipped", "corrupt")  # a page image (OCR), not a valid one
     assert status["data.bin"] == ("skipped", "binary")
     assert status["empty.md"] == ("skipped", "empty")
     assert status["blank.txt"] == ("skipped", "empty")
@@ -216,7 +216,8 @@ def test_reader_table():
     assert reader_for(Path("x/CMakeLists.txt")).language == "cmake"
     assert reader_for(Path("NOTES")).doc_type == "text"
     assert reader_for(Path("doc.MD")).doc_type == "markdown"
-    assert reader_for(Path("image.png")) is None
+    assert reader_for(Path("scan.png")).doc_type == "scan"  # OCR'd
+    assert reader_for(Path("clip.mp4")) is None
 
 
 def test_ingest_acme_corpus(tmp_path):
@@ -240,3 +241,27 @@ def test_ingest_acme_corpus(tmp_path):
     assert "Mr. M\u00fcller at the caf\u00e9" in latin[0] and "\u00a3 1200" in latin[0]
     langs = pc.value_counts(table.column("language")).to_pylist()
     assert {"values": "acme-cl", "counts": len(list((root / "programs").glob("*.acl")))} in langs
+
+
+def test_names_that_are_not_utf8_are_kept_readable(tmp_path):
+    """A Latin-1 file name on disk and a tar member named in raw bytes are read and stored
+    with U+FFFD for the bytes that do not decode (they used to crash the Parquet writer)."""
+    import io
+    import tarfile
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    body = b"a memo with enough plain words in it to be kept by every reader here.\n"
+    with open(os.fsencode(docs) + b"/caf\xe9.txt", "wb") as fh:
+        fh.write(body)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo(name=os.fsdecode(b"r\xe9sum\xe9.txt"))
+        info.size = len(body)
+        tar.addfile(info, io.BytesIO(body))
+    (docs / "bundle.tar").write_bytes(buf.getvalue())
+    out = tmp_path / "raw.parquet"
+    report = ingest_files([docs], out)
+    assert report.kept == 2 and report.failed == 0
+    paths = sorted(pq.read_table(out).column("path").to_pylist())
+    assert paths == ["bundle.tar!/r\ufffdsum\ufffd.txt", "caf\ufffd.txt"]

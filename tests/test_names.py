@@ -11,8 +11,8 @@ from acme import build_corpus
 from acme_common import FIRST_NAMES, LAST_NAMES
 
 from forgeml.core.config import RedactConfig
-from forgeml.data.names import family_names, find_person_names, given_names
 from forgeml.data.redact import redact_text
+from forgeml.governance.names import family_names, find_person_names, given_names
 
 
 def _found(text: str, **kw) -> list[str]:
@@ -79,9 +79,11 @@ def test_strict_mode_for_code_needs_both_parts_in_gazetteer():
 
 
 def test_redact_person_policies():
+    # Names are redacted by default (issue 23); `person: keep` opts out.
     text = "Customer Ada Abernathy (ada@acme.example) asked about anvils."
-    assert redact_text(text).text == "Customer Ada Abernathy (<EMAIL>) asked about anvils."
-    red = redact_text(text, RedactConfig(person="redact"))
+    kept = redact_text(text, RedactConfig(person="keep"))
+    assert kept.text == "Customer Ada Abernathy (<EMAIL>) asked about anvils."
+    red = redact_text(text)
     assert red.text == "Customer <PERSON> (<EMAIL>) asked about anvils."
     assert red.counts == {"person": 1, "email": 1}
     dropped = redact_text(text, RedactConfig(person="drop"))

@@ -172,7 +172,7 @@ def test_archives_in_memory_with_nesting_and_limits():
             "docs/b.py": b"print(1)\n",
             "docs/c.jsonl": b'{"text": "r1"}\n{"text": "r2"}\n',
             "docs/d.pdf": make_pdf(["pdf inside tar"]),
-            "docs/e.png": b"\x89PNG",
+            "docs/e.mp3": b"ID3\x03\x00",
             "docs/inner.zip": inner,
             "docs/big.txt": b"x" * 5000,
         }
@@ -184,7 +184,7 @@ def test_archives_in_memory_with_nesting_and_limits():
     assert got[("docs/b.py", "")][1:3] == ("code", "python")
     assert got[("docs/c.jsonl", "line 2")][0] == "r2"
     assert got[("docs/d.pdf", "")][0] == "pdf inside tar"
-    assert got[("docs/e.png", "")][3] == "unsupported type"
+    assert got[("docs/e.mp3", "")][3] == "unsupported type"
     assert got[("docs/big.txt", "")][3] == "too large"
     assert got[("docs/inner.zip!/deep/readme.md", "")][0].startswith("# Deep")
     with pytest.raises(SkipDocument) as err:

@@ -40,7 +40,7 @@ def test_acme_planted_recall():
         ("pay to GB82WEST12345698765432 please", "iban"),
         ("card 4111 1111 1111 1111 exp 12/29", "credit_card"),
         ("server 192.168.10.24 is down", "ip"),
-        ("server 2001:db8:85a3::8a2e:370:7334 is down", "ip"),
+        ("server 2a02:6b8:85a3::8a2e:370:7334 is down", "ip"),
         ("export OPENAI_API_KEY=sk-proj-abcdefghijklmnopqrstuvwxyz123456", "secret"),
         ("aws AKIAIOSFODNN7EXAMPLE key", "secret"),
         ("db = postgres://admin:S3cr3tPass@db.internal:5432/app", "secret"),

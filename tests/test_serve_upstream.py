@@ -165,11 +165,11 @@ def test_output_rules_apply_streamed_and_not(env, direct):
 def test_input_rules_before_the_upstream(env, gateway):
     before = len(read_audit(env["up_audit"]))
     gateway.completions.create(
-        model="champion", prompt="write to bob@example.com", max_tokens=2, temperature=0
+        model="champion", prompt="write to bob@corp-mail.net", max_tokens=2, temperature=0
     )
     seen = read_audit(env["up_audit"])[before:]
     assert len(seen) == 1
-    assert "[REDACTED:email]" in seen[0]["prompt"] and "bob@example.com" not in seen[0]["prompt"]
+    assert "[REDACTED:email]" in seen[0]["prompt"] and "bob@corp-mail.net" not in seen[0]["prompt"]
     with pytest.raises(openai.BadRequestError, match="input policy"):
         gateway.chat.completions.create(
             model="champion", messages=[{"role": "user", "content": "a Forbidden Topic"}]
@@ -251,7 +251,7 @@ def misbehaving_upstream() -> FastAPI:
 
         async def sse():
             # An email split across chunks: the gateway must redact it whole.
-            for piece in ["mail carol@exa", "mple.org", " today ", "x" * 80]:
+            for piece in ["mail carol@corp-ma", "il.net", " today ", "x" * 80]:
                 yield chunk(piece)
             if model == "cut":
                 yield "data: {not json\n\n"
@@ -263,7 +263,7 @@ def misbehaving_upstream() -> FastAPI:
 
         if body.get("stream"):
             return StreamingResponse(sse(), media_type="text/event-stream")
-        text = "mail carol@example.org today " + "x" * 80
+        text = "mail carol@corp-mail.net today " + "x" * 80
         choice = {"index": 0, "text": text, "finish_reason": "stop"}
         return {"choices": [choice], "usage": {"prompt_tokens": 3, "completion_tokens": 9}}
 

@@ -150,9 +150,9 @@ def test_keys_policies_labels_and_audit_at_the_gateway(env):
         client(url, API_KEY).models.list()  # the replicas' key is no gateway key
     alice = client(url, env["alice"])
     assert {m.id for m in alice.models.list().data} == {"champion", "tiny-lora"}
-    got = alice.completions.create(model="champion", prompt="mail bob@example.com", max_tokens=9)
+    got = alice.completions.create(model="champion", prompt="mail bob@corp.net", max_tokens=9)
     text = got.choices[0].text
-    assert "[REDACTED:email]" in text and "bob@example.com" not in text  # redacted before vLLM
+    assert "[REDACTED:email]" in text and "bob@corp.net" not in text  # redacted before vLLM
     assert got.usage.completion_tokens > 0
     with pytest.raises(openai.BadRequestError, match="input policy"):
         alice.chat.completions.create(
@@ -179,7 +179,7 @@ def test_keys_policies_labels_and_audit_at_the_gateway(env):
     assert any(e.get("model_version") == lora_id and e["status"] == 200 for e in requests)
     assert verify_audit_log(env["audit"]).ok
     assert API_KEY not in env["audit"].read_text()
-    assert "bob@example.com" not in env["audit"].read_text()  # logged as governed, like vLLM saw it
+    assert "bob@corp.net" not in env["audit"].read_text()  # logged as governed, like vLLM saw it
     # Drift reports read the same log: the served requests with their bodies.
     traffic = load_traffic(env["audit"])
     assert any("[REDACTED:email]" in r["prompt"] for r in traffic.records)

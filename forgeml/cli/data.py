@@ -61,6 +61,14 @@ def data_ingest(
     )
     for reason, n in sorted((meta.get("skipped_by_reason") or {}).items()):
         console.print(f"  skipped {n}: {reason}")
+    ocr = meta.get("ocr") or {}
+    if ocr.get("pages"):
+        console.print(
+            f"  OCR: {ocr['pages']} pages, mean word confidence {ocr['mean_confidence']}, "
+            f"{ocr['low_confidence_pages']} below {ocr['min_confidence']:g}"
+        )
+    if ocr.get("note"):
+        console.print(f"  OCR: {ocr['note']}")
     console.print(f"  report: {asset.path / 'report.json'}")
 
 
@@ -92,7 +100,22 @@ def data_curate(
         + ", ".join(f"{k} {v}" for k, v in m.items() if not isinstance(v, dict))
         + (" (cached)" if res.cached else "")
     )
+    _print_drop_warnings(Path(asset.path) / "report.json")
     console.print(f"  report: {asset.path / 'report.html'}", highlight=False)
+
+
+def _print_drop_warnings(report_json: Path) -> None:
+    """The report's drop warnings: a filter that dropped more than curate.warn_drop_share of
+    a document type (a rule made for other documents, or a corpus worth a look)."""
+    from rich.markup import escape
+
+    from forgeml.data.curate_report import warning_line
+
+    warnings = json.loads(report_json.read_text()).get("warnings", [])
+    for w in warnings:
+        console.print(f"  [yellow]warning[/yellow]: {escape(warning_line(w))}", highlight=False)
+    if warnings:
+        console.print("  (curate.warn_drop_share sets the share; curate.profile the rules)")
 
 
 @data_app.command("show")

@@ -30,6 +30,7 @@ from forgeml.core.data_config import (  # noqa: F401 (re-exported: callers impor
     LanguageFilterConfig,
     LengthFilterConfig,
     MixConfig,
+    OcrConfig,
     RedactConfig,
     TokenizerConfig,
 )

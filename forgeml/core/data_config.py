@@ -9,6 +9,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from forgeml.core.curate_profiles import (
+    ConfigFileFilterConfig,
+    QualityModelConfig,
+    RecordFilterConfig,
+    ShortTextFilterConfig,
+    StructuredTextFilterConfig,
+    with_profile,
+)
+
 
 class _Section(BaseModel):
     """A recipe section, as in forgeml.core.config: frozen, unknown keys rejected."""
@@ -37,6 +46,39 @@ class MixConfig(_Section):
         return self
 
 
+class OcrConfig(_Section):
+    """OCR at ingest (forgeml.data.readers.ocr): PDF pages without a text layer and page
+    images (.png .jpg .tif ...) are read with Tesseract when it is installed; without it they
+    are accounted for as "ocr unavailable". Every bound below keeps one bad file cheap."""
+
+    enabled: bool = True
+    languages: list[str] = Field(
+        default_factory=lambda: ["eng"], description="Tesseract language packs, e.g. [eng, deu]"
+    )
+    dpi: int = Field(300, ge=72, le=600, description="resolution PDF pages are rendered at")
+    min_text_chars: int = Field(
+        16, ge=0, description="a PDF page whose text layer has fewer characters is OCR'd"
+    )
+    min_confidence: float = Field(
+        60.0, ge=0, le=100, description="pages whose mean word confidence is lower are flagged"
+    )
+    min_image_words: int = Field(
+        3, ge=1, description="an image with fewer OCR'd words holds no page (logos, rules)"
+    )
+    max_pages: int = Field(200, ge=1, description="pages OCR'd per file (PDF, multi-page TIFF)")
+    max_image_pixels: int = Field(
+        89_478_485, gt=0, description="larger images are skipped, rendered pages scaled down"
+    )
+    page_timeout_s: float = Field(120.0, gt=0, description="Tesseract time per page")
+    workers: int | None = Field(
+        None, ge=1, description="pages OCR'd at once; None: one per CPU core"
+    )
+
+    def output_settings(self) -> dict[str, Any]:
+        """The settings that decide the text: all but how many pages run at once."""
+        return self.model_dump(mode="json", exclude={"workers"})
+
+
 class DataConfig(_Section):
     """Which files become the raw dataset."""
 
@@ -49,6 +91,7 @@ class DataConfig(_Section):
     text_fields: list[str] = Field(
         default_factory=list, description="JSONL/CSV/Parquet records: fields holding the text"
     )
+    ocr: OcrConfig = OcrConfig()
     curate: bool = Field(False, description="run the `curate` section between ingest and tokenizer")
     mix: MixConfig | None = Field(None, description="re-weight the sources; None: as ingested")
 
@@ -199,9 +242,24 @@ class RedactConfig(_Section):
     iban: Literal["redact", "drop", "keep"] = "redact"
     credit_card: Literal["redact", "drop", "keep"] = "redact"
     ip: Literal["redact", "drop", "keep"] = "redact"
-    # Person names come from a heuristic recogniser (forgeml.data.names): opt in.
-    person: Literal["redact", "drop", "keep"] = "keep"
+    # Person names: gazetteer and context rules, plus name keys/columns in exports
+    # (forgeml.governance.names); in code only names with both parts in the gazetteer.
+    person: Literal["redact", "drop", "keep"] = "redact"
+    dob: Literal["redact", "drop", "keep"] = Field(
+        "redact", description="dates of birth: dates after a birth word or under a birth key"
+    )
+    address: Literal["redact", "drop", "keep"] = Field(
+        "redact", description="postal addresses: street lines and postcodes (US/UK/CA/EU/JP)"
+    )
+    national_id: Literal["redact", "drop", "keep"] = Field(
+        "redact", description="SSN, NINO, INSEE, Steuer-ID, BSN, DNI/NIE, codice fiscale, ..."
+    )
     secret: Literal["redact", "drop"] = "redact"  # secrets are never kept
+    keep_private_ips: bool = Field(
+        False,
+        description="keep private-range IPs (10/8, 192.168/16, fc00::/7); loopback and "
+        "documentation ranges are always kept",
+    )
     min_entropy: float = Field(4.0, gt=0, description="bits/char for unnamed key-like tokens")
     min_token_length: int = Field(24, gt=8)
 
@@ -235,8 +293,14 @@ class DedupConfig(_Section):
 
 
 class CurateConfig(_Section):
-    """Curation of a raw dataset: filters -> redaction -> dedup (forgeml.data.curate)."""
+    """Curation of a raw dataset: filters -> redaction -> dedup (forgeml.data.curate).
 
+    `profile` sets the defaults (forgeml.core.curate_profiles): `enterprise` judges prose
+    by the prose rules and records, configs, short and structured text by rules made for
+    them; `web` applies the Gopher/C4 rules to every prose-typed document. What the recipe
+    writes always wins over the profile."""
+
+    profile: Literal["enterprise", "web"] = "enterprise"
     seed: int = 0
     length: LengthFilterConfig = LengthFilterConfig()
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
@@ -255,12 +319,35 @@ class CurateConfig(_Section):
             "markdown",
             "html",
             "pdf",
+            "scan",
             "docx",
             "document",
             "presentation",
             "mail",
             "records",
         ]
+    )
+    prose_min_words: int = Field(
+        0, ge=0, description="prose-typed documents with fewer words get the short_text rules"
+    )
+    prose_shape_gate: bool = Field(
+        False,
+        description="prose-typed documents failing Gopher's word-shape rules (alpha words, "
+        "mean word length, symbols) get the structured_text rules instead of being dropped",
+    )
+    record_types: list[str] = Field(
+        default_factory=list, description="document types judged by the records rules"
+    )
+    config_languages: list[str] = Field(
+        default_factory=list, description="code languages judged by the config_files rules"
+    )
+    records: RecordFilterConfig = RecordFilterConfig()
+    config_files: ConfigFileFilterConfig = ConfigFileFilterConfig()
+    short_text: ShortTextFilterConfig = ShortTextFilterConfig()
+    structured_text: StructuredTextFilterConfig = StructuredTextFilterConfig()
+    quality_model: QualityModelConfig = QualityModelConfig()
+    warn_drop_share: float = Field(
+        0.2, ge=0, le=1, description="warn when one filter drops more of a document type"
     )
     executor: Literal["local", "processes", "ray"] = Field(
         "local",
@@ -273,6 +360,11 @@ class CurateConfig(_Section):
     ray_address: str | None = Field(
         None, description="ray: cluster address (host:port); None: a local cluster on 127.0.0.1"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _profile_defaults(cls, data: Any) -> Any:
+        return with_profile(data)
 
     def output_settings(self) -> dict[str, Any]:
         """The settings that decide the curated output: all but where it runs, so a Ray run,

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import multiprocessing
-import os
 import tempfile
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +29,8 @@ import pyarrow.parquet as pq
 from forgeml.core.config import CurateConfig, config_hash
 from forgeml.core.errors import DataError
 from forgeml.core.io import RowGroupWriter, atomic_open, parquet_batches
+from forgeml.data.curate_executors import batches_in_processes, batches_on_ray
+from forgeml.data.curate_report import CurateReport, DropLedger
 from forgeml.data.dedup import MinHasher, Sketches, exact_hash
 from forgeml.data.dedup_spill import (
     ExactHashSpill,
@@ -46,7 +44,9 @@ from forgeml.data.filters import (
     boilerplate_remover,
     build_filters,
     detect_language,
+    document_kind,
 )
+from forgeml.data.quality import QualityModel, QualitySample, fit_quality_model
 from forgeml.data.redact import KINDS, redact_text, text_redactor
 
 LENGTH_EDGES = [0, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000]
@@ -56,6 +56,7 @@ CONFIG_LANGUAGES = frozenset({"ini", "yaml", "toml", "json", "xml", "shell", "ma
 _BATCH = 512
 _TOP_CLUSTERS = 10
 _SAMPLE_CHARS = 240
+_LABELLED_CHARS = 4000  # of each text sampled for curate.quality_model
 _DEDUP_MAX_ENTRIES = 1 << 18  # entries per dedup partition in memory (~5 MB each)
 
 REDACTIONS_TYPE = pa.struct([(kind, pa.int32()) for kind in KINDS])
@@ -90,43 +91,6 @@ _WORK_SCHEMA = pa.schema([f for f in SCHEMA if f.name != "duplicates_removed"])
 _STATS_COLUMNS = [
     f.name for f in SCHEMA if f.name not in ("text", "metadata") and not pa.types.is_nested(f.type)
 ]
-
-
-@dataclass
-class CurateReport:
-    """What happened to every input record; `kept + dropped + failed == input`."""
-
-    input_path: str
-    out_path: str
-    config_hash: str
-    input: int = 0
-    kept: int = 0
-    dropped: int = 0
-    failed: int = 0
-    dropped_by_reason: dict[str, int] = field(default_factory=dict)
-    failed_by_reason: dict[str, int] = field(default_factory=dict)
-    stages: list[dict[str, Any]] = field(default_factory=list)
-    chars: dict[str, int] = field(default_factory=lambda: {"input": 0, "kept": 0})
-    length_histogram: dict[str, list[int]] = field(default_factory=dict)
-    languages: dict[str, dict[str, int]] = field(default_factory=dict)
-    code_languages: dict[str, dict[str, int]] = field(default_factory=dict)
-    redactions: dict[str, int] = field(default_factory=dict)
-    records_redacted: int = 0
-    boilerplate_lines_removed: int = 0
-    duplicates: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def summary(self) -> str:
-        top = sorted(self.dropped_by_reason.items(), key=lambda kv: -kv[1])[:4]
-        why = ", ".join(f"{n} {r}" for r, n in top)
-        red = sum(self.redactions.values())
-        return (
-            f"input {self.input}, kept {self.kept}, dropped {self.dropped}"
-            + (f" ({why}{', ...' if len(self.dropped_by_reason) > 4 else ''})" if why else "")
-            + f", failed {self.failed}; {red} redactions in {self.records_redacted} records"
-        )
 
 
 def _bin(length: int) -> int:
@@ -166,7 +130,10 @@ def curate_documents(
     if "text" not in names:
         raise DataError(f"{in_path} has no 'text' column", "pass a raw documents dataset")
 
-    report = CurateReport(str(in_path), str(out_path), config_hash(cfg.output_settings()))
+    report = CurateReport(
+        str(in_path), str(out_path), config_hash(cfg.output_settings()), profile=cfg.profile
+    )
+    ledger = DropLedger()
     steps = _RecordSteps.build(cfg)  # here too with Ray: a bad user filter fails at once
     dropped: Counter[str] = Counter()
     failed: Counter[str] = Counter()
@@ -175,6 +142,7 @@ def curate_documents(
     code_in: Counter[str] = Counter()
     redaction_totals: Counter[str] = Counter()
     stage_counts = {"filters": 0, "redaction": 0, "dedup_exact": 0, "dedup_near": 0}
+    sample = QualitySample(cfg.quality_model.sample_docs, cfg.seed)
     n_survivors = 0  # records past filters and redaction: rows of the work file
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,9 +154,9 @@ def curate_documents(
         hashes = ExactHashSpill(Path(tmp) / "exact.bin")
         signatures = SignatureSpill(Path(tmp) / "signatures.bin", cfg.dedup.num_perm)
         if cfg.executor == "ray":
-            outcomes = _curate_batches_on_ray(_raw_batches(in_path), cfg)
+            outcomes = batches_on_ray(_raw_batches(in_path), curate_batch, cfg)
         elif cfg.executor == "processes":
-            outcomes = _curate_batches_in_processes(_raw_batches(in_path), cfg)
+            outcomes = batches_in_processes(_raw_batches(in_path), curate_batch, cfg)
         else:
             outcomes = (curate_batch(b, row, cfg, steps) for row, b in _raw_batches(in_path))
         for out in _progress(outcomes, progress, in_path):
@@ -198,6 +166,8 @@ def curate_documents(
             langs_in.update(out.languages)
             code_in.update(out.code_languages)
             dropped.update(out.dropped)
+            ledger.add(out.ledger)
+            sample.extend(out.labelled)
             failed.update(out.failed)
             stage_counts["filters"] += out.dropped_by_filters
             stage_counts["redaction"] += out.dropped_by_redaction
@@ -219,7 +189,15 @@ def curate_documents(
         stage_counts["dedup_exact"] = len(dedup.exact_dups)
         dropped["dedup:near"] += len(dedup.near_dups)
         stage_counts["dedup_near"] = len(dedup.near_dups)
-        kept_stats = _write_curated(work_path, out_path, dedup, report)
+        model = None  # stage_counts gains "quality_model" only when it is enabled
+        if cfg.quality_model.enabled:
+            model, report.quality_model = fit_quality_model(sample, cfg.quality_model, cfg.seed)
+        kept_stats = _write_curated(work_path, out_path, dedup, report, model, cfg)
+        for doc_type, where in kept_stats["low_quality"]:
+            dropped["quality_model:low_score"] += 1
+            ledger.dropped(doc_type, "quality_model:low_score", where)
+        if cfg.quality_model.enabled:
+            stage_counts["quality_model"] = len(kept_stats["low_quality"])
 
     report.kept = kept_stats["kept"]
     report.chars["kept"] = kept_stats["chars"]
@@ -232,7 +210,7 @@ def curate_documents(
     report.failed_by_reason = dict(sorted(failed.items()))
     assert report.kept + report.dropped + report.failed == report.input
     remaining = report.input - report.failed
-    for stage in ("filters", "redaction", "dedup_exact", "dedup_near"):
+    for stage in stage_counts:
         out_n = remaining - stage_counts[stage]
         report.stages.append({"stage": stage, "in": remaining, "out": out_n})
         remaining = out_n
@@ -247,6 +225,8 @@ def curate_documents(
     }
     report.redactions = {k: redaction_totals.get(k, 0) for k in KINDS}
     report.duplicates = kept_stats["duplicates"]
+    report.by_type = ledger.by_type()
+    report.warnings = ledger.warnings(cfg.warn_drop_share)
     return report
 
 
@@ -299,11 +279,13 @@ class BatchOutcome:
     languages: Counter[str]
     code_languages: Counter[str]
     dropped: Counter[str]
+    ledger: DropLedger  # input and filter drops per document type
     failed: Counter[str]
     dropped_by_filters: int
     dropped_by_redaction: int
     redactions: Counter[str]
     records_redacted: int
+    labelled: list[tuple[str, int]]  # (text, kept by the filters?) for curate.quality_model
 
 
 def curate_batch(
@@ -318,6 +300,7 @@ def curate_batch(
             _STEPS_BY_CONFIG[key] = _RecordSteps.build(cfg)
         steps = _STEPS_BY_CONFIG[key]
     dropped: Counter[str] = Counter()
+    ledger = DropLedger()
     failed: Counter[str] = Counter()
     langs_in: Counter[str] = Counter()
     code_in: Counter[str] = Counter()
@@ -325,6 +308,7 @@ def curate_batch(
     hist_in = [0] * len(LENGTH_EDGES)
     chars_in = by_filters = by_redaction = records_redacted = 0
     rows: list[dict[str, Any]] = []
+    labelled: list[tuple[str, int]] = []
     for raw_row, record in enumerate(batch.to_pylist(), start=first_row):
         text = record.get("text") or ""
         doc_type = record.get("type") or "text"
@@ -340,6 +324,8 @@ def curate_batch(
             langs_in[lang] += 1
         elif doc_type == "code":
             code_in[record.get("language") or "unknown"] += 1
+        record["kind"] = document_kind(text, record, cfg)
+        ledger.seen(doc_type, record["kind"])
         passed: list[str] = []
         reason = None
         try:
@@ -352,8 +338,14 @@ def curate_batch(
         except UserFilterError as err:
             failed[steps.safe(str(err))] += 1
             continue
+        if cfg.quality_model.enabled:  # the rules' verdict on the text they judged
+            labelled.append((text[:_LABELLED_CHARS], 0 if reason else 1))
         if reason:
-            dropped[steps.safe(reason)] += 1
+            reason = steps.safe(reason)
+            dropped[reason] += 1
+            where = str(record.get("path") or raw_row)
+            locator = record.get("locator")
+            ledger.dropped(doc_type, reason, f"{where} ({locator})" if locator else where)
             by_filters += 1
             continue
         language = record.get("language")
@@ -403,63 +395,14 @@ def curate_batch(
         languages=langs_in,
         code_languages=code_in,
         dropped=dropped,
+        ledger=ledger,
         failed=failed,
         dropped_by_filters=by_filters,
         dropped_by_redaction=by_redaction,
         redactions=redaction_totals,
         records_redacted=records_redacted,
+        labelled=labelled,
     )
-
-
-def _in_input_order(
-    batches: Iterator[tuple[int, pa.RecordBatch]],
-    submit: Callable[[pa.RecordBatch, int], Any],
-    result: Callable[[Any], BatchOutcome],
-    window: int,
-) -> Iterator[BatchOutcome]:
-    """`result(submit(batch, first_row))` of every batch, `window` submitted ahead (memory
-    holds that many batches, not the corpus), in input order."""
-    in_flight: deque[Any] = deque()
-    for first_row, batch in batches:
-        in_flight.append(submit(batch, first_row))
-        if len(in_flight) >= window:
-            yield result(in_flight.popleft())
-    while in_flight:
-        yield result(in_flight.popleft())
-
-
-def _curate_batches_on_ray(
-    batches: Iterator[tuple[int, pa.RecordBatch]], cfg: CurateConfig
-) -> Iterator[BatchOutcome]:
-    """`curate_batch` as Ray tasks, two per cluster CPU in flight; in input order."""
-    from forgeml.core.ray_cluster import ray_cluster
-
-    with ray_cluster(cfg.ray_address) as ray:
-        task = ray.remote(curate_batch)
-        cfg_ref = ray.put(cfg)
-        window = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        submit = lambda batch, first_row: task.remote(batch, first_row, cfg_ref)  # noqa: E731
-        yield from _in_input_order(batches, submit, ray.get, window)
-
-
-def _curate_batches_in_processes(
-    batches: Iterator[tuple[int, pa.RecordBatch]], cfg: CurateConfig
-) -> Iterator[BatchOutcome]:
-    """`curate_batch` in a pool of `cfg.workers` processes (spawned: no state forked from
-    a parent that may hold threads), two per worker in flight; in input order."""
-    workers = cfg.workers or os.cpu_count() or 1
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        submit = lambda batch, first_row: pool.submit(curate_batch, batch, first_row, cfg)  # noqa: E731
-        try:
-            yield from _in_input_order(batches, submit, Future.result, 2 * workers)
-        except BrokenProcessPool:
-            raise DataError(
-                "a curation worker process died (out of memory or killed)",
-                "run again with fewer `curate.workers` or `curate.executor=local`",
-            ) from None
-        finally:
-            pool.shutdown(cancel_futures=True)  # work not yet started, when stopped early
 
 
 @dataclass
@@ -506,10 +449,18 @@ def _find_duplicates(
 
 
 def _write_curated(
-    work_path: Path, out_path: Path, dedup: _Duplicates, report: CurateReport
+    work_path: Path,
+    out_path: Path,
+    dedup: _Duplicates,
+    report: CurateReport,
+    model: QualityModel | None = None,
+    cfg: CurateConfig | None = None,
 ) -> dict[str, Any]:
-    """Pass two: the work file minus duplicates, with `duplicates_removed`, written
-    atomically; returns the kept-side statistics and the duplicate summary."""
+    """Pass two: the work file minus duplicates (and, with curate.quality_model.min_score,
+    minus survivors the model scores low), with `duplicates_removed`, written atomically;
+    returns the kept-side statistics and the duplicate summary."""
+    min_score = cfg.quality_model.min_score if model is not None and cfg is not None else None
+    low_quality: list[tuple[str, str]] = []  # (type, path) of each survivor scored low
     drop = np.union1d(dedup.exact_dups, dedup.near_dups)
     top = dedup.clusters()[:_TOP_CLUSTERS]
     wanted = {i for _, _, rows in top for i in rows[:20]}
@@ -528,6 +479,13 @@ def _write_curated(
             n = batch.num_rows
             rows = np.arange(index, index + n)
             keep = ~np.isin(rows, drop, assume_unique=True)
+            if min_score is not None and keep.any():
+                texts = batch.column("text").to_pylist()
+                scores = model.score([texts[j][:_LABELLED_CHARS] for j in np.flatnonzero(keep)])
+                low = np.flatnonzero(keep)[scores < min_score]
+                keep[low] = False
+                types, paths = batch.column("type").to_pylist(), batch.column("path").to_pylist()
+                low_quality += [(types[j], paths[j]) for j in low]
             exact = np.isin(rows, dedup.exact_dups, assume_unique=True)
             counts = pa.array([dedup.represented.get(int(i), 0) for i in rows], type=pa.int32())
             table = pa.Table.from_batches([batch]).append_column("duplicates_removed", counts)
@@ -565,6 +523,7 @@ def _write_curated(
     ]
     return {
         "kept": kept,
+        "low_quality": low_quality,
         "chars": chars,
         "histogram": hist,
         "languages": langs,

@@ -1,10 +1,12 @@
 """Quality filters for curation: each a small function `(text, record, cfg) -> reason | None`.
 
 A filter returns None to keep a record or a short reason string (`gopher_quality:few_words`)
-that the curation report counts. Prose gets length, Gopher quality and repetition (Rae et al.,
-arXiv 2112.11446) and language rules; code gets The Stack / StarCoder heuristics (Kocetkov
-et al., arXiv 2211.15533; Li et al., arXiv 2305.06161). `build_filters` turns a
-`CurateConfig` into the ordered list `forgeml.data.curate` runs.
+that the curation report counts. `document_kind` sorts each document to the rules made for
+it (curate.profile): prose gets length, Gopher quality and repetition (Rae et al., arXiv
+2112.11446) and language rules; code gets The Stack / StarCoder heuristics (Kocetkov et al.,
+arXiv 2211.15533; Li et al., arXiv 2305.06161); records, configs, short and structured text
+get rules of their own. `build_filters` turns a `CurateConfig` into the ordered list
+`forgeml.data.curate` runs.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ from forgeml.core.config import (
     GopherRepetitionConfig,
     LanguageFilterConfig,
     LengthFilterConfig,
+)
+from forgeml.core.curate_profiles import (
+    ConfigFileFilterConfig,
+    RecordFilterConfig,
+    ShortTextFilterConfig,
+    StructuredTextFilterConfig,
 )
 from forgeml.core.errors import ConfigError
 from forgeml.core.plugins import load_plugin
@@ -60,6 +68,30 @@ def length_filter(text: str, record: Record, cfg: LengthFilterConfig) -> str | N
 STOP_WORDS = frozenset(("the", "be", "to", "of", "and", "that", "have", "with"))
 _BULLETS = ("•", "-", "*", "‣", "⁃", "◦", "●")
 _PUNCT_ONLY = re.compile(r"^\W+$")
+
+
+# whitespace-separated words of punctuation only / without a letter, found in one pass
+_PUNCT_WORD = re.compile(r"(?<!\S)[^\w\s]+(?!\S)")
+_NO_LETTER_WORD = re.compile(r"(?<!\S)(?:[^\w\s]|[\d_])+(?!\S)")
+
+
+def word_shape(text: str, words: list[str], cfg: GopherQualityConfig) -> str | None:
+    """Gopher's word-shape rules (mean word length, symbols per word, words with letters):
+    the reason a text does not read as prose, or None. `gopher_quality_filter`'s numbers,
+    counted with two regex passes instead of a loop per word (one difference: a word whose
+    only alphanumerics are digits outside Unicode's decimal class, like `²`, has a letter)."""
+    n_words = max(1, len(words))
+    punct = _PUNCT_WORD.findall(text)
+    real_chars = sum(map(len, words)) - sum(map(len, punct))
+    mean_len = real_chars / max(1, len(words) - len(punct))
+    if not cfg.min_mean_word_length <= mean_len <= cfg.max_mean_word_length:
+        return "gopher_quality:mean_word_length"
+    symbols = text.count("#") + text.count("...") + text.count("…")
+    if symbols / n_words > cfg.max_symbol_word_ratio:
+        return "gopher_quality:symbol_ratio"
+    if (len(words) - len(_NO_LETTER_WORD.findall(text))) / n_words < cfg.min_alpha_words_ratio:
+        return "gopher_quality:alpha_words"
+    return None
 
 
 def gopher_quality_filter(text: str, record: Record, cfg: GopherQualityConfig) -> str | None:
@@ -225,6 +257,100 @@ def code_filter(text: str, record: Record, cfg: CodeFilterConfig) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------
+# Records, configs, short and structured text (the enterprise profile's kinds)
+
+_VALUE_SEPARATORS = re.compile(r"[\n;|\t]")
+
+
+def records_filter(text: str, record: Record, cfg: RecordFilterConfig) -> str | None:
+    """A record (CSV/JSON row, sheet) is dropped when all its values are empty or null
+    (`name: null; id: -`), or it has fewer than `min_words` words."""
+    if len(text.split()) < cfg.min_words:
+        return "records:few_words"
+    nulls = {v.casefold() for v in cfg.null_values}
+    for field in _VALUE_SEPARATORS.split(text):
+        value = field.split(": ", 1)[-1] if ": " in field else field
+        if value.strip().strip("\"'").casefold() not in nulls:
+            return None
+    return "records:all_null"
+
+
+def _parses(text: str, language: str) -> bool:
+    import json
+    import tomllib
+
+    import yaml
+
+    try:
+        if language == "json":
+            json.loads(text)
+        elif language == "toml":
+            tomllib.loads(text)
+        elif language == "yaml":
+            list(yaml.safe_load_all(text))
+    except (ValueError, yaml.YAMLError):
+        return False
+    return True
+
+
+def config_filter(
+    text: str, record: Record, cfg: ConfigFileFilterConfig, lock_files: frozenset[str]
+) -> str | None:
+    """Configuration files: lock files, one-line dumps and data blobs are dropped."""
+    name = str(record.get("path", "")).rsplit("/", 1)[-1]
+    if name in lock_files:
+        return "config:lock_file"
+    if max(map(len, text.splitlines() or [""])) > cfg.max_line_length:
+        return "config:long_lines"
+    if sum(len(m) for m in _BLOB.findall(text)) / max(1, len(text)) > cfg.max_blob_fraction:
+        return "config:data_blob"
+    if cfg.require_parseable and not _parses(text, str(record.get("language"))):
+        return "config:unparseable"
+    return None
+
+
+def short_text_filter(text: str, record: Record, cfg: ShortTextFilterConfig) -> str | None:
+    """Short prose-typed documents: kept when they hold `min_words` words with letters."""
+    if sum(any(c.isalpha() for c in w) for w in text.split()) < cfg.min_words:
+        return "short_text:few_words"
+    return None
+
+
+def structured_text_filter(
+    text: str, record: Record, cfg: StructuredTextFilterConfig
+) -> str | None:
+    """Text that is not prose (tables, grammars, logs): blobs, symbol soup, one line repeated."""
+    if sum(len(m) for m in _BLOB.findall(text)) / max(1, len(text)) > cfg.max_blob_fraction:
+        return "structured_text:data_blob"
+    if sum(c.isalnum() for c in text) / max(1, len(text)) < cfg.min_alnum_fraction:
+        return "structured_text:low_alnum"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if _dup_stats(lines)[0] > cfg.max_dup_line_fraction:
+        return "structured_text:dup_lines"
+    return None
+
+
+def document_kind(text: str, record: Record, cfg: CurateConfig) -> str:
+    """Which rules judge a document: `records`, `config`, `code`, `prose`, `short_text`,
+    `structured_text` or `other` (only the length rule), from its type and, for prose
+    types, its length and word shape (curate.prose_min_words, curate.prose_shape_gate)."""
+    doc_type = record.get("type")
+    if doc_type in cfg.record_types:
+        return "records"
+    if doc_type == "code":
+        return "config" if record.get("language") in cfg.config_languages else "code"
+    if doc_type not in cfg.prose_types:
+        return "other"
+    if cfg.prose_min_words or cfg.prose_shape_gate:
+        words = text.split()
+        if len(words) < cfg.prose_min_words:
+            return "short_text"
+        if cfg.prose_shape_gate and word_shape(text, words, cfg.gopher_quality):
+            return "structured_text"
+    return "prose"
+
+
+# ---------------------------------------------------------------------------------------
 # User hooks
 
 
@@ -270,32 +396,53 @@ def user_filter(fn: Callable[[str, Record], Any], name: str) -> Callable[[str, R
 
 
 def build_filters(cfg: CurateConfig) -> list[Filter]:
-    """The filters curation runs, in order; a record stops at the first that drops it."""
-    prose = set(cfg.prose_types)
+    """The filters curation runs, in order; a record stops at the first that drops it.
+    Each applies to documents of some kinds (`document_kind`; curation sets `record["kind"]`)."""
+    lock_files = frozenset(cfg.code.lock_files)
 
-    def is_prose(r: Record) -> bool:
-        return r.get("type") in prose
-
-    def is_code(r: Record) -> bool:
-        return r.get("type") == "code"
+    def kind(*kinds: str) -> Callable[[Record], bool]:
+        wanted = frozenset(kinds)
+        # a record that curation has not sorted (a caller's own) is sorted here, by its text
+        return lambda r: (r.get("kind") or document_kind(r.get("text") or "", r, cfg)) in wanted
 
     def everything(r: Record) -> bool:
         return True
 
+    prose = kind("prose")
     chain = [Filter("length", everything, lambda t, r: length_filter(t, r, cfg.length))]
     if cfg.code.enabled:
-        chain.append(Filter("code", is_code, lambda t, r: code_filter(t, r, cfg.code)))
+        chain.append(Filter("code", kind("code"), lambda t, r: code_filter(t, r, cfg.code)))
+    if cfg.config_files.enabled:
+        conf = cfg.config_files
+        chain.append(
+            Filter("config", kind("config"), lambda t, r: config_filter(t, r, conf, lock_files))
+        )
+    if cfg.records.enabled:
+        rec = cfg.records
+        chain.append(Filter("records", kind("records"), lambda t, r: records_filter(t, r, rec)))
+    if cfg.short_text.enabled:
+        short = cfg.short_text
+        chain.append(
+            Filter("short_text", kind("short_text"), lambda t, r: short_text_filter(t, r, short))
+        )
+    if cfg.structured_text.enabled:
+        st = cfg.structured_text
+        chain.append(
+            Filter(
+                "structured_text",
+                kind("structured_text"),
+                lambda t, r: structured_text_filter(t, r, st),
+            )
+        )
     if cfg.language.enabled:
-        chain.append(Filter("language", is_prose, lambda t, r: language_filter(t, r, cfg.language)))
+        chain.append(Filter("language", prose, lambda t, r: language_filter(t, r, cfg.language)))
     if cfg.gopher_quality.enabled:
         q = cfg.gopher_quality
-        chain.append(
-            Filter("gopher_quality", is_prose, lambda t, r: gopher_quality_filter(t, r, q))
-        )
+        chain.append(Filter("gopher_quality", prose, lambda t, r: gopher_quality_filter(t, r, q)))
     if cfg.gopher_repetition.enabled:
         rep = cfg.gopher_repetition
         chain.append(
-            Filter("gopher_repetition", is_prose, lambda t, r: gopher_repetition_filter(t, r, rep))
+            Filter("gopher_repetition", prose, lambda t, r: gopher_repetition_filter(t, r, rep))
         )
     for path in cfg.user_filters:
         name = path.replace(":", ".").rsplit(".", 1)[-1]

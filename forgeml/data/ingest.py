@@ -32,6 +32,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from forgeml.core.data_config import OcrConfig
 from forgeml.core.errors import DataError
 from forgeml.core.io import RowGroupWriter, atomic_open
 from forgeml.data.readers import (
@@ -43,6 +44,7 @@ from forgeml.data.readers import (
     sniffed_reader,
     supported_extensions,
 )
+from forgeml.data.readers.ocr import UNAVAILABLE, engine_label
 
 DEFAULT_MAX_FILE_BYTES = 16 * 1024 * 1024
 _FLUSH_BYTES = 32 * 1024 * 1024  # text buffered before a Parquet row group is written
@@ -82,6 +84,7 @@ class IngestReport:
     by_type: dict[str, int] = field(default_factory=dict)
     by_language: dict[str, int] = field(default_factory=dict)
     files: list[dict] = field(default_factory=list)  # {path, source, status, reason, detail}
+    ocr: dict = field(default_factory=dict)  # scanned pages: engine, counts, every OCR'd page
 
     def record(
         self, source: str, path: str, status: str, reason: str = "", detail: str = ""
@@ -105,7 +108,61 @@ class IngestReport:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped_by_reason.items()))
         line = f"found {self.found}, kept {self.kept} ({self.bytes_kept} bytes)"
         line += f", skipped {self.skipped}" + (f" ({reasons})" if reasons else "")
-        return line + f", failed {self.failed}"
+        line += f", failed {self.failed}"
+        if self.ocr.get("pages"):
+            line += (
+                f"; OCR {self.ocr['pages']} pages, mean confidence {self.ocr['mean_confidence']}"
+            )
+        return line + (f"; {self.ocr['note']}" if self.ocr.get("note") else "")
+
+
+@dataclass
+class OcrSummary:
+    """The report's `ocr` section: which pages of which documents were OCR'd, with their
+    mean word confidence (low ones flagged), the pages that could not be read and why, and
+    one note when scans went unread because OCR is unavailable."""
+
+    documents: list[dict] = field(default_factory=list)
+    pages: int = 0
+    words: int = 0
+    weighted_confidence: float = 0.0
+    low_confidence_pages: int = 0
+    pages_not_read: dict[str, int] = field(default_factory=dict)
+
+    def add(self, path: str, locator: str, ocr: dict) -> None:
+        """One document's OCR: its metadata's `ocr` entry."""
+        for page in ocr["pages"]:
+            self.pages += 1
+            self.words += page["words"]
+            self.weighted_confidence += (page["confidence"] or 0.0) * page["words"]
+            self.low_confidence_pages += bool(page["low_confidence"])
+        for page in ocr["not_read"]:
+            self.pages_not_read[page["skip"]] = self.pages_not_read.get(page["skip"], 0) + 1
+        self.documents.append(
+            {"path": path, "locator": locator, "pages": ocr["pages"], "not_read": ocr["not_read"]}
+        )
+
+    def to_dict(self, engine: str, min_confidence: float, files_not_read: int) -> dict:
+        out = {
+            "engine": engine,
+            "pages": self.pages,
+            "words": self.words,
+            "mean_confidence": round(self.weighted_confidence / self.words, 1)
+            if self.words
+            else None,
+            "min_confidence": min_confidence,
+            "low_confidence_pages": self.low_confidence_pages,
+            "pages_not_read": dict(sorted(self.pages_not_read.items())),
+            "files_not_read": files_not_read,
+            "documents": self.documents,
+        }
+        pages_unread = self.pages_not_read.get("ocr unavailable", 0)
+        if files_not_read or pages_unread:
+            lost = [f"{files_not_read} file{'s' * (files_not_read != 1)}"] if files_not_read else []
+            if pages_unread:
+                lost.append(f"{pages_unread} page{'s' * (pages_unread != 1)} of kept files")
+            out["note"] = f"scans not read ({' and '.join(lost)}): {engine}"
+        return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -173,6 +230,12 @@ def _filter_reason(
 # Walking the sources
 
 
+def _printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (kept by the OS as surrogates) become
+    U+FFFD, so the name can be stored and shown; the file is still read by its real path."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 @dataclass(frozen=True)
 class _Entry:
     source: str  # as given
@@ -189,7 +252,7 @@ def _list_source(src: Path) -> list[_Entry]:
     if not src.is_dir():
         # A file given directly: its path relative to its folder is its name. A symlink the
         # user named explicitly is followed: they asked for it.
-        return [_Entry(given, src.parent, src.name, src, direct=True)]
+        return [_Entry(given, src.parent, _printable(src.name), src, direct=True)]
     root = src
     entries = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -197,7 +260,7 @@ def _list_source(src: Path) -> list[_Entry]:
         base = Path(dirpath)
         for name in sorted(filenames) + [d for d in dirnames if (base / d).is_symlink()]:
             path = base / name
-            entries.append(_Entry(given, root, path.relative_to(root).as_posix(), path))
+            entries.append(_Entry(given, root, _printable(path.relative_to(root).as_posix()), path))
     entries.sort(key=lambda e: e.rel)
     return entries
 
@@ -279,6 +342,7 @@ def _examine(
                     "metadata": json.dumps(part.metadata, ensure_ascii=False)
                     if part.metadata
                     else None,
+                    "_ocr": (part.metadata or {}).get("ocr"),  # for the report, not written
                 }
             )
     except SkipDocument as skip:
@@ -304,6 +368,7 @@ def ingest_files(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
     text_fields: Sequence[str] = (),
     notebook_outputs: bool = False,
+    ocr: OcrConfig | None = None,
     progress: bool = False,
 ) -> IngestReport:
     """Read every file under `sources` into one Parquet file at `out_path` (written atomically).
@@ -314,7 +379,8 @@ def ingest_files(
     not exist or when no file at all could be kept; the inputs are never modified.
     `text_fields` names the record fields (JSONL/CSV/Parquet) that make a document's text;
     empty: the first of `text`, `content`, `body`. `notebook_outputs`: .ipynb documents
-    include their cells' text outputs.
+    include their cells' text outputs. `ocr`: how scanned PDF pages and page images are
+    OCR'd (defaults: `OcrConfig()`); the report's `ocr` section lists every OCR'd page.
     """
     if not sources:
         raise DataError("no sources to ingest", "pass one or more files or folders")
@@ -327,11 +393,13 @@ def ingest_files(
         text_fields=tuple(text_fields),
         max_member_bytes=max_file_bytes,
         notebook_outputs=notebook_outputs,
+        ocr=ocr or OcrConfig(),
     )
     entries: list[_Entry] = []
     for src in sources:  # list everything first: a missing source fails before any work
         entries += _list_source(Path(src))
     report = IngestReport(out_path=str(out_path), sources=[str(s) for s in sources])
+    ocr_summary = OcrSummary()
 
     with atomic_open(out_path, "wb") as fh, _ProgressBar(progress, len(entries)) as advance:
         writer: RowGroupWriter | None = None
@@ -354,6 +422,9 @@ def ingest_files(
                 report.parts_skipped += n
                 report.parts_skipped_by_reason[why] = report.parts_skipped_by_reason.get(why, 0) + n
             for row in rows:
+                ocr_pages = row.pop("_ocr")
+                if ocr_pages:
+                    ocr_summary.add(row["path"], row["locator"], ocr_pages)
                 report.by_type[row["type"]] = report.by_type.get(row["type"], 0) + 1
                 if row["language"]:
                     lang = row["language"]
@@ -375,6 +446,9 @@ def ingest_files(
     report.by_type = dict(sorted(report.by_type.items()))
     report.parts_skipped_by_reason = dict(sorted(report.parts_skipped_by_reason.items()))
     report.by_language = dict(sorted(report.by_language.items()))
+    unread = report.skipped_by_reason.get(UNAVAILABLE, 0)
+    unread += report.parts_skipped_by_reason.get(UNAVAILABLE, 0)
+    report.ocr = ocr_summary.to_dict(engine_label(options.ocr), options.ocr.min_confidence, unread)
     return report
 
 

@@ -1,7 +1,7 @@
 """PII and secret redaction for curation: typed placeholders, or the record dropped by policy.
 
-The detectors are governance's (forgeml.governance.detectors, shared with serving policies);
-person names come from the gazetteer recogniser in forgeml.data.names (opt-in: `redact.person`).
+The detectors are governance's (forgeml.governance.detectors, shared with serving policies),
+person names included (forgeml.governance.names); a kind whose policy is `keep` is not scanned.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from forgeml.core.config import RedactConfig
-from forgeml.data.names import find_person_names
-from forgeml.governance.detectors import Span, non_overlapping, pii_spans, secret_spans
+from forgeml.governance.detectors import PII_KINDS, Span, non_overlapping, pii_spans, secret_spans
 
 PLACEHOLDERS = {
     "email": "<EMAIL>",
@@ -20,6 +19,9 @@ PLACEHOLDERS = {
     "iban": "<IBAN>",
     "credit_card": "<CREDIT_CARD>",
     "ip": "<IP>",
+    "dob": "<DOB>",
+    "address": "<ADDRESS>",
+    "national_id": "<NATIONAL_ID>",
     "person": "<PERSON>",
     "secret": "<SECRET>",
 }
@@ -33,13 +35,12 @@ class Redaction(NamedTuple):
 
 
 def find_sensitive(text: str, cfg: RedactConfig | None = None, in_code: bool = False) -> list[Span]:
-    """Non-overlapping spans to replace, secrets first (they win overlaps), sorted by start."""
+    """Non-overlapping spans to replace, secrets first (they win overlaps), sorted by start.
+    In code, person names only with both parts in the gazetteer."""
     cfg = cfg or RedactConfig()
-    names: list[Span] = []
-    if cfg.person != "keep":  # in code, only names with both parts in the gazetteer
-        names = [Span(s, e, "person") for s, e, _ in find_person_names(text, strict=in_code)]
-    spans = (*secret_spans(text, cfg, in_code), *pii_spans(text), *names)
-    return non_overlapping(s for s in spans if s.kind == "secret" or getattr(cfg, s.kind) != "keep")
+    kinds = [k for k in PII_KINDS if getattr(cfg, k) != "keep"]
+    pii = pii_spans(text, kinds, keep_private_ips=cfg.keep_private_ips, in_code=in_code)
+    return non_overlapping((*secret_spans(text, cfg, in_code), *pii))
 
 
 def redact_text(text: str, cfg: RedactConfig | None = None, *, in_code: bool = False) -> Redaction:

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from forgeml.core.io import atomic_write_text, parquet_batches
+from forgeml.data.curate_report import warning_line
 
 _CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:980px;color:#222}
@@ -24,7 +25,7 @@ h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid 
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 10px;text-align:left}
 tr:nth-child(even){background:#f6f6f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 pre{background:#f6f6f6;padding:6px;white-space:pre-wrap;font-size:12px;max-height:9em;
-overflow:hidden}.muted{color:#777}
+overflow:hidden}.muted{color:#777}.warn{color:#9a4b00}
 """
 
 
@@ -119,10 +120,13 @@ def render_html(report: dict[str, Any]) -> str:
             ],
             ("", "count"),
         ),
+        *_warnings_section(r.get("warnings", [])),
         "<h2>Stages</h2>",
         _table([(s["stage"], s["in"], s["out"]) for s in r["stages"]], ("stage", "in", "out")),
         "<h2>Dropped by reason</h2>",
         _table(sorted(r["dropped_by_reason"].items(), key=lambda kv: -kv[1]), ("reason", "n")),
+        *_by_type_section(r.get("by_type", {}), r.get("profile", "")),
+        *_quality_model_section(r.get("quality_model", {})),
     ]
     if r["failed_by_reason"]:
         sections += ["<h2>Failed</h2>", _table(list(r["failed_by_reason"].items()), ("", "n"))]
@@ -144,6 +148,41 @@ def render_html(report: dict[str, Any]) -> str:
         '<!doctype html><html><head><meta charset="utf-8"><title>forgeml curation report'
         f"</title><style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n"
     )
+
+
+def _warnings_section(warnings: list[dict[str, Any]]) -> list[str]:
+    if not warnings:
+        return []
+    items = "".join(f"<li>{escape(warning_line(w))}</li>" for w in warnings)
+    return [f"<h2>Warnings</h2><ul class=warn>{items}</ul>"]
+
+
+def _by_type_section(by_type: dict[str, dict[str, Any]], profile: str) -> list[str]:
+    """Per document type: how many came in, which rules judged them (the profile's kinds)
+    and every filter drop reason with the first document it dropped."""
+    if not by_type:
+        return []
+    rows = []
+    for doc_type, t in by_type.items():
+        kinds = ", ".join(f"{k} {n:,}" for k, n in t["judged_as"].items())
+        rows.append((doc_type, t["input"], kinds, "", "", ""))
+        for reason, n in t["dropped"].items():
+            rows.append(("", "", "", reason, n, t["examples"].get(reason, "")))
+    header = ("type", "input", "judged as", "dropped by", "n", "first dropped")
+    return [
+        f"<h2>Filter drops by document type ({escape(profile)} profile)</h2>",
+        _table(rows, header),
+    ]
+
+
+def _quality_model_section(summary: dict[str, Any]) -> list[str]:
+    """curate.quality_model: how far its held-out scores agree with the rules' verdicts."""
+    if not summary:
+        return []
+    return [
+        "<h2>Quality model (agreement with the rules)</h2>",
+        _table(list(summary.items()), ("", "")),
+    ]
 
 
 # ---------------------------------------------------------------------------------------

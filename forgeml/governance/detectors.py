@@ -7,8 +7,13 @@ for card numbers, octet ranges for IPv4, Shannon entropy for unnamed key-like to
 
 from __future__ import annotations
 
+from forgeml.governance.addresses import address_spans
+from forgeml.governance.names import person_spans
+from forgeml.governance.national_ids import national_id_spans
 from forgeml.governance.pii import (
+    PII_KINDS,
     credit_card_spans,
+    dob_spans,
     email_spans,
     iban_spans,
     iban_valid,
@@ -23,8 +28,11 @@ from forgeml.governance.secrets import secret_spans, shannon_entropy
 from forgeml.governance.spans import Span, non_overlapping
 
 __all__ = [
+    "PII_KINDS",
     "Span",
+    "address_spans",
     "credit_card_spans",
+    "dob_spans",
     "email_spans",
     "iban_spans",
     "iban_valid",
@@ -32,7 +40,9 @@ __all__ = [
     "ipv4_spans",
     "ipv6_spans",
     "luhn_valid",
+    "national_id_spans",
     "non_overlapping",
+    "person_spans",
     "phone_spans",
     "pii_spans",
     "secret_spans",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,31 +17,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from forgeml.core.errors import ConfigError
 from forgeml.governance.detectors import (
+    PII_KINDS,
     Span,
-    credit_card_spans,
-    email_spans,
-    iban_spans,
-    ip_spans,
     ipv4_spans,
     non_overlapping,
-    phone_spans,
+    pii_spans,
     secret_spans,
 )
 from forgeml.governance.labels import LEVELS, most_sensitive
+from forgeml.governance.national_ids import ssn_spans
 
-# What a policy's `redact:` may name: governance's detectors, the ones curation uses (with
-# their validity checks: Luhn, IBAN mod-97, IP octet ranges, entropy for unnamed keys) ...
+
+def _pii_detector(kind: str) -> Callable[[str], Iterable[Span]]:
+    return partial(pii_spans, kinds=(kind,))
+
+
+# What a policy's `redact:` may name: governance's detectors, the function curation calls
+# (forgeml.data.redact -> pii_spans, with the same validity checks: Luhn, IBAN mod-97, IP
+# ranges, libphonenumber, national-ID check digits, birth and address context, the name
+# gazetteer; entropy for unnamed keys), one kind at a time ...
 BUILTIN_DETECTORS: dict[str, Callable[[str], Iterable[Span]]] = {
-    "email": email_spans,
-    "phone": phone_spans,
-    "iban": iban_spans,
-    "credit_card": credit_card_spans,
-    "ip": ip_spans,  # IPv4 and IPv6
+    **{kind: _pii_detector(kind) for kind in PII_KINDS},
     "ipv4": ipv4_spans,
+    "ssn": ssn_spans,  # the US subset of national_id
     "secret": secret_spans,
 }
-# ... and policy-only patterns: US social security numbers, which curation counts as phones.
-POLICY_PATTERNS: dict[str, str] = {"ssn": r"\b\d{3}-\d{2}-\d{4}\b"}
+# ... and patterns a policy file defines under `patterns:`.
 DEFAULT_LEVELS = LEVELS
 
 
@@ -60,7 +62,7 @@ def _check_regexes(patterns: list[str]) -> list[str]:
 class InputRules(_Strict):
     max_prompt_chars: int | None = Field(default=None, ge=1)
     blocked_patterns: list[str] = []
-    redact: list[str] = []  # names of BUILTIN_DETECTORS, POLICY_PATTERNS or the policy's `patterns`
+    redact: list[str] = []  # names of BUILTIN_DETECTORS or of the policy's `patterns`
 
     @field_validator("blocked_patterns")
     @classmethod
@@ -161,10 +163,9 @@ class Policy:
 
     def __init__(self, config: PolicyConfig | None = None) -> None:
         self.config = config or PolicyConfig()
-        patterns = {**POLICY_PATTERNS, **self.config.patterns}
         self.detectors = {
             **BUILTIN_DETECTORS,
-            **{name: _regex_detector(name, p) for name, p in patterns.items()},
+            **{name: _regex_detector(name, p) for name, p in self.config.patterns.items()},
         }
         sections = [self.config.default, *self.config.models.values()]
         sections += list(self.config.principals.values())

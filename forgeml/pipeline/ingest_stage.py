@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from forgeml.core.data_config import OcrConfig
 from forgeml.core.errors import DataError
 from forgeml.core.io import atomic_write_text
 from forgeml.core.workspace import Workspace
@@ -26,7 +27,7 @@ def _sources_fingerprint(sources: list[Path]) -> str:
         files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
         for path in files:
             st = path.stat()
-            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return h.hexdigest()
 
 
@@ -39,13 +40,16 @@ def ingest_stage(
     exclude: list[str] | None = None,
     max_file_bytes: int = 16 * 1024 * 1024,
     text_fields: list[str] | None = None,
+    ocr: OcrConfig | None = None,
     force: bool = False,
     progress: bool = False,
     notify: Notify | None = None,
 ) -> StageResult:
     """Read files/folders into a raw dataset asset (`data.parquet` + `report.json`)."""
     from forgeml.data.ingest import ingest_files
+    from forgeml.data.readers.ocr import engine_label
 
+    ocr = ocr or OcrConfig()
     paths = [Path(s).expanduser().resolve() for s in sources]
     if not paths:
         raise DataError("no sources given", hint="pass one or more files or folders")
@@ -57,6 +61,8 @@ def ingest_stage(
         "fingerprint": _sources_fingerprint(paths),
         "text_fields": list(text_fields or []),
         "name": name,
+        # the OCR settings and the engine found here: installing Tesseract changes the output
+        "ocr": {**ocr.output_settings(), "engine": engine_label(ocr)},
     }
 
     def body(work: Path) -> tuple[list[Output], dict[str, Any]]:
@@ -68,12 +74,14 @@ def ingest_stage(
             exclude=config["exclude"],
             max_file_bytes=max_file_bytes,
             text_fields=config["text_fields"],
+            ocr=ocr,
             progress=progress,
         )
         report.out_path = "data.parquet"  # not the run's folder: the asset id is its content's
         summary = report.to_dict()
         atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
         meta = {k: v for k, v in summary.items() if k != "files"}
+        meta["ocr"] = {k: v for k, v in summary["ocr"].items() if k != "documents"}
         meta["format"] = "documents-parquet"
         metrics = {k: summary[k] for k in ("found", "kept", "skipped", "failed")}
         return [Output("dataset", name, out, meta)], metrics

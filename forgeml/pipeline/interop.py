@@ -52,7 +52,7 @@ def _fingerprint(files: list[Path]) -> str:
     h = hashlib.sha256()
     for path in files:
         st = path.stat()
-        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode(errors="surrogateescape"))
     return h.hexdigest()
 
 

@@ -1,11 +1,12 @@
 """Readers by file type: the table ingest consults to turn a file's bytes into documents.
 
 `READERS` maps a lower-case extension (or an exact file name, like `Makefile`) to a
-`Reader(doc_type, read, language, parts)`. Single-document formats (text, code, HTML, PDF,
+`Reader(doc_type, read, language, parts)`. Single-document formats (text, code, HTML,
 Word, PowerPoint, OpenDocument, RTF) set `read(bytes) -> str`; formats that hold many
-documents (records, sheets, mail, archives) set `parts(bytes, options)`, which yields one
-`Part` per document. `read_parts` is the one call ingest makes for either kind; key and
-credential files are found by name (`credentials`), other text by content (`sniffed_reader`).
+documents (records, sheets, mail, archives) or need options (PDF and page images, which
+are OCR'd) set `parts(bytes, options)`, which yields one `Part` per document. `read_parts`
+is the one call ingest makes for either kind; key and credential files are found by name
+(`credentials`), other text by content (`sniffed_reader`).
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ from forgeml.data.readers.documents import (
     read_html,
     read_notebook_parts,
     read_pdf,
+    read_pdf_parts,
     read_rtf,
     read_xml_parts,
 )
 from forgeml.data.readers.mail import read_eml_parts, read_mbox_parts, read_msg_parts
+from forgeml.data.readers.ocr import IMAGE_EXTENSIONS, read_image_parts
 from forgeml.data.readers.office import read_docx, read_odp, read_odt, read_pptx
 from forgeml.data.readers.records import (
     read_csv_parts,
@@ -87,7 +90,8 @@ READERS.update(
         },
         **{ext: Reader("html", read_html) for ext in (".html", ".htm", ".xhtml")},
         ".xml": _many("code", read_xml_parts, "xml"),
-        ".pdf": Reader("pdf", read_pdf),
+        ".pdf": _many("pdf", read_pdf_parts),
+        **{ext: _many("scan", read_image_parts) for ext in IMAGE_EXTENSIONS},
         ".docx": Reader("docx", read_docx),
         ".odt": Reader("document", read_odt),
         ".rtf": Reader("document", read_rtf),
@@ -140,6 +144,7 @@ __all__ = [
     "read_eml_parts",
     "read_gzip_parts",
     "read_html",
+    "read_image_parts",
     "read_jsonl_parts",
     "read_markdown",
     "read_mbox_parts",
@@ -151,6 +156,7 @@ __all__ = [
     "read_parquet_parts",
     "read_parts",
     "read_pdf",
+    "read_pdf_parts",
     "read_pptx",
     "read_rtf",
     "read_tar_parts",

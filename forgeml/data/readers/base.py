@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
+from forgeml.core.data_config import OcrConfig
+
 BINARY_SNIFF_BYTES = 8192
 MAX_CONTROL_SHARE = 0.01  # control characters allowed in text (besides tab, newline, etc.)
 ZIP_BOMB_RATIO = 100  # uncompressed/compressed above this on a large member: a zip bomb
@@ -54,6 +56,7 @@ class ReadOptions:
     max_depth: int = 2  # containers (archives, mail) inside containers
     max_expanded_bytes: int = 256 * 1024 * 1024  # an office file's zip, uncompressed
     notebook_outputs: bool = False  # .ipynb: include cell outputs (text only)
+    ocr: OcrConfig = OcrConfig()  # scanned PDF pages and page images
 
 
 class Reader(NamedTuple):
@@ -255,7 +258,9 @@ def contained_parts(
     name: str, read_member: Callable[[int], bytes], size: int, options: ReadOptions
 ) -> Iterator[Part]:
     """The parts of one file inside a container (an archive member, a mail attachment),
-    dispatched on its name like a file on disk, within the depth and size limits."""
+    dispatched on its name like a file on disk, within the depth and size limits. A name that
+    is not valid UTF-8 (tar keeps raw bytes) is kept with U+FFFD where its bytes do not decode."""
+    name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     path = PurePosixPath(name)
     reader = reader_for(path)
     if reader is None:

@@ -1,4 +1,5 @@
-"""Single documents with structure to remove: HTML pages, PDF, RTF, XML and notebooks.
+"""Single documents with structure to remove: HTML pages, PDF (OCR for scans), RTF, XML and
+notebooks.
 
 Each reader turns one file into one text (`read(bytes) -> str`), or skips it with a reason
 (`SkipDocument`: encrypted, corrupt, unsafe, no text) so ingest can account for it.
@@ -79,12 +80,17 @@ def _tidy_lines(text: str) -> str:
 # PDF
 
 
-def read_pdf(data: bytes) -> str:
-    """Text per page with pypdf, pages separated by a form feed; encrypted or corrupt files
-    are skipped with that reason."""
+def read_pdf_parts(data: bytes, options: ReadOptions) -> Iterator[Part]:
+    """A PDF as one document: the text layer of every page with pypdf, pages separated by a
+    form feed. Pages without a text layer (scans) are rendered and OCR'd
+    (`forgeml.data.readers.ocr`, settings in `options.ocr`), and the record's metadata says
+    which, with their confidence. Encrypted or corrupt files are skipped with that reason,
+    and scans when OCR is unavailable."""
     import logging
 
     from pypdf import PdfReader
+
+    from forgeml.data.readers.ocr import page_texts_with_ocr
 
     logging.getLogger("pypdf").setLevel(logging.ERROR)  # its warnings are counted, not shown
     try:
@@ -101,9 +107,20 @@ def read_pdf(data: bytes) -> str:
         raise
     except Exception as err:  # noqa: BLE001 - a corrupt file must never crash a run
         raise SkipDocument("corrupt", f"PDF: {type(err).__name__}") from None
+    pages, ocr = page_texts_with_ocr(pages, data, options.ocr)
     if not any(p.strip() for p in pages):
-        raise SkipDocument("no text", f"{len(pages)} pages without extractable text (scanned?)")
-    return "\f".join(p.strip("\n") for p in pages)
+        not_read = (ocr or {}).get("not_read") or []
+        if not_read:  # scans that could not be OCR'd: say why (OCR unavailable, timeout...)
+            first = not_read[0]
+            raise SkipDocument(first["skip"], f"{len(not_read)} scanned page(s): {first['detail']}")
+        found = ", nor words in their OCR" if ocr else ""
+        raise SkipDocument("no text", f"{len(pages)} pages without extractable text{found}")
+    yield Part("\f".join(p.strip("\n") for p in pages), metadata={"ocr": ocr} if ocr else None)
+
+
+def read_pdf(data: bytes, options: ReadOptions | None = None) -> str:
+    """The text of a PDF (`read_pdf_parts`), for callers that need the text alone."""
+    return next(read_pdf_parts(data, options or ReadOptions())).text
 
 
 # ---------------------------------------------------------------------------------------

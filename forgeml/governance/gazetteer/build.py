@@ -1,11 +1,11 @@
-"""Rebuild the person-name gazetteer and the common-word lexicon that `forgeml.data.names` reads.
+"""Rebuild the person-name gazetteer and the common-word lexicon that `forgeml.governance.names` reads.
 
 Not run at curation time. Sources (all permissive): given/family names from the `names`
 package's US Census 1990 lists and from `Faker`'s person providers (Latin-script locales),
 both MIT; common words: the lower-case entries of SCOWL's American English list (Debian
 `wamerican`, copyright Kevin Atkinson, see its notice in common_words.NOTICE). Fetch without
 installing (`pip download --no-deps faker names`, `apt-get download wamerican`), unpack, then
-`python forgeml/data/gazetteer/build.py FAKER_DIR NAMES_DIR /path/to/american-english`.
+`python forgeml/governance/gazetteer/build.py FAKER_DIR NAMES_DIR /path/to/american-english`.
 """
 
 from __future__ import annotations
