@@ -22,14 +22,8 @@ from forgeml.core.config import Recipe
 from forgeml.core.errors import ConfigError, DataError, ForgeError
 from forgeml.core.io import atomic_open, atomic_write_text
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.runtime import (
-    Notify,
-    Output,
-    StageResult,
-    documents_parquet,
-    heldout_doc_ids,
-    run_stage,
-)
+from forgeml.pipeline.datasets import documents_parquet, heldout_doc_ids
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
 from forgeml.registry import open_registry
 
 

@@ -12,7 +12,8 @@ from typing import Any
 
 from forgeml.core.config import CurateConfig
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.runtime import Notify, Output, StageResult, documents_parquet, run_stage
+from forgeml.pipeline.datasets import documents_parquet
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
 from forgeml.registry import open_registry
 
 

@@ -11,14 +11,8 @@ from typing import Any
 
 from forgeml.core.config import FimConfig
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.runtime import (
-    Notify,
-    Output,
-    StageResult,
-    documents_parquet,
-    heldout_doc_ids,
-    run_stage,
-)
+from forgeml.pipeline.datasets import documents_parquet, heldout_doc_ids
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
 from forgeml.registry import open_registry
 
 

@@ -8,14 +8,11 @@ stage modules beside this one are plain calls into forgeml.data / tokenizer / tr
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import pyarrow.parquet as pq
 
 from forgeml.core.config import config_hash
 from forgeml.core.errors import ForgeError, NotFoundError
@@ -128,30 +125,6 @@ def resumable_work_dir(
     raise NotFoundError(
         f"no interrupted {describe} to resume", hint="run without --resume to start one"
     )
-
-
-def documents_parquet(asset: Asset) -> Path:
-    """The `data.parquet` of a document dataset asset (one row per document)."""
-    path = Path(asset.path) / "data.parquet"
-    if asset.kind != "dataset" or not path.is_file():
-        raise ForgeError(
-            f"asset {asset.id} is a {asset.kind}, not a document dataset",
-            hint="pass a dataset id from `forgeml data ingest` (see `forgeml assets list`)",
-        )
-    return path
-
-
-def heldout_doc_ids(parquet: Path, fraction: float) -> set[str]:
-    """Deterministic held-out split: the `fraction` of distinct documents with the smallest
-    hash of their id (at least one when there are two or more documents)."""
-    if fraction <= 0:
-        return set()
-    ids = sorted(set(pq.read_table(parquet, columns=["doc_id"]).column("doc_id").to_pylist()))
-    if len(ids) < 2:
-        return set()
-    ranked = sorted(ids, key=lambda d: hashlib.sha256(f"heldout:{d}".encode()).hexdigest())
-    n = max(1, round(fraction * len(ids)))
-    return set(ranked[: min(n, len(ids) - 1)])
 
 
 def model_asset(ws: Workspace, model_ref: str) -> Asset:

@@ -15,14 +15,8 @@ import pyarrow.parquet as pq
 from forgeml.core.config import TokenizerConfig
 from forgeml.core.io import parquet_batches
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.runtime import (
-    Notify,
-    Output,
-    StageResult,
-    documents_parquet,
-    heldout_doc_ids,
-    run_stage,
-)
+from forgeml.pipeline.datasets import documents_parquet, heldout_doc_ids
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
 from forgeml.registry import open_registry
 
 

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 
 from forgeml.core.errors import ConfigError, ForgeError
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.runtime import Notify, Output, StageResult, documents_parquet, run_stage
+from forgeml.pipeline.datasets import documents_parquet
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
 from forgeml.registry import open_registry
 from forgeml.synth.records import CHAT_FORMAT, SynthRecord, filter_duplicates, write_synth_dataset
 
