@@ -36,6 +36,7 @@ os.environ["OMP_THREAD_LIMIT"] = "1"  # pytesseract inherits it; forgeml sets it
 from forgeml.core.data_config import OcrConfig  # noqa: E402
 from forgeml.data.ingest import ingest_files  # noqa: E402
 from forgeml.data.readers.ocr import ocr_engine, ocr_pages, parse_tsv  # noqa: E402
+from forgeml.eval.media_scoring import character_error_rate
 
 A4_300 = (2480, 3508)
 FONTS = [("DejaVuSans.ttf", 11), ("DejaVuSerif.ttf", 11), ("LiberationSans-Regular.ttf", 10)]
@@ -102,14 +103,10 @@ def scanned(image: Image.Image, seed: int) -> Image.Image:
 
 
 def cer(reference: str, hypothesis: str) -> float:
-    ref, hyp = (re.sub(r"\s+", " ", s).strip() for s in (reference, hypothesis))
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / max(1, len(ref))
+    """Character error rate (forgeml.eval.media_scoring), whitespace runs counted as one
+    space, case and punctuation kept."""
+    ref, hyp = (" ".join(s.split()) for s in (reference, hypothesis))
+    return character_error_rate(hyp, ref, normalize=False)
 
 
 def cpu_seconds() -> float:

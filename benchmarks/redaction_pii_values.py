@@ -165,32 +165,8 @@ def dni(rng: random.Random, nie: bool = False) -> str:
 
 def codice_fiscale(rng: random.Random) -> str:
     odd = [
-        1,
-        0,
-        5,
-        7,
-        9,
-        13,
-        15,
-        17,
-        19,
-        21,
-        2,
-        4,
-        18,
-        20,
-        11,
-        3,
-        6,
-        8,
-        12,
-        14,
-        16,
-        10,
-        22,
-        25,
-        24,
-        23,
+        int(n)
+        for n in "1 0 5 7 9 13 15 17 19 21 2 4 18 20 11 3 6 8 12 14 16 10 22 25 24 23".split()
     ]
     body = (
         "".join(rng.choice("BCDFGLMNPRSTVZ") for _ in range(6))

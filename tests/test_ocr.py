@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import re
 import subprocess
 import sys
 import zipfile
@@ -25,6 +24,7 @@ from forgeml.data.ingest import ingest_files
 from forgeml.data.readers import ReadOptions, SkipDocument, read_parts, reader_for
 from forgeml.data.readers import ocr as ocr_module
 from forgeml.data.readers.ocr import ocr_engine, parse_tsv
+from forgeml.eval.media_scoring import character_error_rate
 
 needs_tesseract = pytest.mark.skipif(
     ocr_engine() is None, reason="tesseract-ocr is not installed (CI installs it)"
@@ -87,16 +87,10 @@ def mixed_pdf(text: str, scanned: list[str]) -> bytes:
 
 
 def cer(reference: str, hypothesis: str) -> float:
-    """Character error rate: Levenshtein distance over the reference length, whitespace
-    runs counted as one space."""
-    ref, hyp = (re.sub(r"\s+", " ", s).strip() for s in (reference, hypothesis))
-    previous = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        current = [i]
-        for j, h in enumerate(hyp, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (r != h)))
-        previous = current
-    return previous[-1] / max(1, len(ref))
+    """Character error rate (forgeml.eval.media_scoring), whitespace runs counted as one
+    space, case and punctuation kept."""
+    ref, hyp = (" ".join(s.split()) for s in (reference, hypothesis))
+    return character_error_rate(hyp, ref, normalize=False)
 
 
 def read(name: str, data: bytes, **ocr) -> list:
