@@ -32,10 +32,10 @@ def test_every_loop_resumes_through_the_kit(loop: str) -> None:
     no checkpoint itself."""
     path = Path(forgeml.train.__file__).parent / f"{loop}.py"
     tree = ast.parse(path.read_text())
-    calls = {
-        node.func.id
+    calls = {  # `open_run(...)` or `kit.open_run(...)`
+        node.func.id if isinstance(node.func, ast.Name) else node.func.attr
         for node in ast.walk(tree)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name | ast.Attribute)
     }
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
     assert {"resume_or_start", "open_run"} & calls

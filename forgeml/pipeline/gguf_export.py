@@ -82,13 +82,9 @@ def _check(cfg: ModelConfig, what: str) -> None:
 
 
 def export_model_gguf(
-    model: nn.Module,
-    out_dir: str | Path,
-    tokenizer_dir: str | Path,
-    *,
-    quant: str = "f16",
+    model: nn.Module, out_dir: str | Path, tokenizer_dir: str | Path, *, quant: str = "f16",
     name: str | None = None,
-) -> Path:
+) -> Path:  # fmt: skip
     """`model` (fp32, dense or MoE) and the tokenizer in `tokenizer_dir` as
     `out_dir/model-<quant>.gguf` with its Ollama Modelfile; returns the GGUF file. The
     serving benchmark calls this to give llama.cpp the same weights."""

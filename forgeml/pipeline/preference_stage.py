@@ -79,15 +79,9 @@ def _numbers(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def dpo_stage(
-    ws: Workspace,
-    recipe: Recipe,
-    base_ref: str,
-    data_ref: str,
-    *,
-    force: bool = False,
-    progress: bool = True,
-    notify: Notify | None = None,
-) -> StageResult:
+    ws: Workspace, recipe: Recipe, base_ref: str, data_ref: str, *, force: bool = False,
+    progress: bool = True, notify: Notify | None = None,
+) -> StageResult:  # fmt: skip
     """`forgeml train dpo` and the pipeline's DPO stage: offline DPO/IPO, or online DPO when
     `dpo.online` → model asset; the loop is `dpo.train`/`dpo.optim` either way."""
     from forgeml.train.dpo import train_dpo
@@ -147,15 +141,9 @@ def dpo_stage(
 
 
 def reward_model_stage(
-    ws: Workspace,
-    recipe: Recipe,
-    base_ref: str,
-    data_ref: str,
-    *,
-    force: bool = False,
-    progress: bool = True,
-    notify: Notify | None = None,
-) -> StageResult:
+    ws: Workspace, recipe: Recipe, base_ref: str, data_ref: str, *, force: bool = False,
+    progress: bool = True, notify: Notify | None = None,
+) -> StageResult:  # fmt: skip
     """`forgeml train rm`: a reward model (model asset with metadata task=reward); the loop is
     `reward_model.train`/`reward_model.optim`."""
     from forgeml.train.reward_model import train_reward_model

@@ -25,34 +25,14 @@ from forgeml.core.runtime import autocast, seed_everything
 from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.registry import build_model
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.distributed import (
-    all_reduce_sum,
-    check_inputs_agree,
-    init_distributed,
-    rank_share,
-)
+from forgeml.train import kit
 from forgeml.train.losses import PairLogps, preference_loss, sequence_logps
-from forgeml.train.optim import clip_and_step, set_lr
-from forgeml.train.parallelize import (
-    Strategy,
-    gathered_model,
-    gradient_sync,
-    parallelize,
-    parallelize_for_training,
-)
 from forgeml.train.preference_data import (
     PreferencePair,
     batch_indices,
     collate_pairs,
     load_preference_pairs,
     split_heldout,
-)
-from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import (
-    RESULT_NEUTRAL_TRAIN_FIELDS,
-    checkpoint_if_due,
-    finish_run,
-    open_run,
 )
 
 
@@ -64,7 +44,7 @@ def results_config(recipe: Recipe) -> dict[str, Any]:
         "dpo": dcfg.model_dump(mode="json", exclude={"optim", "train"}),
         "optim": dcfg.optim.model_dump(mode="json"),
         "train": dcfg.train.model_dump(
-            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | {"max_steps"}
+            mode="json", exclude=kit.RESULT_NEUTRAL_TRAIN_FIELDS | {"max_steps"}
         ),
     }
 
@@ -91,7 +71,7 @@ def _reference_forward(
     out = {}
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     starts = range(0, len(pairs), batch_size)
-    for start, counted in rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
+    for start, counted in kit.rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
         chunk = pairs[start : start + batch_size]
         sums, _ = pair_logps(ref, chunk, pad_id, device, dtype)
         chosen, rejected = sums.chunk(2)
@@ -107,7 +87,7 @@ def _reference_forward(
 
 def reference_logps(
     ref_dir: Path, pairs: Sequence[PreferencePair], *, cache_dir: Path, pad_id: int,
-    batch_size: int, device: str, dtype: str, strategy: Strategy = "single",
+    batch_size: int, device: str, dtype: str, strategy: kit.Strategy = "single",
 ) -> tuple[dict[str, tuple[float, float]], bool]:  # fmt: skip
     """(pair key -> reference log-probs of chosen and rejected, cache hit?).
 
@@ -123,7 +103,7 @@ def reference_logps(
         return torch.load(path, weights_only=True), True
     ref = load_model(ref_dir, device=device)
     if strategy == "fsdp":
-        ref = parallelize(ref, device=device, strategy="fsdp", dtype=dtype)
+        ref = kit.parallelize(ref, device=device, strategy="fsdp", dtype=dtype)
     table = _reference_forward(ref, pairs, pad_id, batch_size, device, dtype)
     if not dist.is_initialized() or dist.get_rank() == 0:
         buf = io.BytesIO()
@@ -154,14 +134,14 @@ def evaluate_preferences(
     totals: dict[str, float] = {}
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     starts = range(0, len(pairs), batch_size)
-    for start, counted in rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
+    for start, counted in kit.rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
         chunk = pairs[start : start + batch_size]
         lp = _pair_logps_with_ref(policy, chunk, table, pad_id, device, dtype)
         loss, m = preference_loss(lp, cfg)
         for key, value in {"loss": loss, **m}.items():
             totals[key] = totals.get(key, 0.0) + value.item() * len(chunk) * counted
     policy.train(was_training)
-    totals = all_reduce_sum(totals)
+    totals = kit.all_reduce_sum(totals)
     return {key: value / max(len(pairs), 1) for key, value in totals.items()}
 
 
@@ -178,9 +158,9 @@ def train_dpo(
     """DPO/IPO from the model in `base_model_dir` (also the reference) on `pairs_path`."""
     dcfg, tcfg, ocfg = recipe.dpo, recipe.dpo.train, recipe.dpo.optim
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    procs = init_distributed(tcfg.device)
+    procs = kit.init_distributed(tcfg.device)
     device = procs.device
-    check_inputs_agree(recipe, base=base_dir, data=pairs_path)
+    kit.check_inputs_agree(recipe, base=base_dir, data=pairs_path)
     tok = load_tokenizer(base_dir)
     pad_id = special_token_ids(tok)["pad"]
     seed_everything(tcfg.seed)
@@ -190,14 +170,14 @@ def train_dpo(
         over_length=dcfg.over_length,
     )  # fmt: skip
     train, held = split_heldout(pairs, dcfg.heldout_fraction)
-    strategy = choose_strategy(policy.cfg, tcfg, **placement(device, procs.world_size))
+    strategy = kit.choose_strategy(policy.cfg, tcfg, **kit.placement(device, procs.world_size))
     table, cache_hit = reference_logps(
         base_dir, pairs, cache_dir=Path(cache_dir or out_dir / "cache"), pad_id=pad_id,
         batch_size=recipe.eval.batch_size, device=device, dtype=tcfg.dtype, strategy=strategy,
     )  # fmt: skip
-    train_policy = parallelize_for_training(policy, tcfg, device=device, strategy=strategy)
+    train_policy = kit.parallelize_for_training(policy, tcfg, device=device, strategy=strategy)
     run_config = results_config(recipe)
-    optimizer, ckpt_dir, start, metrics = open_run(
+    optimizer, ckpt_dir, start, metrics = kit.open_run(
         out_dir, run_config, model=policy, optim=ocfg, device=device, resume=resume,
         max_steps=tcfg.max_steps, progress=progress, is_main=procs.is_main,
     )  # fmt: skip
@@ -210,22 +190,22 @@ def train_dpo(
     tokens, step_metrics = 0, {}
     policy.train()
     for step in range(start.step, tcfg.max_steps):
-        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
+        lr = kit.set_lr(optimizer, step, tcfg.max_steps, ocfg)
         # The global batch is micro x accum x processes pairs; each process takes its slice.
         order = batch_indices(len(train), micro * accum * procs.world_size, step, tcfg.seed)
         order = order[procs.rank * micro * accum : (procs.rank + 1) * micro * accum]
         sums: dict[str, float] = {}
         for i in range(accum):
             chunk = [train[j] for j in order[i * micro : (i + 1) * micro]]
-            with gradient_sync(train_policy, i == accum - 1):
+            with kit.gradient_sync(train_policy, i == accum - 1):
                 lp = _pair_logps_with_ref(train_policy, chunk, table, pad_id, device, tcfg.dtype)
                 loss, m = preference_loss(lp, dcfg)
                 (loss / accum).backward()
             for key, value in {"loss": loss.detach(), **m}.items():
                 sums[key] = sums.get(key, 0.0) + value.item() / accum / procs.world_size
             tokens += sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in chunk)  # fmt: skip
-        sums = all_reduce_sum(sums)
-        grad_norm = clip_and_step(optimizer, policy.parameters(), ocfg.grad_clip)
+        sums = kit.all_reduce_sum(sums)
+        grad_norm = kit.clip_and_step(optimizer, policy.parameters(), ocfg.grad_clip)
         step_metrics = sums
         done = step + 1
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
@@ -235,10 +215,10 @@ def train_dpo(
                 "tok_per_s": tokens / max(now - t_log, 1e-9), "elapsed": now - t_start,
             })  # fmt: skip
             t_log, tokens = now, 0
-        checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=policy, optimizer=optimizer)
+        kit.checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=policy, optimizer=optimizer)
     metrics.close()
     after = evaluate_preferences(policy, held, table, dcfg, **eval_kw) if held else {}
-    final_policy = gathered_model(policy, lambda: build_model(policy.cfg))  # every rank
+    final_policy = kit.gathered_model(policy, lambda: build_model(policy.cfg))  # every rank
     if procs.is_main:
         save_model(final_policy, out_dir / "model", base_dir)
     summary = {
@@ -250,5 +230,5 @@ def train_dpo(
         "seconds": time.perf_counter() - t_start, "data_report": report.to_dict(),
         "model_dir": str(out_dir / "model"), "world_size": procs.world_size, "strategy": strategy,
     }  # fmt: skip
-    finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
+    kit.finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
     return summary

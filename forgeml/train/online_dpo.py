@@ -31,21 +31,9 @@ from forgeml.models.registry import build_model
 from forgeml.models.sampling import sample_groups
 from forgeml.tokenizer.chat import END
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.distributed import (
-    all_reduce_sum,
-    check_inputs_agree,
-    concat_over_ranks,
-    init_distributed,
-)
+from forgeml.train import kit
 from forgeml.train.dpo import pair_logps, results_config
 from forgeml.train.losses import PairLogps, preference_loss
-from forgeml.train.optim import set_lr
-from forgeml.train.parallelize import (
-    full_weights,
-    gathered_model,
-    gradient_sync,
-    parallelize_for_sampling,
-)
 from forgeml.train.preference_data import (
     PreferencePair,
     PreferenceRecord,
@@ -55,8 +43,6 @@ from forgeml.train.preference_data import (
     prompt_text,
     read_preference_records,
 )
-from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import checkpoint_if_due, finish_run, open_run
 
 # (prompts, completions, metadatas) -> one reward per completion.
 Ranker = Callable[[list[str], list[str], list[dict[str, Any]]], list[float]]
@@ -148,13 +134,13 @@ def mean_sampled_reward(
     Under torchrun each process samples and scores a share of the prompt batches; each batch
     has its own seed, so the samples are those of one process."""
     share = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    with full_weights(policy):
+    with kit.full_weights(policy):
         texts, recs = _sample_texts(
             policy, prompts, decode, cfg, stop_id=stop_id, seed=seed, device=device,
             dtype=dtype, share=share,
         )  # fmt: skip
     rewards = ranker([r.prompt for r in recs], texts, [r.metadata for r in recs])
-    total = all_reduce_sum({"reward": sum(rewards), "n": len(rewards)})
+    total = kit.all_reduce_sum({"reward": sum(rewards), "n": len(rewards)})
     return total["reward"] / max(total["n"], 1)
 
 
@@ -201,9 +187,9 @@ def train_online_dpo(
     before/after reward (seeded per batch of prompts)."""
     dcfg, tcfg, ocfg = recipe.dpo, recipe.dpo.train, recipe.dpo.optim
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    procs = init_distributed(tcfg.device)
+    procs = kit.init_distributed(tcfg.device)
     device, world = procs.device, procs.world_size
-    check_inputs_agree(recipe, base=base_dir, prompts=prompts_path)
+    kit.check_inputs_agree(recipe, base=base_dir, prompts=prompts_path)
     ranker = ranker or build_ranker(dcfg, ws)
     tok = load_tokenizer(base_dir)
     pad_id, stop_id, tail = (
@@ -229,13 +215,13 @@ def train_online_dpo(
         stop_id=stop_id, seed=derive_seed(tcfg.seed, "online_dpo.eval"), device=device,
         dtype=tcfg.dtype,
     )  # fmt: skip
-    strategy = choose_strategy(policy.cfg, tcfg, **placement(device, world))
-    train_policy, ref = parallelize_for_sampling(
+    strategy = kit.choose_strategy(policy.cfg, tcfg, **kit.placement(device, world))
+    train_policy, ref = kit.parallelize_for_sampling(
         policy, ref, tcfg, device=device, strategy=strategy
     )
     reward_before = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
     run_config = results_config(recipe)
-    optimizer, ckpt_dir, start, metrics = open_run(
+    optimizer, ckpt_dir, start, metrics = kit.open_run(
         out_dir, run_config, model=policy, optim=ocfg, device=device, resume=resume,
         max_steps=tcfg.max_steps, progress=progress, is_main=procs.is_main,
     )  # fmt: skip
@@ -244,7 +230,7 @@ def train_online_dpo(
     t_start = time.perf_counter()
     record: dict[str, Any] = {}
     for step in range(start.step, tcfg.max_steps):
-        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
+        lr = kit.set_lr(optimizer, step, tcfg.max_steps, ocfg)
         # 1. Sample k completions per prompt from the current policy and rank them.
         #    Each process takes its slice of the step's prompts and its own generator (rank
         #    0's is the one of a single process).
@@ -252,7 +238,7 @@ def train_online_dpo(
         order = batch_indices(len(train), micro * accum * world, step, tcfg.seed)
         batch = [train[i] for i in order[procs.rank * micro * accum :][: micro * accum]]
         seed = derive_seed(tcfg.seed, "online_dpo.sample_step", step)
-        with full_weights(policy):
+        with kit.full_weights(policy):
             samples = sample_completions(
                 policy, [ids for _, ids in batch], k, dcfg, stop_id=stop_id, device=device,
                 seed=derive_seed(seed, "sample.rank", procs.rank), dtype=tcfg.dtype,
@@ -273,13 +259,13 @@ def train_online_dpo(
         #    FSDP): the extra ones, on a stand-in pair, count nothing.
         policy.train()
         sums: dict[str, float] = {}
-        n_pairs = int(all_reduce_sum({"pairs": len(pairs)})["pairs"])  # every process's
+        n_pairs = int(kit.all_reduce_sum({"pairs": len(pairs)})["pairs"])  # every process's
         chunks = [(pairs[i : i + micro], True) for i in range(0, len(pairs), micro)]
-        rounds = max(concat_over_ranks({"chunks": [len(chunks)]})["chunks"])
+        rounds = max(kit.concat_over_ranks({"chunks": [len(chunks)]})["chunks"])
         stand_in = PreferencePair(batch[0][0], batch[0][1], tail, tail)
         chunks += [([stand_in], False)] * (rounds - len(chunks))
         for j, (chunk, counted) in enumerate(chunks):
-            with gradient_sync(train_policy, j == len(chunks) - 1):
+            with kit.gradient_sync(train_policy, j == len(chunks) - 1):
                 with torch.no_grad():
                     ref_sums, _ = pair_logps(ref, chunk, pad_id, device, tcfg.dtype)
                 pol_sums, counts = pair_logps(train_policy, chunk, pad_id, device, tcfg.dtype)
@@ -290,13 +276,13 @@ def train_online_dpo(
                 (loss * len(chunk) * counted / n_pairs * world).backward()
             for key, value in {"loss": loss.detach(), **m}.items():
                 sums[key] = sums.get(key, 0.0) + value.item() * len(chunk) * counted / n_pairs
-        sums = all_reduce_sum(sums)
+        sums = kit.all_reduce_sum(sums)
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), ocfg.grad_clip or float("inf"))  # fmt: skip
         if n_pairs:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        every = concat_over_ranks({"rewards": rewards, "ties": [ties]})
+        every = kit.concat_over_ranks({"rewards": rewards, "ties": [ties]})
         record = {
             "step": done, "lr": lr, "grad_norm": grad_norm.item(), **sums, "pairs": n_pairs,
             "ties": sum(every["ties"]),
@@ -305,10 +291,12 @@ def train_online_dpo(
         }  # fmt: skip
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
             metrics.log(record)
-        checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=policy, optimizer=optimizer)
+        kit.checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=policy, optimizer=optimizer)
     metrics.close()
     reward_after = mean_sampled_reward(policy, evaluation, ranker, decode, dcfg, **eval_kw)
-    final_policy = gathered_model(policy, lambda: build_model(policy.cfg))  # every rank: gathers
+    final_policy = kit.gathered_model(
+        policy, lambda: build_model(policy.cfg)
+    )  # every rank: gathers
     if procs.is_main:
         save_model(final_policy, out_dir / "model", base_dir)
     summary = {
@@ -319,7 +307,7 @@ def train_online_dpo(
         "seconds": time.perf_counter() - t_start, "model_dir": str(out_dir / "model"),
         "world_size": world, "strategy": strategy,
     }  # fmt: skip
-    finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
+    kit.finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
     return summary
 
 

@@ -28,31 +28,8 @@ from forgeml.models.hf_io import load_model, save_model
 from forgeml.models.moe import router_metrics
 from forgeml.models.registry import build_model
 from forgeml.tokenizer.pack import TokenShards
+from forgeml.train import kit
 from forgeml.train.data import PretrainBatches, eval_batches
-from forgeml.train.distributed import (
-    all_reduce_mean,
-    check_inputs_agree,
-    cleanup,
-    init_distributed,
-    rank_share,
-)
-from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
-from forgeml.train.parallelize import (
-    gathered_model,
-    gradient_sync,
-    is_fsdp,
-    parallelize_for_training,
-)
-from forgeml.train.preflight import choose_strategy, placement, preflight
-from forgeml.train.resume import (
-    BATCH_SPLIT_FIELDS,
-    RESULT_NEUTRAL_TRAIN_FIELDS,
-    checkpoint_if_due,
-    deterministic,
-    finish_run,
-    resume_or_start,
-)
 
 
 def results_config(recipe: Recipe, model_cfg: ModelConfig) -> dict[str, Any]:
@@ -63,7 +40,7 @@ def results_config(recipe: Recipe, model_cfg: ModelConfig) -> dict[str, Any]:
         "model": model_cfg.model_dump(mode="json"),
         "optim": recipe.optim.model_dump(mode="json"),
         "train": recipe.train.model_dump(
-            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | BATCH_SPLIT_FIELDS
+            mode="json", exclude=kit.RESULT_NEUTRAL_TRAIN_FIELDS | kit.BATCH_SPLIT_FIELDS
         ),
     }
 
@@ -79,14 +56,14 @@ def evaluate_loss(
     model.eval()
     total = torch.zeros(2, device=device)  # loss * tokens, tokens
     windows = list(eval_batches(shards, seq_len, batch_size, max_batches))
-    share = rank_share(windows, rank=rank, world_size=world_size, lockstep=is_fsdp(model))
+    share = kit.rank_share(windows, rank=rank, world_size=world_size, lockstep=kit.is_fsdp(model))
     for (x, y), counted in share:
         tokens = y.numel() if counted else 0
         with autocast(device, dtype):
             loss = model(x.to(device), y.to(device))
         total += torch.stack([loss.float() * tokens, torch.tensor(tokens, device=device)])
     model.train()
-    total = all_reduce_mean(total)
+    total = kit.all_reduce_mean(total)
     return (total[0] / total[1]).item()
 
 
@@ -110,7 +87,7 @@ def pretrain(
     hyper-parameter search reports to its trial there; an exception it raises, such as a
     pruned trial, stops the run after its last checkpoint).
     """
-    with deterministic(pick_device(recipe.train.device) == "cpu"):
+    with kit.deterministic(pick_device(recipe.train.device) == "cpu"):
         return _pretrain(
             recipe, Path(train_shards), Path(out_dir), eval_shards, tokenizer_dir, resume,
             progress, on_eval,
@@ -123,11 +100,11 @@ def _pretrain(
     on_eval: Callable[[int, float], None] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     tcfg, ocfg = recipe.train, recipe.optim
-    dist = init_distributed(tcfg.device)
+    dist = kit.init_distributed(tcfg.device)
     device = dist.device
     train_data = TokenShards(train_shards)
     eval_data = TokenShards(eval_shards) if eval_shards is not None else None
-    check_inputs_agree(recipe, data=train_shards, eval_data=eval_shards)
+    kit.check_inputs_agree(recipe, data=train_shards, eval_data=eval_shards)
     model_cfg = recipe.model.model_copy(
         update={"vocab_size": recipe.model.vocab_size or train_data.vocab_size}
     )
@@ -143,11 +120,10 @@ def _pretrain(
             hint="lower train.seq_len or raise model.max_seq_len",
         )
     # Refuse a run that will not fit before spending anything on it (says what to change).
-    fit = placement(device, dist.world_size)
-    strategy = choose_strategy(model_cfg, tcfg, **fit)
-    preflight(model_cfg, tcfg, strategy=strategy, **fit)
+    fit = kit.placement(device, dist.world_size)
+    strategy = kit.choose_strategy(model_cfg, tcfg, **fit)
+    kit.preflight(model_cfg, tcfg, strategy=strategy, **fit)
     run_config = results_config(recipe, model_cfg)
-    ckpt_dir = out_dir / "checkpoints"
 
     seed_everything(tcfg.seed)
     model = build_model(model_cfg).to(device)
@@ -165,27 +141,15 @@ def _pretrain(
     # parameters (FSDP replaces them with shards). `model` stays the module that is
     # checkpointed, evaluated and exported; `train_model` the one a training step calls
     # (the DDP wrapper, or `model` itself when sharded).
-    train_model = parallelize_for_training(model, tcfg, device=device, strategy=strategy)
-    optimizer = build_optimizer(model, ocfg, device)
-    start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
-    start_step, saved = start.step, start.saved
-    global_batch = (
-        start.data["global_batch_size"] if start.resumed
-        else tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
+    train_model = kit.parallelize_for_training(model, tcfg, device=device, strategy=strategy)
+    optimizer, ckpt_dir, start, metrics = kit.open_run(
+        out_dir, run_config, model=model, optim=ocfg, device=device, resume=resume,
+        max_steps=tcfg.max_steps, progress=progress, is_main=dist.is_main,
     )  # fmt: skip
-    grad_accum, rest = divmod(global_batch, tcfg.micro_batch_size * dist.world_size)
-    if rest or not grad_accum:
-        raise ConfigError(
-            f"global batch of {global_batch} sequences cannot be split into micro-batches of "
-            f"{tcfg.micro_batch_size} over {dist.world_size} processes",
-            hint="pick a train.micro_batch_size that divides it",
-        )
-    if grad_accum != tcfg.grad_accum_steps and dist.is_main:
-        print(
-            f"keeping the checkpoint's global batch of {global_batch} sequences: "
-            f"grad_accum_steps {tcfg.grad_accum_steps} -> {grad_accum}",
-            file=sys.stderr,
-        )
+    start_step, saved = start.step, start.saved
+    global_batch, grad_accum = kit.global_batch_split(
+        start, tcfg, dist.world_size, unit="sequences", section="train", is_main=dist.is_main
+    )
     batches = PretrainBatches(
         train_data, seq_len=tcfg.seq_len, global_batch_size=global_batch, seed=tcfg.seed,
         rank=dist.rank, world_size=dist.world_size,
@@ -193,10 +157,6 @@ def _pretrain(
     if start.resumed:
         batches.load_state_dict(start.data)
 
-    metrics = MetricsLogger(
-        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
-        progress=progress, resume_step=start_step if start.resumed else None,
-    )  # fmt: skip
     tokens_per_step = global_batch * tcfg.seq_len
     eval_kw = dict(
         seq_len=recipe.eval.seq_len or tcfg.seq_len, batch_size=recipe.eval.batch_size,
@@ -208,28 +168,26 @@ def _pretrain(
     t_start = t_log = time.perf_counter()
     step_log = start_step
     for step in range(start_step, tcfg.max_steps):
-        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
+        lr = kit.set_lr(optimizer, step, tcfg.max_steps, ocfg)
         loss_sum = torch.zeros((), device=device)
         micro_batches = batches.next_micro_batches(tcfg.micro_batch_size, grad_accum)
         for i, (x, y) in enumerate(micro_batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             # Reduce gradients over processes only once, on the last micro-batch.
-            with gradient_sync(train_model, i == grad_accum - 1):
+            with kit.gradient_sync(train_model, i == grad_accum - 1):
                 with autocast(device, tcfg.dtype):
                     loss = train_model(x, y)
                 (loss / grad_accum).backward()
             loss_sum += loss.detach().float()
-        grad_norm = clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
+        grad_norm = kit.clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
 
         done = step + 1
         final = done == tcfg.max_steps
-        evaluate = eval_data is not None and (
-            final or (tcfg.eval_every and done % tcfg.eval_every == 0)
-        )
+        evaluate = eval_data is not None and kit.eval_due(done, tcfg)
         if evaluate:
             eval_loss = evaluate_loss(model, eval_data, **eval_kw)
         if final or evaluate or done % tcfg.log_every == 0:
-            train_loss = all_reduce_mean(loss_sum / grad_accum).item()
+            train_loss = kit.all_reduce_mean(loss_sum / grad_accum).item()
             now = time.perf_counter()
             metrics.log({
                 "step": done, "loss": train_loss, "lr": lr, "tokens": done * tokens_per_step,
@@ -239,7 +197,7 @@ def _pretrain(
                 **router_metrics(model),  # MoE: per-expert load, aux/z losses (last micro-batch)
             })  # fmt: skip
             t_log, step_log = now, done
-        checkpoint_if_due(
+        kit.checkpoint_if_due(
             ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer,
             data_state=batches.state_dict, async_save=tcfg.async_checkpoint,
             extra={
@@ -264,10 +222,10 @@ def _pretrain(
         "config_hash": config_hash(run_config), "model_dir": str(out_dir / "model"),
         "checkpoint_dir": str(ckpt_dir), "metrics_path": str(out_dir / "metrics.jsonl"),
     }  # fmt: skip
-    final_model = gathered_model(model, lambda: build_model(model_cfg))  # every rank: gathers
+    final_model = kit.gathered_model(model, lambda: build_model(model_cfg))  # every rank: gathers
     if dist.is_main:
         save_model(final_model, out_dir / "model", tokenizer_dir)
-    finish_run(out_dir, summary, is_main=dist.is_main, recipe=recipe)
+    kit.finish_run(out_dir, summary, is_main=dist.is_main, recipe=recipe)
     return summary
 
 
@@ -302,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     finally:
-        cleanup()
+        kit.cleanup()
     if not args.quiet and os.environ.get("RANK", "0") == "0":
         print(json.dumps(summary, indent=2))
     return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,3 +184,35 @@ def deterministic(enabled: bool) -> Iterator[None]:
         yield
     finally:
         torch.set_deterministic_debug_mode(before)
+
+
+def global_batch_split(
+    start: RunStart, tcfg: TrainConfig, world_size: int, *, unit: str, section: str,
+    is_main: bool,
+) -> tuple[int, int]:  # fmt: skip
+    """The global batch and the gradient-accumulation steps a loop runs with: a resumed run
+    keeps its checkpoint's global batch (the identity lets the split change, not the batch),
+    split into `tcfg.micro_batch_size` per process; the run is refused when it cannot be."""
+    global_batch = (
+        start.data["global_batch_size"] if start.resumed
+        else tcfg.micro_batch_size * tcfg.grad_accum_steps * world_size
+    )  # fmt: skip
+    grad_accum, rest = divmod(global_batch, tcfg.micro_batch_size * world_size)
+    if rest or not grad_accum:
+        raise ConfigError(
+            f"global batch of {global_batch} {unit} cannot be split into micro-batches of "
+            f"{tcfg.micro_batch_size} over {world_size} processes",
+            hint=f"pick a {section}.micro_batch_size that divides it",
+        )
+    if grad_accum != tcfg.grad_accum_steps and is_main:
+        print(
+            f"keeping the checkpoint's global batch of {global_batch} {unit}: "
+            f"grad_accum_steps {tcfg.grad_accum_steps} -> {grad_accum}",
+            file=sys.stderr,
+        )
+    return global_batch, grad_accum
+
+
+def eval_due(done: int, tcfg: TrainConfig) -> bool:
+    """Whether a loop evaluates after step `done`: every `eval_every` steps and at the last."""
+    return done == tcfg.max_steps or bool(tcfg.eval_every and done % tcfg.eval_every == 0)

@@ -27,15 +27,8 @@ from forgeml.models.reward import (
     save_reward_model,
 )
 from forgeml.tokenizer.train import load_tokenizer, special_token_ids
-from forgeml.train.distributed import (
-    all_reduce_sum,
-    check_inputs_agree,
-    init_distributed,
-    rank_share,
-)
+from forgeml.train import kit
 from forgeml.train.losses import bradley_terry_loss
-from forgeml.train.optim import clip_and_step, set_lr
-from forgeml.train.parallelize import gathered_model, gradient_sync, parallelize_for_training
 from forgeml.train.preference_data import (
     PreferencePair,
     batch_indices,
@@ -45,13 +38,6 @@ from forgeml.train.preference_data import (
     load_preference_pairs,
     prompt_text,
     split_heldout,
-)
-from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import (
-    RESULT_NEUTRAL_TRAIN_FIELDS,
-    checkpoint_if_due,
-    finish_run,
-    open_run,
 )
 
 
@@ -64,7 +50,7 @@ def results_config(recipe: Recipe) -> dict[str, Any]:
         "reward_model": rcfg.model_dump(mode="json", exclude={"optim", "train"}),
         "optim": rcfg.optim.model_dump(mode="json"),
         "train": rcfg.train.model_dump(
-            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | {"max_steps"}
+            mode="json", exclude=kit.RESULT_NEUTRAL_TRAIN_FIELDS | {"max_steps"}
         ),
     }
 
@@ -88,7 +74,7 @@ def evaluate_reward_pairs(
     wins, margin = 0.0, 0.0
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     starts = range(0, len(pairs), batch_size)
-    for start, counted in rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
+    for start, counted in kit.rank_share(starts, rank=rank, world_size=world, lockstep=world > 1):
         chunk = pairs[start : start + batch_size]
         ids, mask = collate_pairs(chunk, pad_id)
         with autocast(device, dtype):
@@ -97,7 +83,7 @@ def evaluate_reward_pairs(
         margin += (chosen - rejected).sum().item() * counted
     model.train(was_training)
     n = max(len(pairs), 1)
-    totals = all_reduce_sum({"wins": wins, "margin": margin})
+    totals = kit.all_reduce_sum({"wins": wins, "margin": margin})
     return {"accuracy": totals["wins"] / n, "margin": totals["margin"] / n}
 
 
@@ -114,9 +100,9 @@ def train_reward_model(
     (with its tokenizer); return a summary with held-out accuracy before and after."""
     rcfg, tcfg, ocfg = recipe.reward_model, recipe.reward_model.train, recipe.reward_model.optim
     base_dir, out_dir = Path(base_model_dir), Path(out_dir)
-    procs = init_distributed(tcfg.device)
+    procs = kit.init_distributed(tcfg.device)
     device = procs.device
-    check_inputs_agree(recipe, base=base_dir, data=pairs_path)
+    kit.check_inputs_agree(recipe, base=base_dir, data=pairs_path)
     tok = load_tokenizer(base_dir)
     pad_id = special_token_ids(tok)["pad"]
     lm = load_model(base_dir)
@@ -128,10 +114,10 @@ def train_reward_model(
     seed_everything(tcfg.seed)
     model = RewardModel.from_language_model(lm).to(device)
     del lm
-    strategy = choose_strategy(model.cfg, tcfg, **placement(device, procs.world_size))
-    train_model = parallelize_for_training(model, tcfg, device=device, strategy=strategy)
+    strategy = kit.choose_strategy(model.cfg, tcfg, **kit.placement(device, procs.world_size))
+    train_model = kit.parallelize_for_training(model, tcfg, device=device, strategy=strategy)
     run_config = results_config(recipe)
-    optimizer, ckpt_dir, start, metrics = open_run(
+    optimizer, ckpt_dir, start, metrics = kit.open_run(
         out_dir, run_config, model=model, optim=ocfg, device=device, resume=resume,
         max_steps=tcfg.max_steps, progress=progress, is_main=procs.is_main,
     )  # fmt: skip
@@ -144,7 +130,7 @@ def train_reward_model(
     loss_value, step_metrics = None, {}
     model.train()
     for step in range(start.step, tcfg.max_steps):
-        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
+        lr = kit.set_lr(optimizer, step, tcfg.max_steps, ocfg)
         # The global batch is micro x accum x processes pairs; each process takes its slice.
         order = batch_indices(len(train), micro * accum * procs.world_size, step, tcfg.seed)
         order = order[procs.rank * micro * accum : (procs.rank + 1) * micro * accum]
@@ -155,7 +141,7 @@ def train_reward_model(
             margin = None
             if rcfg.use_margin and any(p.record.margin is not None for p in chunk):
                 margin = torch.tensor([p.record.margin or 0.0 for p in chunk], device=device)
-            with gradient_sync(train_model, i == accum - 1):
+            with kit.gradient_sync(train_model, i == accum - 1):
                 with autocast(device, tcfg.dtype):
                     rewards = _rewards(train_model, ids.to(device), mask.to(device))
                 chosen, rejected = rewards.chunk(2)
@@ -166,9 +152,9 @@ def train_reward_model(
             loss_sum += loss.item() / accum / procs.world_size
             for key, value in m.items():
                 sums[key] = sums.get(key, 0.0) + value.item() / accum / procs.world_size
-        loss_sum = all_reduce_sum({"loss": loss_sum})["loss"]
-        sums = all_reduce_sum(sums)
-        grad_norm = clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
+        loss_sum = kit.all_reduce_sum({"loss": loss_sum})["loss"]
+        sums = kit.all_reduce_sum(sums)
+        grad_norm = kit.clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
         loss_value, step_metrics = loss_sum, sums
         done = step + 1
         if done % tcfg.log_every == 0 or done == tcfg.max_steps:
@@ -176,10 +162,10 @@ def train_reward_model(
                 "step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm.item(),
                 **step_metrics, "elapsed": time.perf_counter() - t_start,
             })  # fmt: skip
-        checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer)
+        kit.checkpoint_if_due(ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer)
     metrics.close()
     after = evaluate_reward_pairs(model, held, **eval_kw) if held else {}
-    final_model = gathered_model(model, lambda: RewardModel(model.cfg))  # every rank
+    final_model = kit.gathered_model(model, lambda: RewardModel(model.cfg))  # every rank
     if procs.is_main:
         save_reward_model(final_model, out_dir / "model", base_dir, pad_id=pad_id)
     summary = {
@@ -192,7 +178,7 @@ def train_reward_model(
         "seconds": time.perf_counter() - t_start, "data_report": report.to_dict(),
         "model_dir": str(out_dir / "model"), "world_size": procs.world_size, "strategy": strategy,
     }  # fmt: skip
-    finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
+    kit.finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
     return summary
 
 

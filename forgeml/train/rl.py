@@ -26,30 +26,8 @@ from forgeml.models.registry import build_model
 from forgeml.models.sampling import sample_groups
 from forgeml.tokenizer.chat import END, EOS
 from forgeml.tokenizer.train import load_tokenizer
-from forgeml.train.distributed import (
-    DistInfo,
-    all_reduce_sum,
-    check_inputs_agree,
-    concat_over_ranks,
-    init_distributed,
-)
+from forgeml.train import kit
 from forgeml.train.losses import token_logps
-from forgeml.train.optim import clip_and_step, set_lr
-from forgeml.train.parallelize import (
-    full_weights,
-    gathered_model,
-    gradient_sync,
-    parallelize_for_sampling,
-)
-from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import (
-    BATCH_SPLIT_FIELDS,
-    RESULT_NEUTRAL_TRAIN_FIELDS,
-    checkpoint_if_due,
-    deterministic,
-    finish_run,
-    open_run,
-)
 from forgeml.train.rewards import RewardPlugin, build_rewards, score_completions
 from forgeml.train.rl_data import load_prompts, prompts_for_step
 from forgeml.train.rl_losses import LOSSES, group_advantages
@@ -96,7 +74,7 @@ def results_config(recipe: Recipe) -> dict[str, Any]:
     return {
         "optim": rcfg.optim.model_dump(mode="json"),
         "train": rcfg.train.model_dump(
-            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | BATCH_SPLIT_FIELDS
+            mode="json", exclude=kit.RESULT_NEUTRAL_TRAIN_FIELDS | kit.BATCH_SPLIT_FIELDS
         ),
         "rl": rcfg.model_dump(
             mode="json", exclude={**RESULT_NEUTRAL_RL_FIELDS, "optim": True, "train": True}
@@ -115,8 +93,8 @@ def train_rl(
     its share of a step's prompts, whole groups each; the advantages see every process's
     rewards. Each process draws from its own generator (`sample.rank`), so N processes sample
     other completions than one: what is equal at any N is the update on the same samples."""
-    procs = init_distributed(recipe.rl.train.device)
-    with deterministic(procs.device == "cpu"):
+    procs = kit.init_distributed(recipe.rl.train.device)
+    with kit.deterministic(procs.device == "cpu"):
         return _train_rl(
             recipe, Path(base_model), Path(prompts), Path(out_dir), resume,
             rewards or build_rewards(recipe.rl.rewards, workspace), procs, progress,
@@ -125,11 +103,11 @@ def train_rl(
 
 def _train_rl(
     recipe: Recipe, base_model: Path, prompts_path: Path, out_dir: Path, resume: bool,
-    rewards: list[RewardPlugin], procs: DistInfo, progress: bool,
+    rewards: list[RewardPlugin], procs: kit.DistInfo, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     rcfg, tcfg, ocfg = recipe.rl, recipe.rl.train, recipe.rl.optim
     device, world = procs.device, procs.world_size
-    check_inputs_agree(recipe, base=base_model, prompts=prompts_path)
+    kit.check_inputs_agree(recipe, base=base_model, prompts=prompts_path)
     if rcfg.prompts_per_step % world:
         raise ConfigError(
             f"rl.prompts_per_step {rcfg.prompts_per_step} does not split over {world} processes",
@@ -159,11 +137,11 @@ def _train_rl(
         load_model(base_model, device=device).requires_grad_(False).eval()
         if rcfg.kl_coef > 0 else None
     )  # fmt: skip
-    strategy = choose_strategy(model.cfg, tcfg, **placement(device, world))
-    train_model, reference = parallelize_for_sampling(
+    strategy = kit.choose_strategy(model.cfg, tcfg, **kit.placement(device, world))
+    train_model, reference = kit.parallelize_for_sampling(
         model, reference, tcfg, device=device, strategy=strategy
     )
-    optimizer, ckpt_dir, start, metrics = open_run(
+    optimizer, ckpt_dir, start, metrics = kit.open_run(
         out_dir, run_config, model=model, optim=ocfg, device=device, resume=resume,
         max_steps=tcfg.max_steps, progress=False, is_main=procs.is_main,
     )  # fmt: skip
@@ -175,7 +153,7 @@ def _train_rl(
     G = rcfg.group_size
     for step in range(start_step, tcfg.max_steps):
         t_step = time.perf_counter()
-        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
+        lr = kit.set_lr(optimizer, step, tcfg.max_steps, ocfg)
 
         # 1. Sample G completions per prompt from the current policy (seeded per step), and
         # 2. score them. With dynamic sampling a group of equal rewards (no signal) is swapped
@@ -198,7 +176,7 @@ def _train_rl(
         t_sample = t_score = 0.0
         # Under FSDP the weights are gathered once for the whole sampling: the processes
         # decode different numbers of tokens and rounds, without collectives.
-        with full_weights(model):
+        with kit.full_weights(model):
             while chosen:
                 t0 = time.perf_counter()
                 groups = list(zip(chosen, sample_groups(
@@ -234,7 +212,7 @@ def _train_rl(
         sequences = [encoded[k["prompt"]] + ids for k in kept for ids in k["rows"]]
         lengths = [len(s) - p for s, p in zip(sequences, prompt_lens, strict=True)]
         # Every process's groups, in rank order (the order of one process's step).
-        every = concat_over_ranks({
+        every = kit.concat_over_ranks({
             "rewards": [r for k in kept for r in k["rewards"]], "drawn": drawn,
             "resampled": [resampled], "lengths": lengths, "sample_s": [t_sample],
             "score_s": [t_score],
@@ -261,7 +239,7 @@ def _train_rl(
         sums = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0}
         for _ in range(rcfg.inner_steps):
             for j, b in enumerate(batches):
-                with gradient_sync(train_model, j == len(batches) - 1):
+                with kit.gradient_sync(train_model, j == len(batches) - 1):
                     logps, mask = completion_token_logps(
                         train_model, prompt_lens[b], sequences[b], device, tcfg.dtype
                     )
@@ -275,8 +253,8 @@ def _train_rl(
                 for key in ("kl", "clip_fraction"):
                     if key in parts:
                         sums[key] += parts[key].item() * share / rcfg.inner_steps
-            grad_norm = clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
-        sums = all_reduce_sum(sums)
+            grad_norm = kit.clip_and_step(optimizer, model.parameters(), ocfg.grad_clip)
+        sums = kit.all_reduce_sum(sums)
 
         done = step + 1
         final = done == tcfg.max_steps
@@ -306,7 +284,7 @@ def _train_rl(
                     f"  len {record['completion_len']:.1f}  {record['step_s']:.1f}s/step",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
-        checkpoint_if_due(
+        kit.checkpoint_if_due(
             ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer,
             extra={
                 "elapsed": elapsed_before + time.perf_counter() - t_start, "last_record": record
@@ -321,8 +299,8 @@ def _train_rl(
         "metrics_path": str(out_dir / "metrics.jsonl"), "checkpoint_dir": str(ckpt_dir),
         "seconds": time.perf_counter() - t_start, "world_size": world, "strategy": strategy,
     }  # fmt: skip
-    final_model = gathered_model(model, lambda: build_model(model.cfg))  # every rank: gathers
+    final_model = kit.gathered_model(model, lambda: build_model(model.cfg))  # every rank: gathers
     if procs.is_main:
         save_model(final_model, out_dir / "model", base_model)
-    finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
+    kit.finish_run(out_dir, summary, is_main=procs.is_main, recipe=recipe)
     return summary

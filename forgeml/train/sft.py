@@ -29,6 +29,7 @@ from forgeml.models.lora import apply_lora, save_adapter, trainable_parameters
 from forgeml.models.moe import router_metrics
 from forgeml.models.registry import build_model
 from forgeml.tokenizer.train import TOKENIZER_FILES, load_tokenizer
+from forgeml.train import kit
 from forgeml.train.chat_data import (
     PAD_DOC,
     PackedRows,
@@ -37,29 +38,6 @@ from forgeml.train.chat_data import (
     pack_examples,
     pad_token_id,
     rows_to_batch,
-)
-from forgeml.train.distributed import (
-    all_reduce_mean,
-    check_inputs_agree,
-    init_distributed,
-    rank_share,
-)
-from forgeml.train.metrics import MetricsLogger
-from forgeml.train.optim import build_optimizer, clip_and_step, set_lr
-from forgeml.train.parallelize import (
-    gathered_model,
-    gradient_sync,
-    is_fsdp,
-    parallelize_for_training,
-)
-from forgeml.train.preflight import choose_strategy, placement
-from forgeml.train.resume import (
-    BATCH_SPLIT_FIELDS,
-    RESULT_NEUTRAL_TRAIN_FIELDS,
-    checkpoint_if_due,
-    deterministic,
-    finish_run,
-    resume_or_start,
 )
 
 
@@ -72,7 +50,7 @@ def results_config(cfg: SFTConfig, base_hash: str) -> dict[str, Any]:
         "sft": body,
         "optim": cfg.optim.model_dump(mode="json"),
         "train": cfg.train.model_dump(
-            mode="json", exclude=RESULT_NEUTRAL_TRAIN_FIELDS | BATCH_SPLIT_FIELDS
+            mode="json", exclude=kit.RESULT_NEUTRAL_TRAIN_FIELDS | kit.BATCH_SPLIT_FIELDS
         ),
     }
 
@@ -91,9 +69,11 @@ def evaluate_loss(
     FSDP every process runs as many forwards as the others)."""
     model.eval()
     total = torch.zeros(2, device=device)  # loss * label tokens, label tokens
-    lockstep = is_fsdp(model)
+    lockstep = kit.is_fsdp(model)
     starts = range(0, len(rows), batch_size)
-    for start, counted in rank_share(starts, rank=rank, world_size=world_size, lockstep=lockstep):
+    for start, counted in kit.rank_share(
+        starts, rank=rank, world_size=world_size, lockstep=lockstep
+    ):
         index = range(start, min(start + batch_size, len(rows)))
         x, y, docs = (t.to(device) for t in rows_to_batch(rows, index))
         n = (y != IGNORE_INDEX).sum() if counted else 0
@@ -104,7 +84,7 @@ def evaluate_loss(
         if n:
             total += torch.stack([loss.float() * n, n.float()])
     model.train()
-    total = all_reduce_mean(total)
+    total = kit.all_reduce_mean(total)
     return (total[0] / total[1]).item()
 
 
@@ -129,7 +109,7 @@ def sft(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Fine-tune the model in `base_model_dir` on `train_data`; return a summary."""
-    with deterministic(pick_device(cfg.train.device) == "cpu"):
+    with kit.deterministic(pick_device(cfg.train.device) == "cpu"):
         return _sft(cfg, Path(base_model_dir), Path(train_data), Path(out_dir), heldout_data,
                     base_model_id, resume, progress)  # fmt: skip
 
@@ -139,9 +119,9 @@ def _sft(
     base_model_id: str | None, resume: bool, progress: bool,
 ) -> dict[str, Any]:  # fmt: skip
     tcfg, ocfg = cfg.train, cfg.optim
-    dist = init_distributed(tcfg.device)
+    dist = kit.init_distributed(tcfg.device)
     device = dist.device
-    check_inputs_agree(cfg, base=base_dir, data=train_data, heldout=heldout_data)
+    kit.check_inputs_agree(cfg, base=base_dir, data=train_data, heldout=heldout_data)
     tok = load_tokenizer(base_dir)
     data_kw = dict(
         max_tokens=tcfg.seq_len + 1, overlength=cfg.overlength, on_invalid=cfg.on_invalid
@@ -163,34 +143,23 @@ def _sft(
     if cfg.method == "lora":
         lc = cfg.lora
         apply_lora(model, list(lc.targets), lc.rank, lc.alpha, lc.dropout)
-    strategy = choose_strategy(model.cfg, tcfg, **placement(device, dist.world_size))
+    strategy = kit.choose_strategy(model.cfg, tcfg, **kit.placement(device, dist.world_size))
     # DDP/FSDP from outside, before the optimizer sees the parameters (FSDP shards them; LoRA
     # layers are sharded with their block, frozen base weights included).
-    train_model = parallelize_for_training(model, tcfg, device=device, strategy=strategy)
-    optimizer = build_optimizer(model, ocfg, device)
+    train_model = kit.parallelize_for_training(model, tcfg, device=device, strategy=strategy)
     run_config = results_config(cfg, _file_sha256(base_dir / "model.safetensors"))
-    ckpt_dir = out_dir / "checkpoints"
-    start = resume_or_start(ckpt_dir, run_config, model=model, optimizer=optimizer, resume=resume)
-    start_step, saved = start.step, start.saved
-    global_batch = (
-        start.data["global_batch_size"] if start.resumed
-        else tcfg.micro_batch_size * tcfg.grad_accum_steps * dist.world_size
+    optimizer, ckpt_dir, start, metrics = kit.open_run(
+        out_dir, run_config, model=model, optim=ocfg, device=device, resume=resume,
+        max_steps=tcfg.max_steps, progress=progress, is_main=dist.is_main,
     )  # fmt: skip
-    grad_accum, rest = divmod(global_batch, tcfg.micro_batch_size * dist.world_size)
-    if rest or not grad_accum:
-        raise ConfigError(
-            f"global batch of {global_batch} rows cannot be split into micro-batches of "
-            f"{tcfg.micro_batch_size} over {dist.world_size} processes",
-            hint="pick a sft.train.micro_batch_size that divides it",
-        )
+    start_step, saved = start.step, start.saved
+    global_batch, grad_accum = kit.global_batch_split(
+        start, tcfg, dist.world_size, unit="rows", section="sft.train", is_main=dist.is_main
+    )
     batches = SFTBatches(rows, global_batch_size=global_batch, seed=tcfg.seed, rank=dist.rank,
                          world_size=dist.world_size)  # fmt: skip
     if start.resumed:
         batches.load_state_dict(start.data)
-    metrics = MetricsLogger(
-        out_dir / "metrics.jsonl", max_steps=tcfg.max_steps, is_main=dist.is_main,
-        progress=progress, resume_step=start_step if resume else None,
-    )  # fmt: skip
     eval_kw = dict(batch_size=tcfg.micro_batch_size, device=device, dtype=tcfg.dtype,
                    packing=cfg.packing, rank=dist.rank, world_size=dist.world_size)  # fmt: skip
     train_loss, eval_loss = saved.get("train_loss"), saved.get("eval_loss")
@@ -199,36 +168,34 @@ def _sft(
     t_start = t_log = time.perf_counter()
     tokens_log = tokens_seen
     for step in range(start_step, tcfg.max_steps):
-        lr = set_lr(optimizer, step, tcfg.max_steps, ocfg)
+        lr = kit.set_lr(optimizer, step, tcfg.max_steps, ocfg)
         micro_batches = batches.next_micro_batches(tcfg.micro_batch_size, grad_accum)
         # Token-weighted mean over the whole global batch: each micro-batch's mean loss is
         # weighted by its share of the batch's assistant tokens (over all processes), so the
         # gradient does not depend on how the batch is split.
         counts = torch.stack([(y != IGNORE_INDEX).sum() for _, y, _ in micro_batches]).float()
-        batch_tokens = all_reduce_mean(counts.sum().to(device)) * dist.world_size
+        batch_tokens = kit.all_reduce_mean(counts.sum().to(device)) * dist.world_size
         step_tokens = sum((docs != PAD_DOC).sum() for _, _, docs in micro_batches).float()
-        tokens_seen += round(all_reduce_mean(step_tokens.to(device)).item() * dist.world_size)
+        tokens_seen += round(kit.all_reduce_mean(step_tokens.to(device)).item() * dist.world_size)
         loss_sum = torch.zeros((), device=device)
         for i, (x, y, docs) in enumerate(micro_batches):
             x, y, docs = x.to(device), y.to(device), docs.to(device)
-            with gradient_sync(train_model, i == grad_accum - 1):
+            with kit.gradient_sync(train_model, i == grad_accum - 1):
                 with autocast(device, tcfg.dtype):
                     loss = train_model(x, y, doc_ids=docs if cfg.packing else None)
                 weight = counts[i].to(device) / batch_tokens
                 (loss * weight * dist.world_size).backward()
             loss_sum += loss.detach().float() * weight * dist.world_size
         params = [p for p in model.parameters() if p.requires_grad]
-        grad_norm = clip_and_step(optimizer, params, ocfg.grad_clip)
+        grad_norm = kit.clip_and_step(optimizer, params, ocfg.grad_clip)
 
         done = step + 1
         final = done == tcfg.max_steps
-        evaluate = eval_rows is not None and (
-            final or (tcfg.eval_every and done % tcfg.eval_every == 0)
-        )
+        evaluate = eval_rows is not None and kit.eval_due(done, tcfg)
         if evaluate:
             eval_loss = evaluate_loss(model, eval_rows, **eval_kw)
         if final or evaluate or done % tcfg.log_every == 0:
-            train_loss = all_reduce_mean(loss_sum).item()
+            train_loss = kit.all_reduce_mean(loss_sum).item()
             now = time.perf_counter()
             metrics.log({
                 "step": done, "loss": train_loss, "lr": lr, "tokens": tokens_seen,
@@ -237,7 +204,7 @@ def _sft(
                 "elapsed": elapsed_before + now - t_start, **router_metrics(model),
             })  # fmt: skip
             t_log, tokens_log = now, tokens_seen
-        checkpoint_if_due(
+        kit.checkpoint_if_due(
             ckpt_dir, done, tcfg, run_config, model=model, optimizer=optimizer,
             data_state=batches.state_dict,
             extra={
@@ -258,7 +225,7 @@ def _sft(
         "heldout": eval_report.to_dict() if eval_report else None,
         "metrics_path": str(out_dir / "metrics.jsonl"),
     }  # fmt: skip
-    final_model = gathered_model(model, lambda: _empty_like(model, cfg))  # every rank: gathers
+    final_model = kit.gathered_model(model, lambda: _empty_like(model, cfg))  # every rank: gathers
     if dist.is_main:
         if cfg.method == "lora":
             summary["adapter_dir"] = str(
@@ -269,7 +236,7 @@ def _sft(
                     atomic_write_bytes(out_dir / "adapter" / name, (base_dir / name).read_bytes())
         else:
             summary["model_dir"] = str(save_model(final_model, out_dir / "model", base_dir))
-    finish_run(out_dir, summary, is_main=dist.is_main)
+    kit.finish_run(out_dir, summary, is_main=dist.is_main)
     return summary
 
 
