@@ -32,10 +32,13 @@ def data_ingest(
         list[str] | None,
         typer.Option("--text-field", help="JSONL/CSV/Parquet: field(s) holding the text."),
     ] = None,
+    media: Annotated[bool, typer.Option(help="Also store images, audio and PDF scans.")] = True,
     force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
 ) -> None:
     """Read text, Markdown, code, HTML, PDF, DOCX, records and archives into a raw Parquet
-    dataset asset, with a report of every file."""
+    dataset asset, with a report of every file; images and audio are stored beside it,
+    metadata stripped, paired with their captions and transcripts, duplicates marked."""
+    from forgeml.core.data_config import MediaConfig
     from forgeml.pipeline.ingest_stage import ingest_stage
     from forgeml.registry import open_registry
 
@@ -48,6 +51,7 @@ def data_ingest(
         exclude=exclude,
         max_file_bytes=max_file_bytes,
         text_fields=text_field,
+        media=MediaConfig(enabled=media),
         force=force,
         progress=show_progress(),
         notify=notify,
@@ -69,7 +73,23 @@ def data_ingest(
         )
     if ocr.get("note"):
         console.print(f"  OCR: {ocr['note']}")
+    _print_media(meta.get("media") or {})
     console.print(f"  report: {asset.path / 'report.json'}")
+
+
+def _print_media(media: dict) -> None:
+    """The report's media section in two lines: what was stored, and what was not."""
+    if not media:
+        return
+    pairs = ", ".join(f"{n} {kind}" for kind, n in media["pairs"].items()) or "none"
+    console.print(
+        f"  media: {media['images']} images, {media['audio']} recordings "
+        f"({media['audio_seconds']:g} s), {media['stored_bytes']} bytes stored, "
+        f"{media['duplicates']} duplicates marked; pairs: {pairs}",
+        highlight=False,
+    )
+    for reason, n in media["skipped_by_reason"].items():
+        console.print(f"  media not stored {n}: {reason}", highlight=False)
 
 
 @data_app.command("curate")

@@ -79,6 +79,46 @@ class OcrConfig(_Section):
         return self.model_dump(mode="json", exclude={"workers"})
 
 
+class MediaDedupConfig(_Section):
+    """Media dedup at ingest (forgeml.data.media_curate): exact by the hash of decoded pixels
+    or samples, near for images by pHash (Zauner 2010) within a Hamming distance. Duplicates
+    stay listed in the media table with `duplicate_of`, their bytes stored once."""
+
+    exact: bool = True
+    near: bool = True
+    keep_different_text: bool = Field(
+        True,
+        description="images whose paired texts (caption, OCR) both exist and differ are not "
+        "near duplicates (forms filled in differently, pages of one template)",
+    )
+    max_hamming: int = Field(
+        6, ge=0, le=64, description="images whose pHashes differ in at most this many bits"
+    )
+    hash_size: int = Field(8, ge=4, le=16, description="pHash side: hash_size**2 bits")
+
+
+class MediaConfig(_Section):
+    """Images and audio at ingest (forgeml.data.media_ingest): decoded, validated, stripped of
+    metadata (EXIF/XMP/IPTC/PNG text/audio tags) and stored content-addressed under the
+    dataset's `media/` with a `media.parquet` table; the text records are unchanged."""
+
+    enabled: bool = True
+    images: bool = True
+    audio: bool = True
+    pdf_pages: bool = Field(True, description="render scanned PDF pages as page images")
+    pdf_dpi: int = Field(150, ge=72, le=600, description="resolution PDF pages are rendered at")
+    max_image_pixels: int = Field(89_478_485, gt=0, description="larger images are skipped")
+    max_frames: int = Field(200, ge=1, description="pages kept per multi-page TIFF or PDF")
+    max_audio_seconds: float = Field(4 * 3600.0, gt=0, description="longer audio is skipped")
+    pairs: bool = Field(
+        True, description="pair media with captions/transcripts (sidecars, alt text, OCR)"
+    )
+    dedup: MediaDedupConfig = MediaDedupConfig()
+
+    def output_settings(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 class DataConfig(_Section):
     """Which files become the raw dataset."""
 
@@ -92,6 +132,7 @@ class DataConfig(_Section):
         default_factory=list, description="JSONL/CSV/Parquet records: fields holding the text"
     )
     ocr: OcrConfig = OcrConfig()
+    media: MediaConfig = MediaConfig()
     curate: bool = Field(False, description="run the `curate` section between ingest and tokenizer")
     mix: MixConfig | None = Field(None, description="re-weight the sources; None: as ingested")
 

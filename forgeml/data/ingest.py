@@ -32,9 +32,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from forgeml.core.data_config import OcrConfig
+from forgeml.core.data_config import MediaConfig, OcrConfig
 from forgeml.core.errors import DataError
 from forgeml.core.io import RowGroupWriter, atomic_open
+from forgeml.data.media_ingest import MediaCollector
 from forgeml.data.readers import (
     ReadOptions,
     SkipDocument,
@@ -85,6 +86,7 @@ class IngestReport:
     by_language: dict[str, int] = field(default_factory=dict)
     files: list[dict] = field(default_factory=list)  # {path, source, status, reason, detail}
     ocr: dict = field(default_factory=dict)  # scanned pages: engine, counts, every OCR'd page
+    media: dict = field(default_factory=dict)  # images and audio stored (media_ingest)
 
     def record(
         self, source: str, path: str, status: str, reason: str = "", detail: str = ""
@@ -102,7 +104,10 @@ class IngestReport:
         )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not out["media"]:  # text-only sources: the report (and the asset id) as before
+            del out["media"]
+        return out
 
     def summary(self) -> str:
         reasons = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped_by_reason.items()))
@@ -113,6 +118,11 @@ class IngestReport:
             line += (
                 f"; OCR {self.ocr['pages']} pages, mean confidence {self.ocr['mean_confidence']}"
             )
+        if self.media:
+            m = self.media
+            line += f"; media {m['images']} images, {m['audio']} recordings"
+            dups = m["dedup"]["exact_duplicates"] + m["dedup"]["near_duplicates"]
+            line += f" ({dups} duplicates)" if dups else ""
         return line + (f"; {self.ocr['note']}" if self.ocr.get("note") else "")
 
 
@@ -369,6 +379,7 @@ def ingest_files(
     text_fields: Sequence[str] = (),
     notebook_outputs: bool = False,
     ocr: OcrConfig | None = None,
+    media: MediaConfig | None = None,
     progress: bool = False,
 ) -> IngestReport:
     """Read every file under `sources` into one Parquet file at `out_path` (written atomically).
@@ -381,6 +392,9 @@ def ingest_files(
     empty: the first of `text`, `content`, `body`. `notebook_outputs`: .ipynb documents
     include their cells' text outputs. `ocr`: how scanned PDF pages and page images are
     OCR'd (defaults: `OcrConfig()`); the report's `ocr` section lists every OCR'd page.
+    `media` (None: text only): images, audio and scanned PDF pages are also stored under
+    `media/` beside `out_path`, listed in `media.parquet` (`forgeml.data.media_ingest`),
+    and summed up in the report's `media` section; the text records do not change.
     """
     if not sources:
         raise DataError("no sources to ingest", "pass one or more files or folders")
@@ -400,6 +414,7 @@ def ingest_files(
         entries += _list_source(Path(src))
     report = IngestReport(out_path=str(out_path), sources=[str(s) for s in sources])
     ocr_summary = OcrSummary()
+    collector = MediaCollector(media, out_path.parent) if media and media.enabled else None
 
     with atomic_open(out_path, "wb") as fh, _ProgressBar(progress, len(entries)) as advance:
         writer: RowGroupWriter | None = None
@@ -412,9 +427,15 @@ def ingest_files(
                 advance()
                 continue
             status, reason, detail, rows, parts_skipped = _examine(entry, max_file_bytes, options)
+            if collector is not None:
+                verdict = (status, reason, detail)
+                status, reason, detail = collector.add_file(
+                    entry.source, entry.rel, entry.path, verdict, rows
+                )
             report.record(entry.source, entry.rel, status, reason, detail)
             advance()
             if not rows:
+                report.bytes_kept += entry.path.stat().st_size if status == "kept" else 0
                 continue
             report.bytes_kept += rows[0]["bytes"]
             report.documents += len(rows)
@@ -436,7 +457,7 @@ def ingest_files(
                 batch, batch_bytes = [], 0
         if report.kept == 0:
             raise _nothing_kept(report, sources)
-        if batch:
+        if batch or writer is None:  # no text at all (only media): an empty table
             writer = _write_batch(writer, fh, batch)
         assert writer is not None
         writer.close()
@@ -449,6 +470,7 @@ def ingest_files(
     unread = report.skipped_by_reason.get(UNAVAILABLE, 0)
     unread += report.parts_skipped_by_reason.get(UNAVAILABLE, 0)
     report.ocr = ocr_summary.to_dict(engine_label(options.ocr), options.ocr.min_confidence, unread)
+    report.media = collector.finish() if collector is not None else {}
     return report
 
 

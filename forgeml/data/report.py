@@ -226,7 +226,24 @@ def dataset_stats(path: str | Path) -> dict[str, Any]:
             f: int(pc.sum(pc.struct_field(totals, f)).as_py() or 0)
             for f in (t.name for t in totals.type)
         }
+    if parquet.with_name("media.parquet").is_file():
+        stats["media"] = media_stats(parquet.with_name("media.parquet"))
     return stats
+
+
+def media_stats(path: str | Path) -> dict[str, Any]:
+    """Counts of a media table (forgeml.data.media_ingest): items by kind and stored format,
+    duplicates marked, audio seconds and pairs by kind."""
+    cols = ["kind", "format", "duplicate_kind", "duration_s", "pairs"]
+    rows = pq.read_table(path, columns=cols).to_pylist()
+    return {
+        "items": len(rows),
+        "by_kind": dict(Counter(r["kind"] for r in rows).most_common()),
+        "by_format": dict(Counter(r["format"] for r in rows).most_common()),
+        "duplicates": dict(Counter(r["duplicate_kind"] for r in rows if r["duplicate_kind"])),
+        "audio_seconds": round(sum(r["duration_s"] or 0 for r in rows), 1),
+        "pairs": dict(Counter(p["kind"] for r in rows for p in r["pairs"] or []).most_common()),
+    }
 
 
 def _keyed_ids(parquet: Path) -> dict[tuple[str, str], str]:

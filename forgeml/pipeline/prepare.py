@@ -58,7 +58,7 @@ def prepare_shards(
         ingest = ingest_stage(
             ws, [Path(s) for s in d.sources], name=d.name, include=d.include,
             exclude=d.exclude, max_file_bytes=d.max_file_bytes, text_fields=d.text_fields,
-            ocr=d.ocr, force=force, progress=progress, notify=notify,
+            ocr=d.ocr, media=d.media, force=force, progress=progress, notify=notify,
         )  # fmt: skip
         stages.append(ingest)
         if d.curate:
