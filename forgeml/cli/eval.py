@@ -1,5 +1,6 @@
-"""`forgeml eval {run,gate,report,lm-eval}`: evaluate a model into an eval asset (perplexity,
-infill, KPI suites, lm-evaluation-harness tasks), gate a candidate, write HTML reports."""
+"""`forgeml eval {run,gate,drift,report,lm-eval}`: evaluate a model into an eval asset
+(perplexity, infill, KPI suites incl. media tasks, lm-evaluation-harness tasks), gate a
+candidate, compare two evals for drift, write HTML reports."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ eval_app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
 @eval_app.command("run")
 def eval_run(
-    model: Annotated[str, typer.Argument(help="Model asset (id, prefix, name or alias).")],
+    model: Annotated[
+        str, typer.Argument(help="Model asset (id, prefix, name or alias) or model folder.")
+    ],
     suite: Annotated[
         str, typer.Option(help="`perplexity` (held-out), `infill` (--data DIR) or a suite YAML.")
     ] = "perplexity",
@@ -91,12 +94,17 @@ def eval_gate(
         current_workspace(), candidate, against, suite, data_root=data_root, confidence=confidence,
         strict=strict, notify=notify,
     )  # fmt: skip
-    if json_out:
-        console.print_json(json.dumps(res.report.to_dict(), default=str))
-    else:
-        console.print(res.report.table(), markup=False, highlight=False)
+    _print_report(res.report, json_out)
     if not res.report.passed:
         raise typer.Exit(1)
+
+
+def _print_report(report, json_out: bool) -> None:
+    """A gate or drift report as JSON, or as its plain-text table."""
+    if json_out:
+        console.print_json(json.dumps(report.to_dict(), default=str))
+    else:
+        console.print(report.table(), markup=False, highlight=False)
 
 
 @eval_app.command("report")
@@ -136,6 +144,34 @@ def eval_report(
             gate=compare_evals(records[1], records[0]),
         )  # fmt: skip
     console.print(f"report: {write_report(out, html)}", highlight=False)
+
+
+@eval_app.command("drift")
+def eval_drift(
+    evals: Annotated[
+        list[str], typer.Argument(help="Two suite eval assets: the reference, then the current.")
+    ],
+    task: Annotated[str, typer.Option(help="Task of the suite to compare.")],
+    p_value: Annotated[float, typer.Option(help="Significance level.")] = 0.01,
+    min_examples: Annotated[int, typer.Option(help="Examples needed in each eval.")] = 30,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Drift of one task between two evals: answer length and n-gram shift, and a KS test on
+    each KPI's per-example scores (e.g. CER); exit 1 on drift."""
+    from forgeml.eval.drift import DriftThresholds
+    from forgeml.eval.gate import load_eval_record
+    from forgeml.eval.media_suite import eval_drift_report
+    from forgeml.registry import open_registry
+
+    if len(evals) != 2:
+        raise ForgeError(f"give two evals, the reference then the current (got {len(evals)})")
+    reg = open_registry(current_workspace())
+    ref, cur = (load_eval_record(reg.get_asset(r).path) for r in evals)
+    thresholds = DriftThresholds(p_value=p_value, min_examples=min_examples)
+    report = eval_drift_report(ref, cur, task, thresholds=thresholds)
+    _print_report(report, json_out)
+    if report.drifted:
+        raise typer.Exit(1)
 
 
 @eval_app.command("lm-eval")

@@ -3,8 +3,8 @@ the chat prompt with the image/audio placeholders is prefilled through the model
 (features spliced in, keys/values into the kv cache), then text is decoded one token a step.
 
 The prompt is built as multimodal SFT builds it (placeholders before the prompt text in the
-user turn), so a trained model is asked exactly what it was taught. `run_media_task` scores a
-suite's generate task (scorers such as cer, wer, f1) on records that name media.
+user turn), so a trained model is asked exactly what it was taught. `score_media_answers`
+scores answers for a media task (forgeml.eval.media_suite); `run_media_task` does both.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from forgeml.core.errors import DataError
+from forgeml.eval.media_scoring import CORPUS_SCORERS, LOWER_IS_BETTER
 from forgeml.eval.scoring import resolve_scorer
 from forgeml.eval.suite import TaskSpec
 from forgeml.eval.tasks import TaskResult, _aggregate, _cut_at_stop, render
@@ -111,10 +112,13 @@ def greedy_media_tokens(
     limit = min(max_new_tokens, model.cfg.lm.max_seq_len - len(ids))
     if limit <= 0:
         raise DataError(f"prompt of {len(ids)} tokens fills the model's {model.cfg.lm.max_seq_len}")
-    cache = model.new_kv_cache(1, len(ids) + limit)
+    device = next(model.parameters()).device
+    cache = model.new_kv_cache(1, len(ids) + limit, device=device)
+    pixels = pixels.to(device) if pixels is not None else None
+    audio = audio.to(device) if audio is not None else None
     logits = model(
-        torch.tensor([ids]), pixel_values=pixels, audio_features=audio, kv_cache=cache,
-        logits_at=torch.tensor([len(ids) - 1]),
+        torch.tensor([ids], device=device), pixel_values=pixels, audio_features=audio,
+        kv_cache=cache, logits_at=torch.tensor([len(ids) - 1], device=device),
     )  # fmt: skip
     out: list[int] = []
     for step in range(limit):
@@ -124,8 +128,9 @@ def greedy_media_tokens(
         out.append(token)
         if step + 1 < limit:
             logits = model.decode_rows(
-                torch.tensor([token]), cache, torch.tensor([len(ids) + step])
-            )
+                torch.tensor([token], device=device), cache,
+                torch.tensor([len(ids) + step], device=device),
+            )  # fmt: skip
     return out
 
 
@@ -150,6 +155,46 @@ def generate_media_answers(
     return answers
 
 
+def media_references(task: TaskSpec, record: dict[str, Any]) -> list[str]:
+    """A record's reference texts: the list in its `task.answer` field (several references,
+    as captions have), else `task.target` rendered over it."""
+    value = record.get(task.answer)
+    if isinstance(value, list):
+        if not value or not all(isinstance(v, str) for v in value):
+            raise DataError(f"task {task.name}: record {record.get('id')}: '{task.answer}' "
+                            "must be a non-empty list of reference strings")  # fmt: skip
+        return value
+    return [render(task.target, record, task.name)]
+
+
+def score_media_answers(
+    task: TaskSpec,
+    records: Sequence[dict[str, Any]],
+    items: Sequence[MediaPrompt],
+    outputs: Sequence[str],
+) -> TaskResult:
+    """Per-example scores of the answers (cut at `task.stop`) by each of `task.scorers`: a
+    pair scorer takes the best over the record's references (the lowest for CER/WER), a corpus
+    scorer (cider) scores all answers at once. Records as `run_generate` writes them."""
+    answers = [_cut_at_stop(out, task.stop) for out in outputs]
+    refs = [media_references(task, r) for r in records]
+    scores: dict[str, list[float]] = {}
+    for name in task.scorers:
+        if name in CORPUS_SCORERS:
+            scores[name] = CORPUS_SCORERS[name](answers, refs)
+            continue
+        fn, best = resolve_scorer(name), min if name in LOWER_IS_BETTER else max
+        scores[name] = [best(fn(a, ref) for ref in rs) for a, rs in zip(answers, refs, strict=True)]
+    examples = []
+    for n, (rec, item, out, rs) in enumerate(zip(records, items, answers, refs, strict=True)):
+        examples.append(
+            {"id": rec.get("id", n), "scores": {k: float(v[n]) for k, v in scores.items()},
+             "prompt": item.prompt, "media": [*item.images, *item.audio], "output": out,
+             "reference": rs[0] if len(rs) == 1 else rs}
+        )  # fmt: skip
+    return _aggregate(task.name, task.kind, task.scorers[0], examples)
+
+
 def run_media_task(
     model: MultimodalLM,
     tokenizer: Any,
@@ -159,21 +204,10 @@ def run_media_task(
 ) -> TaskResult:
     """A generate task over media records (image/audio paths relative to `root`): greedy
     answers to `task.prompt`, cut at `task.stop` (give `stop: []` for multi-line page
-    transcriptions), scored against `task.target` by each of `task.scorers`; per-example
-    records as `run_generate` writes them, so the gate can bootstrap them (CER/WER gate
-    lower-is-better by default: forgeml.eval.media_scoring.LOWER_IS_BETTER)."""
-    scorers = {name: resolve_scorer(name) for name in task.scorers}
+    transcriptions), scored by `score_media_answers` (CER/WER gate lower-is-better by
+    default: forgeml.eval.media_scoring.LOWER_IS_BETTER)."""
     items = [
         media_prompt({**r, "prompt": render(task.prompt, r, task.name)}, root) for r in records
     ]
     outputs = generate_media_answers(model, tokenizer, items, max_new_tokens=task.max_new_tokens)
-    examples = []
-    for n, (rec, item, out) in enumerate(zip(records, items, outputs, strict=True)):
-        out = _cut_at_stop(out, task.stop)
-        ref = render(task.target, rec, task.name)
-        examples.append(
-            {"id": rec.get("id", n), "scores": {k: float(fn(out, ref)) for k, fn in scorers.items()},
-             "prompt": item.prompt, "media": [*item.images, *item.audio], "output": out,
-             "reference": ref}
-        )  # fmt: skip
-    return _aggregate(task.name, task.kind, task.scorers[0], examples)
+    return score_media_answers(task, records, items, outputs)

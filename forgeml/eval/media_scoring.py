@@ -1,15 +1,23 @@
-"""Transcription scorers: character and word error rate (edit distance over the reference
-length), for page transcription (CER) and speech transcription (WER) eval tasks.
+"""Media task scorers: character and word error rate (edit distance over the reference
+length) for page and speech transcription, and CIDEr-D, the corpus-level caption score.
 
-Both are lower-is-better; `LOWER_IS_BETTER` names them so a task's default KPI gates the
-right way (forgeml.eval.tasks.kpis_of). Register under `cer`/`wer` in forgeml.eval.scoring.
+CER/WER are lower-is-better; `LOWER_IS_BETTER` names them so a task's default KPI gates the
+right way (forgeml.eval.tasks.kpis_of). forgeml.eval.scoring registers `cer`/`wer`;
+`CORPUS_SCORERS` (cider) score all of a task's outputs at once (forgeml.eval.media_suite).
 """
 
 from __future__ import annotations
 
+import math
 import string
 import unicodedata
-from collections.abc import Hashable, Sequence
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+
+try:
+    from rapidfuzz.distance import Levenshtein as _Levenshtein
+except ImportError:  # the multimodal extra installs it; python_edit_distance stands in
+    _Levenshtein = None
 
 LOWER_IS_BETTER = frozenset({"cer", "wer", "cer_raw", "wer_raw"})
 
@@ -32,7 +40,15 @@ def normalize_transcript(
 
 def edit_distance(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
     """Levenshtein distance (unit-cost substitutions, insertions, deletions) between two
-    sequences, with the two-row dynamic programme (Wagner & Fischer 1974)."""
+    strings or sequences of words: rapidfuzz's C++ implementation (what jiwer uses) when it is
+    installed, else `python_edit_distance`, which gives the same numbers far slower."""
+    if _Levenshtein is None:
+        return python_edit_distance(a, b)
+    return _Levenshtein.distance(a, b)
+
+
+def python_edit_distance(a: Sequence[Hashable], b: Sequence[Hashable]) -> int:
+    """Levenshtein distance with the two-row dynamic programme (Wagner & Fischer 1974)."""
     if len(a) < len(b):
         a, b = b, a
     if not b:
@@ -90,3 +106,59 @@ def wer_raw(prediction: str, reference: str) -> float:
 
 
 MEDIA_SCORERS = {"cer": cer, "wer": wer, "cer_raw": cer_raw, "wer_raw": wer_raw}
+
+
+def caption_ngrams(text: str, n: int = 4) -> Counter:
+    """Counts of the 1..n-grams of a caption's words after `normalize_transcript` (lower
+    case, no punctuation: what COCO's PTB tokenization leaves for plain text)."""
+    words = normalize_transcript(text).split()
+    return Counter(
+        tuple(words[i : i + k]) for k in range(1, n + 1) for i in range(len(words) - k + 1)
+    )
+
+
+def cider_d(
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    *,
+    n: int = 4,
+    sigma: float = 6.0,
+) -> list[float]:
+    """CIDEr-D of each prediction against its references ("CIDEr: Consensus-based Image
+    Description Evaluation", Vedantam et al., arXiv:1411.5726), computed as pycocoevalcap's
+    CiderScorer does: n-gram TF-IDF vectors with IDF log(N / df) over the N examples' reference
+    sets, the candidate's counts clipped by each reference's, a Gaussian penalty on the length
+    difference (the bigram counts, as pycocoevalcap has it; sigma 6), the cosine averaged over
+    n = 1..4 and the references, times 10. The mean over examples is the corpus CIDEr-D; it
+    needs two examples or more (with one, every IDF is 0)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} reference sets")
+    candidates = [caption_ngrams(p, n) for p in predictions]
+    refs = [[caption_ngrams(r, n) for r in rs] for rs in references]
+    doc_freq = Counter(g for rs in refs for g in set().union(*rs))
+    log_n = math.log(max(len(predictions), 1))
+
+    def vector(counts: Counter) -> tuple[list[dict], list[float], int]:
+        vec: list[dict] = [{} for _ in range(n)]
+        for gram, tf in counts.items():
+            vec[len(gram) - 1][gram] = tf * (log_n - math.log(max(1.0, doc_freq[gram])))
+        norms = [math.sqrt(sum(v * v for v in level.values())) for level in vec]
+        bigrams = sum(tf for gram, tf in counts.items() if len(gram) == 2)
+        return vec, norms, bigrams
+
+    scores = []
+    for cand, rs in zip(candidates, refs, strict=True):
+        vc, nc, lc = vector(cand)
+        total = 0.0
+        for ref in rs:
+            vr, nr, lr = vector(ref)
+            penalty = math.exp(-((lc - lr) ** 2) / (2 * sigma**2))
+            for k in range(n):
+                dot = sum(min(v, vr[k].get(g, 0.0)) * vr[k].get(g, 0.0) for g, v in vc[k].items())
+                total += penalty * (dot / (nc[k] * nr[k]) if nc[k] and nr[k] else dot)
+        scores.append(10.0 * total / n / len(rs) if rs else 0.0)
+    return scores
+
+
+CorpusScorer = Callable[[Sequence[str], Sequence[Sequence[str]]], list[float]]
+CORPUS_SCORERS: dict[str, CorpusScorer] = {"cider": cider_d}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from forgeml.eval.gate import EvalRecord, GateReport
+from forgeml.eval.media_scoring import LOWER_IS_BETTER
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777")
 MAX_EXAMPLES_SHOWN = 50
@@ -200,7 +201,7 @@ def _examples_table(task: str, info: dict, examples: list[dict]) -> str:
     shown = examples[:MAX_EXAMPLES_SHOWN]
     fields = [
         k
-        for k in ("prompt", "output", "reference", "prediction", "answer")
+        for k in ("prompt", "media", "output", "reference", "prediction", "answer")
         if any(k in e for e in shown)
     ]
     head = "".join(f"<th>{f}</th>" for f in ["id", "score", *fields])
@@ -208,6 +209,8 @@ def _examples_table(task: str, info: dict, examples: list[dict]) -> str:
     for e in shown:
         score = e["scores"].get(info["primary"], float("nan"))
         cls = "pass" if score >= 1 else ("fail" if score == 0 else "")
+        if info["primary"] in LOWER_IS_BETTER:  # CER/WER: 0 is perfect, 1 is all wrong
+            cls = "pass" if score == 0 else ("fail" if score >= 1 else "")
         if info["primary"] in ("bits_per_byte", "token_loss"):
             cls = ""
         cells = "".join(f"<td><pre>{_e(str(e.get(f, ''))[-600:])}</pre></td>" for f in fields)

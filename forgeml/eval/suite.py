@@ -14,12 +14,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.functional_serializers import model_serializer
 
 from forgeml.core.config import config_hash
 from forgeml.core.errors import ConfigError, DataError, NotFoundError
 from forgeml.core.io import read_yaml
 
-TaskKind = Literal["multiple_choice", "generate", "perplexity", "infill", "code_exec", "custom"]
+TaskKind = Literal[
+    "multiple_choice", "generate", "perplexity", "infill", "code_exec", "custom",
+    "image_qa", "caption", "transcription", "page_transcription",
+]  # fmt: skip
+
+# Media task kinds (run by forgeml.eval.media_suite) and what each defaults to when the task
+# leaves it out: its scorers (the first is the primary metric), where the answer stops, how
+# long it may be, and the record fields naming media files.
+MEDIA_TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "image_qa": {"scorers": ["normalized_exact_match", "f1"], "max_new_tokens": 32},
+    "caption": {"scorers": ["cider", "f1"], "max_new_tokens": 64},
+    "transcription": {"scorers": ["wer", "cer"], "max_new_tokens": 128, "stop": []},
+    "page_transcription": {"scorers": ["cer", "wer"], "max_new_tokens": 256, "stop": []},
+}
+MEDIA_FIELDS = ("image", "audio")
 
 
 class _Spec(BaseModel):
@@ -39,7 +54,21 @@ class DataSpec(_Spec):
         description="fields whose values are file paths (relative to data_root); their text "
         "is added as <field>_text",
     )
+    media: list[str] = Field(
+        default_factory=list,
+        description="fields naming image/audio files (a path or a list), relative to the "
+        "data file's folder (a `path` folder itself; data_root for inline data); media tasks "
+        "default to image and audio",
+    )
     limit: int | None = Field(None, gt=0)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_media(self, handler: Any) -> dict[str, Any]:
+        # a text task dumps (and so its suite hashes) as it did before `media` existed
+        data = handler(self)
+        if not data.get("media"):
+            data.pop("media", None)
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -101,12 +130,26 @@ class TaskSpec(_Spec):
     fewshot: FewShotSpec = FewShotSpec()
     kpis: list[KPISpec] = Field(default_factory=list, description="default: the primary metric")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _media_defaults(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("kind") in MEDIA_TASK_DEFAULTS:
+            raw = {**MEDIA_TASK_DEFAULTS[raw["kind"]], **raw}
+            data = raw.get("data")
+            if isinstance(data, dict):
+                raw["data"] = {"media": list(MEDIA_FIELDS), **data}
+            elif isinstance(data, DataSpec) and "media" not in data.model_fields_set:
+                raw["data"] = data.model_copy(update={"media": list(MEDIA_FIELDS)})
+        return raw
+
     @model_validator(mode="after")
     def _kind_fields(self) -> TaskSpec:
         if self.kind == "custom" and not self.function:
             raise ValueError("a custom task needs `function: package.module:function`")
-        if self.kind == "generate" and not self.scorers:
-            raise ValueError("a generate task needs at least one scorer")
+        if (self.kind == "generate" or self.kind in MEDIA_TASK_DEFAULTS) and not self.scorers:
+            raise ValueError(f"a {self.kind} task needs at least one scorer")
+        if self.kind in MEDIA_TASK_DEFAULTS and (self.fewshot.k or self.temperature):
+            raise ValueError(f"a {self.kind} task answers greedily, without few-shot examples")
         return self
 
 
@@ -227,10 +270,30 @@ def _read_json_records(path: Path, key: str | None) -> list[dict[str, Any]]:
     return data if isinstance(data, list) else [data]
 
 
+def _resolve_media(rec: dict[str, Any], field: str, base: Path, h) -> str | list[str]:
+    """A record's media file(s) as absolute paths; each file's bytes go into the fingerprint."""
+    value = rec[field]
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(f"record {rec['id']}: '{field}' must be a file path or a list of them")
+    paths = []
+    for name in names:
+        file = base / Path(name).expanduser()
+        if not file.is_file():
+            raise DataError(
+                f"record {rec['id']}: {field} file not found: {file}",
+                hint="media paths are relative to the folder of the task's data file",
+            )
+        h.update(f"{field}\0{name}\0".encode() + hashlib.sha256(file.read_bytes()).digest())
+        paths.append(str(file.resolve()))
+    return paths[0] if isinstance(value, str) else paths
+
+
 def load_examples(spec: DataSpec, data_root: Path, registry=None) -> Examples:
     """Records of a data spec, each with an `id` (kept if present, else file name or index)."""
     h = hashlib.sha256()
     asset_id = None
+    media_base = data_root
     records: list[dict[str, Any]]
     if spec.inline is not None:
         records = [dict(r) for r in spec.inline]
@@ -250,6 +313,7 @@ def load_examples(spec: DataSpec, data_root: Path, registry=None) -> Examples:
         h.update(asset.sha256.encode())
     else:
         path = data_root / Path(spec.path).expanduser()
+        media_base = path if path.is_dir() else path.parent
         if path.is_dir():
             files = sorted(p for p in path.glob(spec.glob) if p.is_file())
             if not files:
@@ -282,6 +346,9 @@ def load_examples(spec: DataSpec, data_root: Path, registry=None) -> Examples:
                 content = file.read_text("utf-8")
                 h.update(content.encode())
                 rec[f"{field}_text"] = content
+        for field in spec.media:
+            if rec.get(field):
+                rec[field] = _resolve_media(rec, field, media_base, h)
     if spec.limit is not None:
         records = records[: spec.limit]
     ids = [r["id"] for r in records]

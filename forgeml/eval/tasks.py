@@ -25,7 +25,7 @@ from forgeml.core.runtime import autocast
 from forgeml.core.seeds import derive_seed
 from forgeml.eval.media_scoring import LOWER_IS_BETTER
 from forgeml.eval.scoring import resolve_scorer, weighted_mean
-from forgeml.eval.suite import Examples, Suite, TaskSpec, load_examples
+from forgeml.eval.suite import MEDIA_TASK_DEFAULTS, Examples, Suite, TaskSpec, load_examples
 from forgeml.tokenizer.chat import BOS, EOS, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 # ---------------------------------------------------------------------------------------
@@ -65,6 +65,16 @@ def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
+def read_model_tokenizer(model_dir: str | Path) -> Any:
+    """The `tokenizers.Tokenizer` of a model folder's tokenizer.json."""
+    from tokenizers import Tokenizer
+
+    tok_file = Path(model_dir) / "tokenizer.json"
+    if not tok_file.is_file():
+        raise DataError(f"model folder {model_dir} has no tokenizer.json")
+    return Tokenizer.from_file(str(tok_file))
+
+
 class EvalModel:
     """A forgeml Transformer plus its tokenizer, evaluated in batches without padding masks:
     log-likelihood rows are right-padded (causal attention never looks right) and
@@ -92,21 +102,11 @@ class EvalModel:
     def from_dir(
         cls, model_dir: str | Path, *, device: str = "cpu", dtype: str = "auto", batch_size=8
     ) -> EvalModel:
-        from tokenizers import Tokenizer
-
         from forgeml.models.hf_io import load_model
 
-        tok_file = Path(model_dir) / "tokenizer.json"
-        if not tok_file.is_file():
-            raise DataError(f"model folder {model_dir} has no tokenizer.json")
+        tokenizer = read_model_tokenizer(model_dir)
         model = load_model(model_dir, device=device)
-        return cls(
-            model,
-            Tokenizer.from_file(str(tok_file)),
-            device=device,
-            dtype=dtype,
-            batch_size=batch_size,
-        )
+        return cls(model, tokenizer, device=device, dtype=dtype, batch_size=batch_size)
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text, add_special_tokens=False).ids
@@ -503,6 +503,10 @@ def task_data(suite: Suite, task: TaskSpec, registry=None) -> tuple[Examples, li
 def run_task(
     lm: LanguageModel, suite: Suite, task: TaskSpec, examples: Examples, pool: list[dict]
 ) -> TaskResult:
+    if task.kind in MEDIA_TASK_DEFAULTS:  # image_qa, caption, transcription, page_transcription
+        from forgeml.eval.media_suite import run_media_kind
+
+        return run_media_kind(lm, task, examples.records)
     return TASK_KINDS[task.kind](lm, task, examples.records, pool, RunOptions(suite.spec.seed))
 
 

@@ -62,8 +62,9 @@ def eval_suite_stage(
 
     `lm` replaces the model's own `EvalModel` (tests use scripted models)."""
     from forgeml.core.runtime import pick_device, seed_everything
+    from forgeml.eval.media_suite import check_media_support, lm_media, load_eval_model, model_media
     from forgeml.eval.report import eval_report_html
-    from forgeml.eval.tasks import EvalModel, kpis_of, run_task, task_data
+    from forgeml.eval.tasks import kpis_of, run_task, task_data
 
     reg = open_registry(ws)
     model_asset = reg.get_asset(model_ref)
@@ -71,6 +72,9 @@ def eval_suite_stage(
         raise ForgeError(f"{model_asset.id} is a {model_asset.kind}, not a model")
     suite = _as_suite(suite_path, data_root)
     loaded = {t.name: task_data(suite, t, reg) for t in suite.spec.tasks}
+    media = lm_media(lm) if lm is not None else model_media(model_asset.path)
+    records = {name: ex.records for name, (ex, _) in loaded.items()}
+    check_media_support(suite.spec.tasks, records, media, f"{model_asset.name} ({model_asset.id})")
     datasets = sorted({ex.asset_id for ex, _ in loaded.values() if ex.asset_id})
     config = {
         "suite": suite.name,
@@ -86,7 +90,7 @@ def eval_suite_stage(
         model = lm
         if model is None:
             dev = pick_device(device)
-            model = EvalModel.from_dir(
+            model = load_eval_model(
                 model_asset.path,
                 device=dev,
                 dtype=dtype,

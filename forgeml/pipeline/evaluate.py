@@ -1,6 +1,7 @@
 """`eval run` as one function: a model's held-out perplexity, its infill eval or a KPI suite,
 chosen by `suite`. The CLI command and a queued eval job (forgeml.control.run_job) call it,
-so both evaluate the same way; each result is a cached, registered eval run."""
+so both evaluate the same way; each result is a cached, registered eval run. A model folder
+on disk (HF, or a vision/audio LM from save_multimodal) is registered first."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from forgeml.core.config import EvalConfig
 from forgeml.core.errors import ForgeError
 from forgeml.core.workspace import Workspace
-from forgeml.pipeline.runtime import Notify, StageResult
+from forgeml.pipeline.runtime import Notify, Output, StageResult, run_stage
 
 
 def evaluate_model(
@@ -28,7 +29,9 @@ def evaluate_model(
 ) -> StageResult:
     """Evaluate `model` → eval asset: `perplexity` (held-out windows of `data`, default the
     model's held-out shards), `infill` (the damaged folder `data`; `max_batches * batch_size`
-    gaps at most) or a suite YAML (its data relative to `data_root`)."""
+    gaps at most) or a suite YAML (its data relative to `data_root`). `model` is an asset
+    reference or a model folder."""
+    model = registered_model(ws, model, notify=notify)
     if suite == "infill":
         from forgeml.pipeline.infill_stage import infill_eval_stage
 
@@ -57,3 +60,27 @@ def evaluate_model(
         force=force,
         notify=notify,
     )
+
+
+def registered_model(ws: Workspace, model: str, *, notify: Notify | None = None) -> str:
+    """`model` itself, or for a model folder on disk the id of that folder as a model asset
+    (a vision/audio LM registered as it is, cached by its files' sizes and times; any other
+    through `forgeml import hf`)."""
+    folder = Path(model).expanduser()
+    if not (folder / "config.json").is_file():
+        return model
+    from forgeml.eval.media_suite import is_multimodal_dir
+    from forgeml.pipeline.interop import _fingerprint, _stage_files, import_hf_stage
+
+    if not is_multimodal_dir(folder):
+        return import_hf_stage(ws, folder, notify=notify).output
+    folder = folder.resolve()
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+
+    def body(work: Path) -> tuple[list[Output], dict]:
+        meta = {"source": str(folder), "format": "multimodal"}
+        name = folder.parent.name if folder.name == "model" else folder.name  # a run's model/
+        return [Output("model", name, _stage_files(files, work / "model"), meta)], {}
+
+    config = {"source": str(folder), "fingerprint": _fingerprint(files)}
+    return run_stage(ws, "import-multimodal", config, [], body, notify=notify).output
