@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -44,6 +44,8 @@ BUILTIN_DETECTORS: dict[str, Callable[[str], Iterable[Span]]] = {
 }
 # ... and patterns a policy file defines under `patterns:`.
 DEFAULT_LEVELS = LEVELS
+# The kinds of media content part a request may carry, unless a policy section narrows them.
+MEDIA_KINDS = ("image", "audio")
 
 
 class _Strict(BaseModel):
@@ -60,6 +62,10 @@ def _check_regexes(patterns: list[str]) -> list[str]:
 
 
 class InputRules(_Strict):
+    # Media content parts: the kinds this section allows (None: no limit set here; the
+    # sections that set one intersect), and hosts whose http(s) image URLs may be fetched.
+    media: list[Literal["image", "audio"]] | None = None
+    media_url_hosts: list[str] = []
     max_prompt_chars: int | None = Field(default=None, ge=1)
     blocked_patterns: list[str] = []
     redact: list[str] = []  # names of BUILTIN_DETECTORS or of the policy's `patterns`
@@ -138,6 +144,8 @@ class EffectiveRules:
     max_tokens: int | None
     output_blocked: tuple[str, ...]
     output_redact: tuple[str, ...]
+    media: tuple[str, ...] = MEDIA_KINDS
+    media_url_hosts: tuple[str, ...] = ()
 
 
 def _regex_detector(name: str, pattern: str) -> Callable[[str], Iterator[Span]]:
@@ -193,6 +201,14 @@ class Policy:
             max_tokens=_min(*(s.output.max_tokens for s in sections)),
             output_blocked=tuple(p for s in sections for p in s.output.blocked_patterns),
             output_redact=tuple(dict.fromkeys(p for s in sections for p in s.output.redact)),
+            media=tuple(
+                k
+                for k in MEDIA_KINDS
+                if all(k in s.input.media for s in sections if s.input.media is not None)
+            ),
+            media_url_hosts=tuple(
+                dict.fromkeys(h for s in sections for h in s.input.media_url_hosts)
+            ),
         )
 
     # -- classification -----------------------------------------------------------------

@@ -75,10 +75,16 @@ def create_app(models: dict[str, ServedModel], **gateway_options: Any) -> FastAP
             for state, v in m.engine.stats().items()
         },
     )
+    limits = gateway.limits
+    # Room for the most media a request may carry, when a served model reads any.
+    media_bytes = limits.max_media_parts * limits.max_media_bytes
     app.add_middleware(
         RequestGuard,
-        max_body_bytes=gateway.limits.max_body_bytes
-        or derived_max_body_bytes(list(gateway.char_bounds.values())),
+        max_body_bytes=limits.max_body_bytes
+        or derived_max_body_bytes(
+            list(gateway.char_bounds.values()),
+            media_bytes if any(m.multimodal for m in models.values()) else 0,
+        ),
         record_unrecorded=gateway.record_unrecorded,
     )
     _add_error_handlers(app)

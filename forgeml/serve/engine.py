@@ -64,6 +64,15 @@ class SamplingParams:
             raise ValueError(f"seed must be in [-2**63, 2**64), got {self.seed}")
 
 
+@dataclass(frozen=True)
+class PrefillMedia:
+    """A request's decoded media for a vision/audio LM's prefill: pixel values [images, C, H, W]
+    and log-mel windows [windows, n_mels, frames], in the order their placeholders appear."""
+
+    pixel_values: torch.Tensor | None = None
+    audio_features: torch.Tensor | None = None
+
+
 @dataclass
 class StreamEvent:
     """New text of one request; the last event has `finish_reason` ("stop", "length", "error")."""
@@ -95,9 +104,11 @@ class GenerationHandle:
         params: SamplingParams,
         stop_ids: frozenset[int],
         loop: asyncio.AbstractEventLoop | None,
+        media: PrefillMedia | None = None,
     ) -> None:
         self.id = request_id
         self.prompt_ids = prompt_ids
+        self.media = media
         self.params = params
         self.stop_ids = stop_ids
         self.cancelled = False
@@ -209,7 +220,8 @@ class Engine:
             prepack_linears(self.model, max_rows=max_batch)
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.max_len = model.cfg.max_seq_len
+        # A vision/audio LM (forgeml.models.multimodal) keeps its LM's config under `lm`.
+        self.max_len = getattr(model.cfg, "lm", model.cfg).max_seq_len
         self.stop_ids = frozenset(stop_ids)
         # A decode step of a small model is hundreds of tiny ops: on CPU a second intra-op
         # thread buys nothing when the machine is quiet and costs many times the step when
@@ -238,11 +250,13 @@ class Engine:
         *,
         stop_ids: frozenset[int] | None = None,
         loop: asyncio.AbstractEventLoop | None = None,
+        media: PrefillMedia | None = None,
     ) -> GenerationHandle:
         """Queue a request; raise `EngineBusy` when the queue is full, ValueError if it can't fit.
 
         `stop_ids` replaces the engine's default stop tokens for this request. Pass the running
-        `loop` to consume events with `async for` (`handle.events()`).
+        `loop` to consume events with `async for` (`handle.events()`). `media` (a vision/audio
+        LM) fills the prompt's expanded image/audio placeholders at prefill.
         """
         if not prompt_ids:
             raise ValueError("the prompt is empty")
@@ -251,7 +265,7 @@ class Engine:
                 f"the prompt has {len(prompt_ids)} tokens; this model's context is {self.max_len}"
             )
         stops = self.stop_ids if stop_ids is None else frozenset(stop_ids)
-        handle = GenerationHandle(next(self._ids), list(prompt_ids), params, stops, loop)
+        handle = GenerationHandle(next(self._ids), list(prompt_ids), params, stops, loop, media)
         with self._cond:
             if not self._running:
                 raise RuntimeError("the engine is closed")
@@ -336,7 +350,8 @@ class Engine:
         last = torch.tensor([len(h.prompt_ids) - 1 for h in handles], device=self.device)
         end = first + len(handles)
         rows = KVCache(self.cache.k[:, first:end], self.cache.v[:, first:end])
-        logits = self.model(idx, kv_cache=rows, start_pos=0, logits_at=last)
+        media = _batched_media(handles, self.device)
+        logits = self.model(idx, kv_cache=rows, start_pos=0, logits_at=last, **media)
         for i, handle in enumerate(handles):
             generator = torch.Generator(device=self.device)
             if handle.params.seed is None:
@@ -454,3 +469,18 @@ class Engine:
                 completion_tokens=len(slot.ids),
             )
         )
+
+
+def _batched_media(
+    handles: list[GenerationHandle], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The media of prompts prefilled together, concatenated in row order (the model fills
+    placeholders row by row); empty when none has media, so a text batch calls the model as
+    before."""
+    out = {}
+    for name in ("pixel_values", "audio_features"):
+        parts = [getattr(h.media, name) for h in handles if h.media is not None]
+        parts = [p for p in parts if p is not None]
+        if parts:
+            out[name] = torch.cat(parts).to(device)
+    return out

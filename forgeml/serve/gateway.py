@@ -20,6 +20,17 @@ from forgeml.governance.keys import KeyStore, Principal
 from forgeml.governance.policy import EffectiveRules, Policy, PolicyDecision, PolicyViolation
 from forgeml.serve.engine import SamplingParams
 from forgeml.serve.loading import ServedModel
+from forgeml.serve.media import (
+    MediaPart,
+    PromptMedia,
+    decode_media,
+    expanded_ids,
+    media_messages,
+    media_part_types,
+    media_parts,
+    placeholder_strings,
+    refuse_placeholders,
+)
 from forgeml.serve.metrics import ServeMetrics
 from forgeml.serve.output import governed_messages
 from forgeml.serve.requests import (
@@ -41,6 +52,7 @@ DEFAULT_CHAT_TOKENS = 256
 ROUTE_ENDPOINTS = {
     "/v1/chat/completions": "chat",
     "/v1/completions": "completions",
+    "/v1/audio/transcriptions": "transcriptions",
     "/v1/models": "models",
     "/metrics": "metrics",
     "/openapi.json": "openapi",
@@ -66,6 +78,8 @@ class Call:
     payload: dict[str, Any] = field(default_factory=dict)
     tools: bool = False
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
+    media: PromptMedia | None = None  # a vision/audio LM's decoded images and audio
+    media_audit: list[dict[str, Any]] = field(default_factory=list)  # their hashes
 
 
 class Gateway:
@@ -225,14 +239,11 @@ class Gateway:
         except PolicyViolation as exc:
             decisions.append(exc.decision)
             err = ApiError(400, str(exc), code="policy_violation")
-            self.record(None, principal, endpoint, served, 400, request, decisions, exc=err)
-            raise err from None
+            raise self._refused(call, request, err) from None
         except DataError as exc:  # a chat the template cannot render
-            err = ApiError(400, exc.message)
-            self.record(None, principal, endpoint, served, 400, request, decisions, exc=err)
-            raise err from None
+            raise self._refused(call, request, ApiError(400, exc.message)) from None
         except ApiError as exc:
-            self.record(None, principal, endpoint, served, exc.status, request, decisions, exc=exc)
+            self._refused(call, request, exc)
             raise
         return call
 
@@ -243,12 +254,23 @@ class Gateway:
         the model's context before tokenizing, which runs off the event loop."""
         served = call.model
         context = served.engine.max_len
+        parts: list[MediaPart] = []
         if isinstance(body, ChatRequest):
             tools = body.tools if body.tool_choice != "none" else None
             messages = [m.model_dump(exclude_none=True) for m in body.messages]
             check_chat_messages(
-                messages, served.name, max_messages=self.limits.max_messages, context=context
+                messages,
+                served.name,
+                max_messages=self.limits.max_messages,
+                context=context,
+                media=media_part_types(served.multimodal),
             )
+            if served.multimodal is not None:
+                marks = placeholder_strings(served.multimodal, served.tokenizer)
+                messages, parts = await anyio.to_thread.run_sync(
+                    media_messages, messages, marks, rules, self.limits
+                )
+                call.media_audit = [p.audit_entry() for p in parts]
             text, ids = render_chat(messages, add_generation_prompt=True, tools=tools), None
             requested = body.max_completion_tokens or body.max_tokens
             default, stops = self.max_default_tokens, ("end", "eos")
@@ -267,6 +289,10 @@ class Gateway:
                 self._govern_and_tokenize, served, rules, text
             )
             call.decisions += fired
+            if parts:
+                ids = await anyio.to_thread.run_sync(self._with_media, call, parts, ids)
+        if served.multimodal is not None and not parts:
+            refuse_placeholders(ids or [], served.multimodal)
         elif any(not 0 <= t < served.tokenizer.get_vocab_size() for t in ids or []):
             vocab = served.tokenizer.get_vocab_size()
             raise ApiError(400, f"prompt: token ids must be in [0, {vocab})")
@@ -295,6 +321,21 @@ class Gateway:
         call.prompt_ids, call.prompt_text = ids, text if text is not None else ""
         call.stop_ids = frozenset(served.special_ids[s] for s in stops)
 
+    def _refused(self, call: Call, request: Request, exc: ApiError) -> ApiError:
+        """`exc`, recorded as the answer to a call refused while it was being prepared."""
+        self.record(
+            None, call.principal, call.endpoint, call.model, exc.status, request, call.decisions,
+            exc=exc, media=call.media_audit,
+        )  # fmt: skip
+        return exc
+
+    def _with_media(self, call: Call, parts: list[MediaPart], ids: list[int]) -> list[int]:
+        """Decode the call's media for the engine; the prompt ids with its placeholders
+        expanded to the media's feature counts."""
+        cfg = call.model.multimodal
+        call.media, image_counts, audio_counts = decode_media(parts, cfg, self.limits)
+        return expanded_ids(ids, cfg, image_counts, audio_counts)
+
     def _govern_and_tokenize(
         self, served: ServedModel, rules: EffectiveRules, text: str
     ) -> tuple[str, list[int], list[PolicyDecision]]:
@@ -310,6 +351,9 @@ class Gateway:
         payload = body.model_dump(exclude_none=True)
         payload["model"] = call.model.upstream_model
         if isinstance(body, ChatRequest):
+            # The media policy holds here too; the upstream decodes (and fetches) the media.
+            parts = media_parts(payload["messages"], rules, self.limits, fetch=False)
+            call.media_audit = [p.audit_entry() for p in parts]
             payload["messages"], prompt, fired = governed_messages(
                 self.policy, rules, payload["messages"]
             )
@@ -345,11 +389,13 @@ class Gateway:
         decisions: list[PolicyDecision],
         *,
         exc: ApiError | None = None,
-        usage: dict[str, int] | None = None,
+        usage: dict[str, Any] | None = None,
         finish_reason: str | None = None,
         completion: str | None = None,
+        media: list[dict[str, Any]] | None = None,
     ) -> None:
-        """The audit entry and metrics of one generation request (`call` once prepared)."""
+        """The audit entry and metrics of one generation request (`call` once prepared);
+        `media`: the sha256 of each image and audio part (never their bytes)."""
         fields: dict[str, Any] = {
             "principal": principal.name,
             "key_id": principal.key_id,
@@ -371,6 +417,8 @@ class Gateway:
             metrics.inc(
                 "forgeml_completion_tokens_total", usage["completion_tokens"], model=served.name
             )
+        if media:
+            fields["media"] = media
         if finish_reason:
             fields["finish_reason"] = finish_reason
         if exc is not None:
@@ -396,6 +444,7 @@ class Gateway:
             status,
             request,
             call.decisions,
+            media=call.media_audit,
             **outcome,
         )
 

@@ -21,7 +21,7 @@ from forgeml.serve.requests import ApiError, error_body
 from forgeml.serve.upstream import UpstreamError, upstream_stream_events
 
 Chunk = Callable[[str | None, str | None], dict]
-UsageChunk = Callable[[dict[str, int]], dict]
+UsageChunk = Callable[[dict[str, Any]], dict]
 
 
 @dataclass
@@ -30,16 +30,24 @@ class Answer:
 
     text: str
     finish: str
-    usage: dict[str, int]
+    usage: dict[str, Any]
     message: dict[str, Any]
 
 
-def usage_of(prompt: int, completion: int) -> dict[str, int]:
-    return {
+def usage_of(prompt: int, completion: int, call: Call | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; a call with media adds `prompt_tokens_details` with the image
+    and audio tokens among the prompt tokens."""
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if call is not None and call.media is not None:
+        usage["prompt_tokens_details"] = {
+            "image_tokens": call.media.image_tokens,
+            "audio_tokens": call.media.audio_tokens,
+        }
+    return usage
 
 
 async def complete(gateway: Gateway, call: Call, request: Request) -> Answer:
@@ -57,7 +65,11 @@ async def complete(gateway: Gateway, call: Call, request: Request) -> Answer:
 def _submit(gateway: Gateway, call: Call, request: Request) -> GenerationHandle:
     try:
         return call.model.engine.submit(
-            call.prompt_ids, call.params, stop_ids=call.stop_ids, loop=asyncio.get_running_loop()
+            call.prompt_ids,
+            call.params,
+            stop_ids=call.stop_ids,
+            loop=asyncio.get_running_loop(),
+            media=call.media.prefill if call.media is not None else None,
         )
     except EngineBusy as busy:
         err = ApiError(
@@ -88,7 +100,7 @@ async def _engine_to_end(gateway: Gateway, call: Call, request: Request) -> Answ
     text = out.feed("".join(parts), final=True)
     finish = "content_filter" if out.blocked else last.finish_reason
     call.decisions += out.decisions
-    usage = usage_of(last.prompt_tokens, last.completion_tokens)
+    usage = usage_of(last.prompt_tokens, last.completion_tokens, call)
     if call.principal.tokens_per_minute is not None:
         gateway.limiter.add_tokens(call.principal, last.completion_tokens)
     message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -243,7 +255,7 @@ async def stream(
                     if piece:
                         yield sse(chunk(piece, None))
                     if finish is not None:
-                        usage = usage_of(event.prompt_tokens, event.completion_tokens)
+                        usage = usage_of(event.prompt_tokens, event.completion_tokens, call)
                         break
             except UpstreamError as exc:
                 status, finish = exc.status, "error"

@@ -15,6 +15,7 @@ from torch import nn
 
 from forgeml.core.errors import ConfigError, DataError
 from forgeml.governance.labels import effective_label, most_sensitive
+from forgeml.models.multimodal import MultimodalConfig
 from forgeml.registry.store import Asset, Registry
 from forgeml.serve.engine import Engine
 from forgeml.serve.upstream import ReplicaPool, Upstream, UpstreamError
@@ -54,7 +55,7 @@ class ServedModel:
     """A served model: the name clients use, every name that refers to it, and its engine, or
     (upstream mode) the upstream, or pool of replicas, that generates for it under
     `upstream_model`. `label` is its classification when loaded; `current_label`, where set,
-    keeps it fresh."""
+    keeps it fresh. `multimodal` is the config of a vision/audio LM (None: text only)."""
 
     name: str
     asset_id: str
@@ -67,6 +68,7 @@ class ServedModel:
     upstream: Upstream | ReplicaPool | None = None
     upstream_model: str | None = None
     current_label: CurrentLabel | None = None
+    multimodal: MultimodalConfig | None = None
 
 
 def upstream_served_models(
@@ -121,7 +123,9 @@ def load_served_models(
     label (the most sensitive upstream of it; an adapter's includes its base's), re-read from
     `registry` while serving, which must stay open as long as the models are served.
     """
+    from forgeml.eval.media_suite import is_multimodal_dir
     from forgeml.models.hf_io import load_model
+    from forgeml.models.hf_multimodal_io import load_multimodal
 
     served = {}
     for ref in refs:
@@ -132,7 +136,8 @@ def load_served_models(
             tokenizer_dir = base.path
             labelled = [asset.id, base.id]
         elif asset.kind == "model":
-            model, tokenizer_dir = load_model(asset.path, device=device), asset.path
+            load = load_multimodal if is_multimodal_dir(asset.path) else load_model
+            model, tokenizer_dir = load(asset.path, device=device), asset.path
             labelled = [asset.id]
         else:
             raise DataError(
@@ -159,6 +164,7 @@ def load_served_models(
             special_ids=special,
             label=label.latest,
             current_label=label,
+            multimodal=model.cfg if isinstance(model.cfg, MultimodalConfig) else None,
         )
     return served
 

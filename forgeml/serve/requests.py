@@ -30,6 +30,8 @@ MIN_MAX_BODY_BYTES = 4 * 2**20
 # Messages per chat request: a hard cap in the request schema (validating each costs time);
 # `RequestLimits.max_messages` may lower it.
 MAX_MESSAGES = 4096
+# OpenAI's media content part types and the encoder ("tower") a model needs to read each.
+MEDIA_PART_TOWERS = {"image_url": "vision", "input_audio": "audio"}
 # Items in a completion prompt given as a list (token ids): a hard cap in the request schema.
 MAX_PROMPT_ITEMS = 2**18
 # JSON may spell one character as a 6-byte `\uXXXX` escape.
@@ -79,12 +81,26 @@ class RequestLimits:
     max_body_bytes: int | None = None
     max_messages: int = MAX_MESSAGES
     max_prompt_chars: int | None = None
+    # Media content parts (models with a vision or audio tower): per request, and per part.
+    max_media_parts: int = 8
+    max_media_bytes: int = 8 * 2**20
+    max_image_pixels: int = 4096 * 4096
+    max_audio_seconds: float = 300.0
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_messages", "max_prompt_chars"):
+        for name in (
+            "max_body_bytes",
+            "max_messages",
+            "max_prompt_chars",
+            "max_media_parts",
+            "max_media_bytes",
+            "max_image_pixels",
+        ):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.max_audio_seconds <= 0:
+            raise ValueError(f"max_audio_seconds must be > 0, got {self.max_audio_seconds}")
         if self.max_messages > MAX_MESSAGES:
             raise ValueError(f"max_messages must be <= {MAX_MESSAGES}, got {self.max_messages}")
 
@@ -146,9 +162,12 @@ def context_char_bound(tokenizer: Tokenizer, context: int) -> int:
     return context * max(longest, 1) * margin
 
 
-def derived_max_body_bytes(char_bounds: Sequence[int]) -> int:
-    """The default body cap: room for the longest prompt any served model accepts, as JSON."""
-    return max([MIN_MAX_BODY_BYTES, *(JSON_BYTES_PER_CHAR * b for b in char_bounds)])
+def derived_max_body_bytes(char_bounds: Sequence[int], media_bytes: int = 0) -> int:
+    """The default body cap: room for the longest prompt any served model accepts, as JSON,
+    and for `media_bytes` of media (base64 takes 4 bytes for 3)."""
+    return max([MIN_MAX_BODY_BYTES, *(JSON_BYTES_PER_CHAR * b for b in char_bounds)]) + (
+        -(-media_bytes // 3) * 4
+    )
 
 
 def find_lone_surrogate(value: Any) -> str | None:
@@ -201,10 +220,17 @@ def _printable(key: Any) -> str:
 
 
 def check_chat_messages(
-    messages: Sequence[Mapping[str, Any]], model: str, *, max_messages: int, context: int
+    messages: Sequence[Mapping[str, Any]],
+    model: str,
+    *,
+    max_messages: int,
+    context: int,
+    media: Mapping[str, str] | None = None,
 ) -> None:
     """Refuse, before rendering, too many messages, more than the context can hold, and content
-    parts a text-only model cannot read (images, audio, files: anything but text)."""
+    parts the model cannot read: anything but text, and the media part types in `media`
+    (part type -> the tower that reads it, e.g. "image_url" -> "vision") where it has that
+    tower."""
     n = len(messages)
     if n > max_messages:
         raise ApiError(
@@ -226,6 +252,16 @@ def check_chat_messages(
             continue
         for j, part in enumerate(content):
             kind = part.get("type")
+            if media and kind in media:
+                continue
+            if media is not None and kind in MEDIA_PART_TOWERS:
+                raise ApiError(
+                    400,
+                    f"model {model} has no {MEDIA_PART_TOWERS[kind]} tower; content part type "
+                    f"{json.dumps(kind)} is not supported (messages[{i}].content[{j}]); send "
+                    f"it to a model that reads {MEDIA_PART_TOWERS[kind]} input",
+                    code="unsupported_content",
+                )
             if kind != "text":
                 raise ApiError(
                     400,

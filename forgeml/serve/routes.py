@@ -5,18 +5,27 @@ and shape its answer as OpenAI's chat and completion objects, whole or streamed.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
+from pathlib import PurePath
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.datastructures import UploadFile
 
 from forgeml.governance.keys import Principal
 from forgeml.serve.gateway import Call, Gateway
 from forgeml.serve.generation import complete, stream
+from forgeml.serve.media import AUDIO_FORMATS
 from forgeml.serve.metrics import CONTENT_TYPE
+from forgeml.serve.requests import ApiError
 from forgeml.serve.schemas import ChatRequest, CompletionRequest
+
+# The instruction a transcription request without `prompt` sends with its audio (the one the
+# ACME demo's speech data trains with: the audio, then this text, in the user turn).
+TRANSCRIPTION_PROMPT = "transcribe the recording"
 
 
 def _response_base(id_prefix: str, call: Call) -> dict[str, Any]:
@@ -154,4 +163,94 @@ def api_routes(gateway: Gateway) -> APIRouter:
             ],
         }
 
+    @router.post("/v1/audio/transcriptions")
+    async def transcriptions(request: Request, principal: Principal = Depends(require("chat"))):
+        """OpenAI's transcription endpoint (multipart form: `file`, `model`, optional `prompt`,
+        `response_format` json or text, `temperature`; `language` is accepted and unused) for
+        a model with an audio tower: a greedy chat turn of the audio and the instruction."""
+        form = await _transcription_form(request)
+        served = gateway.find_model(form["model"])
+        if served is not None and principal.may_use_model(served.names):
+            if served.multimodal is None or served.multimodal.audio is None:
+                raise ApiError(
+                    400,
+                    f"model {form['model']} has no audio tower, so it cannot transcribe; send "
+                    "the audio to a model that reads audio",
+                    code="unsupported_content",
+                )
+        content = [
+            {"type": "input_audio", "input_audio": {"data": form["data"], "format": form["fmt"]}},
+            {"type": "text", "text": form["prompt"] or TRANSCRIPTION_PROMPT},
+        ]
+        body = ChatRequest(
+            model=form["model"],
+            messages=[{"role": "user", "content": content}],
+            temperature=form["temperature"],
+        )
+        call = await gateway.prepare(principal, "transcriptions", body, request)
+        answer = await complete(gateway, call, request)
+        if form["response_format"] == "text":
+            return PlainTextResponse(answer.text)
+        usage = answer.usage
+        media = usage.get("prompt_tokens_details", {})
+        return {
+            "text": answer.text,
+            "usage": {
+                "type": "tokens",
+                "input_tokens": usage["prompt_tokens"],
+                "output_tokens": usage["completion_tokens"],
+                "total_tokens": usage["total_tokens"],
+                "input_token_details": {
+                    "audio_tokens": media.get("audio_tokens", 0),
+                    "text_tokens": usage["prompt_tokens"] - media.get("audio_tokens", 0),
+                },
+            },
+        }
+
     return router
+
+
+async def _transcription_form(request: Request) -> dict[str, Any]:
+    """The fields of a transcription request's multipart form, checked: 400 for what is
+    missing or not supported."""
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except AssertionError:  # starlette's way of saying python-multipart is missing
+        raise ApiError(
+            500, "this server cannot read multipart forms (install python-multipart)",
+            "server_error",
+        ) from None  # fmt: skip
+    except Exception as exc:  # a malformed form body is the client's
+        raise ApiError(400, f"the body is not a valid multipart form ({exc})") from None
+    upload, model = form.get("file"), form.get("model")
+    if not isinstance(upload, UploadFile):
+        raise ApiError(400, "file: send the audio as the multipart form's `file` field")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "model: name the model that transcribes")
+    suffix = PurePath(upload.filename or "").suffix.lower().lstrip(".")
+    if suffix not in AUDIO_FORMATS:
+        raise ApiError(
+            400,
+            f"file: {upload.filename!r} is not a {', '.join(AUDIO_FORMATS)} file",
+            code="invalid_media",
+        )
+    response_format = form.get("response_format") or "json"
+    if response_format not in ("json", "text"):
+        raise ApiError(
+            400, f"response_format: {response_format!r} is not supported; give json or text"
+        )
+    try:
+        temperature = float(form.get("temperature") or 0.0)
+    except ValueError:
+        raise ApiError(400, "temperature: give a number in [0, 2]") from None
+    if not 0 <= temperature <= 2:
+        raise ApiError(400, "temperature: give a number in [0, 2]")
+    prompt = form.get("prompt")
+    return {
+        "model": model,
+        "data": base64.b64encode(await upload.read()).decode("ascii"),
+        "fmt": suffix,
+        "prompt": prompt if isinstance(prompt, str) else None,
+        "response_format": response_format,
+        "temperature": temperature,
+    }
