@@ -249,7 +249,8 @@ def test_captions_transcripts_and_alt_text_are_paired(tmp_path):
     (root / "pump.caption.txt").write_text("A pump on a test bench.\n")
     picture(10).save(root / "docs" / "valve.jpg")
     (root / "docs" / "valve.txt").write_text("A gate valve, half open.\n")
-    (root / "docs" / "guide.md").write_text("# Guide\n\n![the valve, closed](valve.jpg)\n")
+    guide = "# Guide\n\n![the valve, closed](valve.jpg)\n\nThen the pump:\n\n![](../pump.png)\n"
+    (root / "docs" / "guide.md").write_text(guide)
     (root / "docs" / "page.html").write_text('<p>See <img src="../pump.png" alt="bench pump"></p>')
     sf.write(root / "call.wav", tone(0.5), 16000)
     (root / "call.srt").write_text(
@@ -265,6 +266,7 @@ def test_captions_transcripts_and_alt_text_are_paired(tmp_path):
     pairs = {r["path"]: [(p["kind"], p["path"], p["text"]) for p in r["pairs"]] for r in rows}
     assert pairs["pump.png"] == [
         ("caption", "pump.caption.txt", "A pump on a test bench."),
+        ("in_document", "docs/guide.md", ""),
         ("alt_text", "docs/page.html", "bench pump"),
     ]
     assert pairs["docs/valve.jpg"] == [
@@ -275,7 +277,21 @@ def test_captions_transcripts_and_alt_text_are_paired(tmp_path):
     assert pairs["memo.flac"] == [("transcript", "memo.vtt", "Memo for the crew.")]
     for row in rows:  # linked by id to the text records ingest wrote
         assert all(p["doc_id"] == docs[p["path"]] for p in row["pairs"])
-    assert report.media["pairs"] == {"alt_text": 2, "caption": 2, "transcript": 2}
+    assert report.media["pairs"] == {
+        "alt_text": 2,
+        "caption": 2,
+        "in_document": 1,
+        "transcript": 2,
+    }
+    # interleaving a Markdown record: each image's offset points at its reference
+    offsets = {
+        r["path"]: p["offset"] for r in rows for p in r["pairs"] if p["path"] == "docs/guide.md"
+    }
+    assert guide[offsets["docs/valve.jpg"] :].startswith("![the valve, closed](valve.jpg)")
+    assert guide[offsets["pump.png"] :].startswith("![](../pump.png)")
+    assert all(
+        p["offset"] is None for r in rows for p in r["pairs"] if p["path"] != "docs/guide.md"
+    )
 
 
 @needs_tesseract
@@ -306,7 +322,7 @@ def test_transcript_and_image_reference_parsing():
     vtt = "WEBVTT\n\nNOTE a remark\n\n1\n00:01.000 --> 00:02.000 align:start\nHello there\n"
     assert transcript_text(vtt) == "Hello there"
     html = '<img alt=\'a dam\' src="dam.png"><img src=x.png>![lake](img/lake.webp "t")'
-    assert image_references(html) == [("dam.png", "a dam"), ("img/lake.webp", "lake")]
+    assert image_references(html) == [("dam.png", "a dam", 0), ("img/lake.webp", "lake", 46)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,3 +548,34 @@ def test_webp_exif_xmp_and_mp3_id3_tags_are_cut(tmp_path):
         assert b"Jane Doe" not in stored and b"bank" not in stored
         assert stored == mp3.getvalue()  # the audio frames themselves, untouched
         assert media["call.mp3"]["metadata_removed"] == ["id3v2", "id3v1"]
+
+
+def test_without_imagehash_near_dedup_is_off_and_said(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "imagehash", None)  # import fails as if not installed
+    root = tmp_path / "src"
+    root.mkdir()
+    picture(20).save(root / "a.png")
+    picture(20).save(root / "b.bmp")
+    report, rows = ingest(root, tmp_path / "out")
+    assert [r["phash"] for r in rows] == [None, None]
+    assert by_name(rows)["b.bmp"]["duplicate_kind"] == "exact"  # exact dedup still runs
+    assert "install imagehash" in report.media["dedup"]["note"]
+
+
+def test_recordings_over_the_text_size_limit_are_still_stored(tmp_path):
+    root = tmp_path / "src"
+    root.mkdir()
+    sf.write(root / "long_call.wav", tone(2.0), 16000)  # 64 KB
+    (root / "notes.txt").write_text("notes\n")
+    size = (root / "long_call.wav").stat().st_size
+    out = tmp_path / "out"
+    report = ingest_files(
+        [root], out / "data.parquet", max_file_bytes=10_000, media=MediaConfig(max_file_bytes=size)
+    )
+    assert {f["path"]: f["status"] for f in report.files}["long_call.wav"] == "kept"
+    assert report.media["audio"] == 1 and report.bytes_kept == size + len("notes\n")
+    smaller = MediaConfig(max_file_bytes=size - 1)
+    report = ingest_files(
+        [root], tmp_path / "out2" / "data.parquet", max_file_bytes=10_000, media=smaller
+    )
+    assert {f["path"]: f["reason"] for f in report.files}["long_call.wav"] == "too large"

@@ -100,7 +100,9 @@ class MediaDedupConfig(_Section):
 class MediaConfig(_Section):
     """Images and audio at ingest (forgeml.data.media_ingest): decoded, validated, stripped of
     metadata (EXIF/XMP/IPTC/PNG text/audio tags) and stored content-addressed under the
-    dataset's `media/` with a `media.parquet` table; the text records are unchanged."""
+    dataset's `media/` with a `media.parquet` table; the text records are unchanged.
+    Not done (options to add): face detection (to blur or drop photos of people) and a
+    text-in-photo flag; page images already carry their OCR transcription."""
 
     enabled: bool = True
     images: bool = True
@@ -110,6 +112,12 @@ class MediaConfig(_Section):
     max_image_pixels: int = Field(89_478_485, gt=0, description="larger images are skipped")
     max_frames: int = Field(200, ge=1, description="pages kept per multi-page TIFF or PDF")
     max_audio_seconds: float = Field(4 * 3600.0, gt=0, description="longer audio is skipped")
+    max_file_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="images and audio up to this size are stored even when larger than "
+        "data.max_file_bytes (the limit for text); larger ones are skipped as too large",
+    )
     pairs: bool = Field(
         True, description="pair media with captions/transcripts (sidecars, alt text, OCR)"
     )

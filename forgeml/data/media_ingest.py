@@ -1,6 +1,7 @@
 """Media at ingest: images, recordings and scanned PDF pages stored content-addressed under
 the dataset's `media/<sha256[:2]>/<sha256>.<ext>`, listed in `media.parquet` with their
-provenance, measures and pairs (caption, transcription, transcript), then deduplicated.
+provenance, measures and pairs (caption, alt text, OCR transcription, transcript, the
+documents that show them), then deduplicated.
 
 `MediaCollector` rides along `forgeml.data.ingest.ingest_files`: it sees every file after
 the text readers did, adds the media the file holds, and decides the file's status when the
@@ -34,10 +35,13 @@ from forgeml.data.readers.media import (
 
 PAIR = pa.struct(
     [
-        ("kind", pa.string()),  # caption, alt_text, transcription (OCR), transcript
+        ("kind", pa.string()),  # caption, alt_text, in_document, transcription (OCR), transcript
         ("doc_id", pa.string()),  # the text record in data.parquet; null if not ingested
         ("path", pa.string()),  # where the text came from
         ("text", pa.string()),
+        # in_document/alt_text of a Markdown record: where the image sits in its text, so
+        # text and images can be interleaved; null otherwise
+        ("offset", pa.int64()),
     ]
 )
 MEDIA_SCHEMA = pa.schema(
@@ -95,15 +99,17 @@ def transcript_text(text: str) -> str:
     return "\n".join(re.sub(r"<[^>]+>", "", ln) for ln in kept)
 
 
-def image_references(markup: str) -> list[tuple[str, str]]:
-    """(src, alt text) of the images an HTML or Markdown document shows, in order."""
+def image_references(markup: str) -> list[tuple[str, str, int]]:
+    """(src, alt text, character offset) of the images an HTML or Markdown document shows,
+    in the order they appear."""
     refs = []
-    for tag in _IMG_TAG.findall(markup):
-        attrs = {m.group(1).lower(): m.group(2) or m.group(3) or "" for m in _ATTR.finditer(tag)}
+    for tag in _IMG_TAG.finditer(markup):
+        found = _ATTR.finditer(tag.group(0))
+        attrs = {m.group(1).lower(): m.group(2) or m.group(3) or "" for m in found}
         if attrs.get("src"):
-            refs.append((attrs["src"], attrs.get("alt", "")))
-    refs += [(src, alt) for alt, src in _MARKDOWN_IMAGE.findall(markup)]
-    return refs
+            refs.append((attrs["src"], attrs.get("alt", ""), tag.start()))
+    refs += [(m.group(2), m.group(1), m.start()) for m in _MARKDOWN_IMAGE.finditer(markup)]
+    return sorted(refs, key=lambda ref: ref[2])
 
 
 class MediaCollector:
@@ -136,12 +142,16 @@ class MediaCollector:
         kind = media_kind(Path(rel))
         status, reason, detail = verdict
         wanted = {"image": self.cfg.images, "audio": self.cfg.audio, "pdf": self.cfg.pdf_pages}
-        if kind is None or not wanted[kind] or reason in _NOT_OPENED or status == "failed":
+        if kind is None or not wanted[kind] or status == "failed":
+            return verdict
+        if reason in _NOT_OPENED and not self._large_media(kind, reason, path):
             return verdict
         try:
             data = path.read_bytes()
         except OSError as err:
             return ("failed", "read error", f"{type(err).__name__}: {err}") if not rows else verdict
+        if len(data) > self.cfg.max_file_bytes:  # grew since it was looked at
+            return verdict
         items, skips = self._read(kind, data, rows, reason)
         for skip in skips:
             self.skipped[skip.reason] = self.skipped.get(skip.reason, 0) + 1
@@ -156,6 +166,16 @@ class MediaCollector:
         if not items and not rows and skips and kind != "pdf":
             return "skipped", skips[0].reason, skips[0].detail
         return verdict
+
+    def _large_media(self, kind: str, reason: str, path: Path) -> bool:
+        """An image or recording over `data.max_file_bytes` (the text limit) that is within
+        `media.max_file_bytes`: read as media all the same (hour-long recordings)."""
+        if reason != "too large" or kind == "pdf" or path.is_symlink():
+            return False
+        try:
+            return path.stat().st_size <= self.cfg.max_file_bytes
+        except OSError:
+            return False
 
     def _read(
         self, kind: str, data: bytes, rows: list[dict[str, Any]], text_reason: str
@@ -250,7 +270,7 @@ class MediaCollector:
             return {}
         if self.cfg.pairs:
             self._pair_sidecars()
-            self._pair_alt_texts()
+            self._pair_documents()
         dedup = mark_duplicates(self.rows, self.cfg.dedup)
         if self.cfg.dedup.near and any(r["kind"] == "image" for r in self.rows):
             if not any(r["phash"] for r in self.rows):
@@ -282,8 +302,10 @@ class MediaCollector:
                     row["pairs"] = [pair, *row["pairs"]]
                     break
 
-    def _pair_alt_texts(self) -> None:
-        """An image an HTML or Markdown document shows with alt text gets that text."""
+    def _pair_documents(self) -> None:
+        """An image an HTML or Markdown document shows gets an `alt_text` pair (its alt text)
+        or an `in_document` pair (none), linking it to the document's record; for Markdown,
+        whose record is the markup itself, with the image's offset in that text."""
         by_path = {(r["source"], r["path"]): r for r in self.rows if r["kind"] == "image"}
         for source, rel, path, doc_id in self.markup:
             try:
@@ -291,14 +313,16 @@ class MediaCollector:
             except (OSError, SkipDocument):
                 continue
             folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
-            for src, alt in image_references(markup):
-                if not alt.strip() or "://" in src or src.startswith(("data:", "/")):
+            markdown = rel.lower().endswith((".md", ".markdown"))
+            for src, alt, offset in image_references(markup):
+                if "://" in src or src.startswith(("data:", "/")):
                     continue
                 target = os.path.normpath(f"{folder}/{src}" if folder else src).replace("\\", "/")
                 row = by_path.get((source, target.split("#")[0].split("?")[0]))
                 if row is not None:
-                    pair = {"kind": "alt_text", "doc_id": doc_id, "path": rel, "text": alt.strip()}
-                    row["pairs"] = [*row["pairs"], pair]
+                    kind = "alt_text" if alt.strip() else "in_document"
+                    pair = {"kind": kind, "doc_id": doc_id, "path": rel, "text": alt.strip()}
+                    row["pairs"] = [*row["pairs"], {**pair, "offset": offset if markdown else None}]
 
     def _summary(self, dedup: dict[str, Any]) -> dict[str, Any]:
         pairs: dict[str, int] = {}
