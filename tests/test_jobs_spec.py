@@ -46,6 +46,7 @@ COMMAND_LINES = {
     "train dpo": ["r.yaml", "--base", "m", "--data", "p.jsonl"],
     "train rm": ["r.yaml", "--base", "m", "--data", "p.jsonl", "--force"],
     "train rl": ["r.yaml", "--base", "m", "--prompts", "p.jsonl", "--resume"],
+    "train multimodal": ["r.yaml", "--base", "m", "--data", "mm.jsonl", "--resume"],
     "data ingest": ["a", "b", "--name", "n", "--include", "*.md", "--include", "*.txt",
                     "--text-field", "body", "--max-file-bytes", "100"],
     "data curate": ["d", "--recipe", "r.yaml", "--set", "curate.dedup.threshold=0.7"],

@@ -1,5 +1,6 @@
-"""`forgeml train {pretrain,cpt,preflight,dpo,rm,rl,sft}`: one command per training objective,
-each thin over its pipeline stage (a cached, registered run), and the memory preflight."""
+"""`forgeml train {pretrain,cpt,preflight,dpo,rm,rl,sft,multimodal}`: one command per training
+objective, each thin over its pipeline stage (a cached, registered run), and the memory
+preflight."""
 
 from __future__ import annotations
 
@@ -302,3 +303,34 @@ def train_sft(
             f"truncated, {report['n_dropped']} dropped, {report['n_failed']} failed",
             highlight=False,
         )
+
+
+@train_app.command("multimodal")
+def train_multimodal(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML (its `multimodal` section).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="e.g. multimodal.joint.train.max_steps=50")
+    ] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Text model asset to start from (multimodal.base_model).")
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help="Media JSONL or its dataset asset (multimodal.data).")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted phase.")] = False,
+    force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+) -> None:
+    """Vision/audio LM: a new model (encoders + projectors + LM), projector alignment, then
+    joint SFT on media JSONL → model assets with lineage to the LM, tokenizer and data."""
+    from forgeml.pipeline.multimodal_stage import multimodal_stages
+
+    rec = load_recipe(recipe, overrides or [])
+    results = multimodal_stages(
+        current_workspace(), rec, base_model=base, data=data, resume=resume, force=force,
+        progress=not state.quiet, notify=notify,
+    )  # fmt: skip
+    for res in results:
+        console.print(f"{res.stage}: model {res.output}" + (" (cached)" if res.cached else ""))
+        for key in ("final_train_loss", "heldout_loss_before", "heldout_loss"):
+            if res.metrics.get(key) is not None:
+                console.print(f"  {key}: {format_value(res.metrics[key])}", highlight=False)

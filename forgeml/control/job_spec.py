@@ -27,8 +27,8 @@ from forgeml.core.errors import ForgeError
 
 JobCommand = Literal[
     "pipeline run", "train pretrain", "train cpt", "train sft", "train dpo", "train rm",
-    "train rl", "data ingest", "data curate", "tokenizer train", "eval run", "generate", "hpo",
-    "hpo-trial", "synth rules", "synth teacher",
+    "train rl", "train multimodal", "data ingest", "data curate", "tokenizer train", "eval run",
+    "generate", "hpo", "hpo-trial", "synth rules", "synth teacher",
 ]  # fmt: skip
 JOB_COMMANDS: tuple[str, ...] = get_args(JobCommand)
 
@@ -93,6 +93,12 @@ class TrainRlParams(_RecipeParams):
     OBJECTIVE = "rl"
     base: str = Field(min_length=1)
     prompts: str = Field(min_length=1)
+    resume: bool = False
+
+
+class TrainMultimodalParams(_RecipeParams):
+    base: str | None = None
+    data: str | None = None
     resume: bool = False
 
 
@@ -207,6 +213,7 @@ PARAMS: dict[str, type[JobParams]] = {
     "pipeline run": PipelineRunParams, "train pretrain": TrainPretrainParams,
     "train cpt": TrainCptParams, "train sft": TrainSftParams, "train dpo": TrainDpoParams,
     "train rm": TrainRmParams, "train rl": TrainRlParams,
+    "train multimodal": TrainMultimodalParams,
     "data ingest": DataIngestParams, "data curate": DataCurateParams,
     "tokenizer train": TokenizerTrainParams, "eval run": EvalRunParams,
     "generate": GenerateParams, "hpo": HpoParams, "hpo-trial": HpoTrialParams,

@@ -89,6 +89,17 @@ def _train_sft(ws: Workspace, spec: JobSpec, notify: Notify) -> None:
     _made(kind, res, ("final_train_loss", "final_eval_loss", "trainable_params"))
 
 
+def _train_multimodal(ws: Workspace, spec: JobSpec, notify: Notify) -> None:
+    from forgeml.pipeline.multimodal_stage import multimodal_stages
+
+    p = spec.params
+    for res in multimodal_stages(
+        ws, spec.load_recipe(), base_model=p.base, data=p.data, resume=p.resume, force=p.force,
+        notify=notify,
+    ):  # fmt: skip
+        _made("model", res, ("final_train_loss", "heldout_loss"))
+
+
 def _train_dpo(ws: Workspace, spec: JobSpec, notify: Notify) -> None:
     from forgeml.pipeline.preference_stage import dpo_stage
 
@@ -248,7 +259,8 @@ def _synth_teacher(ws: Workspace, spec: JobSpec, notify: Notify) -> None:
 EXECUTORS: dict[str, Callable[[Workspace, JobSpec, Notify], None]] = {
     "pipeline run": _pipeline_run, "train pretrain": _train_pretrain, "train cpt": _train_cpt,
     "train sft": _train_sft, "train dpo": _train_dpo, "train rm": _train_rm,
-    "train rl": _train_rl, "data ingest": _data_ingest, "data curate": _data_curate,
+    "train rl": _train_rl, "train multimodal": _train_multimodal, "data ingest": _data_ingest,
+    "data curate": _data_curate,
     "tokenizer train": _tokenizer_train, "eval run": _eval_run, "generate": _generate,
     "hpo": _hpo, "hpo-trial": _hpo_trial, "synth rules": _synth_rules,
     "synth teacher": _synth_teacher,

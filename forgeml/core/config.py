@@ -29,6 +29,8 @@ from forgeml.core.data_config import (  # noqa: F401 (re-exported: callers impor
     GopherRepetitionConfig,
     LanguageFilterConfig,
     LengthFilterConfig,
+    MediaConfig,
+    MediaDedupConfig,
     MixConfig,
     OcrConfig,
     RedactConfig,
@@ -377,6 +379,53 @@ class PostTrainConfig(_Section):
     rl: RLStageConfig | None = None
 
 
+class MultimodalPhaseConfig(_Section):
+    """One phase of multimodal training (`multimodal.align` or `multimodal.joint`), each with
+    its own loop settings: align trains the projectors only, joint the LM too."""
+
+    train_encoders: bool = Field(False, description="joint: train the vision/audio encoders too")
+    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5, weight_decay=0.0)
+    train: TrainConfig = TrainConfig(
+        max_steps=100, micro_batch_size=4, eval_every=0, checkpoint_every=50
+    )
+
+
+class MultimodalStageConfig(_Section):
+    """`forgeml train multimodal` and `pipeline run`: a vision/audio LM (encoders joined to a
+    text LM by projectors) trained on media JSONL, projector alignment then joint SFT."""
+
+    data: str | None = Field(
+        None, description="JSONL of {image|audio, prompt, answer} (media paths relative to "
+        "it), or its dataset asset",
+    )  # fmt: skip
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="records kept out for eval")
+    init: str | None = Field(None, description="multimodal model asset to continue from")
+    base_model: str | None = Field(
+        None, description="text model asset whose LM and tokenizer start the model; None: "
+        "the recipe's `model` from scratch (`pipeline run`: the pre-trained model)",
+    )  # fmt: skip
+    tokenizer: str | None = Field(None, description="with no base_model: tokenizer asset/folder")
+    vision: dict[str, Any] | None = Field(
+        None, description="image encoder (forgeml.models.vision.VisionConfig fields)"
+    )
+    audio: dict[str, Any] | None = Field(
+        None, description="audio encoder (forgeml.models.audio.AudioConfig fields)"
+    )
+    vision_tower: str | None = Field(
+        None, description="SigLIP folder whose vision tower is the image encoder (`vision`: "
+        "overrides, e.g. n_layers, pixel_shuffle)",
+    )  # fmt: skip
+    audio_tower: str | None = Field(
+        None, description="Whisper folder whose encoder is the audio encoder (`audio`: "
+        "overrides, e.g. stack)",
+    )  # fmt: skip
+    seed: int = Field(0, description="seed of the new encoders' and projectors' weights")
+    align: MultimodalPhaseConfig | None = MultimodalPhaseConfig()
+    joint: MultimodalPhaseConfig | None = MultimodalPhaseConfig(
+        optim=OptimConfig(lr=5e-4, warmup_steps=5, weight_decay=0.0)
+    )
+
+
 class Recipe(_Section):
     """A whole factory run: every stage's settings. `optim` and `train` are pre-training's
     (and continued pre-training's); each post-training objective carries its own."""
@@ -398,6 +447,7 @@ class Recipe(_Section):
     rl: RLConfig = RLConfig()
     sft: SFTConfig | None = None
     posttrain: PostTrainConfig | None = None
+    multimodal: MultimodalStageConfig | None = None
 
 
 def canonical_json(obj: Any) -> str:

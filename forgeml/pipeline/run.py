@@ -1,5 +1,5 @@
 """`forgeml pipeline run RECIPE`: ingest → (curate) → (mix) → tokenizer → pack → pretrain → eval →
-(SFT → DPO → RL, each measured before/after) → generate.
+(SFT → DPO → RL, each measured before/after) → (multimodal: align → joint) → generate.
 
 Each stage is a cached run (see runtime.py), so running the same recipe twice repeats
 nothing and changing one field re-runs only the stages downstream of it.
@@ -122,6 +122,15 @@ def run_pipeline(
         )
         out.stages += stages
         out.lifts += lifts
+    if recipe.multimodal is not None:  # a vision/audio LM (multimodal_stage.py)
+        from forgeml.pipeline.multimodal_stage import multimodal_stages
+
+        mm = recipe.multimodal
+        base = None if (mm.init or mm.base_model or mm.tokenizer) else model.output
+        out.stages += multimodal_stages(
+            ws, recipe, base_model=base, resume=resume, force=force, progress=progress,
+            notify=notify,
+        )  # fmt: skip
     for prompt in recipe.generate.prompts:
         out.samples.append((prompt, generate_text(ws, model.output, prompt, recipe.generate)))
     out.seconds = time.perf_counter() - start
