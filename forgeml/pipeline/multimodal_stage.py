@@ -60,13 +60,9 @@ def _media_files(record: dict[str, Any], root: Path, where: str) -> dict[str, li
 
 
 def media_dataset_stage(
-    ws: Workspace,
-    jsonl: str | Path,
-    *,
-    name: str | None = None,
-    force: bool = False,
+    ws: Workspace, jsonl: str | Path, *, name: str | None = None, force: bool = False,
     notify: Notify | None = None,
-) -> StageResult:
+) -> StageResult:  # fmt: skip
     """Register a media JSONL ({image|audio: path or list, prompt, answer}; paths relative to
     the file) as a dataset asset: `train.jsonl` whose media paths point into `media/`, where
     each file is stored once under its content hash (provenance: `sources.json`)."""
@@ -175,13 +171,9 @@ def _towers(section: MultimodalStageConfig, encoders: dict[str, Any]) -> dict[st
 
 
 def multimodal_init_stage(
-    ws: Workspace,
-    recipe: Recipe,
-    base_model: str | None = None,
-    *,
-    force: bool = False,
+    ws: Workspace, recipe: Recipe, base_model: str | None = None, *, force: bool = False,
     notify: Notify | None = None,
-) -> StageResult:
+) -> StageResult:  # fmt: skip
     """A new vision/audio LM → model asset: the encoders of `multimodal.vision`/`.audio` and
     fresh projectors (seeded by `multimodal.seed`) joined to the LM of `base_model` (a text
     model asset, its tokenizer extended with the image/audio placeholders and its embeddings
@@ -266,17 +258,10 @@ def _new_multimodal(
 
 
 def multimodal_phase_stage(
-    ws: Workspace,
-    recipe: Recipe,
-    phase: Literal["align", "joint"],
-    model_ref: str,
-    dataset: Asset,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
+    ws: Workspace, recipe: Recipe, phase: Literal["align", "joint"], model_ref: str,
+    dataset: Asset, *, resume: bool = False, force: bool = False, progress: bool = True,
     notify: Notify | None = None,
-) -> StageResult:
+) -> StageResult:  # fmt: skip
     """One phase (`multimodal.align` or `.joint`) from `model_ref` on `dataset` → model asset.
     With `resume`, an interrupted run of the same phase, model and data continues from its
     last checkpoint (a finished one is answered from the cache; none: it starts)."""
@@ -315,16 +300,10 @@ def multimodal_phase_stage(
 
 
 def multimodal_stages(
-    ws: Workspace,
-    recipe: Recipe,
-    *,
-    base_model: str | None = None,
-    data: str | None = None,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
+    ws: Workspace, recipe: Recipe, *, base_model: str | None = None, data: str | None = None,
+    resume: bool = False, force: bool = False, progress: bool = True,
     notify: Notify | None = None,
-) -> list[StageResult]:
+) -> list[StageResult]:  # fmt: skip
     """The recipe's `multimodal` section as runs: the media dataset, the model to start from
     (`multimodal.init`, or a new one on `base_model`), then align and joint where set. The
     last result's output is the trained model."""
