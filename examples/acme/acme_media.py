@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,13 +59,35 @@ def form_text(rng: random.Random) -> str:
     )
 
 
-def render_page(text: str, rng: random.Random, size: int = 192) -> Image.Image:
+PAGE_SIZE = 192
+PAGE_FONT = 14
+LINE_STEP = 23  # pixels from one typed line to the next
+PageChars = list[tuple[str, float, float]]  # each typed character and its centre (x, y)
+
+
+def render_page(text: str, rng: random.Random, size: int = PAGE_SIZE) -> Image.Image:
     """`text` typed on a white square page, then damaged: a stain, maybe a missing strip,
     a small rotation and a blur."""
+    return render_page_chars(text, rng, size)[0]
+
+
+def render_page_chars(
+    text: str, rng: random.Random, size: int = PAGE_SIZE
+) -> tuple[Image.Image, PageChars]:
+    """The damaged page and where each legible character of `text` ended up on it (its
+    centre after the rotation; characters under the missing strip are left out): the
+    renderer's own ground truth, which encoder pretraining reads (mm_pretrain)."""
     page = Image.new("RGB", (size, size), (250, 248, 240))
     draw = ImageDraw.Draw(page)
-    font = ImageFont.load_default(size=14)
-    draw.multiline_text((10, 12), text, fill=(20, 20, 30), font=font, spacing=9)
+    font = ImageFont.load_default(size=PAGE_FONT)
+    chars: PageChars = []
+    for i, line in enumerate(text.split("\n")):
+        x0, y0 = 10, 12 + i * LINE_STEP
+        draw.text((x0, y0), line, fill=(20, 20, 30), font=font)
+        for k, ch in enumerate(line):
+            if not ch.isspace():
+                x = x0 + font.getlength(line[:k]) + font.getlength(ch) / 2
+                chars.append((ch, x, y0 + 0.6 * PAGE_FONT))
     stain = Image.new("RGBA", page.size, (0, 0, 0, 0))
     x, y, r = rng.randrange(size), rng.randrange(size), rng.randrange(12, 36)
     ImageDraw.Draw(stain).ellipse((x - r, y - r, x + r, y + r), fill=(140, 100, 40, 90))
@@ -72,8 +96,15 @@ def render_page(text: str, rng: random.Random, size: int = 192) -> Image.Image:
         width = rng.randrange(6, 18)
         box = (size - width, 0, size, size) if rng.random() < 0.5 else (0, size - width, size, size)
         ImageDraw.Draw(page).rectangle(box, fill=(0, 0, 0))
-    page = page.rotate(rng.uniform(-4, 4), resample=Image.BICUBIC, fillcolor=(255, 255, 255))
-    return page.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.0)))
+        chars = [c for c in chars if not (box[0] <= c[1] <= box[2] and box[1] <= c[2] <= box[3])]
+    angle = rng.uniform(-4, 4)
+    page = page.rotate(angle, resample=Image.BICUBIC, fillcolor=(255, 255, 255))
+    cos, sin, mid = math.cos(math.radians(angle)), math.sin(math.radians(angle)), size / 2
+    chars = [
+        (ch, mid + (x - mid) * cos + (y - mid) * sin, mid - (x - mid) * sin + (y - mid) * cos)
+        for ch, x, y in chars
+    ]
+    return page.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.0))), chars
 
 
 def write_pages(out: Path, count: int, seed: int) -> dict[str, int]:
@@ -168,19 +199,26 @@ def speak(text: str, voice: str, speed: int, path: Path) -> None:
     soundfile.write(path, audio, SAMPLE_RATE, subtype="PCM_16")
 
 
-def write_speech(out: Path, count: int, seed: int) -> dict[str, int]:
+def write_speech(out: Path, count: int, seed: int, workers: int = 2) -> dict[str, int]:
+    """`count` procedures spoken by espeak-ng (`workers` at a time; the texts, voices and
+    speeds are drawn in order first, so the files do not depend on `workers`)."""
     if not espeak_available():
         raise FileNotFoundError("espeak-ng is not installed (apt-get install -y espeak-ng)")
     rng = random.Random(f"acme-speech-{seed}")
     records = []
     for i in range(count):
         text, voice, speed = procedure_text(rng), rng.choice(VOICES), rng.choice(SPEEDS)
-        name = f"speech_{i:04d}.wav"
-        speak(text, voice, speed, out / name)
         records.append(
-            {"audio": name, "prompt": SPEECH_PROMPT, "answer": text, "voice": voice,
-             "speed": speed}
+            {"audio": f"speech_{i:04d}.wav", "prompt": SPEECH_PROMPT, "answer": text,
+             "voice": voice, "speed": speed}
         )  # fmt: skip
+    with ThreadPoolExecutor(workers) as pool:
+        jobs = [
+            pool.submit(speak, r["answer"], r["voice"], r["speed"], out / r["audio"])
+            for r in records
+        ]
+        for job in jobs:
+            job.result()
     return _write_split(out, records)
 
 
