@@ -1,5 +1,6 @@
-"""`forgeml data {ingest,curate,show,diff}`: read files into raw dataset assets, curate them
-(filters, redaction, dedup), and inspect or compare dataset versions."""
+"""`forgeml data {ingest,curate,media-pairs,show,diff}`: read files into raw dataset assets,
+curate them (filters, redaction, dedup), turn their media pairs into multimodal SFT data, and
+inspect or compare dataset versions."""
 
 from __future__ import annotations
 
@@ -136,6 +137,38 @@ def _print_drop_warnings(report_json: Path) -> None:
         console.print(f"  [yellow]warning[/yellow]: {escape(warning_line(w))}", highlight=False)
     if warnings:
         console.print("  (curate.warn_drop_share sets the share; curate.profile the rules)")
+
+
+@data_app.command("media-pairs")
+def data_media_pairs(
+    dataset: Annotated[str, typer.Argument(help="Dataset asset with media (curated or raw).")],
+    heldout: Annotated[float, typer.Option(help="Share of media items held out.")] = 0.1,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the JSONL and media here, not as an asset.")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Name of the media dataset asset.")] = None,
+    force: Annotated[bool, typer.Option(help="Re-run even if cached.")] = False,
+) -> None:
+    """Captions, page transcriptions and transcripts → multimodal SFT JSONL (train/heldout)."""
+    from forgeml.data.media_pairs import export_media_pairs
+    from forgeml.pipeline.curate_stage import media_pairs_stage
+    from forgeml.registry import open_registry
+
+    ws = current_workspace()
+    reg = open_registry(ws)
+    if out is not None:
+        summary = export_media_pairs(reg.get_asset(dataset).path, out, heldout=heldout)
+        where = f"{out}: "
+    else:
+        res = media_pairs_stage(ws, dataset, heldout=heldout, name=name, force=force)
+        asset = reg.get_asset(res.output)
+        summary = json.loads((Path(asset.path) / "pairs.json").read_text())
+        where = f"dataset {asset.id}{' (cached)' if res.cached else ''}: "
+    records, skipped = summary["records"], summary["skipped_by_reason"]
+    lines = [f"{where}{records['train']} train, {records['heldout']} held-out records"]
+    lines[0] += f" from {summary['pairs']} pairs"
+    lines += [f"  pairs skipped {n}: {reason}" for reason, n in skipped.items()]
+    console.print("\n".join(lines), highlight=False)
 
 
 @data_app.command("show")

@@ -104,6 +104,7 @@ def curate_documents(
     cfg: CurateConfig | None = None,
     *,
     progress: bool = False,
+    fates: dict[str, str] | None = None,
 ) -> CurateReport:
     """Curate the raw-documents Parquet at `in_path` into `out_path` (written atomically).
 
@@ -117,6 +118,9 @@ def curate_documents(
     of records, in `cfg.workers` processes here (or on the Ray cluster at `cfg.ray_address`,
     or a local one on 127.0.0.1); the batches are merged in input order and dedup and the writing stay here, so the curated
     Parquet and the report are the same as with the local executor.
+
+    `fates`: raw doc ids to follow (the keys; media pairs name them). Each one whose record
+    is dropped or fails gets the reason as its value, e.g. `dedup:near`; kept ones keep theirs.
     """
     cfg = cfg or CurateConfig()
     in_path, out_path = Path(in_path), Path(out_path)
@@ -167,6 +171,7 @@ def curate_documents(
             code_in.update(out.code_languages)
             dropped.update(out.dropped)
             ledger.add(out.ledger)
+            _note_fates(fates, out.drops)
             sample.extend(out.labelled)
             failed.update(out.failed)
             stage_counts["filters"] += out.dropped_by_filters
@@ -192,7 +197,7 @@ def curate_documents(
         model = None  # stage_counts gains "quality_model" only when it is enabled
         if cfg.quality_model.enabled:
             model, report.quality_model = fit_quality_model(sample, cfg.quality_model, cfg.seed)
-        kept_stats = _write_curated(work_path, out_path, dedup, report, model, cfg)
+        kept_stats = _write_curated(work_path, out_path, dedup, report, model, cfg, fates=fates)
         for doc_type, where in kept_stats["low_quality"]:
             dropped["quality_model:low_score"] += 1
             ledger.dropped(doc_type, "quality_model:low_score", where)
@@ -286,6 +291,7 @@ class BatchOutcome:
     redactions: Counter[str]
     records_redacted: int
     labelled: list[tuple[str, int]]  # (text, kept by the filters?) for curate.quality_model
+    drops: list[tuple[str, str]]  # (raw doc_id, reason) of each record dropped or failed
 
 
 def curate_batch(
@@ -309,6 +315,7 @@ def curate_batch(
     chars_in = by_filters = by_redaction = records_redacted = 0
     rows: list[dict[str, Any]] = []
     labelled: list[tuple[str, int]] = []
+    drops: list[tuple[str, str]] = []
     for raw_row, record in enumerate(batch.to_pylist(), start=first_row):
         text = record.get("text") or ""
         doc_type = record.get("type") or "text"
@@ -337,12 +344,14 @@ def curate_batch(
                     passed.append(flt.name)
         except UserFilterError as err:
             failed[steps.safe(str(err))] += 1
+            drops.append((record.get("doc_id"), f"failed: {steps.safe(str(err))}"))
             continue
         if cfg.quality_model.enabled:  # the rules' verdict on the text they judged
             labelled.append((text[:_LABELLED_CHARS], 0 if reason else 1))
         if reason:
             reason = steps.safe(reason)
             dropped[reason] += 1
+            drops.append((record.get("doc_id"), reason))
             where = str(record.get("path") or raw_row)
             locator = record.get("locator")
             ledger.dropped(doc_type, reason, f"{where} ({locator})" if locator else where)
@@ -354,6 +363,7 @@ def curate_batch(
         redaction_totals.update(red.counts)
         if red.drop:
             dropped[red.drop] += 1
+            drops.append((record.get("doc_id"), red.drop))
             by_redaction += 1
             continue
         text = red.text
@@ -402,7 +412,16 @@ def curate_batch(
         redactions=redaction_totals,
         records_redacted=records_redacted,
         labelled=labelled,
+        drops=drops,
     )
+
+
+def _note_fates(fates: dict[str, str] | None, drops: list[tuple[str, str]]) -> None:
+    """Record the first drop reason of each followed doc id."""
+    if fates:
+        for doc_id, reason in drops:
+            if doc_id in fates and not fates[doc_id]:
+                fates[doc_id] = reason
 
 
 @dataclass
@@ -455,6 +474,8 @@ def _write_curated(
     report: CurateReport,
     model: QualityModel | None = None,
     cfg: CurateConfig | None = None,
+    *,
+    fates: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Pass two: the work file minus duplicates (and, with curate.quality_model.min_score,
     minus survivors the model scores low), with `duplicates_removed`, written atomically;
@@ -489,6 +510,13 @@ def _write_curated(
             exact = np.isin(rows, dedup.exact_dups, assume_unique=True)
             counts = pa.array([dedup.represented.get(int(i), 0) for i in rows], type=pa.int32())
             table = pa.Table.from_batches([batch]).append_column("duplicates_removed", counts)
+            if fates:
+                near = np.isin(rows, dedup.near_dups, assume_unique=True)
+                why = np.where(
+                    exact, "dedup:exact", np.where(near, "dedup:near", "quality_model:low_score")
+                )
+                raw_ids = table.column("raw_doc_id").to_pylist()
+                _note_fates(fates, [(raw_ids[j], str(why[j])) for j in np.flatnonzero(~keep)])
             out.write_table(table.filter(pa.array(keep)).cast(SCHEMA))
             removed = table.column("boilerplate_lines_removed").to_numpy()
             report.boilerplate_lines_removed += int(removed[~exact].sum())

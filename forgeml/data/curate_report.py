@@ -38,9 +38,13 @@ class CurateReport:
     by_type: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     quality_model: dict[str, Any] = field(default_factory=dict)  # held-out agreement
+    media: dict[str, Any] = field(default_factory=dict)  # forgeml.data.media_carry; {}: none
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not out["media"]:  # a corpus without media: the report is as before media existed
+            del out["media"]
+        return out
 
     def summary(self) -> str:
         top = sorted(self.dropped_by_reason.items(), key=lambda kv: -kv[1])[:4]
