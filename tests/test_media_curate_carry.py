@@ -97,6 +97,8 @@ def test_media_whose_text_was_filtered_is_dropped_with_the_reason(curated):
     pairs = media["pairs"]
     assert pairs["kept"] + sum(pairs["dropped_by_reason"].values()) == pairs["input"] == 3
     assert cur.metadata["media"]["kept"] == 3
+    html = (cur.path / "report.html").read_text()
+    assert "<h2>Media</h2>" in html and "paired text: length:too_short" in html
 
 
 def test_a_text_duplicate_keeps_its_pair_and_policy_drops_remove_it(curated, tmp_path):

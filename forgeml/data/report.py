@@ -127,6 +127,7 @@ def render_html(report: dict[str, Any]) -> str:
         _table(sorted(r["dropped_by_reason"].items(), key=lambda kv: -kv[1]), ("reason", "n")),
         *_by_type_section(r.get("by_type", {}), r.get("profile", "")),
         *_quality_model_section(r.get("quality_model", {})),
+        *_media_section(r.get("media") or {}),
     ]
     if r["failed_by_reason"]:
         sections += ["<h2>Failed</h2>", _table(list(r["failed_by_reason"].items()), ("", "n"))]
@@ -172,6 +173,31 @@ def _by_type_section(by_type: dict[str, dict[str, Any]], profile: str) -> list[s
     return [
         f"<h2>Filter drops by document type ({escape(profile)} profile)</h2>",
         _table(rows, header),
+    ]
+
+
+def _media_section(media: dict[str, Any]) -> list[str]:
+    """Images and recordings carried with the text (forgeml.data.media_carry): what came in,
+    what was kept, and why the rest was dropped, for the media and for their text pairs."""
+    if not media:
+        return []
+    pairs = media.get("pairs", {})
+    counts = [
+        ("media in", media.get("input", 0)),
+        ("media kept", media.get("kept", 0)),
+        ("images kept", media.get("images", 0)),
+        ("recordings kept", media.get("audio", 0)),
+        ("bytes stored", media.get("stored_bytes", 0)),
+        ("text pairs in", pairs.get("input", 0)),
+        ("text pairs kept", pairs.get("kept", 0)),
+        ("text pairs redacted", media.get("pairs_redacted", 0)),
+    ]
+    drops = [("media", k, n) for k, n in media.get("dropped_by_reason", {}).items()]
+    drops += [("pair", k, n) for k, n in pairs.get("dropped_by_reason", {}).items()]
+    return [
+        "<h2>Media</h2>",
+        _table(counts, ("", "count")),
+        _table(drops, ("what", "dropped by", "n")) if drops else "",
     ]
 
 
