@@ -21,6 +21,8 @@ from forgeml.governance.policy import EffectiveRules, Policy, PolicyDecision, Po
 from forgeml.serve.engine import SamplingParams
 from forgeml.serve.loading import ServedModel
 from forgeml.serve.media import (
+    MEDIA_WORKERS,
+    PART_KINDS,
     MediaPart,
     PromptMedia,
     decode_media,
@@ -108,6 +110,8 @@ class Gateway:
         }
         self.limiter = RateLimiter()
         self.metrics = ServeMetrics()
+        # Media parsing, fetching and decoding share these threads, not the ones text uses.
+        self.media_threads = anyio.CapacityLimiter(MEDIA_WORKERS)
 
     # -- authenticate ------------------------------------------------------------------
 
@@ -232,7 +236,12 @@ class Gateway:
             include_usage=bool(opts and opts.include_usage),
         )
         try:
-            if served.upstream is not None:
+            if served.upstream is not None and _has_media(body):
+                # Off the event loop: the media parts' base64 is decoded for the audit's hashes.
+                await anyio.to_thread.run_sync(
+                    self._forwarded, call, rules, body, limiter=self.media_threads
+                )
+            elif served.upstream is not None:
                 self._forwarded(call, rules, body)
             else:
                 await self._tokenized(call, rules, body)
@@ -268,9 +277,9 @@ class Gateway:
             if served.multimodal is not None:
                 marks = placeholder_strings(served.multimodal, served.tokenizer)
                 messages, parts = await anyio.to_thread.run_sync(
-                    media_messages, messages, marks, rules, self.limits
-                )
-                call.media_audit = [p.audit_entry() for p in parts]
+                    media_messages, messages, marks, rules, self.limits, call.media_audit,
+                    limiter=self.media_threads if _has_media(body) else None,
+                )  # fmt: skip
             text, ids = render_chat(messages, add_generation_prompt=True, tools=tools), None
             requested = body.max_completion_tokens or body.max_tokens
             default, stops = self.max_default_tokens, ("end", "eos")
@@ -290,7 +299,9 @@ class Gateway:
             )
             call.decisions += fired
             if parts:
-                ids = await anyio.to_thread.run_sync(self._with_media, call, parts, ids)
+                ids = await anyio.to_thread.run_sync(
+                    self._with_media, call, parts, ids, limiter=self.media_threads
+                )
         if served.multimodal is not None and not parts:
             refuse_placeholders(ids or [], served.multimodal)
         elif any(not 0 <= t < served.tokenizer.get_vocab_size() for t in ids or []):
@@ -352,8 +363,9 @@ class Gateway:
         payload["model"] = call.model.upstream_model
         if isinstance(body, ChatRequest):
             # The media policy holds here too; the upstream decodes (and fetches) the media.
-            parts = media_parts(payload["messages"], rules, self.limits, fetch=False)
-            call.media_audit = [p.audit_entry() for p in parts]
+            media_parts(
+                payload["messages"], rules, self.limits, fetch=False, audit=call.media_audit
+            )
             payload["messages"], prompt, fired = governed_messages(
                 self.policy, rules, payload["messages"]
             )
@@ -469,6 +481,13 @@ class Gateway:
         self.metrics.inc(
             "forgeml_requests_total", endpoint=endpoint or "other", model="-", status=str(status)
         )
+
+
+def _has_media(body: ChatRequest | CompletionRequest) -> bool:
+    return isinstance(body, ChatRequest) and any(
+        isinstance(m.content, list) and any(p.get("type") in PART_KINDS for p in m.content)
+        for m in body.messages
+    )
 
 
 def _client(request: Request) -> str:

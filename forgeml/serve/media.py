@@ -11,10 +11,11 @@ import binascii
 import hashlib
 import io
 import json
-import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,9 +35,28 @@ PART_KINDS = {"image_url": "image", "input_audio": "audio"}
 IMAGE_TYPES = {"image/png": "PNG", "image/jpeg": "JPEG", "image/jpg": "JPEG", "image/webp": "WEBP"}
 # `input_audio.format` -> soundfile's (libsndfile's) name of the container.
 AUDIO_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
-# Seconds to fetch a remote image a policy allows.
+# Each container's first bytes: a clip is sniffed before libsndfile, which parses many more
+# formats, sees it (an MP3 without an ID3 tag starts with a frame sync, 11 set bits).
+AUDIO_MAGIC = {"WAV": (b"RIFF",), "FLAC": (b"fLaC",), "OGG": (b"OggS",), "MP3": (b"ID3", b"\xff")}
+# Sample rates (Hz) a clip may have: outside them it is no recording, and resampling it to the
+# encoder's rate would cost far more than its length says.
+AUDIO_RATES = (1000, 192000)
+# Samples (of all channels) a clip may decode to per second of `max_audio_seconds`: 48 kHz
+# stereo. A few hundred kB of FLAC can hold minutes of 8-channel 192 kHz silence.
+AUDIO_SAMPLES_PER_SECOND = 96000
+# Frames read (and downmixed) at once: at most this many samples, whatever the channel count.
+AUDIO_BLOCK_SAMPLES = 2**20
+# Seconds to fetch a remote image a policy allows, all of it (not per read).
 FETCH_TIMEOUT_S = 10.0
-_DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<data>.*)", re.S)
+# Media requests parsed, fetched or decoded at once (in worker threads); the others wait, so
+# text requests always find threads to tokenize in.
+MEDIA_WORKERS = 4
+# Characters of a client's own string (a media type, a file name) an error message repeats.
+ECHO_CHARS = 40
+# A data: URL's head, before the comma; matched alone (a regex over megabytes of a hostile
+# URL could take seconds), and only when the comma comes within `DATA_URL_HEAD_CHARS`.
+_DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(?:;[^;,]*)*)")
+DATA_URL_HEAD_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -96,11 +116,13 @@ def media_parts(
     limits: RequestLimits,
     *,
     fetch: bool = True,
+    audit: list[dict[str, Any]] | None = None,
 ) -> list[MediaPart]:
     """The media content parts' bytes, in order. Refuses (400) malformed parts, too many of
     them, oversized ones, and remote URLs the policy does not allow; `PolicyViolation` for a
     kind of media the policy forbids this key. An allowed remote image is fetched here
-    (blocking) or, with `fetch=False` (an upstream fetches it), stands for its URL."""
+    (blocking) or, with `fetch=False` (an upstream fetches it), stands for its URL. Each
+    part's `audit_entry` goes to `audit` as it is read, so a refusal keeps those before it."""
     parts: list[MediaPart] = []
     for i, message in enumerate(messages):
         content = message.get("content")
@@ -123,6 +145,8 @@ def media_parts(
                 )
             parts.append(_image_part(part, where, rules, limits, fetch) if kind == "image" else
                          _audio_part(part, where, limits))  # fmt: skip
+            if audit is not None:
+                audit.append(parts[-1].audit_entry())
     return parts
 
 
@@ -131,10 +155,12 @@ def media_messages(
     placeholders: Mapping[str, str],
     rules: EffectiveRules,
     limits: RequestLimits,
+    audit: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[MediaPart]]:
-    """`media_parts` of the messages, and the messages with each content list flattened to
-    text: one placeholder per media part, placeholder strings typed in the text broken."""
-    parts = media_parts(messages, rules, limits)
+    """`media_parts` of the messages (their audit entries to `audit`), and the messages with
+    each content list flattened to text: one placeholder per media part, placeholder strings
+    typed in the text broken."""
+    parts = media_parts(messages, rules, limits, audit=audit)
     marks = list(placeholders.values())
     out = []
     for message in messages:
@@ -161,9 +187,11 @@ def _image_part(
         raise ApiError(400, f'{where}.image_url: give {{"url": "data:image/png;base64,..."}}')
     scheme = url[:8].lower()
     if scheme.startswith(("http://", "https://")):
-        data = _fetched(url, where, rules, limits) if fetch else _allowed_url(url, where, rules)
-        return MediaPart("image", data, where, urlsplit(url).hostname or "")
-    match = _DATA_URL.fullmatch(url)
+        host = _allowed_host(url, where, rules)
+        data = _fetched(url, where, limits) if fetch else url.encode()
+        return MediaPart("image", data, where, host)
+    comma = url.find(",", 0, DATA_URL_HEAD_CHARS)
+    match = _DATA_URL.fullmatch(url, 0, comma) if comma > 0 else None
     if match is None or "base64" not in match["params"].lower().split(";"):
         raise ApiError(
             400,
@@ -175,12 +203,12 @@ def _image_part(
     if media_type not in IMAGE_TYPES:
         raise ApiError(
             400,
-            f"{where}: image type {json.dumps(media_type)} is not supported; send "
+            f"{where}: image type {echo(media_type)} is not supported; send "
             f"{', '.join(sorted(IMAGE_TYPES))}",
             code="invalid_media",
         )
     return MediaPart(
-        "image", _base64_bytes(match["data"], f"{where}.image_url", limits), where, "data"
+        "image", _base64_bytes(url[comma + 1 :], f"{where}.image_url", limits), where, "data"
     )
 
 
@@ -192,7 +220,7 @@ def _audio_part(part: Mapping[str, Any], where: str, limits: RequestLimits) -> M
     if fmt not in AUDIO_FORMATS:
         raise ApiError(
             400,
-            f"{where}.input_audio.format: {json.dumps(fmt)} is not supported; give one of "
+            f"{where}.input_audio.format: {echo(fmt)} is not supported; give one of "
             f"{', '.join(AUDIO_FORMATS)}",
             code="invalid_media",
         )
@@ -200,7 +228,13 @@ def _audio_part(part: Mapping[str, Any], where: str, limits: RequestLimits) -> M
                      "data")  # fmt: skip
 
 
-def _too_large(where: str, size: int, limits: RequestLimits) -> ApiError:
+def echo(value: Any) -> str:
+    """A client's value for an error message, as JSON, cut to `ECHO_CHARS` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= ECHO_CHARS else text[:ECHO_CHARS] + "..."
+
+
+def too_large(where: str, size: int, limits: RequestLimits) -> ApiError:
     return ApiError(
         400,
         f"{where}: {size} bytes of media; this server accepts at most {limits.max_media_bytes} "
@@ -213,7 +247,7 @@ def _base64_bytes(data: str, where: str, limits: RequestLimits) -> bytes:
     """The bytes of base64 `data`, refused before decoding when they would be over the cap."""
     data = "".join(data.split())  # MIME base64 may wrap lines
     if len(data) // 4 * 3 > limits.max_media_bytes:
-        raise _too_large(where, len(data) // 4 * 3, limits)
+        raise too_large(where, len(data) // 4 * 3, limits)
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
@@ -225,38 +259,63 @@ def _base64_bytes(data: str, where: str, limits: RequestLimits) -> bytes:
     return raw
 
 
-def _allowed_url(url: str, where: str, rules: EffectiveRules) -> bytes:
-    """The URL's bytes when the policy lists its host (`input.media_url_hosts`), else 400."""
-    host = (urlsplit(url).hostname or "").lower()
+def _allowed_host(url: str, where: str, rules: EffectiveRules) -> str:
+    """The URL's host when the policy lists it (`input.media_url_hosts`), else 400. A URL with
+    credentials, backslashes, spaces or control characters is refused whatever its host: URL
+    parsers read those differently, and the one that fetches must see the allowed host."""
+    try:
+        split = urlsplit(url)
+        host = (split.hostname or "").lower()
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        raise ApiError(400, f"{where}: not a valid URL", code="invalid_media") from None
+    if "@" in split.netloc or re.search(r"[\\\s\x00-\x1f\x7f]", url):
+        raise ApiError(
+            400,
+            f"{where}: remote image URLs may not hold credentials, backslashes, spaces or "
+            "control characters",
+            code="remote_media_refused",
+        )
     if host not in {h.lower() for h in rules.media_url_hosts}:
         raise ApiError(
             400,
-            f"{where}: remote image URLs are not fetched (host {json.dumps(host)} is not allowed "
+            f"{where}: remote image URLs are not fetched (host {echo(host)} is not allowed "
             "by the policy's input.media_url_hosts); send the image inline as a "
             "data:image/png;base64,... URL",
             code="remote_media_refused",
         )
-    return url.encode()
+    return host
 
 
-def _fetched(url: str, where: str, rules: EffectiveRules, limits: RequestLimits) -> bytes:
-    """A remote image's bytes, when the policy lists its host; no redirects (they could lead
-    off the allowed hosts), capped at the media byte limit."""
+def _fetched(url: str, where: str, limits: RequestLimits) -> bytes:
+    """A remote image's bytes (its host checked by `_allowed_host`): no redirects (they could
+    lead off the allowed hosts), no content encoding (a small gzip body may inflate to
+    gigabytes), at most the media byte limit, in `FETCH_TIMEOUT_S` (and one read's wait)."""
     import httpx
 
-    _allowed_url(url, where, rules)
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
     chunks, size = [], 0
+    headers = {"Accept-Encoding": "identity"}
     try:
-        with httpx.stream("GET", url, timeout=FETCH_TIMEOUT_S, follow_redirects=False) as r:
+        with httpx.stream(
+            "GET", url, headers=headers, timeout=FETCH_TIMEOUT_S, follow_redirects=False
+        ) as r:
             if r.status_code != 200:
                 raise ApiError(400, f"{where}: fetching the image gave HTTP {r.status_code}",
                                code="invalid_media")  # fmt: skip
-            for chunk in r.iter_bytes():
+            if r.headers.get("content-encoding", "identity").lower() != "identity":
+                raise ApiError(400, f"{where}: the image was sent content-encoded; serve it as "
+                               "is", code="invalid_media")  # fmt: skip
+            declared = r.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limits.max_media_bytes:
+                raise too_large(where, int(declared), limits)
+            for chunk in r.iter_raw():
                 size += len(chunk)
                 if size > limits.max_media_bytes:
-                    raise _too_large(where, size, limits)
+                    raise too_large(where, size, limits)
+                if time.monotonic() > deadline:
+                    raise httpx.ReadTimeout("the fetch took too long")
                 chunks.append(chunk)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise ApiError(
             400, f"{where}: cannot fetch the image ({type(exc).__name__})", code="invalid_media"
         ) from None
@@ -280,24 +339,22 @@ def _decoder(module: str) -> Any:
 
 
 def decode_image(part: MediaPart, cfg: VisionConfig, limits: RequestLimits) -> torch.Tensor:
-    """pixel_values [C, H, W] of a PNG, JPEG or WebP part; 400 when it does not decode or has
-    more pixels than the limit (checked from the header, before decompressing)."""
+    """pixel_values [C, H, W] of a PNG, JPEG or WebP part (an animation's first frame); 400 when
+    it does not decode or has more pixels than the limit (checked from the header, before
+    decompressing)."""
     Image = _decoder("PIL.Image")
 
     try:
         with Image.open(io.BytesIO(part.data), formats=sorted(set(IMAGE_TYPES.values()))) as image:
             width, height = image.size
             if width * height > limits.max_image_pixels:
-                raise ApiError(
-                    400,
-                    f"{part.where}: the image is {width}x{height} pixels; this server accepts at "
-                    f"most {limits.max_image_pixels} pixels",
-                    code="media_too_large",
-                )
+                raise _too_many_pixels(part, width, height, limits)
             image.load()
             return image_to_pixels(image, cfg)
     except ApiError:
         raise
+    except Image.DecompressionBombError:  # Pillow's own cap, met in the header
+        raise _too_many_pixels(part, None, None, limits) from None
     except Exception as exc:  # a decoder may raise anything on hostile bytes: the client's
         raise ApiError(
             400,
@@ -307,16 +364,41 @@ def decode_image(part: MediaPart, cfg: VisionConfig, limits: RequestLimits) -> t
         ) from None
 
 
+def _too_many_pixels(
+    part: MediaPart, width: int | None, height: int | None, limits: RequestLimits
+) -> ApiError:
+    size = f"is {width}x{height} pixels" if width is not None else "has too many pixels"
+    return ApiError(
+        400,
+        f"{part.where}: the image {size}; this server accepts at most "
+        f"{limits.max_image_pixels} pixels",
+        code="media_too_large",
+    )
+
+
 def decode_audio(part: MediaPart, cfg: AudioConfig, limits: RequestLimits) -> np.ndarray:
-    """Mono samples at the encoder's rate of a WAV, FLAC, OGG or MP3 part; 400 when it does not
-    decode or is longer than the limit (checked from the header, before decoding)."""
+    """Mono samples at the encoder's rate of a WAV, FLAC, OGG or MP3 part; 400 when it is no such
+    container (sniffed before libsndfile reads it), does not decode, has a sample rate outside
+    `AUDIO_RATES`, is longer than the limit or holds more samples than it allows (from the
+    header, before decoding; a clip never decodes past its header's length) or holds NaN or
+    infinite samples."""
     soundfile = _decoder("soundfile")
 
+    if not any(part.data.startswith(m) for magic in AUDIO_MAGIC.values() for m in magic):
+        raise _undecodable_audio(part, "not one of these containers")
     try:
         with soundfile.SoundFile(io.BytesIO(part.data)) as f:
             if f.format not in AUDIO_FORMATS.values():
                 raise ValueError(f"container {f.format}")
-            seconds = f.frames / f.samplerate
+            rate = f.samplerate
+            if not AUDIO_RATES[0] <= rate <= AUDIO_RATES[1]:
+                raise ApiError(
+                    400,
+                    f"{part.where}: the audio's sample rate is {rate} Hz; this server accepts "
+                    f"{AUDIO_RATES[0]} to {AUDIO_RATES[1]} Hz",
+                    code="invalid_media",
+                )
+            seconds = f.frames / rate
             if seconds > limits.max_audio_seconds:
                 raise ApiError(
                     400,
@@ -324,30 +406,57 @@ def decode_audio(part: MediaPart, cfg: AudioConfig, limits: RequestLimits) -> np
                     f"most {limits.max_audio_seconds:g} s",
                     code="media_too_large",
                 )
-            rate = f.samplerate
-            samples = f.read(dtype="float32", always_2d=True)
+            budget = limits.max_audio_seconds * AUDIO_SAMPLES_PER_SECOND
+            if f.frames * f.channels > budget:
+                raise ApiError(
+                    400,
+                    f"{part.where}: the audio is {seconds:.1f} s of {f.channels} channels at "
+                    f"{rate} Hz, more than the {budget:.0f} samples this server decodes; send "
+                    "it at a lower rate or with fewer channels",
+                    code="media_too_large",
+                )
+            samples = _mono(f)
     except ApiError:
         raise
     except Exception as exc:  # libsndfile errors on hostile bytes are the client's
-        raise ApiError(
-            400,
-            f"{part.where}: the audio cannot be decoded as WAV, FLAC, OGG or MP3 "
-            f"({type(exc).__name__})",
-            code="invalid_media",
-        ) from None
+        raise _undecodable_audio(part, type(exc).__name__) from None
     if samples.shape[0] == 0:
         raise ApiError(400, f"{part.where}: the audio has no samples", code="invalid_media")
-    return resampled(samples.mean(axis=1), rate, cfg.sample_rate)
+    if not np.isfinite(samples).all():
+        raise ApiError(
+            400, f"{part.where}: the audio holds NaN or infinite samples", code="invalid_media"
+        )
+    return resampled(samples, rate, cfg.sample_rate)
+
+
+def _mono(f: Any) -> np.ndarray:
+    """A soundfile's samples (float32), its channels averaged block by block, so that a clip
+    of many channels never needs them all in memory at once."""
+    step = max(1, AUDIO_BLOCK_SAMPLES // f.channels)
+    blocks = []
+    while len(block := f.read(step, dtype="float32", always_2d=True)):
+        blocks.append(block.mean(axis=1, dtype=np.float32))
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def _undecodable_audio(part: MediaPart, why: str) -> ApiError:
+    return ApiError(
+        400,
+        f"{part.where}: the audio cannot be decoded as WAV, FLAC, OGG or MP3 ({why})",
+        code="invalid_media",
+    )
 
 
 def resampled(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
-    """`audio` at `target` Hz: polyphase resampling with scipy's anti-aliasing filter."""
+    """`audio` at `target` Hz: polyphase resampling with scipy's anti-aliasing filter. The
+    ratio is exact for the usual rates; for odd ones it is the nearest with a denominator of at
+    most 1000, which bounds the filter's length (a prime rate would need millions of taps)."""
     if rate == target:
         return audio
     from scipy.signal import resample_poly
 
-    g = math.gcd(rate, target)
-    return resample_poly(audio, target // g, rate // g).astype(np.float32)
+    ratio = Fraction(target, rate).limit_denominator(1000)
+    return resample_poly(audio, ratio.numerator, ratio.denominator).astype(np.float32)
 
 
 def decode_media(

@@ -193,7 +193,9 @@ def find_lone_surrogate(value: Any) -> str | None:
 
 def lone_surrogate_in_json(body: bytes) -> str | None:
     """`find_lone_surrogate` of a JSON body; None also when it is not JSON (the app's parser
-    then answers that)."""
+    then answers that). A body with no surrogate escape is not parsed."""
+    if not _LONE_SURROGATE_ESCAPE.search(body):
+        return None
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -337,7 +339,7 @@ class RequestGuard:
         try:
             body = await self._read_body(scope, receive)
             where = None
-            if body is not None and _LONE_SURROGATE_ESCAPE.search(body):
+            if body is not None and b"\\u" in body:  # a fast scan; the regex is off the loop
                 where = await anyio.to_thread.run_sync(lone_surrogate_in_json, body)
             if body is None:
                 await self._too_large(scope, receive, send_tracked)
@@ -383,7 +385,7 @@ class RequestGuard:
         response = JSONResponse(
             error_body(
                 f"the request body is larger than the {limit} bytes this server accepts; "
-                "send a shorter prompt or fewer messages",
+                "send a shorter prompt, fewer messages or smaller media",
                 "invalid_request_error",
                 "request_too_large",
             ),

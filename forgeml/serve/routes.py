@@ -18,9 +18,9 @@ from starlette.datastructures import UploadFile
 from forgeml.governance.keys import Principal
 from forgeml.serve.gateway import Call, Gateway
 from forgeml.serve.generation import complete, stream
-from forgeml.serve.media import AUDIO_FORMATS
+from forgeml.serve.media import AUDIO_FORMATS, echo, too_large
 from forgeml.serve.metrics import CONTENT_TYPE
-from forgeml.serve.requests import ApiError
+from forgeml.serve.requests import ApiError, RequestLimits
 from forgeml.serve.schemas import ChatRequest, CompletionRequest
 
 # The instruction a transcription request without `prompt` sends with its audio (the one the
@@ -168,7 +168,7 @@ def api_routes(gateway: Gateway) -> APIRouter:
         """OpenAI's transcription endpoint (multipart form: `file`, `model`, optional `prompt`,
         `response_format` json or text, `temperature`; `language` is accepted and unused) for
         a model with an audio tower: a greedy chat turn of the audio and the instruction."""
-        form = await _transcription_form(request)
+        form = await _transcription_form(request, gateway.limits)
         served = gateway.find_model(form["model"])
         if served is not None and principal.may_use_model(served.names):
             if served.multimodal is None or served.multimodal.audio is None:
@@ -210,9 +210,10 @@ def api_routes(gateway: Gateway) -> APIRouter:
     return router
 
 
-async def _transcription_form(request: Request) -> dict[str, Any]:
+async def _transcription_form(request: Request, limits: RequestLimits) -> dict[str, Any]:
     """The fields of a transcription request's multipart form, checked: 400 for what is
-    missing or not supported."""
+    missing, not supported, or not where it should be (a file for a text field); the audio is
+    read only when it is within the media byte limit."""
     try:
         form = await request.form(max_files=1, max_fields=16)
     except AssertionError:  # starlette's way of saying python-multipart is missing
@@ -221,36 +222,42 @@ async def _transcription_form(request: Request) -> dict[str, Any]:
             "server_error",
         ) from None  # fmt: skip
     except Exception as exc:  # a malformed form body is the client's
-        raise ApiError(400, f"the body is not a valid multipart form ({exc})") from None
-    upload, model = form.get("file"), form.get("model")
+        why = getattr(exc, "detail", type(exc).__name__)  # starlette's words, not the body's
+        raise ApiError(400, f"the body is not a valid multipart form ({why})") from None
+    upload = form.get("file")
+    fields = {k: form.get(k) for k in ("model", "prompt", "response_format", "temperature")}
+    for name, value in fields.items():
+        if value is not None and not isinstance(value, str):
+            raise ApiError(400, f"{name}: send it as a form field, not a file")
     if not isinstance(upload, UploadFile):
         raise ApiError(400, "file: send the audio as the multipart form's `file` field")
-    if not isinstance(model, str) or not model:
+    if not fields["model"]:
         raise ApiError(400, "model: name the model that transcribes")
     suffix = PurePath(upload.filename or "").suffix.lower().lstrip(".")
     if suffix not in AUDIO_FORMATS:
         raise ApiError(
             400,
-            f"file: {upload.filename!r} is not a {', '.join(AUDIO_FORMATS)} file",
+            f"file: {echo(upload.filename)} is not a {', '.join(AUDIO_FORMATS)} file",
             code="invalid_media",
         )
-    response_format = form.get("response_format") or "json"
+    if upload.size is not None and upload.size > limits.max_media_bytes:
+        raise too_large("file", upload.size, limits)
+    response_format = fields["response_format"] or "json"
     if response_format not in ("json", "text"):
         raise ApiError(
-            400, f"response_format: {response_format!r} is not supported; give json or text"
+            400, f"response_format: {echo(response_format)} is not supported; give json or text"
         )
     try:
-        temperature = float(form.get("temperature") or 0.0)
+        temperature = float(fields["temperature"] or 0.0)
     except ValueError:
         raise ApiError(400, "temperature: give a number in [0, 2]") from None
     if not 0 <= temperature <= 2:
         raise ApiError(400, "temperature: give a number in [0, 2]")
-    prompt = form.get("prompt")
     return {
-        "model": model,
+        "model": fields["model"],
         "data": base64.b64encode(await upload.read()).decode("ascii"),
         "fmt": suffix,
-        "prompt": prompt if isinstance(prompt, str) else None,
+        "prompt": fields["prompt"],
         "response_format": response_format,
         "temperature": temperature,
     }
