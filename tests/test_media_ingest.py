@@ -172,6 +172,27 @@ def test_corrupt_and_oversized_media_are_skipped_with_a_reason(tmp_path):
     assert sum(report.media["skipped_by_reason"].values()) == 7
 
 
+def test_hostile_media_is_skipped_not_crashing_the_ingest(tmp_path):
+    """A header claiming 50000x50000 pixels, NaN samples and an absurd sample rate are
+    skipped with their reasons; the ingest goes on (found by fuzzing the serving decoder)."""
+    from test_serve_media_fuzz import png_claiming
+
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "bomb.png").write_bytes(png_claiming(50_000, 50_000))
+    samples = tone(0.5).astype(np.float32)
+    samples[100] = np.nan
+    sf.write(root / "nan.wav", samples, 16000, subtype="FLOAT")
+    sf.write(root / "odd_rate.wav", tone(0.5, rate=500), 500)
+    sf.write(root / "ok.wav", tone(0.5), 16000)
+    report, rows = ingest(root, tmp_path / "out", audio=True)
+    status = {f["path"]: (f["status"], f["reason"]) for f in report.files}
+    assert status["bomb.png"] == ("skipped", "too large")
+    assert status["nan.wav"] == ("skipped", "corrupt")
+    assert status["odd_rate.wav"] == ("skipped", "unsupported rate")
+    assert [r["path"] for r in rows] == ["ok.wav"]
+
+
 # ---------------------------------------------------------------------------------------
 # Metadata
 

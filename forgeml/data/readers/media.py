@@ -34,6 +34,7 @@ from forgeml.data.readers.media_strip import (
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3")
 AUDIO_BLOCK_FRAMES = 1 << 16
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 192_000  # what serving accepts as well
 # libsndfile subtypes FLAC holds exactly at 16 bits; anything else is stored at 24 bits.
 _SIXTEEN_BIT = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "ULAW", "ALAW"})
 
@@ -183,6 +184,8 @@ def read_image_media(data: bytes, cfg: MediaConfig) -> list[MediaItem]:
 
     try:
         file_format = Image.open(io.BytesIO(data)).format or ""
+    except Image.DecompressionBombError as err:  # its header claims more pixels than allowed
+        raise SkipDocument("too large", f"decompression bomb: {err}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as err:
         raise SkipDocument("corrupt", f"image: {type(err).__name__}: {err}") from None
     if file_format == "TIFF":
@@ -317,9 +320,15 @@ def read_audio_media(data: bytes, cfg: MediaConfig) -> MediaItem:
     """An audio file as stored media: tags cut out in place (WAV chunks, FLAC blocks, ID3 and
     APE) or, for Ogg and other containers, the decoded samples stored as FLAC; then every
     sample decoded from the stored bytes, hashed and counted."""
+    import numpy as np
     import soundfile
 
     info = _sound_info(data)
+    if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
+        raise SkipDocument(
+            "unsupported rate",
+            f"{info.samplerate} Hz (stored audio: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)",
+        )
     if info.duration > cfg.max_audio_seconds:
         raise SkipDocument("too long", f"{info.duration:.0f} s > media.max_audio_seconds")
     payload, fmt, removed, converted = _stripped_audio(data, info.format, info.subtype)
@@ -328,6 +337,8 @@ def read_audio_media(data: bytes, cfg: MediaConfig) -> MediaItem:
     try:
         with soundfile.SoundFile(io.BytesIO(payload)) as stored:
             for block in stored.blocks(AUDIO_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                if not np.isfinite(block).all():  # NaN/inf would poison the features
+                    raise SkipDocument("corrupt", "NaN or infinite samples")
                 digest.update(block.tobytes())
                 frames += len(block)
                 if frames > cfg.max_audio_seconds * info.samplerate:
