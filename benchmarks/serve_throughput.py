@@ -25,12 +25,16 @@ timing) beside the eager one.
     .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --compile --profile
     .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --temperature 0.8
     .venv/bin/python benchmarks/serve_throughput.py --quick   # smoke run
+    .venv/bin/python benchmarks/serve_throughput.py --dtype bf16 --threads 1 --compile --step-only
 
 `--profile` also times the decode step's matmuls alone (every linear of the model, the
-output head included, on 1 and on N rows, with the engine's thread count): no decoder of these
-weights can step faster, so HF's time per step over it is the most any engine could gain.
-It then adds the attention of every layer alone (SDPA at the engine's shapes, over the mean
-number of keys of a request), the other kernel every decoder runs, for a tighter ceiling.
+output head included, on 1 and on N rows, with the engine's thread count, each through the
+fastest kernel this machine has for it): no decoder of these weights can step faster, so HF's
+time per step over it is the most any engine could gain. It then adds the attention of every
+layer alone (the faster of SDPA and the compiled step's fused attention, at the engine's
+shapes, over the mean number of keys of a request), the other kernel every decoder runs, for
+a tighter ceiling, and prints the eager and compiled steps against that floor (`--step-only`:
+that table alone, without generating).
 """
 
 from __future__ import annotations
@@ -48,10 +52,11 @@ import torch
 import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_step_floor import attention_floor, gemm_floor, median_seconds, step_vs_floor  # noqa: E402
 from train_throughput import cpu_has_bf16, cpu_name  # noqa: E402
 
 from forgeml.core.config import ModelConfig  # noqa: E402
-from forgeml.models.dense import KVCache, Transformer  # noqa: E402
+from forgeml.models.dense import Transformer  # noqa: E402
 from forgeml.models.gguf_io import write_gguf  # noqa: E402
 from forgeml.models.hf_io import save_model  # noqa: E402
 from forgeml.serve.engine import Engine, SamplingParams  # noqa: E402
@@ -226,51 +231,6 @@ def check_same_tokens(engine: Engine, hf, prompts: list[list[int]], new: int) ->
     return same / total
 
 
-def gemm_floor(model: torch.nn.Module, rows: int, repeats: int = 50) -> float:
-    """CPU seconds (of this thread: other jobs' load does not count) of one decode step's
-    matmuls alone at `rows` rows: every linear of `model`
-    applied once to random inputs of its width (median of `repeats` passes). With tied
-    embeddings the output head is a linear too."""
-    # Called as modules: the engine's prepacked linears multiply as they do in decoding.
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    inputs = [torch.randn(rows, m.in_features, dtype=m.weight.dtype) for m in linears]
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats + 5):
-            start = time.thread_time()
-            for x, linear in zip(inputs, linears, strict=True):
-                linear(x)
-            times.append(time.thread_time() - start)
-    return statistics.median(times[5:])
-
-
-def attention_floor(model: torch.nn.Module, rows: int, keys: int, repeats: int = 50) -> float:
-    """CPU seconds of one decode step's attention alone at `rows` rows over `keys` cached keys:
-    the SDPA call of every layer, at the engine's shapes (one query per row, GQA, an additive
-    mask, keys a slice of a max-length cache), median of `repeats` passes."""
-    cfg = model.cfg
-    head_dim = cfg.dim // cfg.n_heads
-    dtype = next(model.parameters()).dtype
-    q = torch.randn(rows, cfg.n_heads, 1, head_dim, dtype=dtype)
-    shape = (cfg.n_layers, rows, cfg.n_kv_heads, cfg.max_seq_len, head_dim)
-    cache_k, cache_v = torch.randn(shape, dtype=dtype), torch.randn(shape, dtype=dtype)
-    mask = torch.zeros(rows, 1, 1, keys, dtype=dtype)
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeats + 5):
-            start = time.thread_time()
-            for layer in range(cfg.n_layers):
-                torch.nn.functional.scaled_dot_product_attention(
-                    q,
-                    cache_k[layer, :, :, :keys],
-                    cache_v[layer, :, :, :keys],
-                    attn_mask=mask,
-                    enable_gqa=cfg.n_kv_heads != cfg.n_heads,
-                )
-            times.append(time.thread_time() - start)
-    return statistics.median(times[5:])
-
-
 def report_ceiling(
     model: torch.nn.Module, threads: int | None, med: dict, n: int, keys: int
 ) -> None:
@@ -279,8 +239,13 @@ def report_ceiling(
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
-        floors = {rows: gemm_floor(model, rows) for rows in (1, n)}
-        attention = {rows: attention_floor(model, rows, keys) for rows in (1, n)}
+        passes = {
+            rows: {"gemm": gemm_floor(model, rows)[0], "attention": attention_floor(model, rows, keys)[0]}
+            for rows in (1, n)
+        }  # fmt: skip
+        seconds = {rows: median_seconds(fns, 50) for rows, fns in passes.items()}
+        floors = {rows: t["gemm"] for rows, t in seconds.items()}
+        attention = {rows: t["attention"] for rows, t in seconds.items()}
     finally:
         torch.set_num_threads(before)
     for rows, ours, hf_rate in (
@@ -296,47 +261,6 @@ def report_ceiling(
             f"{both * 1e3:6.2f} ms = {hf_step / both:.2f}x (an engine's ratio to HF if everything "
             "else took no time)"
         )
-
-
-def step_vs_floor(
-    engine: Engine, compiled: Engine | None, threads: int | None, n: int, keys: int,
-    repeats: int = 30,
-) -> None:  # fmt: skip
-    """The decode step alone, eager (`decode_rows`) and compiled, against its matmul +
-    attention floor, at 1 and n rows with `keys` cached keys: CPU seconds of this thread,
-    medians of `repeats` alternating passes, printed as a markdown table."""
-    model = engine.model
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads or before)
-    print("\n| rows | eager step ms | compiled step ms | matmuls ms | + attention ms "
-          "| eager / floor | compiled / floor |\n|---|---|---|---|---|---|---|")  # fmt: skip
-    stepper = compiled.compiled_step if compiled is not None else None
-    try:
-        for rows in (1, n):
-            tokens = torch.randint(0, model.cfg.vocab_size, (rows,))
-            positions = torch.full((rows,), keys - 1)
-            live = KVCache(engine.cache.k[:, :rows], engine.cache.v[:, :rows])
-            steps = {"eager": lambda t=tokens, p=positions, c=live: model.decode_rows(t, c, p)}
-            if stepper is not None and stepper(tokens, positions) is not None:
-                steps["compiled"] = lambda t=tokens, p=positions: stepper(t, p)
-            times: dict[str, list[float]] = {name: [] for name in steps}
-            with torch.inference_mode():
-                for _ in range(repeats + 3):
-                    for name, step in steps.items():
-                        start = time.thread_time()
-                        step()
-                        times[name].append(time.thread_time() - start)
-            ms = {name: statistics.median(t[3:]) * 1e3 for name, t in times.items()}
-            gemm = gemm_floor(model, rows) * 1e3
-            floor = gemm + attention_floor(model, rows, keys) * 1e3
-            ours = ms.get("compiled")
-            print(
-                f"| {rows} | {ms['eager']:.2f} | {'-' if ours is None else f'{ours:.2f}'} | "
-                f"{gemm:.2f} | {floor:.2f} | {ms['eager'] / floor:.2f}x | "
-                f"{'-' if ours is None else f'{ours / floor:.2f}x'} |"
-            )
-    finally:
-        torch.set_num_threads(before)
 
 
 def warm_compiled(engine: Engine, prompts: list[list[int]], new: int) -> None:
@@ -421,6 +345,11 @@ def main() -> None:
     )
     ap.add_argument("--record", action="store_true", help="add a result row to BENCHMARKS.md")
     ap.add_argument("--profile", action="store_true", help="matmul floor and speed-up ceiling")
+    ap.add_argument(
+        "--step-only",
+        action="store_true",
+        help="only the decode step against its floor (--profile's table), no generation",
+    )
     args = ap.parse_args()
     if args.quick:
         args.new, args.rounds, args.concurrent = 16, 1, 4
@@ -441,7 +370,7 @@ def main() -> None:
             model_dir, attn_implementation="sdpa", dtype=dtype
         ).eval()
         # llama.cpp maps the file: it may go with the directory once loaded.
-        kinds = [k for k in args.llama_cpp.split(",") if k]
+        kinds = [k for k in args.llama_cpp.split(",") if k and not args.step_only]
         ctx_per_seq = -(-(args.prompt + args.new) // 256) * 256
         llama = llama_cpp_runners(
             model, tok_dir, Path(tmp), kinds, args.concurrent, args.threads or 1, ctx_per_seq
@@ -458,6 +387,12 @@ def main() -> None:
             model, tok, max_batch=args.concurrent, max_queue=4 * args.concurrent,
             threads=args.threads, compile_step=True,
         )  # fmt: skip
+    if args.step_only:
+        step_vs_floor(
+            engine, compiled, engine.threads, args.concurrent, args.prompt + args.new // 2
+        )
+        return
+    if compiled is not None:
         warm_compiled(compiled, prompts, args.new)
     print(
         f"model {model.num_params() / 1e6:.1f}M params, {args.dtype}, "

@@ -9,6 +9,7 @@ as `parallelize` applies compile.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,23 +33,37 @@ class _Packer:
     ]
 
 
+def packed_linear(
+    x: torch.Tensor,
+    packed: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    library: str,
+    max_rows: int,
+) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` through `packed`, the copy of `weight` that `library`
+    ("onednn" or "mkl") packed for `max_rows` rows (oneDNN's serves any row count up to it;
+    MKL multiplies by its copy at exactly `max_rows` rows, other counts by `weight`)."""
+    if library == "mkl":
+        return torch.ops.mkl._mkl_linear(x, packed, weight, bias, max_rows)
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+
+
+@functools.cache
 def _library(name: str) -> _Packer | None:
     """oneDNN's ("onednn") or MKL's ("mkl") weight-packing linear, if this torch has it."""
     if name == "onednn":
         ops, available = torch.ops.mkldnn, torch.backends.mkldnn.is_available()
         pack_op, linear_op = "_reorder_linear_weight", "_linear_pointwise"
-
-        def apply(x, packed, w, bias, rows):
-            return ops._linear_pointwise(x, packed, bias, "none", [], "")
     else:
         ops, available = torch.ops.mkl, torch.backends.mkl.is_available()
         pack_op, linear_op = "_mkl_reorder_linear_weight", "_mkl_linear"
-
-        def apply(x, packed, w, bias, rows):
-            return ops._mkl_linear(x, packed, w, bias, rows)
-
     if not (available and hasattr(ops, pack_op) and hasattr(ops, linear_op)):
         return None
+
+    def apply(x, packed, w, bias, rows):
+        return packed_linear(x, packed, w, bias, name, rows)
+
     return _Packer(name, getattr(ops, pack_op), apply)
 
 

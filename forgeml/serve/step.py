@@ -4,11 +4,13 @@ One graph per (batch bucket, key bucket): the live rows are padded to a power of
 attention reads a power-of-two prefix of the kv cache, masked per row, so every shape in the
 graph is fixed and the ~200 small ops of an eager step fuse into a few kernels. A bucket's
 graph is used only after a probe on live inputs finds its logits within tolerance of the eager
-step's and its step faster; otherwise that bucket stays eager.
+step's and its step faster; otherwise that bucket stays eager. Within tolerance, the graphs may
+also multiply through kernels the bitwise-equal eager step may not (`add_step_kernels`).
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
@@ -21,12 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgeml.models.dense import FeedForward, KVCache, Transformer, apply_rope, rope_cos_sin
-from forgeml.serve.prepack import PrepackedLinear, best_time, packer_for
+from forgeml.serve.prepack import PrepackedLinear, best_time, packed_linear, packer_for
 
 # The fewest keys a graph attends over: shorter requests share one graph.
 MIN_KV_BUCKET = 64
 # Timed steps of each path when probing a bucket (the fastest counts).
 PROBE_STEPS = 3
+# A compiled-step-only copy of a linear's weight is kept where it takes at most this fraction
+# of the eager step's time for that linear (a copy costs the weight's memory again, and a
+# small gain could be timing noise on a loaded machine), timed as the fastest of this many.
+STEP_KERNEL_GAIN = 0.8
+STEP_KERNEL_REPEATS = 5
 
 
 def bucket(n: int, smallest: int, largest: int) -> int:
@@ -55,19 +62,11 @@ def logits_close(ours: torch.Tensor, reference: torch.Tensor, dtype: torch.dtype
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 4 * 2.0**-8, torch.float16: 4 * 2.0**-11}
 
 
-@torch.library.custom_op("forgeml::prepacked_linear", mutates_args=())
-def prepacked_linear(
-    x: torch.Tensor,
-    packed: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    library: str,
-    max_rows: int,
-) -> torch.Tensor:
-    """A prepacked linear (`forgeml.serve.prepack`) as one opaque op for inductor, which
-    lowers oneDNN's and MKL's packed linears only for weights it froze itself."""
-    packer = packer_for(torch.float32 if library == "mkl" else torch.bfloat16)
-    return packer.apply(x, packed, weight, bias, max_rows)
+# A prepacked linear (`forgeml.serve.prepack.packed_linear`) as one opaque op for inductor,
+# which lowers oneDNN's and MKL's packed linears only for weights it froze itself.
+prepacked_linear = torch.library.custom_op(
+    "forgeml::prepacked_linear", packed_linear, mutates_args=()
+)
 
 
 @prepacked_linear.register_fake
@@ -79,6 +78,9 @@ def _linear(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`module(x)` as the eager step computes it: through the prepacked copy where the
     engine's probe chose it for this row count (a static choice inside a graph)."""
     rows = x.numel() // module.in_features
+    chosen = getattr(module, "_step_kernels", {}).get(rows)
+    if chosen is not None:
+        return _apply_step_kernel(module, chosen, x)
     if type(module) is PrepackedLinear and 0 < rows <= module.max_rows:
         if module._use_packed[rows - 1] and module._packed is not None:
             return prepacked_linear(
@@ -98,17 +100,24 @@ def decode_step(
     cache_k: torch.Tensor,
     cache_v: torch.Tensor,
     kv_len: int,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """`model.decode_rows` on cache rows 0..B-1 with attention over the first `kv_len` keys.
 
     The same arithmetic as the dense model's blocks, written for a fixed shape: the new keys
     and values go into the whole cache [L, rows, kv_heads, max_len, D] with one scatter
     (a write through a sliced view makes a compiled graph copy the whole cache back).
+    `rope` holds `rope_cos_sin` of every cache position: a graph then gathers each row's
+    rotary factors instead of recomputing their powers and cosines wherever it inlines them
+    (inductor repeats the query's rotation for every key it scores).
     """
     cfg = model.cfg
     rows, hd = tokens.shape[0], cfg.dim // cfg.n_heads
     n_heads, n_kv = cfg.n_heads, cfg.n_kv_heads
-    cos, sin = rope_cos_sin(positions, hd, cfg.rope_theta)
+    if rope is None:
+        cos, sin = rope_cos_sin(positions, hd, cfg.rope_theta)
+    else:
+        cos, sin = rope[0][positions], rope[1][positions]
     keys = torch.arange(kv_len, device=tokens.device)[None, :]
     hidden = keys > positions[:, None]
     if cfg.sliding_window is not None:
@@ -128,7 +137,7 @@ def decode_step(
         at = (torch.full_like(row, i), row, head, positions[:, None])
         cache_k.index_put_(at, k[:, :, 0].to(cache_k.dtype))
         cache_v.index_put_(at, v[:, :, 0].to(cache_v.dtype))
-        out = _decode_attention(
+        out = decode_attention(
             q, cache_k[i, :rows, :, :kv_len], cache_v[i, :rows, :, :kv_len], mask
         ).to(q.dtype)
         h = h + _linear(attn.wo, out.transpose(1, 2).reshape(rows, 1, n_heads * hd))
@@ -138,7 +147,7 @@ def decode_step(
     return _linear(model.output, model.norm(h)).float()[:, 0]
 
 
-def _decode_attention(
+def decode_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     """Softmax attention of one query per row, q [B, H, 1, D] over k, v [B, KVH, T, D]
@@ -162,6 +171,99 @@ def compilable(model: nn.Module) -> bool:
     )
 
 
+def add_step_kernels(model: nn.Module, max_rows: int) -> int:
+    """Give the model's CPU linears copies of their weights for the compiled step only, at
+    the row buckets where multiplying by one is within the dtype's tolerance of `F.linear`
+    and faster than the eager step's kernel, which must be bitwise `F.linear`: the weight
+    transposed (a plain `mm`), packed by oneDNN for `max_rows` rows, or by MKL for one row
+    (MKL's packed product runs only at the row count it was packed for). Return how many
+    linears got one; each copy kept costs the weight's memory again. Every linear gets
+    `_step_kernels` ({rows: (library, copy, packed_rows)}, often empty): one structure."""
+    rows_timed = sorted({bucket(n, 1, max_rows) for n in range(1, max_rows + 1)})
+    added = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        module._step_kernels = {}
+        if module.weight.device.type == "cpu" and module.weight.is_floating_point():
+            module._step_kernels = _faster_rows(module, _candidates(module, max_rows), rows_timed)
+            added += bool(module._step_kernels)
+    return added
+
+
+def _candidates(module: nn.Linear, max_rows: int) -> list[tuple[str, torch.Tensor, int]]:
+    """The copies of a linear's weight a compiled step may multiply by instead of the eager
+    step's kernel: (library, copy, rows it was packed for)."""
+    w = module.weight.detach()
+    own = module._packer.name if type(module) is PrepackedLinear and module._packer else None
+    found = [("transposed", w.t().contiguous(), 0)]
+    for library, rows in (("onednn", max_rows), ("mkl", 1)):
+        packer = packer_for(torch.float32 if library == "mkl" else torch.bfloat16)
+        if packer is None or packer.name != library or (library, rows) == (own, max_rows):
+            continue
+        try:
+            found.append((library, packer.pack(w, rows), rows))
+        except RuntimeError:  # a dtype or CPU the library does not pack
+            continue
+    return found
+
+
+def _apply_step_kernel(
+    module: nn.Linear, kernel: tuple[str, torch.Tensor, int], x: torch.Tensor
+) -> torch.Tensor:
+    """`F.linear(x, module.weight, module.bias)` through one of `_candidates`."""
+    library, copy, packed_rows = kernel
+    if library == "transposed":
+        out = torch.mm(x.reshape(-1, module.in_features), copy).view(*x.shape[:-1], -1)
+        return out if module.bias is None else out + module.bias
+    return prepacked_linear(x, copy, module.weight, module.bias, library, packed_rows)
+
+
+@torch.inference_mode()
+def _faster_rows(
+    module: nn.Linear, candidates: list[tuple[str, torch.Tensor, int]], rows_timed: list[int]
+) -> dict[int, tuple[str, torch.Tensor, int]]:
+    """{rows: the fastest candidate} at the row counts where one is close and faster."""
+    probe = torch.Generator().manual_seed(0)  # leaves the global RNG alone
+    chosen = {}
+    for rows in rows_timed:
+        x = torch.randn(rows, module.in_features, generator=probe).to(module.weight.dtype)
+        reference = _linear(module, x)
+        best = STEP_KERNEL_GAIN * _hot(functools.partial(_linear, module, x))
+        for kernel in candidates:
+            if kernel[0] == "mkl" and kernel[2] != rows:
+                continue  # MKL multiplies by its packed copy only at the rows it packed for
+            ours = functools.partial(_apply_step_kernel, module, kernel, x)
+            close = logits_close(ours().float(), reference.float(), module.weight.dtype)
+            seconds = _hot(ours) if close else float("inf")
+            if seconds < best:
+                best, chosen[rows] = seconds, kernel
+    return chosen
+
+
+def _repack_step_kernels(model: nn.Module) -> None:
+    """Make the step kernels' copies again from the current weights (the same choices)."""
+    for module in model.modules():
+        kernels = getattr(module, "_step_kernels", {})
+        fresh: dict[tuple[str, int], torch.Tensor] = {}  # one copy per (library, rows)
+        for rows, (library, _, packed_rows) in kernels.items():
+            if (library, packed_rows) not in fresh:
+                fresh[library, packed_rows] = _copy_for(module, library, packed_rows)
+            kernels[rows] = (library, fresh[library, packed_rows], packed_rows)
+
+
+def _copy_for(module: nn.Linear, library: str, packed_rows: int) -> torch.Tensor:
+    w = module.weight.detach()
+    if library == "transposed":
+        return w.t().contiguous()
+    return packer_for(torch.float32 if library == "mkl" else torch.bfloat16).pack(w, packed_rows)
+
+
+def _hot(fn: Callable[[], torch.Tensor]) -> float:
+    fn()  # the library builds its kernel for the shape
+    return best_time(fn, STEP_KERNEL_REPEATS)
+
+
 @dataclass
 class _Bucket:
     """One (rows, keys) bucket: "compiling" (in the background), "compiled" (not yet
@@ -183,6 +285,11 @@ class CompiledDecodeStep:
     eager logits must agree within `logits_close`, and the compiled step must take less CPU
     time, or the bucket stays eager. `eager(tokens, positions, rows_cache)` is the engine's
     eager step on n rows. `background=False` compiles in the calling thread instead.
+    Before its first compile it chooses the graphs' own packed linears (`add_step_kernels`:
+    some fp32 linears get a oneDNN copy, which costs their weights' memory again). A probed
+    graph runs without dynamo's guard checks; a weight change (seen by each parameter's
+    version and storage) repacks those copies and sends every bucket back to a probe, which
+    runs them again.
     """
 
     def __init__(
@@ -195,17 +302,23 @@ class CompiledDecodeStep:
         min_kv: int = MIN_KV_BUCKET,
         background: bool = True,
     ) -> None:
-        self.model = model
-        self.cache = cache
-        self.eager = eager
-        self.max_graphs = max_graphs
-        self.min_kv = min_kv
+        self.model, self.cache, self.eager = model, cache, eager
+        self.max_graphs, self.min_kv = max_graphs, min_kv
         self.max_rows = cache.k.shape[1]
         self.buckets: dict[tuple[int, int], _Bucket] = {}
-        self._weights = _weights_key(model)
+        # Walking the module tree every step would cost a small model's step ~2%: the
+        # parameters are listed once (the engine changes weights in place, or moves them).
+        self._params = list(model.parameters())
+        self._weights = _weights_key(self._params)
         self._graphs: dict[tuple[int, int], Callable[..., torch.Tensor]] = {}
+        cfg = model.cfg
+        positions = torch.arange(cache.max_len, device=cache.k.device)
+        self._rope = rope_cos_sin(positions, cfg.dim // cfg.n_heads, cfg.rope_theta)
         self._queue: queue.SimpleQueue[tuple[int, int] | None] | None = None
-        if background:
+        self.step_kernels: int | None = None  # linears given a step-only copy, once chosen
+        if not background:
+            self.step_kernels = add_step_kernels(model, self.max_rows)
+        else:
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(
                 target=self._compile_loop, name="forgeml-compile", daemon=True
@@ -234,12 +347,13 @@ class CompiledDecodeStep:
     def __call__(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
         n = tokens.shape[0]
         key = self.bucket_of(n, int(positions.max()) + 1)
-        weights = _weights_key(self.model)
+        weights = _weights_key(self._params)
         if weights != self._weights:  # merged LoRA, reloaded weights: re-probe every bucket
             for found in self.buckets.values():
                 if found.state in ("fast", "eager") and found.compile_seconds > 0:
                     found.state = "compiled"
             self._weights = weights
+            _repack_step_kernels(self.model)
         found = self.buckets.get(key)
         if found is None:
             if len(self.buckets) >= self.max_graphs:
@@ -264,11 +378,13 @@ class CompiledDecodeStep:
         positions: torch.Tensor,
         cache_k: torch.Tensor,
         cache_v: torch.Tensor,
+        guards: bool | None = None,
     ) -> torch.Tensor:
         """The bucket's graph on n rows padded to its row count: the extra rows decode
         token 0 at position 0 of free cache rows (their next prefill overwrites them).
         Called in inference mode: the row inputs are always fresh inference tensors, the
-        caches never (dynamo's guards tell them apart, and would compile twice)."""
+        caches never (dynamo's guards tell them apart, and would compile twice). Dynamo's
+        guards run unless the bucket was probed fast (`guards` overrides)."""
         rows, kv_len = key
         n = tokens.shape[0]
         tokens = F.pad(tokens, (0, rows - n))
@@ -276,10 +392,29 @@ class CompiledDecodeStep:
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._graphs[key] = _compiled_copy(decode_step, f"{rows}x{kv_len}")
-        return graph(self.model, tokens, positions, cache_k, cache_v, kv_len)[:n]
+        args = (self.model, tokens, positions, cache_k, cache_v, kv_len, self._rope)
+        if guards is None:
+            found = self.buckets.get(key)
+            guards = found is None or found.state != "fast"
+        if guards:
+            return graph(*args)[:n]
+        # A probed graph runs without dynamo's guards (a check of every module attribute it
+        # read, a large part of a small model's step): what they guard cannot change since,
+        # a weight change sends the bucket back to a probe, which runs them again. Dynamo
+        # refuses (before running anything) where the graph has not run guarded since its
+        # compile: then once more with guards.
+        try:
+            with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+                return graph(*args)[:n]
+        except RuntimeError as exc:
+            if "skip_guard_eval_unsafe" not in str(exc):
+                raise
+        return graph(*args)[:n]
 
     def _compile_loop(self) -> None:
         torch.set_num_threads(1)  # the engine's thread keeps the other cores
+        # Before any graph exists: graphs are traced with the step kernels they read.
+        self.step_kernels = add_step_kernels(self.model, self.max_rows)
         while (key := self._queue.get()) is not None:
             self._compile(key)
 
@@ -339,5 +474,6 @@ def _fastest(fn: Callable[[], torch.Tensor]) -> float:
     return best_time(fn, PROBE_STEPS, time.thread_time)  # this thread's CPU time
 
 
-def _weights_key(model: nn.Module) -> tuple:
-    return tuple((p.data_ptr(), p._version, p.dtype) for p in model.parameters())
+def _weights_key(params: list[nn.Parameter]) -> tuple:
+    """Changes when a weight is written in place (its version) or moved (`.to`: its storage)."""
+    return tuple((p.data_ptr(), p._version) for p in params)
