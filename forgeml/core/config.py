@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from forgeml.core.data_config import (  # noqa: F401 (re-exported: callers import them here)
     BoilerplateConfig,
@@ -37,10 +37,11 @@ from forgeml.core.data_config import (  # noqa: F401 (re-exported: callers impor
     TokenizerConfig,
 )
 from forgeml.core.errors import ConfigError, NotFoundError
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from forgeml.core.loop_config import OptimConfig, TrainConfig, _Section
+from forgeml.core.multimodal_config import (  # noqa: F401 (re-exported)
+    MultimodalPhaseConfig,
+    MultimodalStageConfig,
+)
 
 
 class ModelConfig(_Section):
@@ -82,64 +83,6 @@ class ModelConfig(_Section):
         if (self.dim // self.n_heads) % 2:
             raise ValueError("head dim (dim / n_heads) must be even for RoPE")
         return self
-
-
-class OptimConfig(_Section):
-    """AdamW and its lr schedule. The recipe's `optim` is pre-training's (and continued
-    pre-training's); each post-training objective has its own (`sft.optim`, `dpo.optim`,
-    `reward_model.optim`, `rl.optim`)."""
-
-    lr: float = Field(3e-3, gt=0)
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
-    weight_decay: float = Field(0.1, ge=0)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = Field(1.0, ge=0, description="0 disables clipping")
-    warmup_steps: int = Field(20, ge=0)
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    decay_fraction: float = Field(0.2, gt=0, le=1, description="WSD: share of steps spent decaying")
-
-
-class TrainConfig(_Section):
-    """The loop: steps, batches, seed, dtype, checkpoints. The recipe's `train` is
-    pre-training's (and continued pre-training's); each post-training objective has its own
-    (`sft.train`, `dpo.train`, `reward_model.train`, `rl.train`)."""
-
-    max_steps: int = Field(300, gt=0)
-    micro_batch_size: int = Field(8, gt=0)
-    grad_accum_steps: int = Field(1, gt=0)
-    seq_len: int = Field(256, gt=1)
-    seed: int = 1337
-    eval_every: int = Field(100, ge=0, description="0 disables periodic eval")
-    eval_batches: int = Field(8, gt=0)
-    checkpoint_every: int = Field(100, ge=0, description="0: only at the end")
-    keep_checkpoints: int = Field(2, gt=0)
-    async_checkpoint: bool = Field(
-        False, description="write checkpoints in the background while training goes on"
-    )
-    dtype: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto: bf16 autocast where the hardware makes it fast, else fp32"
-    )
-    compile: bool = False
-    activation_checkpointing: bool = Field(
-        False, description="recompute each block's activations in backward (less memory)"
-    )
-    strategy: Literal["auto", "ddp", "fsdp"] = Field(
-        "auto",
-        description="several processes: ddp (whole replicas) or fsdp (FSDP2, sharded weights, "
-        "gradients and optimizer state); auto: ddp when it fits in memory, else fsdp",
-    )
-    cpu_offload: bool = Field(
-        False, description="fsdp: keep the shards and the optimizer step in host memory (GPU)"
-    )
-    init_from: str | None = Field(
-        None,
-        description="start from these weights (model asset id/name/alias, or a model folder); "
-        "the architecture is then the model's, not the `model` section",
-    )
-    device: str = "auto"
-    log_every: int = Field(10, gt=0)
 
 
 class EvalConfig(_Section):
@@ -377,53 +320,6 @@ class PostTrainConfig(_Section):
     eval_limit: int = Field(60, gt=0, description="held-out examples per before/after eval")
     dpo: PreferenceStageConfig | None = None
     rl: RLStageConfig | None = None
-
-
-class MultimodalPhaseConfig(_Section):
-    """One phase of multimodal training (`multimodal.align` or `multimodal.joint`), each with
-    its own loop settings: align trains the projectors only, joint the LM too."""
-
-    train_encoders: bool = Field(False, description="joint: train the vision/audio encoders too")
-    optim: OptimConfig = OptimConfig(lr=1e-3, warmup_steps=5, weight_decay=0.0)
-    train: TrainConfig = TrainConfig(
-        max_steps=100, micro_batch_size=4, eval_every=0, checkpoint_every=50
-    )
-
-
-class MultimodalStageConfig(_Section):
-    """`forgeml train multimodal` and `pipeline run`: a vision/audio LM (encoders joined to a
-    text LM by projectors) trained on media JSONL, projector alignment then joint SFT."""
-
-    data: str | None = Field(
-        None, description="JSONL of {image|audio, prompt, answer} (media paths relative to "
-        "it), or its dataset asset",
-    )  # fmt: skip
-    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="records kept out for eval")
-    init: str | None = Field(None, description="multimodal model asset to continue from")
-    base_model: str | None = Field(
-        None, description="text model asset whose LM and tokenizer start the model; None: "
-        "the recipe's `model` from scratch (`pipeline run`: the pre-trained model)",
-    )  # fmt: skip
-    tokenizer: str | None = Field(None, description="with no base_model: tokenizer asset/folder")
-    vision: dict[str, Any] | None = Field(
-        None, description="image encoder (forgeml.models.vision.VisionConfig fields)"
-    )
-    audio: dict[str, Any] | None = Field(
-        None, description="audio encoder (forgeml.models.audio.AudioConfig fields)"
-    )
-    vision_tower: str | None = Field(
-        None, description="SigLIP folder whose vision tower is the image encoder (`vision`: "
-        "overrides, e.g. n_layers, pixel_shuffle)",
-    )  # fmt: skip
-    audio_tower: str | None = Field(
-        None, description="Whisper folder whose encoder is the audio encoder (`audio`: "
-        "overrides, e.g. stack)",
-    )  # fmt: skip
-    seed: int = Field(0, description="seed of the new encoders' and projectors' weights")
-    align: MultimodalPhaseConfig | None = MultimodalPhaseConfig()
-    joint: MultimodalPhaseConfig | None = MultimodalPhaseConfig(
-        optim=OptimConfig(lr=5e-4, warmup_steps=5, weight_decay=0.0)
-    )
 
 
 class Recipe(_Section):
