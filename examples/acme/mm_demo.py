@@ -153,10 +153,12 @@ def tesseract_baseline(data: Path, limit: int) -> dict | None:
             "se": float(s.std(ddof=1) / np.sqrt(len(s)))}  # fmt: skip
 
 
-def stage(kind: str, steps: int, lr: float, dtype: str) -> MultimodalSFTConfig:
-    """The LM stages; the pretrained encoders stay frozen (LLaVA keeps its tower frozen)."""
+def stage(
+    kind: str, steps: int, lr: float, dtype: str, train_encoders: bool = False
+) -> MultimodalSFTConfig:
+    """The LM stages; by default the pretrained encoders stay frozen (as LLaVA's tower)."""
     return MultimodalSFTConfig(
-        stage=kind, train_encoders=False, heldout_fraction=0.05,
+        stage=kind, train_encoders=kind == "joint" and train_encoders, heldout_fraction=0.05,
         optim=OptimConfig(lr=lr, warmup_steps=max(steps // 20, 1), weight_decay=0.0),
         train=TrainConfig(max_steps=steps, micro_batch_size=8, seq_len=224, dtype=dtype,
                           checkpoint_every=0, log_every=max(steps // 10, 1)),
@@ -212,6 +214,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=None, help="encoder pretraining")
     ap.add_argument("--align-steps", type=int, default=None)
     ap.add_argument("--joint-steps", type=int, default=None)
+    ap.add_argument("--train-encoders", action="store_true", help="train them in joint SFT too")
     ap.add_argument("--eval-limit", type=int, default=None, help="held-out examples per part")
     ap.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto",
                     help="auto: bf16 where the CPU has fast bf16")  # fmt: skip
@@ -254,7 +257,11 @@ def main() -> None:
         model, tok_dir, mixed, args.out / "align", stage("align", align, 3e-3, dtype)
     )
     s2 = train_multimodal_sft(
-        model, tok_dir, mixed, args.out / "joint", stage("joint", joint, 2e-3, dtype)
+        model,
+        tok_dir,
+        mixed,
+        args.out / "joint",
+        stage("joint", joint, 2e-3, dtype, args.train_encoders),
     )
     results["after"] = evaluate(model, tokenizer, data, parts, limit)
     blank = blank_media(args.out / "blank")
